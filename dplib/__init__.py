@@ -1,0 +1,68 @@
+"""dplib: Dirichlet pruning (Adamczewski & Park, AISTATS 2021) as a small, tested package.
+
+The pipeline, one module per step::
+
+    import dplib
+    model = dplib.models.build("lenet5")                       # models
+    loaders = dplib.data.loaders("fashion_mnist")              # data
+    dplib.fit(model, loaders.train, epochs=3, val_loader=loaders.val)   # train
+    gated = dplib.attach_gates(model)                          # gates, attach
+    imp = dplib.learn_importance(gated, loaders.train)         # vi: the ELBO
+    small = dplib.prune(model, imp, "5-10-76")                 # surgery
+    params, macs = dplib.count(small, (1, 1, 28, 28))          # measure
+"""
+
+from . import baselines, data, measure, models
+from .attach import GatedModel, attach_gates, detach_gates
+from .baselines import baseline_importance
+from .gates import DirichletGate, dirichlet_kl
+from .graph import UnsupportedModelError, find_prunable_layers
+from .importance import Importance, WidthsError, format_widths, parse_widths
+from .measure import count, latency, speedup
+from .surgery import ImportanceMismatchError, prune, unit_mask, widths_of
+from .train import (
+    CheckpointError,
+    evaluate,
+    fit,
+    load_checkpoint,
+    resolve_device,
+    save_checkpoint,
+    set_seed,
+)
+from .vi import learn_importance
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "DirichletGate",
+    "GatedModel",
+    "Importance",
+    "ImportanceMismatchError",
+    "UnsupportedModelError",
+    "WidthsError",
+    "attach_gates",
+    "baseline_importance",
+    "baselines",
+    "count",
+    "data",
+    "detach_gates",
+    "dirichlet_kl",
+    "evaluate",
+    "find_prunable_layers",
+    "fit",
+    "format_widths",
+    "latency",
+    "learn_importance",
+    "load_checkpoint",
+    "measure",
+    "models",
+    "parse_widths",
+    "prune",
+    "resolve_device",
+    "save_checkpoint",
+    "set_seed",
+    "speedup",
+    "unit_mask",
+    "widths_of",
+]

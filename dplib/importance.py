@@ -1,0 +1,237 @@
+"""The ``Importance`` type shared by every criterion, and the widths notation.
+
+Every criterion (Dirichlet, random, L1, BatchNorm scale, Taylor, oracle) produces an
+:class:`Importance`: one score per unit of each prunable layer, keyed by the layer's module name
+in the original model, higher meaning more important. For the Dirichlet criterion the scores are
+the posterior means E[s_k] = phi_k / phi_0 and the concentrations phi are kept too, so the
+posterior standard deviation is available.
+
+Widths say how many units each prunable layer keeps: a dict ``{layer name: kept units}``, a list
+in layer order, or the paper's string ``"5-8-45-15"``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+Widths = dict[str, int] | list[int] | tuple[int, ...] | str
+
+
+class WidthsError(ValueError):
+    """Widths that do not fit the network."""
+
+
+def parse_widths(widths: Widths, units: dict[str, int]) -> dict[str, int]:
+    """Turn any widths notation into ``{layer name: kept units}`` and check it.
+
+    Args:
+        widths: dict (layers left out keep all their units), list/tuple in layer order, or a
+            string such as ``"5-8-45-15"`` (numbers in layer order).
+        units: ``{layer name: number of units}`` of the prunable layers, in layer order.
+
+    Raises:
+        WidthsError: wrong count, unknown layer, a width that is not a whole number, zero, or
+            larger than the layer.
+    """
+    order = list(units)
+    notation = "-".join(order)
+    if isinstance(widths, str):
+        tokens = [token.strip() for token in widths.replace(",", "-").split("-")]
+        try:
+            widths = [int(token) for token in tokens]
+        except ValueError:
+            raise WidthsError(
+                f"widths {widths!r} are not numbers joined by '-'; expected one whole number "
+                f"per layer in the order {notation}, e.g. "
+                f"{'-'.join(str(max(1, u // 2)) for u in units.values())}"
+            ) from None
+    if isinstance(widths, (list, tuple)):
+        if len(widths) != len(order):
+            raise WidthsError(
+                f"{len(widths)} widths given for {len(order)} prunable layers; give one per "
+                f"layer in the order {notation} (full widths: "
+                f"{'-'.join(str(u) for u in units.values())})"
+            )
+        widths = dict(zip(order, widths))
+    if not isinstance(widths, dict):
+        raise WidthsError(f"widths must be a dict, a list or a string, got {type(widths)}")
+    unknown = [name for name in widths if name not in units]
+    if unknown:
+        raise WidthsError(f"no prunable layer named {unknown}; prunable layers: {order}")
+    result = {}
+    for name in order:
+        kept = widths.get(name, units[name])
+        if (
+            isinstance(kept, bool)
+            or not isinstance(kept, (int,))
+            and not (isinstance(kept, float) and kept.is_integer())
+        ):
+            raise WidthsError(f"width of layer {name!r} must be a whole number, got {kept!r}")
+        kept = int(kept)
+        if not 1 <= kept <= units[name]:
+            raise WidthsError(
+                f"width {kept} for layer {name!r} is impossible: it has {units[name]} units and "
+                f"must keep between 1 and {units[name]}"
+            )
+        result[name] = kept
+    return result
+
+
+def format_widths(widths: dict[str, int]) -> str:
+    """``{conv1: 5, conv2: 10, fc1: 16}`` -> ``"5-10-16"``."""
+    return "-".join(str(kept) for kept in widths.values())
+
+
+@dataclass
+class Importance:
+    """Per-unit importance of every prunable layer.
+
+    Attributes:
+        scores: ``{layer name: tensor (K,)}``, higher = more important, layers in network order.
+        criterion: ``"dirichlet"``, ``"random"``, ``"l1"``, ``"bn_scale"``, ``"taylor"``,
+            ``"oracle"``, ...
+        concentration: ``{layer name: phi (K,)}`` for the Dirichlet criterion, else None.
+        history: what learning recorded (loss curve, ranking snapshots, wall time).
+        config: the settings that produced it.
+    """
+
+    scores: dict[str, torch.Tensor]
+    criterion: str = "dirichlet"
+    concentration: dict[str, torch.Tensor] | None = None
+    history: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        """Layer names, in network order."""
+        return list(self.scores)
+
+    @property
+    def units(self) -> dict[str, int]:
+        """``{layer name: K}``."""
+        return {name: int(score.numel()) for name, score in self.scores.items()}
+
+    def _pick(self, values: dict[str, torch.Tensor], layer: str | None):
+        if layer is None:
+            return dict(values)
+        if layer not in values:
+            raise KeyError(f"no importance for layer {layer!r}; layers: {self.names}")
+        return values[layer]
+
+    def mean(self, layer: str | None = None):
+        """Posterior mean E[s] per unit (the scores for non-Dirichlet criteria).
+
+        One layer's tensor when ``layer`` is given, else a dict over layers.
+        """
+        if self.concentration is None:
+            return self._pick(self.scores, layer)
+        means = {name: phi / phi.sum() for name, phi in self.concentration.items()}
+        return self._pick(means, layer)
+
+    def std(self, layer: str | None = None):
+        """Posterior standard deviation of s per unit (Dirichlet criterion only)."""
+        if self.concentration is None:
+            raise ValueError(
+                f"the {self.criterion!r} criterion has no uncertainty; std() needs a Dirichlet "
+                "posterior from learn_importance"
+            )
+        stds = {}
+        for name, phi in self.concentration.items():
+            total = phi.sum()
+            stds[name] = torch.sqrt(phi * (total - phi) / (total**2 * (total + 1)))
+        return self._pick(stds, layer)
+
+    def relative(self, layer: str | None = None):
+        """Scores comparable across layers: K_l * E[s] (1.0 = the layer's average unit)."""
+        relative = {
+            name: score * score.numel() / score.sum() for name, score in self.mean().items()
+        }
+        return self._pick(relative, layer)
+
+    def ranking(self, layer: str) -> torch.Tensor:
+        """Unit indices of ``layer`` from most to least important (ties keep index order)."""
+        return torch.argsort(self._pick(self.scores, layer), descending=True, stable=True)
+
+    def widths(self, keep: float | Widths) -> dict[str, int]:
+        """Widths as ``{layer: kept units}``.
+
+        ``keep`` is a fraction in (0, 1] kept in every layer (rounded, at least one unit), or any
+        widths notation (checked against the layers).
+        """
+        if isinstance(keep, float):
+            if not 0 < keep <= 1:
+                raise WidthsError(f"a kept fraction must be in (0, 1], got {keep}")
+            return {name: max(1, round(k * keep)) for name, k in self.units.items()}
+        return parse_widths(keep, self.units)
+
+    def keep_indices(self, widths: Widths) -> dict[str, torch.Tensor]:
+        """The indices (ascending) of the top-``width`` units of each layer."""
+        widths = parse_widths(widths, self.units)
+        return {name: torch.sort(self.ranking(name)[:kept]).values for name, kept in widths.items()}
+
+    # Saving ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict of tensors and Python values (what :meth:`save` writes)."""
+        return {
+            "format": "dplib-importance-1",
+            "criterion": self.criterion,
+            "scores": {k: v.detach().cpu() for k, v in self.scores.items()},
+            "concentration": None
+            if self.concentration is None
+            else {k: v.detach().cpu() for k, v in self.concentration.items()},
+            "history": self.history,
+            "config": self.config,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write to ``path`` atomically (a temporary file, then a rename)."""
+        return atomic_torch_save(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Importance:
+        """Read an importance written by :meth:`save`."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no importance file at {path}")
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ValueError(
+                f"{path} is not a readable importance file ({error}); delete it and learn the "
+                "importance again"
+            ) from error
+        if not isinstance(data, dict) or data.get("format") != "dplib-importance-1":
+            raise ValueError(f"{path} is not a dplib importance file")
+        return cls(
+            scores=data["scores"],
+            criterion=data["criterion"],
+            concentration=data["concentration"],
+            history=data["history"],
+            config=data["config"],
+        )
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename it to ``path``.
+
+    A reader never sees a half-written file: either the old file or the complete new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(obj, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path

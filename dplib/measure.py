@@ -1,0 +1,116 @@
+"""Measure networks: exact parameters, MACs, wall-clock latency, rank agreement.
+
+Conventions (stated once, used everywhere):
+
+- parameters: ``sum(p.numel())`` over the model's parameters (BatchNorm's gamma and beta count,
+  its running statistics do not);
+- MACs: multiply-accumulate operations of one forward pass for the given input shape, counted by
+  ``torch.utils.flop_counter`` (which counts 2 FLOPs per multiply-add in convolutions and matrix
+  products); one multiply-add = 1 MAC. Bias additions, BatchNorm, activations and pooling are
+  not counted.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import NamedTuple
+
+import torch
+from scipy import stats
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .train import resolve_device
+
+
+class Count(NamedTuple):
+    """Exact parameters and MACs of a network (see the module docstring)."""
+
+    params: int
+    macs: int
+
+
+def count(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> Count:
+    """Parameters and MACs of ``model`` for one forward pass of a tensor of ``input_shape``.
+
+    ``input_shape`` includes the batch axis; (1, C, H, W) gives the MACs of one image.
+    One multiply-add counts as 1 MAC.
+    """
+    if len(input_shape) < 2:
+        raise ValueError(f"input_shape must include the batch axis, got {input_shape}")
+    params = sum(p.numel() for p in model.parameters())
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    dtype = parameter.dtype if parameter is not None else torch.float32
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(input_shape, device=device, dtype=dtype))
+    model.train(was_training)
+    return Count(params=params, macs=counter.get_total_flops() // 2)
+
+
+def latency(
+    model: nn.Module,
+    input_shape: tuple[int, ...] = (64, 1, 28, 28),
+    *,
+    repeats: int = 50,
+    warmup: int = 5,
+    device: str | torch.device = "cpu",
+) -> float:
+    """Median wall time in seconds of one forward pass on a batch of ``input_shape``."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    device = resolve_device(device)
+    was_training = model.training
+    model.eval().to(device)
+    batch = torch.randn(input_shape, device=device)
+    times = []
+    with torch.inference_mode():
+        for index in range(warmup + repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            model(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if index >= warmup:
+                times.append(time.perf_counter() - started)
+    model.train(was_training)
+    return statistics.median(times)
+
+
+def speedup(
+    base: nn.Module,
+    pruned: nn.Module,
+    input_shape: tuple[int, ...] = (64, 1, 28, 28),
+    *,
+    repeats: int = 50,
+    rounds: int = 3,
+    device: str | torch.device = "cpu",
+) -> float:
+    """Measured latency ratio base / pruned: the median over ``rounds`` interleaved runs."""
+    ratios = []
+    for _ in range(rounds):
+        slow = latency(base, input_shape, repeats=repeats, device=device)
+        fast = latency(pruned, input_shape, repeats=repeats, device=device)
+        ratios.append(slow / fast)
+    return statistics.median(ratios)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two score vectors of one layer."""
+    if a.numel() != b.numel():
+        raise ValueError(f"score vectors differ in length: {a.numel()} vs {b.numel()}")
+    if a.numel() < 2:
+        return float("nan")
+    return float(stats.spearmanr(a.detach().cpu().numpy(), b.detach().cpu().numpy()).statistic)
+
+
+def kendall(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Kendall's tau rank correlation of two score vectors of one layer."""
+    if a.numel() != b.numel():
+        raise ValueError(f"score vectors differ in length: {a.numel()} vs {b.numel()}")
+    return float(stats.kendalltau(a.detach().cpu().numpy(), b.detach().cpu().numpy()).statistic)

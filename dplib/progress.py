@@ -1,0 +1,56 @@
+"""Progress bars that read well in a terminal, in JupyterLab and in papermill logs.
+
+In a Jupyter kernel the bar is a widget (no stderr box in JupyterLab). Elsewhere, or when
+``DPLIB_PROGRESS=text`` (the Makefile sets it for papermill runs), it is plain text on stdout,
+redrawn at most every few seconds so a log stays short. ``DPLIB_PROGRESS=off`` hides it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+
+from tqdm import tqdm
+
+PROGRESS_ENV = "DPLIB_PROGRESS"
+
+
+def _in_kernel() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+
+
+def progress(
+    iterable: Iterable | None = None,
+    *,
+    total: int | None = None,
+    desc: str = "",
+    enabled: bool = True,
+) -> tqdm:
+    """A tqdm bar suited to where the code runs (see the module docstring)."""
+    style = os.environ.get(PROGRESS_ENV, "auto")
+    disable = not enabled or style == "off"
+    if style == "auto" and _in_kernel():
+        try:
+            from tqdm.notebook import tqdm as notebook_tqdm
+
+            return notebook_tqdm(iterable, total=total, desc=desc, disable=disable, leave=False)
+        except ImportError:
+            pass
+    interactive = style != "text" and sys.stdout.isatty()
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        disable=disable,
+        file=sys.stdout,
+        mininterval=0.1 if interactive else 10.0,
+        ascii=not interactive,
+        dynamic_ncols=interactive,
+        ncols=None if interactive else 80,
+    )

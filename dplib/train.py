@@ -1,0 +1,220 @@
+"""Training, evaluation, seeds, devices and checkpoints.
+
+``fit`` trains with SGD (momentum, weight decay, cosine learning rate) and keeps the weights of
+the epoch with the best *validation* accuracy, never the test accuracy. Checkpoints are written
+atomically and carry the architecture they belong to, so loading one into another network fails
+with a message that says so.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from .importance import atomic_torch_save
+from .progress import progress
+
+CHECKPOINT_FORMAT = "dplib-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used (corrupt, or of another architecture)."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to torch.device."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from error
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: str | torch.device = "auto"
+) -> dict[str, float]:
+    """Mean cross-entropy ``loss`` and ``accuracy`` (0..1) of ``model`` over ``loader``.
+
+    The model is put in eval mode for the pass and its mode restored afterwards.
+    """
+    device = resolve_device(device)
+    was_training = model.training
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    with torch.no_grad():
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            logits = model(images)
+            total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+            correct += (logits.argmax(1) == labels).sum().item()
+            count += labels.numel()
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("the loader is empty: nothing to evaluate")
+    return {"loss": total_loss / count, "accuracy": correct / count}
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    *,
+    epochs: float = 1,
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    schedule: str = "cosine",
+    val_loader: DataLoader | None = None,
+    keep_best: bool = True,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    show_progress: bool = True,
+    desc: str = "train",
+) -> dict[str, Any]:
+    """Train ``model`` in place with SGD and return its history.
+
+    Args:
+        epochs: passes over ``train_loader`` (a fraction trains on part of one pass).
+        schedule: ``"cosine"`` (decay to 0 over the run) or ``"constant"``.
+        val_loader: evaluated after each epoch; with ``keep_best`` the weights of the epoch with
+            the best validation accuracy are restored at the end.
+
+    Returns:
+        ``{"epochs": [...], "val_accuracy": [...], "train_loss": [...], "seconds": ...,
+        "seconds_per_epoch": ...}``.
+    """
+    if epochs <= 0:
+        raise ValueError(f"epochs must be positive, got {epochs}")
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or 'constant'")
+    device = resolve_device(device)
+    set_seed(seed)
+    model.to(device).train()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    total_steps = max(1, math.ceil(epochs * len(train_loader)))
+    history: dict[str, Any] = {"epochs": [], "val_accuracy": [], "train_loss": []}
+    best_accuracy, best_state = -1.0, None
+    step, started = 0, time.perf_counter()
+    bar = progress(total=total_steps, desc=desc, enabled=show_progress)
+    while step < total_steps:
+        running, seen = 0.0, 0
+        for images, labels in train_loader:
+            if step >= total_steps:
+                break
+            if schedule == "cosine":
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+            images, labels = images.to(device), labels.to(device)
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += loss.item() * labels.numel()
+            seen += labels.numel()
+            step += 1
+            bar.update(1)
+        history["epochs"].append(step / len(train_loader))
+        history["train_loss"].append(running / max(seen, 1))
+        if val_loader is not None:
+            accuracy = evaluate(model, val_loader, device)["accuracy"]
+            history["val_accuracy"].append(accuracy)
+            bar.set_postfix(val_acc=f"{accuracy:.4f}")
+            if keep_best and accuracy > best_accuracy:
+                best_accuracy = accuracy
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.train()
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    history["seconds"] = time.perf_counter() - started
+    history["seconds_per_epoch"] = history["seconds"] / (total_steps / len(train_loader))
+    model.eval()
+    return history
+
+
+# Checkpoints -------------------------------------------------------------------------------
+def architecture(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    """The (name, shape) of every entry of the state dict: what a checkpoint must match."""
+    return [(name, tuple(value.shape)) for name, value in model.state_dict().items()]
+
+
+def save_checkpoint(
+    path: str | os.PathLike, model: nn.Module, *, model_name: str, **extra: Any
+) -> Path:
+    """Write ``model``'s weights and architecture to ``path`` atomically.
+
+    ``extra`` (plain Python values: widths, metrics, configuration) is stored beside them.
+    """
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model_name": model_name,
+        "architecture": architecture(model),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": extra,
+    }
+    return atomic_torch_save(payload, path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint file; a missing or corrupt file raises a clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(error).__name__}: {error}). It may be "
+            "truncated or corrupt: delete it and run the stage that writes it again."
+        ) from error
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a dplib checkpoint (format {CHECKPOINT_FORMAT})")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> dict[str, Any]:
+    """Load the weights at ``path`` into ``model``; return the stored ``extra`` dict.
+
+    Raises:
+        CheckpointError: the file is corrupt, or it belongs to another architecture (the
+            message names both and the first difference).
+    """
+    payload = read_checkpoint(path)
+    expected = [(name, tuple(shape)) for name, shape in payload["architecture"]]
+    actual = architecture(model)
+    if expected != actual:
+        saved = dict(expected)
+        here = dict(actual)
+        differences = [
+            f"{name}: checkpoint {saved.get(name)} vs model {here.get(name)}"
+            for name in list(dict.fromkeys([*saved, *here]))
+            if saved.get(name) != here.get(name)
+        ]
+        raise CheckpointError(
+            f"{path} holds a {payload['model_name']!r} network of another architecture than "
+            f"this {type(model).__name__}: {'; '.join(differences[:3])}"
+            f"{' ...' if len(differences) > 3 else ''}. Build the model the checkpoint was "
+            "saved from (same name and widths) or retrain."
+        )
+    model.load_state_dict(payload["state_dict"])
+    return payload["extra"]
