@@ -400,6 +400,19 @@ def loaders(
     )
 
 
+def reseed(loader: DataLoader, seed: int) -> None:
+    """Restart the shuffling of a loader made by :func:`make_loader` from ``seed``.
+
+    Training and importance learning call it, so the same seed gives the same batches even when
+    a loader object is reused.
+    """
+    # make_loader's DataLoader has batch_size=None: its .sampler is our BatchSampler.
+    batches = loader.batch_sampler or loader.sampler
+    generator = getattr(getattr(batches, "sampler", None), "generator", None)
+    if generator is not None:
+        generator.manual_seed(seed)
+
+
 def available(name: str, root: str | os.PathLike | None = None, download: bool = True) -> bool:
     """True when data set ``name`` can be loaded here (its files exist or can be fetched)."""
     try:

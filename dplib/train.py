@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from .data import reseed
 from .importance import atomic_torch_save
 from .progress import progress
 
@@ -108,6 +109,7 @@ def fit(
         raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or 'constant'")
     device = resolve_device(device)
     set_seed(seed)
+    reseed(train_loader, seed)
     model.to(device).train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)

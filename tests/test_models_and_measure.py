@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+import dplib
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "macs"),
+    [
+        ("lenet300", 266_610, 266_200),
+        ("lenet5", 431_080, 2_293_000),
+        ("lenet5_bn", 40_225, 498_750),
+    ],
+)
+def test_parameter_and_mac_counts(name, params, macs):
+    model = dplib.models.build(name)
+    assert dplib.count(model, (1, *dplib.models.input_shape(name))) == (params, macs)
+    # MACs of a batch scale with the batch
+    assert dplib.count(model, (4, 1, 28, 28)).macs == 4 * macs
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="unknown model 'lenet7'; available models: lenet300"):
+        dplib.models.build("lenet7")
+
+
+def test_same_seed_same_weights():
+    a = dplib.models.build("lenet5", seed=3)
+    b = dplib.models.build("lenet5", seed=3)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_latency_and_speedup_are_positive():
+    model = dplib.models.build("lenet5")
+    small = dplib.prune(model, dplib.baselines.l1_importance(model), "3-6-30")
+    assert dplib.latency(small, (8, 1, 28, 28), repeats=3, warmup=1) > 0
+    assert dplib.speedup(model, small, (8, 1, 28, 28), repeats=3, rounds=1) > 0
+
+
+def test_rank_correlations():
+    a = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert dplib.measure.spearman(a, a) == pytest.approx(1.0)
+    assert dplib.measure.spearman(a, -a) == pytest.approx(-1.0)
+    assert dplib.measure.kendall(a, a.flip(0)) == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="differ in length"):
+        dplib.measure.spearman(a, a[:2])

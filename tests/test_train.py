@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+import dplib
+
+
+def test_fit_learns_and_is_deterministic():
+    loaders = dplib.data.loaders("mnist5k", batch_size=64, subset=1000, eval_subset=300, seed=0)
+    results = []
+    for _ in range(2):
+        model = dplib.models.build("lenet300", seed=0)
+        history = dplib.fit(
+            model,
+            loaders.train,
+            epochs=2,
+            lr=0.05,
+            val_loader=loaders.val,
+            device="cpu",
+            show_progress=False,
+        )
+        results.append((model, history))
+    accuracy = dplib.evaluate(results[0][0], loaders.val)["accuracy"]
+    assert accuracy > 0.6  # chance is 0.1
+    assert results[0][1]["val_accuracy"] == results[1][1]["val_accuracy"]
+    for p, q in zip(results[0][0].parameters(), results[1][0].parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_checkpoint_roundtrip_and_atomic_write(tmp_path):
+    model = dplib.models.build("lenet5", seed=1)
+    path = dplib.save_checkpoint(tmp_path / "a" / "base.pt", model, model_name="lenet5", acc=0.5)
+    assert [p.name for p in path.parent.iterdir()] == ["base.pt"]  # no temporary left behind
+    other = dplib.models.build("lenet5", seed=2)
+    extra = dplib.load_checkpoint(path, other)
+    assert extra == {"acc": 0.5}
+    assert torch.equal(other.conv1.weight, model.conv1.weight)
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    path = dplib.save_checkpoint(
+        tmp_path / "lenet5.pt", dplib.models.build("lenet5"), model_name="lenet5"
+    )
+    with pytest.raises(dplib.CheckpointError, match="'lenet5' network of another architecture"):
+        dplib.load_checkpoint(path, dplib.models.build("lenet300"))
+    with pytest.raises(dplib.CheckpointError, match=r"conv1.weight: checkpoint \(20, 1, 5, 5\)"):
+        dplib.load_checkpoint(path, dplib.models.build("lenet5", widths="5-10-16"))
+
+
+def test_corrupt_or_missing_checkpoint(tmp_path):
+    path = dplib.save_checkpoint(
+        tmp_path / "x.pt", dplib.models.build("lenet300"), model_name="lenet300"
+    )
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(dplib.CheckpointError, match="truncated or corrupt"):
+        dplib.load_checkpoint(path, dplib.models.build("lenet300"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        dplib.load_checkpoint(tmp_path / "missing.pt", dplib.models.build("lenet300"))
+
+
+def test_device_resolution():
+    assert dplib.resolve_device("cpu").type == "cpu"
+    assert dplib.resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(ValueError, match="unknown device"):
+        dplib.resolve_device("gpu0")

@@ -1,0 +1,137 @@
+import pytest
+import torch
+from conftest import trained_like
+from torch import nn
+
+import dplib
+
+
+def test_learn_importance_restores_weights_modes_and_requires_grad(tiny_loader):
+    model = trained_like(dplib.models.build("lenet5_bn", seed=0))
+    model.train()
+    model.fc1.weight.requires_grad_(False)  # a user's own freezing must survive
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    gated = dplib.attach_gates(model)
+    importance = dplib.learn_importance(gated, tiny_loader, epochs=1, device="cpu")
+    after = model.state_dict()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), f"{key} changed"
+    assert model.training and all(m.training for m in model.modules())
+    assert model.fc1.weight.requires_grad is False
+    assert all(p.requires_grad for n, p in model.named_parameters() if n != "fc1.weight")
+    assert importance.names == ["conv1", "conv2", "fc1", "fc2"]
+    assert len(importance.history["loss"]) == len(tiny_loader)
+    assert importance.history["seconds"] > 0
+    # the posterior moved away from uniform
+    assert importance.mean("conv1").std() > 0
+
+
+def test_only_theta_moves_and_batchnorm_uses_running_statistics(tiny_loader):
+    model = trained_like(dplib.models.build("lenet5_bn", seed=0))
+    model.train()
+    running = model.bn1.running_mean.clone()
+    gated = dplib.attach_gates(model)
+    thetas = {name: gate.theta.detach().clone() for name, gate in gated.named_gates()}
+    dplib.learn_importance(gated, tiny_loader, epochs=0.5, device="cpu")
+    assert torch.equal(model.bn1.running_mean, running)
+    for name, gate in gated.named_gates():
+        assert not torch.equal(gate.theta.detach(), thetas[name]), name
+
+
+class Recorder(nn.Module):
+    """A two-unit network whose logits show which gate sample each image received."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Linear(2, 2, bias=False)
+        self.out = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.hidden.weight.copy_(torch.eye(2))
+            self.out.weight.copy_(torch.eye(2))
+
+    def forward(self, x):
+        return self.out(self.hidden(x))
+
+
+def test_sampling_averages_the_per_sample_cross_entropy():
+    from torch.nn import functional as F
+
+    from dplib.vi import elbo_loss
+
+    model = Recorder()
+    gated = dplib.attach_gates(model)
+    images = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]])
+    labels = torch.tensor([0, 1, 1])
+    torch.manual_seed(3)
+    _, cross_entropy, _ = elbo_loss(
+        gated,
+        images,
+        labels,
+        samples=4,
+        estimator="sample",
+        alpha0=1.0,
+        kl_weight=0.0,
+        dataset_size=10,
+    )
+    factors = gated.gate("hidden").current_factor()
+    assert factors.shape == (4, 2)
+    # each image with its own logits under each sample: mean of the 4 x 3 cross-entropies
+    per_sample = [F.cross_entropy(images * factor, labels) for factor in factors]
+    expected = torch.stack(per_sample).mean()
+    torch.testing.assert_close(cross_entropy, expected)
+    # ... which is not the cross-entropy of averaged logits
+    averaged = F.cross_entropy(torch.stack([images * f for f in factors]).mean(0), labels)
+    assert not torch.isclose(cross_entropy, averaged)
+
+
+def test_kl_enters_divided_by_dataset_size():
+    from dplib.vi import elbo_loss
+
+    gated = dplib.attach_gates(Recorder(), phi_init=5.0)
+    images, labels = torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
+    loss, cross_entropy, kl = elbo_loss(
+        gated,
+        images,
+        labels,
+        samples=1,
+        estimator="point",
+        alpha0=0.3,
+        kl_weight=2.0,
+        dataset_size=50,
+    )
+    assert kl > 0
+    torch.testing.assert_close(loss, cross_entropy + 2.0 * kl / 50)
+
+
+def test_point_estimator_and_saving(tmp_path, tiny_loader):
+    gated = dplib.attach_gates(dplib.models.build("lenet300", seed=0))
+    importance = dplib.learn_importance(
+        gated, tiny_loader, epochs=1, estimator="point", device="cpu", show_progress=False
+    )
+    path = importance.save(tmp_path / "importance.pt")
+    loaded = dplib.Importance.load(path)
+    assert loaded.names == ["fc1", "fc2"]
+    torch.testing.assert_close(loaded.mean("fc1"), importance.mean("fc1"))
+    torch.testing.assert_close(loaded.std("fc2"), importance.std("fc2"))
+    assert loaded.config["estimator"] == "point"
+
+
+def test_same_seed_same_importance(tiny_loader):
+    results = []
+    for _ in range(2):
+        gated = dplib.attach_gates(dplib.models.build("lenet300", seed=0))
+        loader = dplib.data.make_loader(tiny_loader.dataset, 64, shuffle=True, seed=5)
+        results.append(
+            dplib.learn_importance(gated, loader, device="cpu", seed=7, show_progress=False)
+        )
+    torch.testing.assert_close(results[0].mean("fc1"), results[1].mean("fc1"), rtol=0, atol=0)
+
+
+def test_learn_importance_rejects_bad_arguments(tiny_loader):
+    gated = dplib.attach_gates(dplib.models.build("lenet300"))
+    with pytest.raises(ValueError, match="estimator"):
+        dplib.learn_importance(gated, tiny_loader, estimator="mcmc")
+    with pytest.raises(ValueError, match="samples"):
+        dplib.learn_importance(gated, tiny_loader, samples=0)
+    with pytest.raises(TypeError, match="attach_gates"):
+        dplib.learn_importance(dplib.models.build("lenet300"), tiny_loader)
