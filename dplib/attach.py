@@ -44,9 +44,9 @@ class GatedModel(nn.Module):
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         modules = dict(model.named_modules())
         for layer in graph.layers:
-            target = modules[layer.gate_target(position)]
-            gate = gates[layer.name]
-            self._handles.append(target.register_forward_hook(_make_hook(gate)))
+            for target in layer.gate_targets(position):
+                hook = _make_hook(gates[layer.name])
+                self._handles.append(modules[target].register_forward_hook(hook))
 
     @property
     def layers(self) -> list[str]:
@@ -93,7 +93,12 @@ def _make_hook(gate: DirichletGate):
 
 
 def attach_gates(
-    model: nn.Module, *, phi_init: float = 1.0, scale: str = "K", position: str = "after_bn"
+    model: nn.Module,
+    *,
+    phi_init: float = 1.0,
+    scale: str = "K",
+    position: str = "after_bn",
+    coupled: bool = False,
 ) -> GatedModel:
     """Place a Dirichlet gate after every prunable layer of ``model``.
 
@@ -105,6 +110,9 @@ def attach_gates(
             mathematics) or ``"none"`` (by s, as the reference code: every unit shrunk by 1/K).
         position: ``"after_bn"`` (the gate multiplies the BatchNorm's output where a layer has
             one) or ``"before_bn"`` (the layer's raw output).
+        coupled: also gate the groups of layers tied by residual additions (one gate per group,
+            multiplying every tied layer's output); by default only layers whose units are free
+            (for residual networks: the inner channels of each block).
 
     Returns:
         A :class:`GatedModel` whose gates multiply by their posterior mean (``"mean"`` mode).
@@ -115,7 +123,7 @@ def attach_gates(
         raise ValueError("this model already has gates; call .remove() first")
     if position not in GATE_POSITIONS:
         raise ValueError(f"unknown gate position {position!r}; choose one of {GATE_POSITIONS}")
-    graph = find_prunable_layers(model)
+    graph = find_prunable_layers(model, coupled=coupled)
     parameter = next(model.parameters(), None)
     gates = {}
     for layer in graph.layers:

@@ -33,34 +33,39 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.model if isinstance(model, GatedModel) else model
 
 
-def random_importance(model: nn.Module, seed: int = 0) -> Importance:
-    """Uniform random scores (seeded): the floor every criterion should beat."""
+def random_importance(model: nn.Module, seed: int = 0, *, coupled: bool = False) -> Importance:
+    """Uniform random scores (seeded): the floor every criterion should beat.
+
+    ``coupled=True`` also scores the residual-coupled groups (as for every criterion here).
+    """
     generator = torch.Generator().manual_seed(seed)
-    layers = find_prunable_layers(_unwrap(model)).layers
+    layers = find_prunable_layers(_unwrap(model), coupled=coupled).layers
     scores = {layer.name: torch.rand(layer.units, generator=generator) for layer in layers}
     return Importance(scores, criterion="random", config={"seed": seed})
 
 
-def l1_importance(model: nn.Module) -> Importance:
-    """L1 norm of each unit's weights (its output row of W)."""
+def l1_importance(model: nn.Module, *, coupled: bool = False) -> Importance:
+    """L1 norm of each unit's weights (its output rows of W, summed over a group's layers)."""
     model = _unwrap(model)
     modules = dict(model.named_modules())
     scores = {}
-    for layer in find_prunable_layers(model).layers:
-        weight = modules[layer.name].weight.detach()
-        scores[layer.name] = weight.abs().flatten(1).sum(1).cpu()
+    for layer in find_prunable_layers(model, coupled=coupled).layers:
+        rows = [modules[name].weight.detach().abs().flatten(1).sum(1) for name in layer.producers]
+        scores[layer.name] = torch.stack(rows).sum(0).cpu()
     return Importance(scores, criterion="l1")
 
 
-def bn_scale_importance(model: nn.Module) -> Importance:
-    """|gamma| of each unit's BatchNorm; layers without BatchNorm fall back to the L1 norm."""
+def bn_scale_importance(model: nn.Module, *, coupled: bool = False) -> Importance:
+    """|gamma| of each unit's BatchNorm (mean over a group's layers); else the L1 norm."""
     model = _unwrap(model)
     modules = dict(model.named_modules())
-    l1 = l1_importance(model).scores
+    l1 = l1_importance(model, coupled=coupled).scores
     scores, fallback = {}, []
-    for layer in find_prunable_layers(model).layers:
-        if layer.batchnorms and modules[layer.batchnorms[0]].affine:
-            scores[layer.name] = modules[layer.batchnorms[0]].weight.detach().abs().cpu()
+    for layer in find_prunable_layers(model, coupled=coupled).layers:
+        norms = [modules[bn] for bn in layer.direct_batchnorms.values() if modules[bn].affine]
+        if norms:
+            gammas = torch.stack([bn.weight.detach().abs() for bn in norms])
+            scores[layer.name] = gammas.mean(0).cpu()
         else:
             scores[layer.name] = l1[layer.name]
             fallback.append(layer.name)
@@ -75,25 +80,35 @@ def bn_scale_importance(model: nn.Module) -> Importance:
 
 
 def taylor_importance(
-    model: nn.Module, loader: DataLoader, *, batches: int = 10, device: str = "auto"
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    batches: int = 10,
+    device: str = "auto",
+    coupled: bool = False,
 ) -> Importance:
-    """First-order Taylor scores |a * dL/da| per unit, over ``batches`` mini-batches."""
+    """First-order Taylor scores |a * dL/da| per unit, over ``batches`` mini-batches.
+
+    For a residual group the per-image contributions of its layers are summed before the
+    absolute value: that is the derivative of the loss with respect to one shared unit scale.
+    """
     if batches < 1:
         raise ValueError(f"batches must be at least 1, got {batches}")
     model = _unwrap(model)
     device = resolve_device(device)
     original_device = next(model.parameters()).device
-    graph = find_prunable_layers(model)
+    graph = find_prunable_layers(model, coupled=coupled)
     modules = dict(model.named_modules())
-    outputs: dict[str, torch.Tensor] = {}
+    outputs: dict[str, list[torch.Tensor]] = {}
     handles = []
     for layer in graph.layers:
 
         def keep(module, inputs, output, name=layer.name):
             output.retain_grad()
-            outputs[name] = output
+            outputs.setdefault(name, []).append(output)
 
-        handles.append(modules[layer.gate_target()].register_forward_hook(keep))
+        for target in layer.gate_targets():
+            handles.append(modules[target].register_forward_hook(keep))
     scores = {layer.name: torch.zeros(layer.units) for layer in graph.layers}
     was_training = model.training
     model.to(device).eval()
@@ -106,10 +121,13 @@ def taylor_importance(
             with torch.enable_grad():
                 loss = F.cross_entropy(model(images), labels.to(device), reduction="sum")
                 loss.backward()
-            for name, output in outputs.items():
-                contribution = (output * output.grad).detach()
-                if contribution.dim() > 2:
-                    contribution = contribution.flatten(2).sum(2)
+            for name, tensors in outputs.items():
+                contribution = 0
+                for output in tensors:
+                    product = (output * output.grad).detach()
+                    contribution = contribution + (
+                        product.flatten(2).sum(2) if product.dim() > 2 else product
+                    )
                 scores[name] += contribution.abs().sum(0).cpu()
             outputs.clear()
     finally:
@@ -128,6 +146,7 @@ def oracle_importance(
     chunk: int = 16,
     device: str = "auto",
     show_progress: bool = True,
+    coupled: bool = False,
 ) -> Importance:
     """Loss increase when one unit alone is removed, on the data of ``loader``.
 
@@ -138,7 +157,7 @@ def oracle_importance(
     model = _unwrap(model)
     device = resolve_device(device)
     original_device = next(model.parameters()).device
-    gated = attach_gates(model)
+    gated = attach_gates(model, coupled=coupled)
     was_training = model.training
     data = []
     for index, (images, labels) in enumerate(loader):
@@ -185,6 +204,7 @@ def baseline_importance(
     seed: int = 0,
     batches: int | None = None,
     device: str = "auto",
+    coupled: bool = False,
 ) -> Importance:
     """Any baseline by name: ``random``, ``l1``, ``bn_scale``, ``taylor`` or ``oracle``.
 
@@ -196,11 +216,13 @@ def baseline_importance(
     if criterion in ("taylor", "oracle") and loader is None:
         raise ValueError(f"criterion {criterion!r} needs a data loader")
     if criterion == "random":
-        return random_importance(model, seed)
+        return random_importance(model, seed, coupled=coupled)
     if criterion == "l1":
-        return l1_importance(model)
+        return l1_importance(model, coupled=coupled)
     if criterion == "bn_scale":
-        return bn_scale_importance(model)
+        return bn_scale_importance(model, coupled=coupled)
     if criterion == "taylor":
-        return taylor_importance(model, loader, batches=batches or 10, device=device)
-    return oracle_importance(model, loader, batches=batches, device=device)
+        return taylor_importance(
+            model, loader, batches=batches or 10, device=device, coupled=coupled
+        )
+    return oracle_importance(model, loader, batches=batches, device=device, coupled=coupled)

@@ -1,12 +1,22 @@
-"""Find a network's prunable layers and the layers that consume their units.
+"""Find a network's prunable layers and everything their units touch.
 
-The model is traced once with ``torch.fx``. From every ``Conv2d`` and ``Linear`` the trace is
-followed forward through operations that keep units apart (BatchNorm, activations, pooling,
-dropout, flatten / view): the ``Conv2d`` / ``Linear`` layers reached there are its consumers,
-whose matching inputs the surgery removes. A layer is prunable when all its paths end in
-consumers. The classifier (its output reaches the network's output) never is, and neither is a
-layer whose output meets an operation that mixes or ties units (a residual addition, a
-concatenation): those are reported with the reason, not silently pruned.
+The model is traced once with ``torch.fx`` and every tensor of the trace is given a *channel
+space*: the output of a ``Conv2d`` / ``Linear`` opens a new space; operations that keep units
+apart (BatchNorm, activations, pooling, dropout, flatten / view, scaling by a number) pass it
+on; an addition ties the spaces of its operands into one (a residual connection: the
+convolutions whose outputs are summed must keep the same channels). Each space then lists
+
+- its *producers*: the Conv2d / Linear layers whose output units are the space's units;
+- its *BatchNorms*, pruned with the units;
+- its *consumers*: the Conv2d / Linear layers that read the units as inputs (a Linear after a
+  flatten reads H*W inputs per channel).
+
+A space is prunable when it has consumers and nothing fixes its units: not the network's input
+or output (the classifier), not an operation that mixes units (a concatenation, a reduction over
+channels, an unknown module). A space with one producer is a plain prunable layer; a space tied
+by residual additions (several producers) is a *coupled group*, gated and pruned as one unit set
+when asked for (``coupled=True``). Layers left out are reported with the reason, never pruned
+silently.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ _PASSTHROUGH_MODULES = (
     nn.Identity,
     nn.Flatten,
 )
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 _PASSTHROUGH_FUNCTIONS = {
     F.relu,
     F.relu6,
@@ -56,6 +67,8 @@ _PASSTHROUGH_FUNCTIONS = {
     torch.flatten,
 }
 _PASSTHROUGH_METHODS = {"relu", "tanh", "sigmoid", "view", "reshape", "flatten", "contiguous"}
+_ADDITIONS = {operator.add, operator.iadd, torch.add}
+_SCALINGS = {operator.mul, operator.truediv, torch.mul}
 _SHAPE_QUERIES = {"size", "dim"}
 
 
@@ -65,27 +78,44 @@ class UnsupportedModelError(ValueError):
 
 @dataclass
 class PrunableLayer:
-    """One prunable layer and everything its units touch.
+    """A set of units pruned together: one layer's outputs, or a residual-coupled group.
 
     Attributes:
-        name: module name of the Conv2d / Linear in the model (``conv1``, ``features.3``).
-        kind: ``"conv"`` or ``"linear"``.
-        units: K, its number of output units.
+        name: the name used in importances and widths: the (first) producer's module name.
+        kind: ``"conv"``, ``"linear"``, or ``"group"`` for a residual-coupled group.
+        units: K, the number of units.
+        producers: Conv2d / Linear modules whose output units these are (one unless a group).
         batchnorms: BatchNorm modules that normalise these units (pruned with them).
         consumers: Conv2d / Linear modules that read these units as inputs.
+        direct_batchnorms: ``{producer: BatchNorm right after it}`` where there is one.
     """
 
     name: str
     kind: str
     units: int
+    producers: list[str] = field(default_factory=list)
     batchnorms: list[str] = field(default_factory=list)
     consumers: list[str] = field(default_factory=list)
+    direct_batchnorms: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def coupled(self) -> bool:
+        """True for a group of layers tied by residual additions."""
+        return self.kind == "group"
+
+    def gate_targets(self, position: str = "after_bn") -> list[str]:
+        """Modules whose outputs the gate multiplies: each producer's BatchNorm, or the producer.
+
+        For a group every producer's output is multiplied by the same gate; since the summed
+        tensors share the units, that equals gating the sum.
+        """
+        if position == "after_bn":
+            return [self.direct_batchnorms.get(p, p) for p in self.producers]
+        return list(self.producers)
 
     def gate_target(self, position: str = "after_bn") -> str:
-        """Module whose output the gate multiplies: the BatchNorm right after, or the layer."""
-        if position == "after_bn" and self.batchnorms:
-            return self.batchnorms[0]
-        return self.name
+        """The module the gate of a single layer multiplies (the first one for a group)."""
+        return self.gate_targets(position)[0]
 
 
 @dataclass
@@ -107,94 +137,204 @@ class LayerGraph:
         raise KeyError(f"{name!r} is not a prunable layer; prunable layers: {self.names}")
 
 
-def _units(module: nn.Module) -> int:
-    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+class _Spaces:
+    """Union-find over channel spaces, with what each space holds."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.fixed: dict[int, str] = {}
+        self.added = set()
+
+    def new(self) -> int:
+        self.parent.append(len(self.parent))
+        return len(self.parent) - 1
+
+    def find(self, space: int) -> int:
+        while self.parent[space] != space:
+            self.parent[space] = self.parent[self.parent[space]]
+            space = self.parent[space]
+        return space
+
+    def union(self, a: int, b: int) -> int:
+        a, b = self.find(a), self.find(b)
+        if a != b:
+            self.parent[b] = a
+            if (a in self.fixed) != (b in self.fixed):
+                reason = self.fixed.get(a) or self.fixed.get(b)
+                self.fixed[a] = (
+                    f"a residual addition ties it to channels that cannot change ({reason})"
+                )
+        self.added.add(a)
+        return a
+
+    def fix(self, space: int, reason: str) -> None:
+        self.fixed.setdefault(self.find(space), reason)
 
 
-def _follow(node: fx.Node, modules: dict[str, nn.Module], units: int):
-    """Walk forward from node; return (batchnorms, consumers, reason-not-prunable or None)."""
-    batchnorms: list[str] = []
-    consumers: list[str] = []
-    stack = list(node.users)
-    seen: set[fx.Node] = set()
-    while stack:
-        user = stack.pop()
-        if user in seen:
-            continue
-        seen.add(user)
-        if user.op == "output":
-            return batchnorms, consumers, "its output reaches the network's output (classifier)"
-        if user.op == "call_module":
-            module = modules[user.target]
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                if isinstance(module, nn.Conv2d) and module.groups != 1:
-                    return batchnorms, consumers, f"consumer {user.target} is a grouped conv"
-                consumers.append(user.target)
-                continue
-            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                if module.num_features != units:
-                    return batchnorms, consumers, f"{user.target} does not match its units"
-                batchnorms.append(user.target)
-            elif not isinstance(module, _PASSTHROUGH_MODULES):
-                kind = type(module).__name__
-                return batchnorms, consumers, f"its output enters {user.target} ({kind})"
-        elif user.op == "call_function":
-            if user.target is operator.getitem or user.target not in _PASSTHROUGH_FUNCTIONS:
-                name = getattr(user.target, "__name__", str(user.target))
-                return batchnorms, consumers, f"its output enters the operation {name}"
-        elif user.op == "call_method":
-            if user.target in _SHAPE_QUERIES:
-                continue
-            if user.target not in _PASSTHROUGH_METHODS:
-                return batchnorms, consumers, f"its output enters the method .{user.target}()"
-        stack.extend(user.users)
-    if not consumers:
-        return batchnorms, consumers, "no Conv2d or Linear consumes its output"
-    return batchnorms, consumers, None
-
-
-def find_prunable_layers(model: nn.Module) -> LayerGraph:
-    """Trace ``model`` and return its prunable layers, in execution order.
-
-    Raises:
-        UnsupportedModelError: the model cannot be traced by ``torch.fx`` (data-dependent
-            control flow in ``forward``) or has no prunable layer.
-    """
+def _trace(model: nn.Module) -> fx.GraphModule:
     try:
-        traced = fx.symbolic_trace(model)
+        return fx.symbolic_trace(model)
     except Exception as error:  # fx raises many types; all mean the same thing here
         raise UnsupportedModelError(
             f"dplib could not trace {type(model).__name__} with torch.fx ({error}). Gates and "
             "surgery need a forward() without data-dependent Python control flow."
         ) from error
+
+
+def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
+    return [arg for arg in node.all_input_nodes]
+
+
+def find_prunable_layers(model: nn.Module, *, coupled: bool = False) -> LayerGraph:
+    """Trace ``model`` and return its prunable layers (and groups), in execution order.
+
+    Args:
+        coupled: also return the groups of layers tied by residual additions (each pruned as
+            one set of units); by default they are listed in ``skipped`` with the reason.
+
+    Raises:
+        UnsupportedModelError: the model cannot be traced by ``torch.fx`` (data-dependent
+            control flow in ``forward``) or has no prunable layer.
+    """
+    traced = _trace(model)
     modules = dict(traced.named_modules())
+    spaces = _Spaces()
+    space_of: dict[fx.Node, int] = {}
+    producers: dict[str, fx.Node] = {}
+    consumers: list[tuple[str, int]] = []
+    batchnorms: list[tuple[str, int]] = []
     calls: dict[str, int] = {}
-    for node in traced.graph.nodes:
-        if node.op == "call_module":
+    order: dict[fx.Node, int] = {}
+    for index, node in enumerate(traced.graph.nodes):
+        order[node] = index
+        inputs = [n for n in _tensor_inputs(node) if n in space_of]
+        if node.op == "placeholder":
+            space_of[node] = spaces.new()
+            spaces.fix(space_of[node], "its channels are the network's input")
+        elif node.op == "output":
+            for parent in inputs:
+                spaces.fix(space_of[parent], "its output reaches the network's output (classifier)")
+        elif node.op == "get_attr":
+            continue
+        elif node.op == "call_module":
+            module = modules[node.target]
             calls[node.target] = calls.get(node.target, 0) + 1
-    layers: list[PrunableLayer] = []
-    skipped: dict[str, str] = {}
-    for node in traced.graph.nodes:
-        if node.op != "call_module":
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                for parent in inputs:
+                    consumers.append((node.target, space_of[parent]))
+                space_of[node] = spaces.new()
+                producers[node.target] = node
+                if isinstance(module, nn.Conv2d) and module.groups != 1:
+                    spaces.fix(space_of[node], "grouped convolutions are not supported")
+                    for parent in inputs:
+                        spaces.fix(space_of[parent], f"{node.target} is a grouped convolution")
+            elif isinstance(module, _BATCHNORMS) or isinstance(module, _PASSTHROUGH_MODULES):
+                if isinstance(module, _BATCHNORMS):
+                    batchnorms.append((node.target, space_of[inputs[0]]))
+                space_of[node] = space_of[inputs[0]]
+            else:
+                _opaque(node, inputs, space_of, spaces, f"{node.target} ({type(module).__name__})")
+        elif node.op == "call_function":
+            target = node.target
+            name = getattr(target, "__name__", str(target))
+            if target is getattr or (target is operator.getitem and not inputs):
+                continue
+            if target in _PASSTHROUGH_FUNCTIONS and inputs:
+                space_of[node] = space_of[inputs[0]]
+            elif target in _SCALINGS and len(inputs) == 1:
+                space_of[node] = space_of[inputs[0]]
+            elif target in _ADDITIONS and len(inputs) == 2:
+                space_of[node] = spaces.union(space_of[inputs[0]], space_of[inputs[1]])
+            elif inputs:
+                _opaque(node, inputs, space_of, spaces, f"the operation {name}")
+        elif node.op == "call_method":
+            if node.target in _SHAPE_QUERIES or not inputs:
+                continue
+            if node.target in _PASSTHROUGH_METHODS:
+                space_of[node] = space_of[inputs[0]]
+            else:
+                _opaque(node, inputs, space_of, spaces, f"the method .{node.target}()")
+    return _collect(
+        model, modules, spaces, space_of, producers, consumers, batchnorms, calls, order, coupled
+    )
+
+
+def _opaque(node, inputs, space_of, spaces: _Spaces, what: str) -> None:
+    for parent in inputs:
+        spaces.fix(space_of[parent], f"its output enters {what}")
+    space_of[node] = spaces.new()
+    spaces.fix(space_of[node], f"it comes out of {what}")
+
+
+def _units(module: nn.Module) -> int:
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+
+def _inputs(module: nn.Module) -> int:
+    return module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
+
+
+def _collect(
+    model, modules, spaces, space_of, producers, consumers, batchnorms, calls, order, coupled
+) -> LayerGraph:
+    groups: dict[int, dict] = {}
+
+    def group(space: int) -> dict:
+        root = spaces.find(space)
+        return groups.setdefault(root, {"producers": [], "batchnorms": [], "consumers": []})
+
+    for name, node in producers.items():
+        group(space_of[node])["producers"].append(name)
+        if calls[name] > 1:
+            spaces.fix(space_of[node], "the module is called more than once (shared weights)")
+    for name, space in batchnorms:
+        group(space)["batchnorms"].append(name)
+    for name, space in consumers:
+        group(space)["consumers"].append(name)
+    layers, skipped = [], {}
+    for root, members in groups.items():
+        names = sorted(members["producers"], key=lambda n: order[producers[n]])
+        if not names:
             continue
-        module = modules[node.target]
-        if not isinstance(module, (nn.Conv2d, nn.Linear)):
-            continue
-        if calls[node.target] > 1:
-            skipped[node.target] = "the module is called more than once (shared weights)"
-            continue
-        if isinstance(module, nn.Conv2d) and module.groups != 1:
-            skipped[node.target] = "grouped convolutions are not supported"
-            continue
-        units = _units(module)
-        batchnorms, consumers, reason = _follow(node, modules, units)
+        reason = spaces.fixed.get(spaces.find(root))
+        units = {_units(modules[n]) for n in names}
+        if reason is None and len(units) != 1:
+            reason = "the layers tied by its residual addition differ in width"
+        if reason is None and not members["consumers"]:
+            reason = "no Conv2d or Linear consumes its output"
         if reason is None:
-            reason = _check_consumers(module, consumers, modules)
+            reason = _check_consumers(units.pop(), members["consumers"], modules)
+        is_group = len(names) > 1 or spaces.find(root) in spaces.added
+        if reason is None and is_group and not coupled:
+            reason = (
+                "its channels are tied to other layers by a residual addition; "
+                "coupled=True gates and prunes them as one group"
+            )
         if reason is not None:
-            skipped[node.target] = reason
+            for name in names:
+                skipped[name] = reason
             continue
-        kind = "conv" if isinstance(module, nn.Conv2d) else "linear"
-        layers.append(PrunableLayer(node.target, kind, units, batchnorms, consumers))
+        first = modules[names[0]]
+        direct = {}
+        for name in names:
+            users = list(producers[name].users)
+            if len(users) == 1 and users[0].op == "call_module":
+                follower = modules[users[0].target]
+                if isinstance(follower, _BATCHNORMS):
+                    direct[name] = users[0].target
+        kind = "group" if is_group else ("conv" if isinstance(first, nn.Conv2d) else "linear")
+        layers.append(
+            PrunableLayer(
+                name=names[0],
+                kind=kind,
+                units=_units(first),
+                producers=names,
+                batchnorms=list(dict.fromkeys(members["batchnorms"])),
+                consumers=list(dict.fromkeys(members["consumers"])),
+                direct_batchnorms=direct,
+            )
+        )
+    layers.sort(key=lambda layer: order[producers[layer.name]])
     if not layers:
         raise UnsupportedModelError(
             f"{type(model).__name__} has no prunable layer (a Conv2d or Linear whose output "
@@ -203,11 +343,10 @@ def find_prunable_layers(model: nn.Module) -> LayerGraph:
     return LayerGraph(layers, skipped)
 
 
-def _check_consumers(producer: nn.Module, consumers: list[str], modules) -> str | None:
-    units = _units(producer)
+def _check_consumers(units: int, consumers: list[str], modules) -> str | None:
     for name in consumers:
         consumer = modules[name]
-        inputs = consumer.in_channels if isinstance(consumer, nn.Conv2d) else consumer.in_features
+        inputs = _inputs(consumer)
         if inputs % units:
             return f"consumer {name} has {inputs} inputs, not a multiple of {units} units"
         if isinstance(consumer, nn.Conv2d) and inputs != units:
@@ -217,5 +356,4 @@ def _check_consumers(producer: nn.Module, consumers: list[str], modules) -> str 
 
 def flatten_factor(producer: nn.Module, consumer: nn.Module) -> int:
     """Inputs of ``consumer`` owned by each unit of ``producer`` (H*W after a flatten, else 1)."""
-    inputs = consumer.in_channels if isinstance(consumer, nn.Conv2d) else consumer.in_features
-    return inputs // _units(producer)
+    return _inputs(consumer) // _units(producer)

@@ -108,8 +108,10 @@ def prune(model: nn.Module, importance: Importance, widths: Widths) -> nn.Module
 
     Args:
         model: the network (a :class:`~dplib.attach.GatedModel` is unwrapped; it is not changed).
-        importance: scores for every prunable layer of ``model`` (any criterion).
-        widths: kept units per prunable layer: dict, list in layer order, or ``"5-8-45-15"``.
+        importance: scores for the layers to prune (any criterion); layers (or residual groups)
+            it does not score keep all their units.
+        widths: kept units per scored layer: dict, list in the importance's layer order, or
+            ``"5-8-45-15"``.
 
     Raises:
         ImportanceMismatchError: the importance does not cover the model's prunable layers.
@@ -117,30 +119,33 @@ def prune(model: nn.Module, importance: Importance, widths: Widths) -> nn.Module
     """
     if isinstance(model, GatedModel):
         model = model.model
-    graph = find_prunable_layers(model)
-    units = {layer.name: layer.units for layer in graph.layers}
-    missing = [name for name in units if name not in importance.scores]
+    graph = find_prunable_layers(model, coupled=True)
+    available = {layer.name: layer.units for layer in graph.layers}
+    unknown = [name for name in importance.names if name not in available]
     wrong = {
-        name: (importance.units[name], k)
-        for name, k in units.items()
-        if name in importance.scores and importance.units[name] != k
+        name: (k, available[name])
+        for name, k in importance.units.items()
+        if name in available and available[name] != k
     }
-    if missing or wrong:
+    if unknown or wrong:
         raise ImportanceMismatchError(
             f"the {importance.criterion!r} importance does not fit this "
-            f"{type(model).__name__}: layers without scores {missing}, layers whose number of "
-            f"scores differs from their units (scores, units) {wrong}. Compute the importance "
-            "for this model."
+            f"{type(model).__name__}: scores for layers it cannot prune {unknown}, layers whose "
+            f"number of scores differs from their units (scores, units) {wrong}. Prunable "
+            f"layers: {list(available)}. Compute the importance for this model."
         )
-    kept = importance.keep_indices(parse_widths(widths, units))
+    kept = importance.keep_indices(parse_widths(widths, importance.units))
     pruned = copy.deepcopy(model)
     modules = dict(pruned.named_modules())
     out_idx: dict[str, torch.Tensor] = {}
     in_idx: dict[str, torch.Tensor] = {}
     for layer in graph.layers:
-        producer = modules[layer.name]
+        if layer.name not in kept:
+            continue  # not scored: kept whole
+        producer = modules[layer.producers[0]]
         idx = kept[layer.name].to(producer.weight.device)
-        out_idx[layer.name] = idx
+        for name in layer.producers:
+            out_idx[name] = idx
         for bn in layer.batchnorms:
             _set_module(pruned, bn, _sliced_batchnorm(modules[bn], idx))
         for name in layer.consumers:
@@ -164,8 +169,9 @@ def unit_mask(importance: Importance, widths: Widths) -> dict[str, torch.Tensor]
     return masks
 
 
-def widths_of(model: nn.Module) -> dict[str, int]:
-    """The current number of units of each prunable layer of ``model``."""
+def widths_of(model: nn.Module, *, coupled: bool = False) -> dict[str, int]:
+    """The current number of units of each prunable layer (and group, if ``coupled``)."""
     if isinstance(model, GatedModel):
         model = model.model
-    return {layer.name: layer.units for layer in find_prunable_layers(model).layers}
+    graph = find_prunable_layers(model, coupled=coupled)
+    return {layer.name: layer.units for layer in graph.layers}

@@ -79,7 +79,7 @@ def test_models_with_residual_additions_skip_the_tied_layers():
 
     gated = dplib.attach_gates(Residual())
     assert gated.layers == ["inner"]
-    assert "add" in gated.graph.skipped["outer"]
+    assert "residual addition" in gated.graph.skipped["outer"]
 
 
 def test_attach_gates_errors():
