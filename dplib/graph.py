@@ -104,14 +104,21 @@ class PrunableLayer:
         return self.kind == "group"
 
     def gate_targets(self, position: str = "after_bn") -> list[str]:
-        """Modules whose outputs the gate multiplies: each producer's BatchNorm, or the producer.
+        """Modules whose outputs the gate multiplies.
 
-        For a group every producer's output is multiplied by the same gate; since the summed
-        tensors share the units, that equals gating the sum.
+        Each producer's output (after its BatchNorm with ``position="after_bn"``), and the
+        output of every other BatchNorm on these units (pre-activation blocks read a residual
+        sum through one): a BatchNorm maps a zeroed unit to a non-zero value, so without it a
+        masked unit would not be removed everywhere. For a group, every tied layer's output is
+        multiplied by the same gate; since the summed tensors share the units, that equals
+        gating the sum.
         """
         if position == "after_bn":
-            return [self.direct_batchnorms.get(p, p) for p in self.producers]
-        return list(self.producers)
+            targets = [self.direct_batchnorms.get(p, p) for p in self.producers]
+        else:
+            targets = list(self.producers)
+        direct = set(self.direct_batchnorms.values())
+        return targets + [bn for bn in self.batchnorms if bn not in direct]
 
     def gate_target(self, position: str = "after_bn") -> str:
         """The module the gate of a single layer multiplies (the first one for a group)."""

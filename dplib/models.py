@@ -83,6 +83,206 @@ class LeNet5BN(nn.Module):
         return self.fc3(x)
 
 
+VGG16_LAYOUT = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+)
+
+
+def _scaled(channels: int, width_multiplier: float) -> int:
+    return max(1, round(channels * width_multiplier))
+
+
+class VGG16(nn.Module):
+    """VGG-16 for CIFAR: 13 conv3x3-BN-ReLU layers, 5 max-pools, fc 512-512 (BN, ReLU), 512-10.
+
+    14 prunable layers (13 convolutions and the hidden fc). ``width_multiplier`` scales every
+    width (for quick CPU runs).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        image_size: int = 32,
+        width_multiplier: float = 1.0,
+    ):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for item in VGG16_LAYOUT:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            width = _scaled(item, width_multiplier)
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=1),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        side = image_size // 32
+        hidden = _scaled(512, width_multiplier)
+        self.classifier = nn.Sequential(
+            nn.Linear(channels * side * side, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: conv3x3-BN-ReLU-conv3x3-BN, plus the shortcut, then ReLU.
+
+    Where the width or the resolution changes, the shortcut is a 1x1 convolution with BatchNorm
+    (He et al.'s option B), so every residual addition ties layers that surgery can prune
+    together.
+    """
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_channels != channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, channels, 1, stride, bias=False), nn.BatchNorm2d(channels)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """CIFAR ResNet (He et al. 2016): a 3x3 stem and 3 stages of ``blocks`` basic blocks.
+
+    Depth 6 * blocks + 2: ``resnet20`` has 3 blocks per stage, ``resnet56`` 9. Stage widths
+    16, 32, 64 (times ``width_multiplier``).
+    """
+
+    def __init__(
+        self,
+        blocks: int,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        image_size: int = 32,
+        width_multiplier: float = 1.0,
+    ):
+        super().__init__()
+        widths = [_scaled(w, width_multiplier) for w in (16, 32, 64)]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        stages, channels = [], widths[0]
+        for index, width in enumerate(widths):
+            stride = 1 if index == 0 else 2
+            stage = []
+            for block in range(blocks):
+                stage.append(BasicBlock(channels, width, stride if block == 0 else 1))
+                channels = width
+            stages.append(nn.Sequential(*stage))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class WideBlock(nn.Module):
+    """Pre-activation wide block: BN-ReLU-conv3x3-BN-ReLU-dropout-conv3x3, plus the shortcut."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int, dropout: float):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_channels != channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(torch.relu(self.bn1(x)))
+        out = self.conv2(self.dropout(torch.relu(self.bn2(out))))
+        return out + self.shortcut(x)
+
+
+class WideResNet(nn.Module):
+    """WideResNet-depth-k (Zagoruyko & Komodakis 2016), pre-activation, with dropout.
+
+    ``wrn28_10``: depth 28 (4 blocks per stage), widen factor 10: stages of 160, 320, 640.
+    """
+
+    def __init__(
+        self,
+        depth: int = 28,
+        widen: int = 10,
+        dropout: float = 0.3,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        image_size: int = 32,
+        width_multiplier: float = 1.0,
+    ):
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
+        blocks = (depth - 4) // 6
+        widths = [_scaled(w * widen, width_multiplier) for w in (16, 32, 64)]
+        stem = _scaled(16, width_multiplier)
+        self.conv1 = nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False)
+        stages, channels = [], stem
+        for index, width in enumerate(widths):
+            stage = []
+            for block in range(blocks):
+                stride = 2 if index > 0 and block == 0 else 1
+                stage.append(WideBlock(channels, width, stride, dropout))
+                channels = width
+            stages.append(nn.Sequential(*stage))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.bn = nn.BatchNorm2d(channels)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
+        x = torch.relu(self.bn(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _resnet(blocks: int):
+    def build(**options) -> CifarResNet:
+        return CifarResNet(blocks, **options)
+
+    return build
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """How to build a preset and what it expects."""
@@ -98,6 +298,10 @@ MODELS: dict[str, ModelSpec] = {
     "lenet5_bn": ModelSpec(
         LeNet5BN, (1, 28, 28), "authors' LeNet-5 with BatchNorm (10-20-100-25-10)"
     ),
+    "vgg16": ModelSpec(VGG16, (3, 32, 32), "VGG-16 for CIFAR (13 conv + fc 512), BatchNorm"),
+    "resnet20": ModelSpec(_resnet(3), (3, 32, 32), "CIFAR ResNet-20 (3x3 blocks, 16-32-64)"),
+    "resnet56": ModelSpec(_resnet(9), (3, 32, 32), "CIFAR ResNet-56 (3x9 blocks, 16-32-64)"),
+    "wrn28_10": ModelSpec(WideResNet, (3, 32, 32), "WideResNet-28-10, dropout 0.3"),
 }
 
 
@@ -108,7 +312,16 @@ def check_model_name(name: str) -> ModelSpec:
     return MODELS[name]
 
 
-def build(name: str, num_classes: int = 10, *, widths=None, seed: int | None = None) -> nn.Module:
+def build(
+    name: str,
+    num_classes: int = 10,
+    *,
+    widths=None,
+    seed: int | None = None,
+    in_channels: int | None = None,
+    image_size: int | None = None,
+    width_multiplier: float | None = None,
+) -> nn.Module:
     """Build the preset network ``name``.
 
     Args:
@@ -117,16 +330,30 @@ def build(name: str, num_classes: int = 10, *, widths=None, seed: int | None = N
         widths: build the architecture of a pruned network of these widths instead (weights
             are fresh); used to load pruned checkpoints.
         seed: seed of the weight initialisation (None leaves the global generator alone).
+        in_channels, image_size: the input, when not the preset's (e.g. 1 and 32 for
+            Fashion-MNIST padded to 32x32 in a CIFAR network).
+        width_multiplier: scales every width of the CIFAR networks (e.g. 0.25 for CPU runs).
     """
     spec = check_model_name(name)
     if seed is not None:
         torch.manual_seed(seed)
-    model = spec.builder(num_classes=num_classes)
+    options = {"num_classes": num_classes}
+    if in_channels is not None:
+        options["in_channels"] = in_channels
+    if image_size is not None:
+        options["image_size"] = image_size
+    if width_multiplier is not None:
+        if spec.input_shape[1] == 28:
+            raise ValueError(f"width_multiplier applies to the CIFAR networks, not {name!r}")
+        if width_multiplier <= 0:
+            raise ValueError(f"width_multiplier must be positive, got {width_multiplier}")
+        options["width_multiplier"] = width_multiplier
+    model = spec.builder(**options)
     if widths is not None:
         from .importance import Importance
         from .surgery import prune, widths_of
 
-        full = widths_of(model)
+        full = widths_of(model, coupled=True)
         order = Importance(
             scores={
                 layer: -torch.arange(units, dtype=torch.float) for layer, units in full.items()

@@ -1,9 +1,10 @@
 import pytest
 import torch
-from conftest import trained_like
 from torch import nn
 
 import dplib
+
+from conftest import trained_like
 
 EXPECTED_LAYERS = {
     "lenet300": ["fc1", "fc2"],

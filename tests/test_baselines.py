@@ -1,8 +1,9 @@
 import pytest
 import torch
-from conftest import trained_like
 
 import dplib
+
+from conftest import trained_like
 
 
 def test_l1_is_the_norm_of_each_output_row():

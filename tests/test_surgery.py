@@ -1,8 +1,9 @@
 import pytest
 import torch
-from conftest import trained_like
 
 import dplib
+
+from conftest import trained_like
 
 
 def masked_outputs(model, importance, widths, x):

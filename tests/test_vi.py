@@ -1,9 +1,10 @@
 import pytest
 import torch
-from conftest import trained_like
 from torch import nn
 
 import dplib
+
+from conftest import trained_like
 
 
 def test_learn_importance_restores_weights_modes_and_requires_grad(tiny_loader):
