@@ -12,9 +12,10 @@ The pipeline, one module per step::
     params, macs = dplib.count(small, (1, 1, 28, 28))          # measure
 """
 
-from . import baselines, data, measure, models
+from . import baselines, budget, data, measure, models
 from .attach import GatedModel, attach_gates, detach_gates
 from .baselines import baseline_importance
+from .budget import BudgetError, choose_widths
 from .gates import DirichletGate, dirichlet_kl
 from .graph import UnsupportedModelError, find_prunable_layers
 from .importance import Importance, WidthsError, format_widths, parse_widths
@@ -34,6 +35,7 @@ from .vi import learn_importance
 __version__ = "0.1.0"
 
 __all__ = [
+    "BudgetError",
     "CheckpointError",
     "DirichletGate",
     "GatedModel",
@@ -44,6 +46,8 @@ __all__ = [
     "attach_gates",
     "baseline_importance",
     "baselines",
+    "budget",
+    "choose_widths",
     "count",
     "data",
     "detach_gates",

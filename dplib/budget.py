@@ -1,0 +1,531 @@
+"""Choose per-layer widths that meet a budget of parameters or MACs.
+
+The rule. Every unit k of prunable layer l has a score comparable across layers, r_lk, and a
+cost: what removing it saves (its weights, bias and BatchNorm entries, the inputs it feeds to
+its consumers, H*W of them per channel for a Linear after ``flatten``, and the MACs of all
+those). Starting from the full network, the importance allocation removes one unit at a time,
+the one with the lowest r_lk among each layer's lowest-ranked kept unit (``order="score"``,
+the paper's comparison of units on K_l * E[s]; or the lowest r_lk per unit of cost saved,
+``order="score_per_cost"``, the knapsack ratio), re-evaluating the costs after each removal as
+they depend on the neighbouring widths, until the cost is at most the target. It then adds back,
+highest rank first, removed units that still fit; if the result is still more than 2% under the
+target (coarse units leave a gap), it exchanges units: force one more unit into a layer, remove
+the lowest-ranked units elsewhere to make room, refill, keep the exchange that lands highest.
+The result lies in [0.98 * target, target]; every layer keeps at least one unit.
+
+The default is ``"score"``: with ``"score_per_cost"`` the cost, which varies by orders of
+magnitude between layers, swamps the scores (which vary by a factor of a few), and whole layers
+are cut to one unit (LeNet-5 at 4x fewer MACs: conv1 keeps 1 of 20 channels).
+
+Comparable scores r (the "normalise each layer" rule): r = ``importance.relative()``, that is
+K_l * E[s_lk] for the Dirichlet criterion (1.0 = the layer's average unit, METHOD.md section 4)
+and score / (layer mean of the scores) for every other criterion. A layer with a negative score
+(the oracle's loss change can be negative) is shifted by its minimum first; a layer whose scores
+are all equal gets r = 1 everywhere.
+
+The uniform allocation, the naive reference, keeps the same fraction f of every layer
+(``max(1, round(K_l * f))`` units), with f the largest that fits (bisection); the add-back step
+then fills the remaining budget one unit at a time, in the layer with the lowest kept fraction.
+
+Costs are computed analytically, fast: cost(w) = c + a.w + w'Qw is a quadratic in the widths
+w (a layer's weight count is out-units x in-units), whose coefficients come from the layer graph
+and the spatial size of each layer's output, measured once with forward hooks. The conventions
+are those of :func:`dplib.count` (exact parameters; 1 MAC per multiply-add of convolutions and
+matrix products), and the answer is checked against :func:`dplib.count` of the pruned network.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import models
+from .attach import GatedModel
+from .graph import PrunableLayer, find_prunable_layers, flatten_factor
+from .importance import Importance
+from .measure import Count, count
+from .surgery import ImportanceMismatchError, prune
+
+ALLOCATIONS = ("importance", "uniform")
+TOLERANCE = 0.02  # the answer lands in [(1 - TOLERANCE) * target, target]
+_RATIO = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*[xX]\s*$")
+
+
+class BudgetError(ValueError):
+    """A budget that no widths can meet, or that is not written as an int or ``"4x"``."""
+
+
+_Affine = tuple[int, dict[int, int]]  # c + sum_l coefficient_l * w_l
+
+
+@dataclass
+class Quadratic:
+    """cost(w) = const + linear . w + w' quadratic w, exact in integers (w: widths vector)."""
+
+    const: int
+    linear: np.ndarray  # (L,)
+    quadratic: np.ndarray  # (L, L), entry [p, c]: producer p feeds consumer c
+
+    def __call__(self, widths: np.ndarray) -> int:
+        return int(self.const + self.linear @ widths + widths @ self.quadratic @ widths)
+
+    def removal_savings(self, widths: np.ndarray) -> np.ndarray:
+        """cost(w) - cost(w - e_l) for every layer l."""
+        return (
+            self.linear + (self.quadratic + self.quadratic.T) @ widths - self.quadratic.diagonal()
+        )
+
+    def addition_costs(self, widths: np.ndarray) -> np.ndarray:
+        """cost(w + e_l) - cost(w) for every layer l."""
+        return (
+            self.linear + (self.quadratic + self.quadratic.T) @ widths + self.quadratic.diagonal()
+        )
+
+    def add_product(self, scale: int, left: _Affine, right: _Affine) -> None:
+        """Add scale * left(w) * right(w), both affine in the widths."""
+        (left_const, left_terms), (right_const, right_terms) = left, right
+        self.const += scale * left_const * right_const
+        for layer, coefficient in left_terms.items():
+            self.linear[layer] += scale * coefficient * right_const
+        for layer, coefficient in right_terms.items():
+            self.linear[layer] += scale * left_const * coefficient
+        for layer_a, coefficient_a in left_terms.items():
+            for layer_b, coefficient_b in right_terms.items():
+                self.quadratic[layer_a, layer_b] += scale * coefficient_a * coefficient_b
+
+
+class CostModel:
+    """Parameters and MACs of ``model`` pruned to any widths, without building it.
+
+    Built once per (model, input shape): one trace of the layer graph and one forward pass with
+    hooks that record how many output positions each Conv2d / Linear computes. ``layers`` are
+    the prunable layers (or residual-coupled groups) whose widths vary, by default every plain
+    prunable layer (``find_prunable_layers(model)``); the others keep all their units, as
+    :func:`dplib.prune` does for layers its importance does not score.
+    """
+
+    def __init__(
+        self, model: nn.Module, input_shape: tuple[int, ...], layers: list[str] | None = None
+    ):
+        if isinstance(model, GatedModel):
+            model = model.model
+        if len(input_shape) < 2:
+            raise ValueError(f"input_shape must include the batch axis, got {input_shape}")
+        self.model = model
+        self.input_shape = tuple(input_shape)
+        graph = find_prunable_layers(model, coupled=True)
+        if layers is None:
+            layers = find_prunable_layers(model).names
+        available = set(graph.names)
+        unknown = [name for name in layers if name not in available]
+        if unknown:
+            raise ImportanceMismatchError(
+                f"{unknown} are not prunable layers of this {type(model).__name__}; prunable "
+                f"layers and groups: {graph.names}"
+            )
+        self.layers: list[PrunableLayer] = [graph[name] for name in layers]
+        self.names = [layer.name for layer in self.layers]
+        self.units = np.array([layer.units for layer in self.layers], dtype=np.int64)
+        try:
+            self.full = count(model, self.input_shape)
+            positions = _output_positions(model, self.input_shape)
+        except RuntimeError as error:
+            raise ValueError(
+                f"{type(model).__name__} does not run on an input of shape {self.input_shape} "
+                f"({error}); pass the input_shape it takes, batch axis included"
+            ) from error
+        self.params, self.macs = self._quadratics(positions)
+        # Whatever the quadratic leaves out (other parameterised modules, matmuls outside any
+        # Conv2d / Linear) does not change with the widths: a constant measured on the full model.
+        self.params.const += self.full.params - self.params(self.units)
+        self.macs.const += self.full.macs - self.macs(self.units)
+
+    def _quadratics(self, positions: dict[str, int]) -> tuple[Quadratic, Quadratic]:
+        modules = dict(self.model.named_modules())
+        size = len(self.names)
+        params = Quadratic(0, np.zeros(size, np.int64), np.zeros((size, size), np.int64))
+        macs = Quadratic(0, np.zeros(size, np.int64), np.zeros((size, size), np.int64))
+        produced_by: dict[str, int] = {}  # module -> index of the layer its outputs belong to
+        feeds: dict[str, list[tuple[int, int]]] = {}  # consumer -> [(layer, inputs per unit)]
+        for index, layer in enumerate(self.layers):
+            for producer in layer.producers:
+                produced_by[producer] = index
+            first = modules[layer.producers[0]]
+            for consumer in layer.consumers:
+                feeds.setdefault(consumer, []).append(
+                    (index, flatten_factor(first, modules[consumer]))
+                )
+            for bn in layer.batchnorms:
+                if modules[bn].affine:
+                    params.linear[index] += 2  # gamma and beta per unit
+        for name, module in modules.items():
+            if not isinstance(module, (nn.Conv2d, nn.Linear)):
+                continue
+            if isinstance(module, nn.Conv2d):
+                inputs, outputs = module.in_channels, module.out_channels
+                per_pair = int(np.prod(module.kernel_size)) // module.groups
+            else:
+                inputs, outputs = module.in_features, module.out_features
+                per_pair = 1
+            # inputs and outputs as affine functions of the widths: (constant, {layer: coef})
+            in_const, in_terms = inputs, {}
+            for index, factor in feeds.get(name, []):
+                in_const -= factor * int(self.units[index])
+                in_terms[index] = in_terms.get(index, 0) + factor
+            if name in produced_by:
+                out_affine: _Affine = (0, {produced_by[name]: 1})
+            else:
+                out_affine = (outputs, {})
+            weights_per_out = (
+                per_pair * in_const + (module.bias is not None),
+                {index: per_pair * coefficient for index, coefficient in in_terms.items()},
+            )
+            params.add_product(1, out_affine, weights_per_out)
+            macs.add_product(positions.get(name, 0) * per_pair, out_affine, (in_const, in_terms))
+        return params, macs
+
+    def vector(self, widths: dict[str, int]) -> np.ndarray:
+        """Widths dict -> vector in layer order (layers left out keep all their units)."""
+        return np.array(
+            [widths.get(name, int(k)) for name, k in zip(self.names, self.units)], np.int64
+        )
+
+    def cost(self, widths: dict[str, int]) -> Count:
+        """Exact (params, MACs) of the model pruned to ``widths``, as :func:`dplib.count`."""
+        vector = self.vector(widths)
+        return Count(params=self.params(vector), macs=self.macs(vector))
+
+
+def _output_positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Outputs per output unit (batch x spatial positions) of every Conv2d / Linear."""
+    positions: dict[str, int] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            units = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+            def record(module, inputs, output, name=name, units=units):
+                # a module called twice (shared weights) computes twice
+                positions[name] = positions.get(name, 0) + output.numel() // units
+
+            handles.append(module.register_forward_hook(record))
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    dtype = parameter.dtype if parameter is not None else torch.float32
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(input_shape, device=device, dtype=dtype))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return positions
+
+
+def default_input_shape(model: nn.Module) -> tuple[int, ...]:
+    """(1, C, H, W) of a preset of :data:`dplib.models.MODELS`; a clear error for other models.
+
+    The preset is recognised by its class; C is read from the first layer (presets can be built
+    for other input channels). A preset built for another ``image_size`` needs ``input_shape``.
+    """
+    if isinstance(model, GatedModel):
+        model = model.model
+    for spec in models.MODELS.values():
+        builder = spec.builder
+        # a builder is the class itself or a function annotated to return it (CIFAR ResNets)
+        built = (
+            builder if isinstance(builder, type) else inspect.signature(builder).return_annotation
+        )
+        if type(model) is built or type(model).__name__ == built:
+            first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+            channels = first.in_channels if isinstance(first, nn.Conv2d) else spec.input_shape[0]
+            return (1, channels, *spec.input_shape[1:])
+    raise ValueError(
+        f"{type(model).__name__} is not one of dplib's preset models ({', '.join(models.MODELS)}"
+        "); pass input_shape=(1, C, H, W), the shape of one input batch"
+    )
+
+
+def parse_budget(target: int | str, full: int, what: str) -> int:
+    """An absolute budget (int) or a ratio such as ``"4x"`` (4 times fewer) -> an int."""
+    if isinstance(target, str):
+        match = _RATIO.match(target)
+        if not match:
+            raise BudgetError(
+                f"target_{what} {target!r} is neither a whole number nor a ratio such as '4x' "
+                f"(4 times fewer {what} than the full model's {full:,})"
+            )
+        ratio = float(match.group(1))
+        if ratio < 1:
+            raise BudgetError(
+                f"target_{what} {target!r} asks for more {what} than the full model has "
+                f"({full:,}); a ratio must be at least 1x"
+            )
+        return int(full // ratio)
+    if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
+        raise BudgetError(
+            f"target_{what} must be a whole number or a ratio string such as '4x', got "
+            f"{target!r} ({type(target).__name__})"
+        )
+    return int(target)
+
+
+def relative_scores(importance: Importance) -> dict[str, torch.Tensor]:
+    """Scores comparable across layers (see the module docstring for the rule)."""
+    relative = {}
+    for name, score in importance.mean().items():
+        score = score.detach().double().cpu()
+        if (score < 0).any():
+            score = score - score.min()
+        total = score.sum()
+        if total <= 0 or not torch.isfinite(total):
+            relative[name] = torch.ones_like(score)
+        else:
+            relative[name] = score * score.numel() / total
+    return relative
+
+
+def choose_widths(
+    model: nn.Module,
+    importance: Importance | None,
+    target_macs: int | str | None = None,
+    target_params: int | str | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    *,
+    allocation: str = "importance",
+    order: str = "score",
+    verify: bool = True,
+    costs: CostModel | None = None,
+) -> dict[str, int]:
+    """Kept units per prunable layer, ``{layer name: width}`` in layer order, within a budget.
+
+    Args:
+        model: the full network (a :class:`~dplib.GatedModel` is unwrapped).
+        importance: scores of every prunable layer (any criterion); may be None for the uniform
+            allocation.
+        target_macs: MACs of one forward pass of ``input_shape``: an int, or ``"4x"`` for four
+            times fewer than the full model. Give exactly one of target_macs and target_params.
+        target_params: parameters, likewise.
+        input_shape: the input batch shape, e.g. (1, 1, 28, 28); defaults to the preset's
+            ``(1, *dplib.models.input_shape(name))``.
+        allocation: ``"importance"`` (the greedy rule of the module docstring) or
+            ``"uniform"`` (the same kept fraction in every layer).
+        order: for the importance allocation, ``"score"`` (remove the unit with the lowest
+            K_l * E[s], the paper's comparison) or ``"score_per_cost"`` (the lowest score per
+            unit of cost saved).
+        verify: check the analytic cost against :func:`dplib.count` of the pruned network.
+        costs: a :class:`CostModel` of this model, input shape and layers, to reuse across
+            calls (it costs two forward passes to build).
+
+    Returns:
+        widths whose cost lies in [0.98 * target, target].
+
+    Raises:
+        BudgetError (a ValueError): malformed budget, both or neither target, or a target
+            outside [cost with one unit per layer, cost of the full model] (the message names it).
+    """
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
+    if order not in ("score_per_cost", "score"):
+        raise ValueError(f"order must be 'score_per_cost' or 'score', got {order!r}")
+    if (target_macs is None) == (target_params is None):
+        raise BudgetError("give exactly one of target_macs and target_params")
+    if importance is None and allocation == "importance":
+        raise ValueError("the importance allocation needs an importance (or use 'uniform')")
+    if isinstance(model, GatedModel):
+        model = model.model
+    layers = importance.names if importance is not None else None
+    if costs is None:
+        shape = tuple(input_shape) if input_shape is not None else default_input_shape(model)
+        costs = CostModel(model, shape, layers)
+    elif layers is not None and costs.names != layers:
+        raise ValueError(f"the cost model varies {costs.names}, the importance scores {layers}")
+    what, target = ("macs", target_macs) if target_macs is not None else ("params", target_params)
+    quadratic = costs.macs if what == "macs" else costs.params
+    full = quadratic(costs.units)
+    target = parse_budget(target, full, what)
+    smallest = quadratic(np.ones_like(costs.units))
+    if not smallest <= target <= full:
+        raise BudgetError(
+            f"target_{what} {target:,} is impossible for this {type(model).__name__}: the "
+            f"achievable range is {smallest:,} (one unit per layer) to {full:,} (the full model, "
+            f"ratios up to {full / smallest:.1f}x)"
+        )
+    if importance is not None:
+        _check_importance(importance, costs)
+
+    if allocation == "uniform":
+        rank = _UniformRank(costs.units)
+        widths = _uniform(quadratic, costs.units, target)
+    else:
+        rank = _ImportanceRank(importance, costs.names, use_cost=order == "score_per_cost")
+        widths = _remove_until(quadratic, costs.units, target, rank)
+    widths = _add_back(quadratic, costs.units, widths, target, rank)
+    widths = _repair(quadratic, costs.units, widths, target, rank)
+    cost = quadratic(widths)
+    if cost < (1 - TOLERANCE) * target:
+        raise BudgetError(
+            f"no widths found within {TOLERANCE:.0%} under target_{what} {target:,} (best: "
+            f"{cost:,}); the units of this network are too coarse for this budget, try a "
+            "nearby target"
+        )
+
+    result = {name: int(w) for name, w in zip(costs.names, widths)}
+    if verify:
+        _verify(model, costs, result)
+    return result
+
+
+def _check_importance(importance: Importance, costs: CostModel) -> None:
+    wrong = {
+        name: (importance.units.get(name), int(k))
+        for name, k in zip(costs.names, costs.units)
+        if importance.units.get(name) != int(k)
+    }
+    if wrong:
+        raise ImportanceMismatchError(
+            f"the {importance.criterion!r} importance does not fit this model: layers whose "
+            f"number of scores differs from their units (scores, units): {wrong}"
+        )
+
+
+class _ImportanceRank:
+    """Which unit to remove next (lowest rank) and to add back next (highest rank)."""
+
+    def __init__(self, importance: Importance, names: list[str], use_cost: bool):
+        relative = relative_scores(importance)
+        # ranked[l][j]: score of layer l's (j+1)-th most important unit; prune() keeps the top w
+        self.ranked = [relative[name][importance.ranking(name)].numpy() for name in names]
+        self.use_cost = use_cost
+
+    def removal(self, widths: np.ndarray, savings: np.ndarray) -> np.ndarray:
+        """Per layer: the score of its last kept unit (per unit of cost saved)."""
+        scores = np.array([ranked[w - 1] for ranked, w in zip(self.ranked, widths)])
+        return scores / np.maximum(savings, 1) if self.use_cost else scores
+
+    def addition(self, widths: np.ndarray, additions: np.ndarray) -> np.ndarray:
+        """Per layer: the score of its best removed unit (per unit of cost added)."""
+        scores = np.array(
+            [ranked[w] if w < len(ranked) else -np.inf for ranked, w in zip(self.ranked, widths)]
+        )
+        return scores / np.maximum(additions, 1) if self.use_cost else scores
+
+
+class _UniformRank:
+    """Keep the kept fractions w_l / K_l as equal as possible."""
+
+    def __init__(self, units: np.ndarray):
+        self.units = units
+
+    def removal(self, widths: np.ndarray, savings: np.ndarray) -> np.ndarray:
+        """Remove from the layer that keeps the largest fraction."""
+        return -widths / self.units
+
+    def addition(self, widths: np.ndarray, additions: np.ndarray) -> np.ndarray:
+        """Add to the layer that keeps the smallest fraction."""
+        return -widths / self.units
+
+
+def _remove_until(quadratic, units, target, rank, start=None, frozen=None) -> np.ndarray:
+    """Remove the lowest-ranked unit, one at a time, until the cost is at most ``target``."""
+    widths = units.copy() if start is None else start.copy()
+    cost = quadratic(widths)
+    while cost > target:
+        savings = quadratic.removal_savings(widths)
+        order = rank.removal(widths, savings).astype(float)
+        order[widths <= 1] = np.inf  # one unit stays in every layer
+        if frozen is not None:
+            order[frozen] = np.inf
+        if np.isinf(order).all():
+            break
+        layer = int(np.argmin(order))  # ties: the earlier layer, deterministic
+        widths[layer] -= 1
+        cost -= int(savings[layer])
+    return widths
+
+
+def _uniform(quadratic: Quadratic, units: np.ndarray, target: int) -> np.ndarray:
+    """The largest kept fraction f, the same in every layer, whose widths fit ``target``."""
+
+    def widths_at(fraction: float) -> np.ndarray:
+        return np.maximum(1, np.round(units * fraction)).astype(np.int64)
+
+    low, high = 0.0, 1.0  # widths_at(low) fits (one unit per layer, checked by the caller)
+    for _ in range(60):
+        middle = (low + high) / 2
+        if quadratic(widths_at(middle)) <= target:
+            low = middle
+        else:
+            high = middle
+    return widths_at(low)
+
+
+def _add_back(quadratic, units, widths, target, rank) -> np.ndarray:
+    """Add the highest-ranked unit that still fits under ``target``, while there is one."""
+    widths = widths.copy()
+    cost = quadratic(widths)
+    while True:
+        additions = quadratic.addition_costs(widths)
+        fits = (widths < units) & (cost + additions <= target)
+        if not fits.any():
+            return widths
+        order = np.where(fits, rank.addition(widths, additions), -np.inf)
+        layer = int(np.argmax(order))
+        widths[layer] += 1
+        cost += int(additions[layer])
+
+
+def _repair(quadratic, units, widths, target, rank, rounds: int = 50) -> np.ndarray:
+    """Exchange units when the greedy result is more than TOLERANCE under ``target``.
+
+    Coarse units (a channel before a large Linear) can leave a gap that no single removed unit
+    fits. Each round tries, for every layer, to force one more unit into it, make room by
+    removing the lowest-ranked units of the other layers, and refill; it keeps the candidate
+    that lands highest under the target, and stops once inside the window or when no candidate
+    improves.
+    """
+    cost = quadratic(widths)
+    for _ in range(rounds):
+        if cost >= (1 - TOLERANCE) * target:
+            break
+        best, best_cost = widths, cost
+        for layer in np.flatnonzero(widths < units):
+            forced = widths.copy()
+            forced[layer] += 1
+            frozen = np.zeros(len(units), dtype=bool)
+            frozen[layer] = True
+            candidate = _remove_until(quadratic, units, target, rank, forced, frozen)
+            candidate = _add_back(quadratic, units, candidate, target, rank)
+            candidate_cost = quadratic(candidate)
+            if best_cost < candidate_cost <= target:
+                best, best_cost = candidate, candidate_cost
+        if best is widths:
+            break
+        widths, cost = best, best_cost
+    return widths
+
+
+def _verify(model: nn.Module, costs: CostModel, widths: dict[str, int]) -> None:
+    """Build the pruned network and compare :func:`dplib.count` with the analytic cost."""
+    first_units = Importance(
+        {
+            name: -torch.arange(int(k), dtype=torch.float)
+            for name, k in zip(costs.names, costs.units)
+        },
+        criterion="first",
+    )
+    measured = count(prune(model, first_units, widths), costs.input_shape)
+    predicted = costs.cost(widths)
+    if measured != predicted:
+        raise RuntimeError(
+            f"dplib's analytic cost {tuple(predicted)} differs from dplib.count "
+            f"{tuple(measured)} for widths {widths}: a structure the cost model does not "
+            "understand; please report it"
+        )
