@@ -400,6 +400,25 @@ def loaders(
     )
 
 
+def random_crop_flip(images: torch.Tensor, padding: int = 4) -> torch.Tensor:
+    """Random crops of a zero-padded batch and random horizontal flips (torch's global RNG).
+
+    The standard CIFAR augmentation, done on the whole batch on its device at once.
+    """
+    batch, _, height, width = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    device = images.device
+    rows = torch.randint(0, 2 * padding + 1, (batch, 1), device=device)
+    cols = torch.randint(0, 2 * padding + 1, (batch, 1), device=device)
+    rows = rows + torch.arange(height, device=device)
+    cols = cols + torch.arange(width, device=device)
+    index = torch.arange(batch, device=device)[:, None, None]
+    cropped = padded.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]]
+    cropped = cropped.permute(0, 3, 1, 2)
+    flip = torch.rand(batch, device=device) < 0.5
+    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
+
+
 def reseed(loader: DataLoader, seed: int) -> None:
     """Restart the shuffling of a loader made by :func:`make_loader` from ``seed``.
 

@@ -88,6 +88,9 @@ def fit(
     keep_best: bool = True,
     device: str | torch.device = "auto",
     seed: int = 0,
+    augment: bool = False,
+    amp: bool | str = "auto",
+    checkpoint: str | os.PathLike | None = None,
     show_progress: bool = True,
     desc: str = "train",
 ) -> dict[str, Any]:
@@ -98,60 +101,141 @@ def fit(
         schedule: ``"cosine"`` (decay to 0 over the run) or ``"constant"``.
         val_loader: evaluated after each epoch; with ``keep_best`` the weights of the epoch with
             the best validation accuracy are restored at the end.
+        seed: seeds the weights' updates and the data order (epoch e is shuffled with
+            seed + e, so a resumed run sees the same batches as an uninterrupted one).
+        augment: random crops (4-pixel padding) and horizontal flips, for CIFAR-like images.
+        amp: mixed precision (float16 autocast with a gradient scaler) on CUDA; ``"auto"`` turns
+            it on when the device is CUDA. Ignored on the CPU.
+        checkpoint: a file where the training state (weights, optimiser, random generators,
+            history) is written after every completed epoch. When it exists at the start, the
+            run resumes from it and ends with the same weights as an uninterrupted run.
+
+    Under ``torchrun`` (see :mod:`dplib.distributed`) the loader is sharded, gradients are
+    averaged by DistributedDataParallel, and rank 0 writes the checkpoint.
 
     Returns:
         ``{"epochs": [...], "val_accuracy": [...], "train_loss": [...], "seconds": ...,
         "seconds_per_epoch": ...}``.
     """
+    from . import distributed
+    from .data import random_crop_flip
+
     if epochs <= 0:
         raise ValueError(f"epochs must be positive, got {epochs}")
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or 'constant'")
     device = resolve_device(device)
+    use_amp = device.type == "cuda" and (amp is True or amp == "auto")
     set_seed(seed)
-    reseed(train_loader, seed)
+    loader = distributed.shard(train_loader, seed)
     model.to(device).train()
+    network = model
+    if distributed.is_distributed():
+        ids = [device.index] if device.type == "cuda" else None
+        network = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    total_steps = max(1, math.ceil(epochs * len(train_loader)))
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    steps_per_epoch = len(loader)
+    total_steps = max(1, math.ceil(epochs * steps_per_epoch))
     history: dict[str, Any] = {"epochs": [], "val_accuracy": [], "train_loss": []}
-    best_accuracy, best_state = -1.0, None
-    step, started = 0, time.perf_counter()
-    bar = progress(total=total_steps, desc=desc, enabled=show_progress)
+    state = {"epoch": 0, "step": 0, "best_accuracy": -1.0, "best_state": None, "seconds": 0.0}
+    if checkpoint is not None and Path(checkpoint).exists():
+        state, history = _resume(checkpoint, model, optimizer, scaler)
+    started = time.perf_counter() - state["seconds"]
+    step, epoch = state["step"], state["epoch"]
+    bar = progress(total=total_steps, desc=desc, enabled=show_progress and distributed.is_main())
+    bar.update(step)
     while step < total_steps:
+        reseed(loader, seed + epoch)
+        distributed.set_epoch(loader, epoch)
         running, seen = 0.0, 0
-        for images, labels in train_loader:
+        for images, labels in loader:
             if step >= total_steps:
                 break
             if schedule == "cosine":
                 for group in optimizer.param_groups:
                     group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
             images, labels = images.to(device), labels.to(device)
-            loss = F.cross_entropy(model(images), labels)
+            if augment:
+                images = random_crop_flip(images)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                loss = F.cross_entropy(network(images), labels)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             running += loss.item() * labels.numel()
             seen += labels.numel()
             step += 1
             bar.update(1)
-        history["epochs"].append(step / len(train_loader))
+        epoch += 1
+        history["epochs"].append(step / steps_per_epoch)
         history["train_loss"].append(running / max(seen, 1))
         if val_loader is not None:
             accuracy = evaluate(model, val_loader, device)["accuracy"]
             history["val_accuracy"].append(accuracy)
             bar.set_postfix(val_acc=f"{accuracy:.4f}")
-            if keep_best and accuracy > best_accuracy:
-                best_accuracy = accuracy
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if keep_best and accuracy > state["best_accuracy"]:
+                state["best_accuracy"] = accuracy
+                state["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
             model.train()
+        state.update(epoch=epoch, step=step, seconds=time.perf_counter() - started)
+        if checkpoint is not None and distributed.is_main():
+            _save_training_state(checkpoint, model, optimizer, scaler, state, history)
     bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
     history["seconds"] = time.perf_counter() - started
-    history["seconds_per_epoch"] = history["seconds"] / (total_steps / len(train_loader))
+    history["seconds_per_epoch"] = history["seconds"] / (total_steps / steps_per_epoch)
     model.eval()
     return history
+
+
+def _save_training_state(path, model, optimizer, scaler, state, history) -> None:
+    payload = {
+        "format": "dplib-training-state-1",
+        "architecture": architecture(model),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "state": state,
+        "history": history,
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+        },
+    }
+    if torch.cuda.is_available():
+        payload["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+    atomic_torch_save(payload, path)
+
+
+def _resume(path, model, optimizer, scaler) -> tuple[dict, dict]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise CheckpointError(
+            f"{path} is not a readable training state ({type(error).__name__}: {error}); "
+            "delete it to start the run afresh"
+        ) from error
+    if payload.get("format") != "dplib-training-state-1":
+        raise CheckpointError(f"{path} is not a dplib training state")
+    if [tuple(x) for x in payload["architecture"]] != architecture(model):
+        raise CheckpointError(
+            f"{path} is the training state of another architecture; delete it or use the "
+            "model it was written for"
+        )
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scaler.load_state_dict(payload["scaler"])
+    torch.set_rng_state(payload["rng"]["torch"])
+    random.setstate(payload["rng"]["python"])
+    np.random.set_state(payload["rng"]["numpy"])
+    if "cuda" in payload["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+    return payload["state"], payload["history"]
 
 
 # Checkpoints -------------------------------------------------------------------------------

@@ -87,6 +87,8 @@ def learn_importance(
     Args:
         gated: the network from :func:`dplib.attach_gates`.
         loader: training data (labels needed); its data set size is N unless ``dataset_size``.
+            Under ``torchrun`` it is sharded over the processes and the gate gradients are
+            averaged (:mod:`dplib.distributed`): the result equals a single process's.
         epochs: passes over ``loader`` (fractions allowed; the paper: one).
         alpha0: concentration of the symmetric Dirichlet prior (< 1 favours sparse importance).
         kl_weight: beta, the weight of KL / N (1 = the ELBO proper; 0 = no prior).
@@ -116,8 +118,11 @@ def learn_importance(
         raise ValueError(f"alpha0 must be positive, got {alpha0}")
     if len(loader) == 0:
         raise ValueError("the loader is empty")
+    from . import distributed
+
     device = resolve_device(device)
     dataset_size = dataset_size or len(loader.dataset)
+    loader = distributed.shard(loader, seed)
     total_steps = max(1, math.ceil(epochs * len(loader)))
     snapshot_every = max(1, total_steps // max(1, snapshots))
 
@@ -127,7 +132,6 @@ def learn_importance(
     saved_modes = {module: module.training for module in gated.modules()}
     original_device = thetas[0].device
     set_seed(seed)
-    reseed(loader, seed)
     history: dict[str, Any] = {
         "loss": [],
         "cross_entropy": [],
@@ -143,8 +147,14 @@ def learn_importance(
             theta.requires_grad_(True)
         optimizer = torch.optim.Adam(thetas, lr=lr)
         step, started = 0, time.perf_counter()
-        bar = progress(total=total_steps, desc="importance", enabled=show_progress)
+        main = distributed.is_main()
+        bar = progress(total=total_steps, desc="importance", enabled=show_progress and main)
+        epoch = 0
         while step < total_steps:
+            # Epoch e is shuffled with seed + e, on one process or many (DistributedSampler).
+            reseed(loader, seed + epoch)
+            distributed.set_epoch(loader, epoch)
+            epoch += 1
             for images, labels in loader:
                 if step >= total_steps:
                     break
@@ -160,6 +170,7 @@ def learn_importance(
                 )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                distributed.average_gradients(thetas)
                 optimizer.step()
                 history["loss"].append(loss.item())
                 history["cross_entropy"].append(cross_entropy.item())

@@ -1,0 +1,129 @@
+"""Training that resumes after an interruption, augmentation, and torchrun equivalence."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dplib
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+class Interrupted(Exception):
+    pass
+
+
+class BreakingLoader:
+    """Wraps a loader and raises after ``limit`` batches: a run killed part-way."""
+
+    def __init__(self, loader, limit):
+        self.loader, self.limit, self.count = loader, limit, 0
+        self.dataset, self.sampler, self.batch_sampler = loader.dataset, loader.sampler, None
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if self.count == self.limit:
+                raise Interrupted
+            self.count += 1
+            yield batch
+
+
+def small_loaders():
+    return dplib.data.loaders("mnist5k", batch_size=64, subset=640, eval_subset=200, seed=0)
+
+
+def test_resumed_fit_ends_with_the_same_weights(tmp_path):
+    options = {"epochs": 3, "lr": 0.05, "device": "cpu", "seed": 1, "show_progress": False}
+    reference = dplib.models.build("lenet5_bn", seed=0)
+    loaders = small_loaders()
+    dplib.fit(reference, loaders.train, val_loader=loaders.val, **options)
+
+    state = tmp_path / "train-state.pt"
+    interrupted = dplib.models.build("lenet5_bn", seed=0)
+    with pytest.raises(Interrupted):  # killed in the middle of the second epoch
+        dplib.fit(
+            interrupted,
+            BreakingLoader(small_loaders().train, 15),
+            val_loader=loaders.val,
+            checkpoint=state,
+            **options,
+        )
+    assert state.exists()
+    resumed = dplib.models.build("lenet5_bn", seed=5)  # a fresh process: other weights
+    history = dplib.fit(
+        resumed, small_loaders().train, val_loader=loaders.val, checkpoint=state, **options
+    )
+    assert len(history["val_accuracy"]) == 3
+    for (name, a), b in zip(
+        reference.state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_training_state_of_another_architecture_is_refused(tmp_path):
+    state = tmp_path / "state.pt"
+    loaders = small_loaders()
+    dplib.fit(
+        dplib.models.build("lenet300"),
+        loaders.train,
+        epochs=1,
+        checkpoint=state,
+        device="cpu",
+        show_progress=False,
+    )
+    with pytest.raises(dplib.CheckpointError, match="another architecture"):
+        dplib.fit(
+            dplib.models.build("lenet5"),
+            loaders.train,
+            epochs=2,
+            checkpoint=state,
+            device="cpu",
+            show_progress=False,
+        )
+
+
+def test_random_crop_flip_moves_pixels_but_keeps_shapes():
+    torch.manual_seed(0)
+    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float).view(2, 3, 8, 8) + 1
+    out = dplib.data.random_crop_flip(images, padding=2)
+    assert out.shape == images.shape
+    for original, augmented in zip(images, out, strict=True):
+        # every non-padding pixel of the crop comes from the image, possibly flipped
+        values = set(augmented[augmented > 0].tolist())
+        assert values <= set(original.flatten().tolist())
+    assert not torch.equal(out, images)
+
+
+def torchrun(nproc: int, out: Path) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(SCRIPTS / "distributed_importance.py"),
+        str(out),
+    ]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "DPLIB_PROGRESS": "off"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_processes_learn_the_same_importance_as_one(tmp_path):
+    torchrun(1, tmp_path / "one.pt")
+    torchrun(2, tmp_path / "two.pt")
+    one = dplib.Importance.load(tmp_path / "one.pt")
+    two = dplib.Importance.load(tmp_path / "two.pt")
+    moved = (one.concentration["fc1"] - 10.0).abs().max()
+    assert moved > 0.05  # learning happened
+    for layer in one.names:
+        torch.testing.assert_close(
+            two.concentration[layer], one.concentration[layer], rtol=1e-4, atol=1e-4
+        )
