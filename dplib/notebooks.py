@@ -1,0 +1,115 @@
+"""Run the kit's notebooks headless with papermill: the main command, ``make figures``.
+
+For every experiment of a profile it executes ``01_pretrain``, ``02_importance`` and
+``03_prune`` with that experiment's parameters, then ``00_primer`` and ``04_figures`` once.
+Executed copies go to ``runs/<profile>/notebooks/``. An executed copy is written under a
+temporary name and renamed when its run finished, beside a small JSON with the hash of the
+notebook's source, its parameters and dplib's sources: when all three match, the notebook is
+not run again (and the stages inside a notebook reuse their artefacts anyway).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import artefacts, profiles
+
+NOTEBOOKS = ("00_primer", "01_pretrain", "02_importance", "03_prune", "04_figures")
+PER_EXPERIMENT = ("01_pretrain", "02_importance", "03_prune")
+
+
+def notebook_dir() -> Path:
+    """The kit's ``notebooks/`` folder."""
+    return artefacts.kit_root() / "notebooks"
+
+
+def _sources_hash() -> str:
+    digest = hashlib.sha256()
+    for path in sorted((artefacts.kit_root() / "dplib").glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def plan(profile: str) -> list[tuple[str, dict[str, Any], Path]]:
+    """(notebook, parameters, executed copy) in the order the main command runs them."""
+    out = artefacts.profile_dir(profile) / "notebooks"
+    steps = [("00_primer", {"profile": profile}, out / "00_primer.ipynb")]
+    for dataset, model in profiles.experiments(profile):
+        parameters = {"profile": profile, "dataset": dataset, "model": model}
+        for name in PER_EXPERIMENT:
+            steps.append((name, parameters, out / f"{dataset}-{model}" / f"{name}.ipynb"))
+    steps.append(("04_figures", {"profile": profile}, out / "04_figures.ipynb"))
+    return steps
+
+
+def run_notebook(name: str, parameters: dict[str, Any], output: Path, *, force: bool = False):
+    """Execute notebook ``name`` with papermill into ``output`` unless an identical run exists.
+
+    Returns True when it ran, False when the earlier executed copy was reused.
+    """
+    import papermill
+
+    source = notebook_dir() / f"{name}.ipynb"
+    stamp = {
+        "notebook": hashlib.sha256(source.read_bytes()).hexdigest()[:12],
+        "parameters": parameters,
+        "dplib": _sources_hash(),
+    }
+    done = output.with_suffix(".json")
+    if not force and output.exists() and done.exists():
+        try:
+            if artefacts.read_json(done) == stamp:
+                print(f"[dplib] {output.relative_to(artefacts.kit_root())}: up to date", flush=True)
+                return False
+        except ValueError:
+            pass
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(f".{output.stem}.running.ipynb")
+    print(f"[dplib] running {name} {parameters} -> {output}", flush=True)
+    started = time.perf_counter()
+    papermill.execute_notebook(
+        str(source),
+        str(temporary),
+        parameters=parameters,
+        kernel_name="python3",
+        log_output=True,
+        progress_bar=False,
+        cwd=str(notebook_dir()),
+    )
+    os.replace(temporary, output)
+    artefacts.write_json(done, stamp)
+    print(f"[dplib] {name} finished in {time.perf_counter() - started:.0f} s", flush=True)
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m dplib.notebooks [--profile cpu] [--only fashion_mnist-lenet5] [--force]``."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--profile", default=profiles.default_profile())
+    parser.add_argument("--only", nargs="*", help="experiments (dataset-model) or notebook names")
+    parser.add_argument("--force", action="store_true", help="run even when up to date")
+    args = parser.parse_args(argv)
+    try:
+        profiles.check_profile(args.profile)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    os.environ.setdefault("DPLIB_PROGRESS", "text")
+    started = time.perf_counter()
+    for name, parameters, output in plan(args.profile):
+        experiment = f"{parameters.get('dataset')}-{parameters.get('model')}"
+        if args.only and name not in args.only and experiment not in args.only:
+            continue
+        run_notebook(name, parameters, output, force=args.force)
+    elapsed = time.perf_counter() - started
+    print(f"[dplib] profile {args.profile}: done in {elapsed:.0f} s", flush=True)
+    print(f"[dplib] figures and results table in {artefacts.figures_dir(args.profile)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

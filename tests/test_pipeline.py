@@ -1,0 +1,130 @@
+"""The pipeline's artefacts: reuse, rebuild of corrupt files, and resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dplib import artefacts, pipeline, profiles
+from dplib.train import read_checkpoint
+
+KIT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPLIB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("DPLIB_PROGRESS", "off")
+    pipeline._MEMO.clear()
+    yield tmp_path / "runs"
+    pipeline._MEMO.clear()
+
+
+def _tiny(**overrides) -> profiles.Config:
+    settings = {"subset": 512, "eval_subset": 200, "pretrain_epochs": 1.0}
+    settings.update(overrides)
+    return profiles.resolve("smoke", "fashion_mnist", "lenet5", **settings)
+
+
+def test_stage_is_reused_and_config_change_rebuilds(runs):
+    config = _tiny()
+    first = pipeline.pretrain(config, log=lambda m: None)
+    assert not first.reused
+    assert first.path.parent == runs / "smoke" / "fashion_mnist-lenet5"
+    pipeline._MEMO.clear()
+    messages = []
+    again = pipeline.pretrain(config, log=messages.append)
+    assert again.reused and "reusing" in messages[0]
+    assert again.metrics == first.metrics
+    other = pipeline.pretrain(_tiny(pretrain_lr=0.02), log=lambda m: None)
+    assert not other.reused and other.path != first.path
+
+
+def test_corrupt_checkpoint_is_reported_and_rebuilt(runs):
+    config = _tiny()
+    first = pipeline.pretrain(config, log=lambda m: None)
+    first.path.write_bytes(first.path.read_bytes()[:100])  # a truncated file
+    pipeline._MEMO.clear()
+    messages = []
+    rebuilt = pipeline.pretrain(config, log=messages.append)
+    assert not rebuilt.reused
+    assert any("cannot reuse" in m and "truncated or corrupt" in m for m in messages), messages
+    read_checkpoint(rebuilt.path)  # complete again
+
+
+def test_corrupt_json_is_rebuilt(runs):
+    config = _tiny()
+    first = pipeline.pretrain(config, log=lambda m: None)
+    first.path.with_suffix(".json").write_text('{"metrics": ')
+    pipeline._MEMO.clear()
+    messages = []
+    assert not pipeline.pretrain(config, log=messages.append).reused
+    assert any("not valid JSON" in m for m in messages)
+
+
+def _check_artefacts(folder: Path) -> list[str]:
+    """Every visible artefact reads back completely; returns the finished row files."""
+    rows = []
+    for path in folder.iterdir():
+        if path.name.startswith("."):
+            continue  # a temporary file of an interrupted write: never read
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+            if path.name.startswith("pruned-"):
+                rows.append(path.name)
+        elif path.suffix == ".pt":
+            torch.load(path, map_location="cpu", weights_only=True)
+    return rows
+
+
+def test_killed_run_resumes_from_the_last_completed_stage(runs):
+    command = [
+        sys.executable,
+        "-m",
+        "dplib.pipeline",
+        "--profile",
+        "smoke",
+        "--stage",
+        "compare",
+        "--widths",
+        "10-25-250",
+        "5-10-76",
+        "3-6-30",
+        "--criteria",
+        "l1",
+        "random",
+        "taylor",
+    ]
+    env = dict(os.environ, DPLIB_RUNS=str(runs), DPLIB_PROGRESS="off")
+    folder = runs / "smoke" / "fashion_mnist-lenet5"
+    process = subprocess.Popen(command, cwd=KIT, env=env, stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(folder.glob("pruned-*.json")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = _check_artefacts(folder)
+    assert 1 <= len(finished) < 9, "the run should have been killed part-way"
+    assert not list(folder.glob("results-*.json"))
+
+    resumed = subprocess.run(command, cwd=KIT, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "pretrain: reusing" in resumed.stdout
+    assert "pretrain: training" not in resumed.stdout
+    rows = _check_artefacts(folder)
+    assert len(rows) == 9
+    results = artefacts.read_json(next(folder.glob("results-*.json")))["rows"]
+    assert len(results) == 1 + 9
+    assert {(r["criterion"], r["widths"]) for r in results[1:]} == {
+        (c, w) for c in ("l1", "random", "taylor") for w in ("10-25-250", "5-10-76", "3-6-30")
+    }
+    # the rows computed before the kill were reused, not recomputed
+    assert resumed.stdout.count("after fine-tuning") == 9 - len(finished)
