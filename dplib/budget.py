@@ -482,30 +482,35 @@ def _add_back(quadratic, units, widths, target, rank) -> np.ndarray:
         cost += int(additions[layer])
 
 
-def _repair(quadratic, units, widths, target, rank, rounds: int = 50) -> np.ndarray:
+def _repair(quadratic, units, widths, target, rank, rounds: int = 20) -> np.ndarray:
     """Exchange units when the greedy result is more than TOLERANCE under ``target``.
 
-    Coarse units (a channel before a large Linear) can leave a gap that no single removed unit
-    fits. Each round tries, for every layer, to force one more unit into it, make room by
-    removing the lowest-ranked units of the other layers, and refill; it keeps the candidate
-    that lands highest under the target, and stops once inside the window or when no candidate
-    improves.
+    Coarse units (a channel before a large Linear, a residual group) can leave a gap that no
+    single removed unit fits. Each round tries every exchange "one more unit in layer A, one
+    fewer in layer B (or none)", makes room if needed by removing the lowest-ranked units of
+    layers other than A, and refills; it keeps the exchange that lands highest under the
+    target, and stops inside the window or when no exchange improves.
     """
     cost = quadratic(widths)
     for _ in range(rounds):
         if cost >= (1 - TOLERANCE) * target:
             break
         best, best_cost = widths, cost
-        for layer in np.flatnonzero(widths < units):
-            forced = widths.copy()
-            forced[layer] += 1
+        for grown in np.flatnonzero(widths < units):
             frozen = np.zeros(len(units), dtype=bool)
-            frozen[layer] = True
-            candidate = _remove_until(quadratic, units, target, rank, forced, frozen)
-            candidate = _add_back(quadratic, units, candidate, target, rank)
-            candidate_cost = quadratic(candidate)
-            if best_cost < candidate_cost <= target:
-                best, best_cost = candidate, candidate_cost
+            frozen[grown] = True
+            for shrunk in [None, *np.flatnonzero(widths > 1)]:
+                if shrunk == grown:
+                    continue
+                candidate = widths.copy()
+                candidate[grown] += 1
+                if shrunk is not None:
+                    candidate[shrunk] -= 1
+                candidate = _remove_until(quadratic, units, target, rank, candidate, frozen)
+                candidate = _add_back(quadratic, units, candidate, target, rank)
+                candidate_cost = quadratic(candidate)
+                if best_cost < candidate_cost <= target:
+                    best, best_cost = candidate, candidate_cost
         if best is widths:
             break
         widths, cost = best, best_cost

@@ -1,0 +1,217 @@
+"""dplib.choose_widths: budgets met within 2% under the target, errors, allocation rules."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+import dplib
+from dplib.budget import CostModel, default_input_shape
+
+RATIOS = ("2x", "4x", "10x", "20x")
+
+
+@functools.cache
+def setup(name: str):
+    """The preset, an L1 importance over its layers and residual groups, and its cost model."""
+    model = dplib.models.build(name, seed=0).eval()
+    importance = dplib.baselines.l1_importance(model, coupled=True)
+    costs = CostModel(model, default_input_shape(model), importance.names)
+    return model, importance, costs
+
+
+def _targets(costs: CostModel, what: str) -> list[int | str]:
+    """The ratios, plus absolute numbers: a third of the way and near the bottom of the range."""
+    quadratic = costs.macs if what == "macs" else costs.params
+    full = quadratic(costs.units)
+    smallest = quadratic(costs.units * 0 + 1)
+    return [*RATIOS, smallest + (full - smallest) // 3, smallest + (full - smallest) // 50]
+
+
+@pytest.mark.parametrize("name", list(dplib.models.MODELS))
+@pytest.mark.parametrize("what", ["macs", "params"])
+@pytest.mark.parametrize(
+    "allocation, order",
+    [("importance", "score"), ("importance", "score_per_cost"), ("uniform", "score")],
+)
+def test_budget_met_within_two_percent_under(name, what, allocation, order):
+    model, importance, costs = setup(name)
+    quadratic = costs.macs if what == "macs" else costs.params
+    full = quadratic(costs.units)
+    smallest = quadratic(costs.units * 0 + 1)
+    for target in _targets(costs, what):
+        value = full // float(target[:-1]) if isinstance(target, str) else target
+        if value < smallest:  # beyond what this network can reach (ResNets keep their stream)
+            with pytest.raises(dplib.BudgetError, match="achievable range"):
+                dplib.choose_widths(model, importance, **{f"target_{what}": target}, costs=costs)
+            continue
+        widths = dplib.choose_widths(
+            model,
+            importance,
+            **{f"target_{what}": target},
+            allocation=allocation,
+            order=order,
+            costs=costs,
+            verify=target == "4x",  # dplib.count of the pruned network, once per case
+        )
+        assert list(widths) == importance.names
+        assert all(1 <= widths[n] <= k for n, k in importance.units.items())
+        cost = getattr(costs.cost(widths), what)
+        assert 0.98 * value <= cost <= value, (target, widths, cost / value)
+
+
+@pytest.mark.parametrize("name", list(dplib.models.MODELS))
+def test_analytic_cost_equals_count_of_the_pruned_network(name):
+    model, importance, costs = setup(name)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        widths = {
+            n: int(torch.randint(1, k + 1, (1,), generator=generator))
+            for n, k in importance.units.items()
+        }
+        pruned = dplib.prune(model, importance, widths)
+        assert costs.cost(widths) == dplib.count(pruned, costs.input_shape)
+
+
+def test_default_layers_and_input_shape_of_a_preset():
+    model = dplib.models.build("lenet5_bn", seed=0)
+    widths = dplib.choose_widths(model, None, target_params="4x", allocation="uniform")
+    assert list(widths) == list(dplib.widths_of(model)) == ["conv1", "conv2", "fc1", "fc2"]
+    assert default_input_shape(model) == (1, 1, 28, 28)
+    assert default_input_shape(dplib.models.build("resnet20", in_channels=1)) == (1, 1, 32, 32)
+
+
+def test_one_unit_stays_in_every_layer():
+    model, importance, costs = setup("lenet5_bn")
+    smallest = costs.params(costs.units * 0 + 1)
+    widths = dplib.choose_widths(model, importance, target_params=smallest, costs=costs)
+    assert set(widths.values()) == {1}
+    widths = dplib.choose_widths(model, importance, target_macs="20x", costs=costs)
+    assert min(widths.values()) >= 1
+
+
+@pytest.mark.parametrize(
+    "budget, message",
+    [
+        ({"target_macs": "4y"}, "ratio such as '4x'"),
+        ({"target_macs": "x"}, "ratio such as '4x'"),
+        ({"target_params": "0.5x"}, "at least 1x"),
+        ({"target_params": "0x"}, "at least 1x"),
+        ({"target_params": 0}, "achievable range"),
+        ({"target_params": -10}, "achievable range"),
+        ({"target_params": 10**9}, "achievable range"),
+        ({"target_macs": 1000}, "achievable range"),
+        ({"target_macs": "1000x"}, "achievable range"),
+        ({"target_params": 1e5}, "whole number"),
+        ({"target_params": True}, "whole number"),
+        ({}, "exactly one"),
+        ({"target_params": "4x", "target_macs": "4x"}, "exactly one"),
+    ],
+)
+def test_impossible_or_malformed_budgets_are_clear_errors(budget, message):
+    model, importance, costs = setup("lenet5")
+    with pytest.raises(ValueError, match=message):
+        dplib.choose_widths(model, importance, **budget)
+
+
+def test_impossible_budget_names_the_achievable_range():
+    model, importance, costs = setup("lenet300")
+    full, smallest = costs.params(costs.units), costs.params(costs.units * 0 + 1)
+    with pytest.raises(dplib.BudgetError) as error:
+        dplib.choose_widths(model, importance, target_params=smallest - 1)
+    assert f"{smallest:,}" in str(error.value) and f"{full:,}" in str(error.value)
+
+
+def test_other_arguments_are_checked():
+    model, importance, _ = setup("lenet5")
+    with pytest.raises(ValueError, match="allocation"):
+        dplib.choose_widths(model, importance, target_macs="4x", allocation="greedy")
+    with pytest.raises(ValueError, match="order"):
+        dplib.choose_widths(model, importance, target_macs="4x", order="cost")
+    with pytest.raises(ValueError, match="needs an importance"):
+        dplib.choose_widths(model, None, target_macs="4x")
+    other = dplib.baselines.l1_importance(dplib.models.build("lenet5_bn"))
+    with pytest.raises(dplib.ImportanceMismatchError):
+        dplib.choose_widths(model, other, target_macs="4x")
+
+
+def test_a_custom_model_needs_an_input_shape():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+    importance = dplib.baselines.l1_importance(model)
+    with pytest.raises(ValueError, match="input_shape"):
+        dplib.choose_widths(model, importance, target_params="2x")
+    # params = 16 w + 3: 52 is met by w = 3 (51 params); 60 by none within 2% (51 or 67)
+    widths = dplib.choose_widths(model, importance, target_params=52, input_shape=(1, 12))
+    assert widths == {"1": 3}
+    assert dplib.count(dplib.prune(model, importance, widths), (1, 12)).params == 51
+    with pytest.raises(dplib.BudgetError, match="too coarse"):
+        dplib.choose_widths(model, importance, target_params=60, input_shape=(1, 12))
+
+
+def _hand_made(high: str, units: dict[str, int], top: int) -> dplib.Importance:
+    """Layer ``high`` has ``top`` units far above the rest; other layers' units are all equal."""
+    scores = {}
+    for name, k in units.items():
+        score = torch.ones(k)
+        if name == high:
+            score = torch.full((k,), 0.01)
+            score[:top] = 1.0
+        scores[name] = score
+    return dplib.Importance(scores, criterion="hand")
+
+
+def test_importance_allocation_keeps_units_where_scores_are_high():
+    model, _, costs = setup("lenet300")
+    units = {"fc1": 300, "fc2": 100}
+    # fc2: 10 strong units and 90 near zero; fc1: all average (K * E[s] = 1)
+    weak_fc2 = dplib.choose_widths(model, _hand_made("fc2", units, 10), target_params="4x")
+    weak_fc1 = dplib.choose_widths(model, _hand_made("fc1", units, 30), target_params="4x")
+    uniform = dplib.choose_widths(model, None, target_params="4x", allocation="uniform")
+    # (the add-back step may refill a few weak units where nothing larger fits)
+    assert 10 <= weak_fc2["fc2"] < uniform["fc2"] < weak_fc1["fc2"] == 100
+    assert weak_fc1["fc1"] < uniform["fc1"] < weak_fc2["fc1"]
+    # the units kept are the strong ones: pruning keeps the top of each ranking
+    kept = _hand_made("fc2", units, 10).keep_indices(weak_fc2)["fc2"]
+    assert set(range(10)) <= set(kept.tolist())
+
+
+def test_dirichlet_scores_are_compared_on_k_times_the_posterior_mean():
+    model, _, _ = setup("lenet300")
+    # phi: every unit of fc1 at its layer's average; fc2 has 20 units at 4x the average of the rest
+    phi_fc2 = torch.ones(100)
+    phi_fc2[:20] = 4.0
+    importance = dplib.Importance(
+        {"fc1": torch.full((300,), 1 / 300), "fc2": phi_fc2 / phi_fc2.sum()},
+        concentration={"fc1": torch.full((300,), 5.0), "fc2": phi_fc2},
+    )
+    relative = dplib.budget.relative_scores(importance)
+    assert torch.allclose(relative["fc2"], importance.relative("fc2").double())
+    widths = dplib.choose_widths(model, importance, target_macs="4x")
+    # fc2's 80 weak units (K E[s] = 0.625 < 1) go before fc1's (K E[s] = 1); a few come back
+    # in the add-back step, where they are the only units that still fit
+    assert 20 <= widths["fc2"] < 30 and widths["fc1"] < 300
+
+
+def test_negative_scores_are_shifted_per_layer():
+    importance = dplib.Importance({"a": torch.tensor([-1.0, 0.0, 1.0])}, criterion="oracle")
+    relative = dplib.budget.relative_scores(importance)["a"]
+    assert relative.tolist() == pytest.approx([0.0, 1.0, 2.0])
+    flat = dplib.Importance({"a": torch.zeros(4)}, criterion="random")
+    assert dplib.budget.relative_scores(flat)["a"].tolist() == [1.0] * 4
+
+
+def test_uniform_allocation_keeps_even_fractions():
+    model, _, costs = setup("lenet5")
+    widths = dplib.choose_widths(model, None, target_macs="10x", allocation="uniform")
+    fractions = [widths[n] / k for n, k in zip(costs.names, costs.units)]
+    assert max(fractions) - min(fractions) < 0.1
+
+
+def test_deterministic():
+    model, importance, costs = setup("vgg16")
+    first = dplib.choose_widths(model, importance, target_macs="10x", costs=costs, verify=False)
+    again = dplib.choose_widths(model, importance, target_macs="10x", costs=costs, verify=False)
+    assert first == again
