@@ -99,6 +99,7 @@ class DirichletGate(nn.Module):
         if phi_init <= eps:
             raise ValueError(f"phi_init must be larger than eps={eps}, got {phi_init}")
         self.num_units = num_units
+        self.phi_init = phi_init
         self.scale = scale
         self.eps = eps
         self.theta = nn.Parameter(torch.full((num_units,), inverse_softplus(phi_init - eps)))

@@ -154,6 +154,50 @@ class Importance:
         }
         return self._pick(relative, layer)
 
+    def ranked_by(self, statistic: str) -> Importance:
+        """A copy whose scores are another statistic of the Dirichlet posterior.
+
+        ``"mean"``: E[s_k] (the method); ``"mean-2std"`` (any k in ``"mean-<k>std"``): a
+        risk-aware score that demotes uncertain units; ``"quantile:0.1"`` (any level): the lower
+        quantile of the marginal s_k ~ Beta(phi_k, phi_0 - phi_k).
+        """
+        if self.concentration is None:
+            raise ValueError(f"the {self.criterion!r} criterion has no posterior to rank by")
+        if statistic == "mean":
+            scores = self.mean()
+        elif statistic.startswith("mean-") and statistic.endswith("std"):
+            try:
+                k = float(statistic[len("mean-") : -len("std")] or 1)
+            except ValueError:
+                raise ValueError(
+                    f"cannot read k in {statistic!r}; write e.g. 'mean-2std'"
+                ) from None
+            means, stds = self.mean(), self.std()
+            scores = {name: means[name] - k * stds[name] for name in means}
+        elif statistic.startswith("quantile:"):
+            from scipy.stats import beta
+
+            level = float(statistic.split(":", 1)[1])
+            if not 0 < level < 1:
+                raise ValueError(f"a quantile level must be in (0, 1), got {level}")
+            scores = {}
+            for name, phi in self.concentration.items():
+                phi = phi.double()
+                rest = phi.sum() - phi
+                values = beta.ppf(level, phi.numpy(), rest.numpy())
+                scores[name] = torch.as_tensor(values, dtype=torch.float32)
+        else:
+            raise ValueError(
+                f"unknown statistic {statistic!r}; use 'mean', 'mean-<k>std' or 'quantile:<q>'"
+            )
+        return Importance(
+            scores=scores,
+            criterion=self.criterion,
+            concentration=self.concentration,
+            history=self.history,
+            config={**self.config, "statistic": statistic},
+        )
+
     def ranking(self, layer: str) -> torch.Tensor:
         """Unit indices of ``layer`` from most to least important (ties keep index order)."""
         return torch.argsort(self._pick(self.scores, layer), descending=True, stable=True)

@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
@@ -66,6 +67,11 @@ def elbo_loss(
     return cross_entropy + kl_weight * kl / dataset_size, cross_entropy, kl
 
 
+def phi_init_of(gated: GatedModel) -> float | None:
+    """The initial concentration the gates were created with (None if unknown)."""
+    return next(gate.phi_init for _, gate in gated.named_gates())
+
+
 def learn_importance(
     gated: GatedModel,
     loader: DataLoader,
@@ -80,6 +86,8 @@ def learn_importance(
     seed: int = 0,
     dataset_size: int | None = None,
     snapshots: int = 40,
+    batchnorm: str = "eval",
+    weights_lr: float = 0.0,
     show_progress: bool = True,
 ) -> Importance:
     """Learn each gate's Dirichlet posterior by maximising the ELBO with the weights frozen.
@@ -98,6 +106,11 @@ def learn_importance(
         seed: seeds the samples (and anything else drawn from torch's global generator).
         snapshots: how many times the posterior means are recorded during learning (to see how
             fast the ranking settles).
+        batchnorm: ``"eval"`` (the method: running statistics) or ``"train"`` (batch statistics,
+            as the reference code; a gate placed before such a BatchNorm is then cancelled by
+            the normalisation). The running statistics are restored afterwards either way.
+        weights_lr: 0 freezes the weights (the method). A positive value trains the weights
+            jointly with the gates by SGD at that learning rate: the weights then change.
 
     Returns:
         An :class:`~dplib.Importance` (criterion ``"dirichlet"``) keyed by the layers' module
@@ -118,6 +131,10 @@ def learn_importance(
         raise ValueError(f"alpha0 must be positive, got {alpha0}")
     if len(loader) == 0:
         raise ValueError("the loader is empty")
+    if batchnorm not in ("eval", "train"):
+        raise ValueError(f"batchnorm must be 'eval' or 'train', got {batchnorm!r}")
+    if weights_lr < 0:
+        raise ValueError(f"weights_lr must be >= 0, got {weights_lr}")
     from . import distributed
 
     device = resolve_device(device)
@@ -130,6 +147,8 @@ def learn_importance(
     thetas = [gate.theta for _, gate in gated.named_gates()]
     saved_requires_grad = [p.requires_grad for p in weights]
     saved_modes = {module: module.training for module in gated.modules()}
+    norms = [m for m in gated.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved_statistics = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
     original_device = thetas[0].device
     set_seed(seed)
     history: dict[str, Any] = {
@@ -141,11 +160,17 @@ def learn_importance(
     }
     try:
         for parameter in weights:
-            parameter.requires_grad_(False)
+            parameter.requires_grad_(weights_lr > 0)
         gated.to(device).eval()
+        if batchnorm == "train":
+            for norm in norms:
+                norm.train()
         for theta in thetas:
             theta.requires_grad_(True)
         optimizer = torch.optim.Adam(thetas, lr=lr)
+        weight_optimizer = (
+            torch.optim.SGD(weights, lr=weights_lr, momentum=0.9) if weights_lr > 0 else None
+        )
         step, started = 0, time.perf_counter()
         main = distributed.is_main()
         bar = progress(total=total_steps, desc="importance", enabled=show_progress and main)
@@ -169,9 +194,14 @@ def learn_importance(
                     dataset_size=dataset_size,
                 )
                 optimizer.zero_grad(set_to_none=True)
+                if weight_optimizer is not None:
+                    weight_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 distributed.average_gradients(thetas)
                 optimizer.step()
+                if weight_optimizer is not None:
+                    distributed.average_gradients(weights)
+                    weight_optimizer.step()
                 history["loss"].append(loss.item())
                 history["cross_entropy"].append(cross_entropy.item())
                 history["kl"].append(kl.item())
@@ -191,6 +221,10 @@ def learn_importance(
             parameter.requires_grad_(requires_grad)
         for module, training in saved_modes.items():
             module.train(training)
+        for norm, statistics in zip(norms, saved_statistics):
+            norm.load_state_dict(statistics)
+        if weights_lr > 0:
+            gated.zero_grad(set_to_none=True)
         gated.to(original_device)
         gated.set_mode("mean")
     history["epochs"] = total_steps / len(loader)
@@ -212,5 +246,8 @@ def learn_importance(
             "dataset_size": dataset_size,
             "scale": next(gate.scale for _, gate in gated.named_gates()),
             "position": gated.position,
+            "phi_init": phi_init_of(gated),
+            "batchnorm": batchnorm,
+            "weights_lr": weights_lr,
         },
     )

@@ -44,3 +44,26 @@ def test_rank_correlations():
     assert dplib.measure.kendall(a, a.flip(0)) == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="differ in length"):
         dplib.measure.spearman(a, a[:2])
+
+
+def test_for_inference_folds_batchnorm_and_keeps_outputs():
+    from conftest import trained_like
+
+    model = trained_like(dplib.models.build("lenet5_bn", seed=0))
+    deployed = dplib.measure.for_inference(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), model(x), rtol=1e-4, atol=1e-5)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # untouched
+
+
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last", "auto"])
+def test_latency_memory_formats_leave_the_model_as_it_was(memory_format):
+    model = dplib.models.build("lenet5")
+    assert (
+        dplib.latency(model, (2, 1, 28, 28), repeats=2, warmup=1, memory_format=memory_format) > 0
+    )
+    assert model.conv1.weight.is_contiguous()
+    with pytest.raises(ValueError, match="memory_format"):
+        dplib.latency(model, memory_format="nhwc")

@@ -136,3 +136,42 @@ def test_learn_importance_rejects_bad_arguments(tiny_loader):
         dplib.learn_importance(gated, tiny_loader, samples=0)
     with pytest.raises(TypeError, match="attach_gates"):
         dplib.learn_importance(dplib.models.build("lenet300"), tiny_loader)
+
+
+def test_batchnorm_train_mode_is_restored_with_its_statistics(tiny_loader):
+    model = trained_like(dplib.models.build("lenet5_bn", seed=0))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    gated = dplib.attach_gates(model, position="before_bn")
+    importance = dplib.learn_importance(
+        gated, tiny_loader, epochs=0.5, batchnorm="train", device="cpu", show_progress=False
+    )
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert importance.config["batchnorm"] == "train" and not model.training
+
+
+def test_joint_training_moves_the_weights(tiny_loader):
+    model = dplib.models.build("lenet300", seed=0)
+    weight = model.fc1.weight.detach().clone()
+    gated = dplib.attach_gates(model)
+    dplib.learn_importance(
+        gated, tiny_loader, epochs=0.5, weights_lr=0.01, device="cpu", show_progress=False
+    )
+    assert not torch.equal(model.fc1.weight, weight)
+    assert model.fc1.weight.requires_grad and model.fc1.weight.grad is None
+
+
+def test_ranking_statistics():
+    phi = {"fc1": torch.tensor([10.0, 1.0, 3.0, 3.0])}
+    importance = dplib.Importance(scores={"fc1": phi["fc1"] / 17}, concentration=phi)
+    torch.testing.assert_close(importance.ranked_by("mean").scores["fc1"], phi["fc1"] / 17)
+    risky = importance.ranked_by("mean-2std").scores["fc1"]
+    torch.testing.assert_close(risky, importance.mean("fc1") - 2 * importance.std("fc1"))
+    quantile = importance.ranked_by("quantile:0.1").scores["fc1"]
+    from scipy.stats import beta
+
+    expected = beta.ppf(0.1, phi["fc1"].numpy(), (17 - phi["fc1"]).numpy())
+    torch.testing.assert_close(quantile, torch.tensor(expected, dtype=torch.float32))
+    assert quantile[0] < importance.mean("fc1")[0]
+    with pytest.raises(ValueError, match="unknown statistic"):
+        importance.ranked_by("median")
