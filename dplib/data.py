@@ -344,7 +344,8 @@ def load_splits(
     )
 
 
-def _first(dataset: TensorDataset, count: int | None, seed: int) -> TensorDataset:
+def random_subset(dataset: TensorDataset, count: int | None, seed: int) -> TensorDataset:
+    """``count`` images of ``dataset`` chosen at random with ``seed`` (all when None)."""
     if count is None or count >= len(dataset):
         return dataset
     if count < 1:
@@ -389,9 +390,9 @@ def loaders(
         seed: seed of the subset choice and of the training loader's shuffling.
     """
     splits = load_splits(name, root, download=download, val_size=val_size)
-    splits.train = _first(splits.train, subset, seed)
-    splits.val = _first(splits.val, eval_subset, seed)
-    splits.test = _first(splits.test, eval_subset, seed)
+    splits.train = random_subset(splits.train, subset, seed)
+    splits.val = random_subset(splits.val, eval_subset, seed)
+    splits.test = random_subset(splits.test, eval_subset, seed)
     return Loaders(
         train=make_loader(splits.train, batch_size, shuffle=True, seed=seed),
         val=make_loader(splits.val, eval_batch_size, shuffle=False),

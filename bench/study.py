@@ -1,0 +1,54 @@
+"""Run the study of what makes Dirichlet importance work (dplib.study), resumable.
+
+    python bench/study.py                         # every setup, about 30 minutes on 2 cores
+    python bench/study.py --setups mnist5k-lenet5 # one setup
+
+Results are cached under runs/study/ (rerunning continues where it stopped); the summary table
+and figures go to figures/study/ (the 05_study notebook draws the same figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from dplib import study
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--setups", nargs="+", default=list(study.SETUPS), choices=list(study.SETUPS)
+    )
+    parser.add_argument("--root", type=Path, default=ROOT / "runs" / "study")
+    parser.add_argument("--out", type=Path, default=ROOT / "figures" / "study")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    summary = study.run_study(args.setups, args.root)
+    seconds = time.perf_counter() - started
+    print(f"study finished in {seconds:.0f} s (cached results are not recomputed)")
+    results = study.load_results(args.root)
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = study.summary_table(results)
+    (args.out / "study.md").write_text(table)
+    (args.out / "study.json").write_text(
+        json.dumps(
+            {
+                "command": "python bench/study.py",
+                "seconds_this_run": seconds,
+                "setup_seconds": {k: v["seconds"] for k, v in summary.items()},
+            },
+            indent=1,
+        )
+    )
+    study.plot_factors(results, args.out / "study_factors.png")
+    study.plot_finals(results, args.out / "study_finals.png")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
