@@ -1,0 +1,218 @@
+r"""Torch-Pruning (Fang et al., CVPR 2023) as a second opinion: its criteria and its pruner.
+
+Torch-Pruning (the optional ``torch-pruning`` package, ``pip install dplib[compare]``) finds the
+same coupled structures as dplib, through its DependencyGraph: pruning the output units of a
+layer triggers its BatchNorm and the matching inputs of its consumers (H*W inputs per channel
+after a flatten). This module turns it into dplib's vocabulary:
+
+- :func:`tp_importance`: Torch-Pruning's criteria as a :class:`dplib.Importance` over dplib's
+  prunable layers. The score of a unit is Torch-Pruning's *group* score: its criterion applied
+  to every weight the unit's group removes (the layer's output row, its BatchNorm scale, the
+  consumers' input columns), reduced by the mean over the group's layers, left unnormalised
+  (dplib normalises per layer when it compares layers, :func:`dplib.budget.relative_scores`).
+
+  ``tp_l1`` / ``tp_l2`` (``tp_magnitude`` = ``tp_l2``, Torch-Pruning's default): group
+  magnitude, :math:`\sum |w|^p`; ``tp_taylor``: :math:`\sum |w \, \partial L / \partial w|`
+  with the gradient of the cross-entropy summed over ``batches`` mini-batches (eval mode).
+- :func:`prune_like_dplib`: Torch-Pruning's DependencyGraph removes exactly the units that
+  :func:`dplib.prune` removes (a cross-check of dplib's surgery).
+- :func:`tp_global_prune`: Torch-Pruning's own global pruning to a channel ratio, reported as
+  dplib widths.
+"""
+
+from __future__ import annotations
+
+import copy
+from types import ModuleType
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from .attach import GatedModel
+from .budget import default_input_shape
+from .graph import PrunableLayer, find_prunable_layers
+from .importance import Importance, Widths, parse_widths
+from .train import resolve_device
+
+CRITERIA = ("tp_l1", "tp_l2", "tp_magnitude", "tp_taylor")
+
+
+def require_torch_pruning() -> ModuleType:
+    """Import ``torch_pruning`` or raise an ImportError that says how to install it."""
+    try:
+        import torch_pruning
+    except ImportError as error:
+        raise ImportError(
+            "dplib.torch_pruning needs the optional package torch-pruning: "
+            "pip install 'torch-pruning>=1.5' (or pip install -e '.[compare]')"
+        ) from error
+    return torch_pruning
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.model if isinstance(model, GatedModel) else model
+
+
+def dependency_graph(model: nn.Module, input_shape: tuple[int, ...] | None = None):
+    """Torch-Pruning's DependencyGraph of ``model``, traced on zeros of ``input_shape``."""
+    tp = require_torch_pruning()
+    model = _unwrap(model)
+    shape = tuple(input_shape) if input_shape is not None else default_input_shape(model)
+    parameter = next(model.parameters())
+    example = torch.zeros(shape, device=parameter.device, dtype=parameter.dtype)
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+
+
+def _group(graph, model: nn.Module, layer: PrunableLayer, idxs: list[int]):
+    """The Torch-Pruning group that removes units ``idxs`` of a dplib layer (or group)."""
+    module = model.get_submodule(layer.producers[0])
+    pruner = graph.get_pruner_of_module(module)
+    return graph.get_pruning_group(module, pruner.prune_out_channels, idxs=idxs)
+
+
+def _criterion(criterion: str):
+    tp = require_torch_pruning()
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown Torch-Pruning criterion {criterion!r}; choose one of {CRITERIA}")
+    if criterion == "tp_taylor":
+        return tp.importance.TaylorImportance(normalizer=None)
+    p = 1 if criterion == "tp_l1" else 2
+    return tp.importance.MagnitudeImportance(p=p, normalizer=None)
+
+
+def tp_importance(
+    model: nn.Module,
+    criterion: str = "tp_l2",
+    loader: DataLoader | None = None,
+    *,
+    batches: int = 10,
+    input_shape: tuple[int, ...] | None = None,
+    coupled: bool = False,
+    device: str = "auto",
+) -> Importance:
+    """Torch-Pruning's group score of every unit of dplib's prunable layers.
+
+    Args:
+        model: the network (not changed; its gradients are cleared after ``tp_taylor``).
+        criterion: ``tp_l1``, ``tp_l2`` (= ``tp_magnitude``) or ``tp_taylor``.
+        loader: training data, needed by ``tp_taylor`` only.
+        batches: mini-batches whose cross-entropy gradients ``tp_taylor`` sums.
+        input_shape: the shape traced by the DependencyGraph (defaults for dplib's presets).
+        coupled: also score dplib's residual-coupled groups.
+    """
+    scorer = _criterion(criterion)
+    model = _unwrap(model)
+    if criterion == "tp_taylor":
+        if loader is None:
+            raise ValueError("criterion 'tp_taylor' needs a data loader (training data)")
+        if batches < 1:
+            raise ValueError(f"batches must be at least 1, got {batches}")
+    layers = find_prunable_layers(model, coupled=coupled).layers
+    device = resolve_device(device)
+    original_device = next(model.parameters()).device
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        graph = dependency_graph(model, input_shape)
+        if criterion == "tp_taylor":
+            model.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                for index, (images, labels) in enumerate(loader):
+                    if index >= batches:
+                        break
+                    logits = model(images.to(device))
+                    F.cross_entropy(logits, labels.to(device), reduction="sum").backward()
+        scores = {}
+        for layer in layers:
+            group = _group(graph, model, layer, list(range(layer.units)))
+            scores[layer.name] = scorer(group).detach().float().cpu()
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training).to(original_device)
+    config = {"batches": batches} if criterion == "tp_taylor" else {}
+    return Importance(scores, criterion=criterion, config=config)
+
+
+def prune_like_dplib(
+    model: nn.Module,
+    importance: Importance,
+    widths: Widths,
+    input_shape: tuple[int, ...] | None = None,
+) -> nn.Module:
+    """A copy of ``model`` pruned by Torch-Pruning's DependencyGraph to the units of
+    :func:`dplib.prune`: per layer, all but the top-``width`` units of ``importance``."""
+    require_torch_pruning()
+    pruned = copy.deepcopy(_unwrap(model))
+    graph = dependency_graph(pruned, input_shape)
+    layers = find_prunable_layers(pruned, coupled=True)
+    kept = importance.keep_indices(parse_widths(widths, importance.units))
+    for name, indices in kept.items():
+        removed = sorted(set(range(importance.units[name])) - set(indices.tolist()))
+        if removed:
+            group = _group(graph, pruned, layers[name], removed)
+            group.prune()
+    return pruned
+
+
+def tp_global_prune(
+    model: nn.Module,
+    pruning_ratio: float,
+    criterion: str = "tp_l2",
+    loader: DataLoader | None = None,
+    *,
+    batches: int = 10,
+    input_shape: tuple[int, ...] | None = None,
+    coupled: bool = False,
+) -> tuple[nn.Module, dict[str, int]]:
+    """Torch-Pruning's global pruning of a copy of ``model``; returns it and its dplib widths.
+
+    Torch-Pruning ranks the units of all of dplib's prunable layers together (each group's
+    scores divided by their mean, its default ``normalizer``) and removes the lowest
+    ``pruning_ratio`` of them. Layers dplib does not prune (the classifier, and residual
+    groups unless ``coupled``) are left alone.
+    """
+    tp = require_torch_pruning()
+    if not 0 <= pruning_ratio < 1:
+        raise ValueError(f"pruning_ratio must be in [0, 1), got {pruning_ratio}")
+    pruned = copy.deepcopy(_unwrap(model)).eval()
+    layers = find_prunable_layers(pruned, coupled=coupled).layers
+    producers = {name for layer in layers for name in layer.producers}
+    ignored = [
+        module
+        for name, module in pruned.named_modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and name not in producers
+    ]
+    if criterion == "tp_taylor":
+        if loader is None:
+            raise ValueError("criterion 'tp_taylor' needs a data loader (training data)")
+        scorer = tp.importance.TaylorImportance()
+        pruned.zero_grad(set_to_none=True)
+        for index, (images, labels) in enumerate(loader):
+            if index >= batches:
+                break
+            F.cross_entropy(pruned(images), labels, reduction="sum").backward()
+    elif criterion in CRITERIA:
+        scorer = tp.importance.MagnitudeImportance(p=1 if criterion == "tp_l1" else 2)
+    else:
+        raise ValueError(f"unknown Torch-Pruning criterion {criterion!r}; choose one of {CRITERIA}")
+    shape = tuple(input_shape) if input_shape is not None else default_input_shape(pruned)
+    pruner = tp.pruner.BasePruner(
+        pruned,
+        torch.zeros(shape),
+        importance=scorer,
+        global_pruning=True,
+        pruning_ratio=pruning_ratio,
+        ignored_layers=ignored,
+    )
+    pruner.step()
+    pruned.zero_grad(set_to_none=True)
+    modules = dict(pruned.named_modules())
+    widths = {}
+    for layer in layers:
+        module = modules[layer.producers[0]]
+        widths[layer.name] = (
+            module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+        )
+    return pruned, widths
