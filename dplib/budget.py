@@ -253,27 +253,32 @@ def default_input_shape(model: nn.Module) -> tuple[int, ...]:
     )
 
 
-def parse_budget(target: int | str, full: int, what: str) -> int:
-    """An absolute budget (int) or a ratio such as ``"4x"`` (4 times fewer) -> an int."""
+def _check_budget_syntax(target: object, what: str) -> None:
+    """Reject a malformed budget before any forward pass (the range needs the cost model)."""
     if isinstance(target, str):
         match = _RATIO.match(target)
         if not match:
             raise BudgetError(
                 f"target_{what} {target!r} is neither a whole number nor a ratio such as '4x' "
-                f"(4 times fewer {what} than the full model's {full:,})"
+                f"(4 times fewer {what} than the full model)"
             )
-        ratio = float(match.group(1))
-        if ratio < 1:
+        if float(match.group(1)) < 1:
             raise BudgetError(
-                f"target_{what} {target!r} asks for more {what} than the full model has "
-                f"({full:,}); a ratio must be at least 1x"
+                f"target_{what} {target!r} asks for more {what} than the full model has; a "
+                "ratio must be at least 1x"
             )
-        return int(full // ratio)
-    if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
+    elif isinstance(target, bool) or not isinstance(target, (int, np.integer)):
         raise BudgetError(
             f"target_{what} must be a whole number or a ratio string such as '4x', got "
             f"{target!r} ({type(target).__name__})"
         )
+
+
+def parse_budget(target: int | str, full: int, what: str = "macs") -> int:
+    """An absolute budget (int) or a ratio such as ``"4x"`` (4 times fewer than ``full``)."""
+    _check_budget_syntax(target, what)
+    if isinstance(target, str):
+        return int(full // float(_RATIO.match(target).group(1)))
     return int(target)
 
 
@@ -341,13 +346,14 @@ def choose_widths(
         raise ValueError("the importance allocation needs an importance (or use 'uniform')")
     if isinstance(model, GatedModel):
         model = model.model
+    what, target = ("macs", target_macs) if target_macs is not None else ("params", target_params)
+    _check_budget_syntax(target, what)
     layers = importance.names if importance is not None else None
     if costs is None:
         shape = tuple(input_shape) if input_shape is not None else default_input_shape(model)
         costs = CostModel(model, shape, layers)
     elif layers is not None and costs.names != layers:
         raise ValueError(f"the cost model varies {costs.names}, the importance scores {layers}")
-    what, target = ("macs", target_macs) if target_macs is not None else ("params", target_params)
     quadratic = costs.macs if what == "macs" else costs.params
     full = quadratic(costs.units)
     target = parse_budget(target, full, what)

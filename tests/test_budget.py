@@ -143,6 +143,9 @@ def test_a_custom_model_needs_an_input_shape():
     importance = dplib.baselines.l1_importance(model)
     with pytest.raises(ValueError, match="input_shape"):
         dplib.choose_widths(model, importance, target_params="2x")
+    # a malformed budget is reported first, before any forward pass
+    with pytest.raises(dplib.BudgetError, match="ratio such as"):
+        dplib.choose_widths(model, importance, target_params="2y")
     # params = 16 w + 3: 52 is met by w = 3 (51 params); 60 by none within 2% (51 or 67)
     widths = dplib.choose_widths(model, importance, target_params=52, input_shape=(1, 12))
     assert widths == {"1": 3}
