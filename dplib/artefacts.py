@@ -57,6 +57,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; artefacts are shared files
         with os.fdopen(handle, "w") as stream:
             stream.write(text)
             stream.flush()

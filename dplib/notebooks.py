@@ -4,14 +4,16 @@ For every experiment of a profile it executes ``01_pretrain``, ``02_importance``
 ``03_prune`` with that experiment's parameters, then ``00_primer`` and ``04_figures`` once.
 Executed copies go to ``runs/<profile>/notebooks/``. An executed copy is written under a
 temporary name and renamed when its run finished, beside a small JSON with the hash of the
-notebook's source, its parameters and dplib's sources: when all three match, the notebook is
-not run again (and the stages inside a notebook reuse their artefacts anyway).
+notebook's source and its parameters: when both match, the notebook is not run again (``--force``
+runs it anyway; the stages inside a notebook reuse their artefacts by configuration, so a forced
+run of an unchanged experiment takes seconds too).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import os
 import sys
 import time
@@ -27,13 +29,6 @@ PER_EXPERIMENT = ("01_pretrain", "02_importance", "03_prune")
 def notebook_dir() -> Path:
     """The kit's ``notebooks/`` folder."""
     return artefacts.kit_root() / "notebooks"
-
-
-def _sources_hash() -> str:
-    digest = hashlib.sha256()
-    for path in sorted((artefacts.kit_root() / "dplib").glob("*.py")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def plan(profile: str) -> list[tuple[str, dict[str, Any], Path]]:
@@ -59,7 +54,6 @@ def run_notebook(name: str, parameters: dict[str, Any], output: Path, *, force: 
     stamp = {
         "notebook": hashlib.sha256(source.read_bytes()).hexdigest()[:12],
         "parameters": parameters,
-        "dplib": _sources_hash(),
     }
     done = output.with_suffix(".json")
     if not force and output.exists() and done.exists():
@@ -88,6 +82,26 @@ def run_notebook(name: str, parameters: dict[str, Any], output: Path, *, force: 
     return True
 
 
+def _missing_data(dataset: str) -> str | None:
+    """Why ``dataset`` cannot be used here (None when it can); prints the offline-MNIST note."""
+    import contextlib
+    import io
+
+    from .data import DataNotFoundError, load_splits
+
+    used, _, note = profiles.resolve_dataset(dataset)
+    if note:
+        print(f"[dplib] NOTE: {note}", flush=True)
+    if used in ("mnist", "mnist5k"):
+        return None  # resolve_dataset has just checked it
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            load_splits(used)
+    except DataNotFoundError as error:
+        return str(error)
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m dplib.notebooks [--profile cpu] [--only fashion_mnist-lenet5] [--force]``."""
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -100,10 +114,20 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:
         sys.exit(f"error: {error}")
     os.environ.setdefault("DPLIB_PROGRESS", "text")
+    # papermill logs every cell's output at INFO: that is the run's log.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
+    logging.getLogger("papermill").setLevel(logging.INFO)
     started = time.perf_counter()
+    noted: dict[str, str | None] = {}
     for name, parameters, output in plan(args.profile):
         experiment = f"{parameters.get('dataset')}-{parameters.get('model')}"
         if args.only and name not in args.only and experiment not in args.only:
+            continue
+        dataset = parameters.get("dataset")
+        if dataset and dataset not in noted:
+            noted[dataset] = _missing_data(dataset)
+        if dataset and noted[dataset]:
+            print(f"[dplib] skipping {name} of {experiment}: {noted[dataset]}", flush=True)
             continue
         run_notebook(name, parameters, output, force=args.force)
     elapsed = time.perf_counter() - started

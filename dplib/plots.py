@@ -15,7 +15,7 @@ import numpy as np
 import seaborn as sns
 import torch
 
-from . import artefacts
+from . import artefacts, profiles
 from .importance import Importance
 from .measure import spearman
 
@@ -130,7 +130,9 @@ def importance_bars(importance: Importance, title: str = "") -> plt.Figure:
         relative = importance.relative(name)
         order = torch.argsort(relative, descending=True)
         units = relative.numel()
-        axis.bar(np.arange(units), relative[order].numpy(), width=1.0, color="#d62728")
+        axis.bar(
+            np.arange(units), relative[order].numpy(), width=1.0, color="#d62728", lw=0, zorder=2
+        )
         if importance.concentration is not None:
             scale = units / importance.mean(name).sum()
             spread = (importance.std(name) * scale)[order].numpy()
@@ -139,8 +141,10 @@ def importance_bars(importance: Importance, title: str = "") -> plt.Figure:
                 relative[order].numpy() - spread,
                 relative[order].numpy() + spread,
                 color="black",
-                alpha=0.2,
+                alpha=0.15,
                 step="mid",
+                lw=0,
+                zorder=3,
                 label="± std",
             )
         axis.axhline(1.0, color="black", lw=0.8, ls="--")
@@ -348,7 +352,12 @@ def write_all(profile: str, folder: str | os.PathLike | None = None) -> list[Pat
     if synthetic_results:
         emit(synthetic(synthetic_results), "synthetic_check")
     all_rows: list[dict[str, Any]] = []
-    for name, entry in collect(profile).items():
+    found = collect(profile)
+    # the table and figures follow the profile's order of experiments (networks, then data)
+    order = [f"{d}-{m}" for d, m in profiles.experiments(profile)]
+    ranked = sorted(found, key=lambda n: (_model_rank(n, order), n))
+    for name in ranked:
+        entry = found[name]
         label = name
         if "rows" in entry:
             label = f"{entry['rows'][0]['network']} on {entry['rows'][0]['dataset']}"
@@ -366,6 +375,13 @@ def write_all(profile: str, folder: str | os.PathLike | None = None) -> list[Pat
     if all_rows:
         written.extend(write_results(results_table(all_rows), folder))
     return written
+
+
+def _model_rank(folder: str, order: list[str]) -> int:
+    """Position of a run folder's model in the profile's experiments (unknown ones last)."""
+    models_in_order = list(dict.fromkeys(name.split("-", 1)[1] for name in order))
+    model = folder.split("-", 1)[1]
+    return models_in_order.index(model) if model in models_in_order else len(models_in_order)
 
 
 def style() -> None:

@@ -40,6 +40,8 @@ WIDTHS: dict[str, tuple[str, ...]] = {
     "lenet5": ("10-25-250", "5-10-76", "3-6-30"),
     "lenet300": ("150-50", "60-30", "20-10"),
     "lenet5_bn": ("5-8-45-15", "6-7-35-17", "3-5-20-10"),
+    # the reference code's pruned VGG-16 (14 gated layers, METHOD.md section 5), then shares
+    "vgg16": ("39-39-63-48-55-88-87-52-62-22-42-47-47-47", "0.5", "0.25"),
 }
 # Kept fraction per layer for a network without hand-picked widths.
 DEFAULT_FRACTIONS: tuple[str, ...] = ("0.5", "0.25", "0.1")

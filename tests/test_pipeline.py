@@ -128,3 +128,18 @@ def test_killed_run_resumes_from_the_last_completed_stage(runs):
     }
     # the rows computed before the kill were reused, not recomputed
     assert resumed.stdout.count("after fine-tuning") == 9 - len(finished)
+
+
+def test_architecture_table_matches_the_notebook_numbers():
+    # The values 03_prune prints in its "# NBVAL_CHECK_OUTPUT" cell: the committed notebooks
+    # carry no outputs for nbval to compare, so they are pinned here.
+    config = profiles.resolve("smoke", "fashion_mnist", "lenet5")
+    table = {
+        row["widths"]: (row["params"], row["macs"]) for row in pipeline.architecture_table(config)
+    }
+    assert table == {
+        "20-50-500": (431_080, 2_293_000),
+        "10-25-250": (109_295, 646_500),
+        "5-10-76": (14_396, 164_920),
+        "3-6-30": (3_754, 75_180),
+    }
