@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PROFILE ?= cpu
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup data test lint format lab figures bench clean-runs
+.PHONY: setup data test lint format lab figures bench study clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ lab: setup data  ## open JupyterLab on the notebooks in the kit's environment
 
 bench: setup data  ## the measured LeNet-5 pipeline of bench/ (about 15 minutes on 2 cores)
 	$(BIN)/python bench/lenet_pipeline.py
+
+study: setup data  ## the study of notebooks/05_study: cached under runs/study, figures/study (about 30 minutes)
+	DPLIB_PROGRESS=off $(BIN)/python bench/study.py
 
 clean-runs:
 	rm -rf runs/

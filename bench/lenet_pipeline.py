@@ -40,13 +40,17 @@ WIDTHS = {
     "method 5-10-76": "5-10-76",
     "method 3-6-30": "3-6-30",
 }
-# The Dirichlet settings measured: the method as specified (METHOD.md sections 2-3) and the
-# reference code's gate without the factor K (METHOD.md section 7).
+# The Dirichlet settings measured: the method as specified (METHOD.md sections 2-3), the
+# reference code's gate without the factor K (METHOD.md section 7), and the kit's defaults
+# (chosen by the study, notebooks/05_study).
+SPECIFIED = {"alpha0": 1.0, "kl_weight": 1.0, "kl_divided_by_n": True, "phi_init": 1.0}
 DIRICHLET = {
-    "dirichlet": {"scale": "K", "phi_init": 1.0},
-    "dirichlet_noK": {"scale": "none", "phi_init": 1.0},
+    "dirichlet": {**SPECIFIED, "scale": "K"},
+    "dirichlet_noK": {**SPECIFIED, "scale": "none"},
+    "dirichlet_kit": {},
 }
-LEARNING = {"alpha0": 1.0, "kl_weight": 1.0, "samples": 1, "estimator": "sample", "lr": 0.1}
+LEARNING = {"samples": 1, "estimator": "sample", "lr": 0.1}
+GATE_OPTIONS = ("scale", "phi_init")
 
 
 def cached(path: Path, make):
@@ -117,10 +121,12 @@ def main() -> None:
     importances: dict[str, dplib.Importance] = {}
     for name, gate_options in DIRICHLET.items():
 
-        def learn(gate_options=gate_options):
-            gated = dplib.attach_gates(model, **gate_options)
+        def learn(options=gate_options):
+            gate = {k: v for k, v in options.items() if k in GATE_OPTIONS}
+            learning = {k: v for k, v in options.items() if k not in GATE_OPTIONS}
+            gated = dplib.attach_gates(model, **gate)
             importance = dplib.learn_importance(
-                gated, loaders.train, epochs=1, seed=args.seed, **LEARNING
+                gated, loaders.train, epochs=1, seed=args.seed, **LEARNING, **learning
             )
             gated.remove()
             return importance

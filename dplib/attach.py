@@ -95,7 +95,7 @@ def _make_hook(gate: DirichletGate):
 def attach_gates(
     model: nn.Module,
     *,
-    phi_init: float = 1.0,
+    phi_init: float = 100.0,
     scale: str = "K",
     position: str = "after_bn",
     coupled: bool = False,
@@ -105,7 +105,8 @@ def attach_gates(
     Args:
         model: any ``torch.fx``-traceable network; it is not copied or modified.
         phi_init: initial concentration of every gate (equal across units, so the posterior
-            mean starts uniform).
+            mean starts uniform). Default 100 (the study's choice, figures/study/: little
+            sampling noise at the start); the method as first specified uses 1.
         scale: ``"K"`` (gate multiplies by K*s: the identity at the start, the kit's
             mathematics) or ``"none"`` (by s, as the reference code: every unit shrunk by 1/K).
         position: ``"after_bn"`` (the gate multiplies the BatchNorm's output where a layer has

@@ -212,7 +212,8 @@ def importance_key(config: profiles.Config, criterion: str = "dirichlet") -> dic
         "criterion": criterion,
     }
     if criterion == "dirichlet":
-        names = ("alpha0", "kl_weight", "phi_init", "gate_scale", "estimator", "samples")
+        names = ("alpha0", "kl_weight", "kl_divided_by_n", "phi_init", "gate_scale")
+        names += ("estimator", "samples")
         key |= {k: getattr(config, k) for k in names}
         key |= {"epochs": config.importance_epochs, "lr": config.importance_lr}
     if criterion in ("random", "dirichlet"):
@@ -260,6 +261,7 @@ def importance(config: profiles.Config, *, log: Log = log_line, loaders=None) ->
         epochs=config.importance_epochs,
         alpha0=config.alpha0,
         kl_weight=config.kl_weight,
+        kl_divided_by_n=config.kl_divided_by_n,
         samples=config.samples,
         estimator=config.estimator,
         lr=config.importance_lr,

@@ -10,7 +10,8 @@ aggressive). A *configuration* is a set of switches of :func:`dplib.attach_gates
    accuracy right after pruning at the three width settings and by the Spearman correlation of
    its ranking with the oracle (loss increase when a unit alone is removed) per layer;
 2. **pairs**: the best value of each of the most helpful factors, combined two by two (and all
-   together);
+   together); beside them, a few combinations chosen from METHOD.md section 7 (a sparse prior
+   whose KL is not divided by N), screened in step 1;
 3. **fine-tune**: the best configurations, the method as specified and the baselines (L1,
    Taylor, random) go through the same surgery and the same fixed fine-tuning at the three
    width settings; validation accuracy decides, test accuracy is only reported.
@@ -75,6 +76,35 @@ FACTORS: dict[str, list[Any]] = {
     "batchnorm": ["train"],
 }
 BATCHNORM_FACTORS = ("position", "batchnorm")
+
+# Combinations suggested by METHOD.md section 7 rather than by the screen: a sparse prior whose
+# KL is not divided by N (so that it competes with the data term and squeezes the posterior
+# mass onto the units the loss cannot do without), with or without the factor K.
+HYPOTHESES: list[dict[str, Any]] = [
+    {"alpha0": 0.1, "kl_divided_by_n": False},
+    {"alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01},
+    {"scale": "none", "alpha0": 0.1, "kl_divided_by_n": False},
+    {"scale": "none", "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01},
+    {"scale": "none", "alpha0": 0.01, "kl_divided_by_n": False},
+    {"phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01},
+    {"estimator": "point", "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01},
+    {"scale": "none", "alpha0": 0.1, "kl_divided_by_n": False, "weights_lr": 0.001},
+    # second round, around the best of the first (phi0 100, sparse prior, beta 0.01, KL not /N)
+    {"phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.1},
+    {"phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.001},
+    {"phi_init": 100.0, "alpha0": 0.01, "kl_divided_by_n": False, "kl_weight": 0.01},
+    {"phi_init": 10.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01},
+    {"phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01, "lr": 0.3},
+    {"phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01, "epochs": 3.0},
+    {"phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01, "samples": 4},
+    {
+        "scale": "none",
+        "phi_init": 100.0,
+        "alpha0": 0.1,
+        "kl_divided_by_n": False,
+        "kl_weight": 0.01,
+    },
+]
 
 
 @dataclass(frozen=True)
@@ -212,7 +242,7 @@ def learn(
         estimator=config["estimator"],
         lr=config["lr"],
         seed=seed,
-        dataset_size=len(train.dataset) if config["kl_divided_by_n"] else 1,
+        kl_divided_by_n=config["kl_divided_by_n"],
         batchnorm=config["batchnorm"],
         weights_lr=config["weights_lr"],
         show_progress=False,
@@ -313,7 +343,9 @@ def finetuned_value(result: dict[str, Any]) -> float:
 
 
 def grid(setup: Setup) -> list[dict[str, Any]]:
-    """The one-factor-at-a-time configurations of a setup (BatchNorm switches only with BN)."""
+    """The configurations screened on a setup: one factor at a time around the specified
+    method (the BatchNorm switches only where the network has BatchNorm), then
+    :data:`HYPOTHESES`."""
     has_batchnorm = setup.model.endswith("_bn")
     configs = [dict(SPECIFIED)]
     for factor, values in FACTORS.items():
@@ -321,6 +353,7 @@ def grid(setup: Setup) -> list[dict[str, Any]]:
             continue
         for value in values:
             configs.append({**SPECIFIED, factor: value})
+    configs += [{**SPECIFIED, **hypothesis} for hypothesis in HYPOTHESES]
     return configs
 
 
@@ -353,40 +386,78 @@ def run_study(
     subset: int | None = None,
     configs: Callable[[Setup], list[dict[str, Any]]] = grid,
     finalists: int = 3,
+    shared_finalists: int = 3,
     criteria: tuple[str, ...] = ("l1", "taylor", "random"),
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Screen, pair and fine-tune on every setup; return all results (see the module docstring)."""
-    summary: dict[str, Any] = {}
+    """Screen and pair on every setup, then fine-tune the finalists; return all results.
+
+    The finalists of a setup are the method as specified, its ``finalists`` best screened
+    configurations, and the ``shared_finalists`` configurations with the best mean screening
+    rank over all setups (fine-tuned on every setup, so that one default can be chosen).
+    """
     for name in setup_names:
         if name not in SETUPS:
             raise ValueError(f"unknown study setup {name!r}; available: {', '.join(SETUPS)}")
+    contexts, screened, started = {}, {}, {}
     for name in setup_names:
-        setup = SETUPS[name]
-        started = time.perf_counter()
-        context = prepare(setup, root, subset=subset, seed=seed)
+        started[name] = time.perf_counter()
+        context = contexts[name] = prepare(SETUPS[name], root, subset=subset, seed=seed)
         log(f"[{name}] base validation accuracy {context.base['val']:.4f}")
-        screened = [run_config(context, c, finetune=False, seed=seed) for c in configs(setup)]
-        combined = [run_config(context, c, finetune=False, seed=seed) for c in pairs(screened)]
-        screened += [r for r in combined if r["key"] not in {s["key"] for s in screened}]
-        ranked = sorted(screened, key=screen_value, reverse=True)
-        for result in ranked[:5]:
-            log(f"[{name}] screen {result['key']}: pruned {screen_value(result):.4f}")
-        keys = ["specified"] + [r["key"] for r in ranked if r["key"] != "specified"][:finalists]
-        by_key = {r["key"]: r for r in screened}
-        finals = [run_config(context, by_key[k]["config"], finetune=True, seed=seed) for k in keys]
+        results = [
+            run_config(context, c, finetune=False, seed=seed) for c in configs(context.setup)
+        ]
+        combined = [run_config(context, c, finetune=False, seed=seed) for c in pairs(results)]
+        results += [r for r in combined if r["key"] not in {s["key"] for s in results}]
+        screened[name] = results
+        for result in sorted(results, key=screen_value, reverse=True)[:5]:
+            log(f"[{name}] screen {label(result)}: pruned {screen_value(result):.4f}")
+        started[name] = time.perf_counter() - started[name]
+    ranking = shared_ranking(screened)
+    # the best overall, and the best of those that cost at most one epoch of learning
+    shared = (
+        ranking[:shared_finalists]
+        + [c for c in ranking if cost_in_epochs(c) <= 1][:shared_finalists]
+    )
+    shared = list({config_key(c): c for c in shared}.values())
+    log(f"shared finalists: {'; '.join(label({'config': c}) for c in shared)}")
+    summary: dict[str, Any] = {}
+    for name, context in contexts.items():
+        clock = time.perf_counter()
+        ranked = sorted(screened[name], key=screen_value, reverse=True)
+        chosen = [dict(SPECIFIED)] + [r["config"] for r in ranked[:finalists]] + shared
+        unique = list({config_key(c): c for c in chosen}.values())
+        finals = [run_config(context, c, finetune=True, seed=seed) for c in unique]
         finals += [run_baseline(context, criterion, seed=seed) for criterion in criteria]
         for result in finals:
-            log(f"[{name}] fine-tuned {result['key']}: {finetuned_value(result):.4f}")
+            log(f"[{name}] fine-tuned {label(result)}: {finetuned_value(result):.4f}")
         summary[name] = {
-            "setup": setup.__dict__,
+            "setup": context.setup.__dict__,
             "base": context.base,
-            "screened": screened,
+            "screened": screened[name],
             "finals": finals,
-            "seconds": time.perf_counter() - started,
+            "seconds": started[name] + time.perf_counter() - clock,
         }
     return summary
+
+
+def cost_in_epochs(config: dict[str, Any]) -> float:
+    """Importance learning's cost in passes of the network over the training set."""
+    return config["epochs"] * (config["samples"] if config["estimator"] == "sample" else 1)
+
+
+def shared_ranking(screened: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Configurations screened on every setup, by mean rank of their screening value."""
+    ranks: dict[str, list[int]] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    for results in screened.values():
+        for rank, result in enumerate(sorted(results, key=screen_value, reverse=True)):
+            ranks.setdefault(result["key"], []).append(rank)
+            configs[result["key"]] = result["config"]
+    everywhere = [k for k, r in ranks.items() if len(r) == len(screened)]
+    everywhere.sort(key=lambda k: statistics.mean(ranks[k]))
+    return [configs[k] for k in everywhere]
 
 
 def load_results(root: Path, seed: int = 0) -> dict[str, dict[str, list[dict[str, Any]]]]:
@@ -401,8 +472,33 @@ def load_results(root: Path, seed: int = 0) -> dict[str, dict[str, list[dict[str
     return results
 
 
-def _label(result: dict[str, Any]) -> str:
-    return result["key"] if result["criterion"] == "dirichlet" else result["criterion"]
+SHORT_NAMES = {
+    "scale": "scale",
+    "position": "gate",
+    "phi_init": "phi0",
+    "alpha0": "alpha0",
+    "kl_weight": "beta",
+    "kl_divided_by_n": "KL/N",
+    "estimator": "est",
+    "samples": "M",
+    "lr": "lr",
+    "epochs": "epochs",
+    "batchnorm": "BN",
+    "weights_lr": "joint lr",
+    "statistic": "rank by",
+}
+
+
+def label(result: dict[str, Any]) -> str:
+    """A readable name: the baseline's, or the switches that differ from the specified method."""
+    if result.get("criterion", "dirichlet") != "dirichlet":
+        return result["criterion"]
+    config = result["config"]
+    changed = [f"{SHORT_NAMES[k]}={v}" for k, v in config.items() if SPECIFIED.get(k) != v]
+    return "dirichlet " + (", ".join(changed) if changed else "(as specified)")
+
+
+_label = label
 
 
 def summary_table(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
@@ -519,3 +615,85 @@ def plot_finals(results: dict[str, dict[str, list[dict[str, Any]]]], path: Path)
         axis.legend(fontsize=6)
     figure.tight_layout()
     _save(figure, path)
+
+
+def smoke_grid(setup: Setup) -> list[dict[str, Any]]:
+    """A tiny grid for the smoke profile: the specified method and two of the studied changes."""
+    return [
+        dict(SPECIFIED),
+        {**SPECIFIED, "estimator": "point"},
+        {**SPECIFIED, **HYPOTHESES[5]},
+    ]
+
+
+def root_for(profile: str) -> Path:
+    """Where the study's results live: ``runs/study`` (cpu, paper) or ``runs/smoke/study``."""
+    from .artefacts import runs_root
+
+    return runs_root() / "smoke" / "study" if profile == "smoke" else runs_root() / "study"
+
+
+def figures_for(profile: str) -> Path:
+    """Where the study's figures go: ``figures/study`` for the cpu profile."""
+    from .artefacts import figures_dir
+
+    return figures_dir(profile) / "study"
+
+
+def recommendation(
+    results: dict[str, dict[str, list[dict[str, Any]]]],
+    max_cost_epochs: float = 1.0,
+) -> tuple[dict[str, Any] | None, str]:
+    """The Dirichlet configuration with the best mean validation accuracy after fine-tuning
+    over the setups where it was fine-tuned everywhere, among those whose importance learning
+    costs at most ``max_cost_epochs`` passes over the data (the paper's promise: one epoch), and
+    a markdown table of it against the best baseline (L1 or Taylor) at every width setting,
+    validation and test."""
+    finals = {setup: entry["finals"] for setup, entry in results.items() if entry["finals"]}
+    if not finals:
+        return None, "no fine-tuned results yet"
+    keys = None
+    for entries in finals.values():
+        present = {
+            r["key"]
+            for r in entries
+            if r["criterion"] == "dirichlet" and cost_in_epochs(r["config"]) <= max_cost_epochs
+        }
+        keys = present if keys is None else keys & present
+    if not keys:
+        return None, "no configuration was fine-tuned on every setup"
+
+    def mean_over_setups(key: str) -> float:
+        return statistics.mean(
+            finetuned_value(next(r for r in entries if r["key"] == key))
+            for entries in finals.values()
+        )
+
+    best_key = max(keys, key=mean_over_setups)
+    lines = [
+        "| setup | widths | Dirichlet (chosen) val / test | best of L1, Taylor val / test "
+        "| Dirichlet - best (val) | after pruning: Dirichlet / best (val) |",
+        "|---|---|---|---|---|---|",
+    ]
+    config = None
+    for setup, entries in finals.items():
+        chosen = next(r for r in entries if r["key"] == best_key)
+        config = chosen["config"]
+        peers = [r for r in entries if r["criterion"] in ("l1", "taylor")]
+        for widths in chosen["finetuned"]:
+            best = max(peers, key=lambda r, w=widths: r["finetuned"][w])
+            best_pruned = max(r["pruned"][widths] for r in peers)
+            lines.append(
+                f"| {setup} | {widths} | {100 * chosen['finetuned'][widths]:.2f} / "
+                f"{100 * chosen['finetuned_test'][widths]:.2f} | {best['criterion']} "
+                f"{100 * best['finetuned'][widths]:.2f} / "
+                f"{100 * best['finetuned_test'][widths]:.2f} | "
+                f"{100 * (chosen['finetuned'][widths] - best['finetuned'][widths]):+.2f} | "
+                f"{100 * chosen['pruned'][widths]:.1f} / {100 * best_pruned:.1f} |"
+            )
+    header = (
+        f"Chosen on validation data among configurations that cost at most {max_cost_epochs:g} "
+        f"epoch(s) of learning: **{label({'config': config})}** (mean validation accuracy after "
+        f"fine-tuning over the setups: {100 * mean_over_setups(best_key):.2f}%).\n\n"
+    )
+    return config, header + "\n".join(lines) + "\n"
