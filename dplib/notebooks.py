@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import os
 import sys
@@ -43,6 +44,26 @@ def plan(profile: str) -> list[tuple[str, dict[str, Any], Path]]:
     return steps
 
 
+def _inputs(name: str, parameters: dict[str, Any]) -> Any:
+    """What a notebook's results depend on beyond its source and parameters.
+
+    An experiment's notebooks: the full resolved configuration (a changed default in dplib
+    reruns them). ``00_primer``: the profile's preset. ``04_figures``: the list of artefacts
+    under ``runs/<profile>/`` with their modification times (new results redraw the figures).
+    """
+    profile = parameters["profile"]
+    if name == "04_figures":
+        root = artefacts.profile_dir(profile)
+        listing = hashlib.sha256()
+        for path in sorted(root.glob("*/*")):
+            if path.parent.name not in ("notebooks", "figures") and not path.name.startswith("."):
+                listing.update(f"{path.relative_to(root)} {path.stat().st_mtime_ns}\n".encode())
+        return listing.hexdigest()[:12]
+    if "dataset" in parameters:
+        return profiles.resolve(**parameters).to_dict()
+    return profiles.preset(profile)
+
+
 def run_notebook(name: str, parameters: dict[str, Any], output: Path, *, force: bool = False):
     """Execute notebook ``name`` with papermill into ``output`` unless an identical run exists.
 
@@ -54,12 +75,14 @@ def run_notebook(name: str, parameters: dict[str, Any], output: Path, *, force: 
     stamp = {
         "notebook": hashlib.sha256(source.read_bytes()).hexdigest()[:12],
         "parameters": parameters,
+        "inputs": _inputs(name, parameters),
     }
+    stamp = json.loads(json.dumps(stamp, sort_keys=True, default=str))
     done = output.with_suffix(".json")
     if not force and output.exists() and done.exists():
         try:
             if artefacts.read_json(done) == stamp:
-                print(f"[dplib] {output.relative_to(artefacts.kit_root())}: up to date", flush=True)
+                print(f"[dplib] {output}: up to date", flush=True)
                 return False
         except ValueError:
             pass
