@@ -274,6 +274,21 @@ def _check_budget_syntax(target: object, what: str) -> None:
         )
 
 
+def split_budget_widths(widths: str) -> tuple[str, str] | None:
+    """``"macs:4x"`` -> ``("macs", "4x")``; None when ``widths`` is not a budget.
+
+    The notebooks and profiles accept such a budget wherever they accept widths; each criterion
+    then gets its own allocation from :func:`choose_widths`. A malformed budget raises.
+    """
+    if not isinstance(widths, str) or ":" not in widths:
+        return None
+    what, _, target = widths.partition(":")
+    if what not in ("macs", "params"):
+        raise BudgetError(f"budget {widths!r} must start with 'macs:' or 'params:', e.g. 'macs:4x'")
+    _check_budget_syntax(target if not target.isdigit() else int(target), what)
+    return what, target
+
+
 def parse_budget(target: int | str, full: int, what: str = "macs") -> int:
     """An absolute budget (int) or a ratio such as ``"4x"`` (4 times fewer than ``full``)."""
     _check_budget_syntax(target, what)

@@ -310,7 +310,7 @@ def load_splits(
         name: ``mnist``, ``fashion_mnist``, ``mnist5k`` or ``cifar10``.
         root: data folder (default :func:`data_root`).
         val_size: images moved from the training set to validation (default: 5,000; 500 for
-            mnist5k).
+            mnist5k; a tenth of a training set smaller than twice that).
         split_seed: seed of that split; keep it fixed so validation is the same in every run.
         download: try torchvision's download when files are missing.
 
@@ -326,7 +326,9 @@ def load_splits(
         train, test, source = _cifar10(folder, download)
     else:
         train, test, source = _mnist_like(name, folder, download)
-    val_size = spec.val_size if val_size is None else val_size
+    if val_size is None:
+        # the usual split, or a tenth of a data set too small for it (a test's stand-in)
+        val_size = spec.val_size if len(train[1]) > 2 * spec.val_size else len(train[1]) // 10
     if not 0 < val_size < len(train[1]):
         raise ValueError(
             f"val_size {val_size} must leave images for training: {name} has {len(train[1])}"

@@ -33,7 +33,8 @@ from torch import nn
 from . import artefacts, data, measure, models, profiles
 from .attach import attach_gates
 from .baselines import baseline_importance
-from .importance import Importance, atomic_torch_save
+from .budget import choose_widths, split_budget_widths
+from .importance import Importance, atomic_torch_save, format_widths
 from .surgery import prune, widths_of
 from .train import CheckpointError, evaluate, fit, load_checkpoint, save_checkpoint
 from .vi import learn_importance
@@ -102,6 +103,16 @@ class _Data:
         return self._loaders
 
 
+def _build(config: profiles.Config, **options: Any) -> nn.Module:
+    """The experiment's network (at the profile's width for the CIFAR networks)."""
+    return models.build(config.model, width_multiplier=config.width_multiplier, **options)
+
+
+def _augment(config: profiles.Config) -> bool:
+    """Random crops and flips for CIFAR-10, as its schedules expect; none for MNIST-like data."""
+    return config.dataset == "cifar10"
+
+
 def _input_shape(config: profiles.Config, batch: int = 1) -> tuple[int, ...]:
     return (batch, *models.input_shape(config.model))
 
@@ -142,10 +153,13 @@ def _rebuilding(path: Path, error: Exception, log: Log) -> None:
 def pretrain_key(config: profiles.Config) -> dict[str, Any]:
     """The settings pretraining depends on (their hash names the artefact)."""
     keys = ("dataset", "model", "seed", "subset", "eval_subset", "batch_size")
-    return {k: getattr(config, k) for k in keys} | {
+    key = {k: getattr(config, k) for k in keys} | {
         "epochs": config.pretrain_epochs,
         "lr": config.pretrain_lr,
     }
+    if config.width_multiplier is not None:  # only CIFAR networks have one
+        key["width_multiplier"] = config.width_multiplier
+    return key
 
 
 def pretrain(config: profiles.Config, *, log: Log = log_line, loaders=None) -> Pretrained:
@@ -160,7 +174,7 @@ def pretrain(config: profiles.Config, *, log: Log = log_line, loaders=None) -> P
         return held
     done = _complete(meta, log)
     if done is not None:
-        model = models.build(config.model)
+        model = _build(config)
         try:
             load_checkpoint(path, model)
             log(f"pretrain: reusing {path.relative_to(artefacts.runs_root())}")
@@ -169,7 +183,9 @@ def pretrain(config: profiles.Config, *, log: Log = log_line, loaders=None) -> P
             _rebuilding(path, error, log)
     loaders = loaders or _Data(config)
     log(f"pretrain: training {config.model} on {config.dataset_label}")
-    model = models.build(config.model, seed=config.seed)
+    model = _build(config, seed=config.seed)
+    # the training state of every completed epoch: a killed long pretraining resumes from it
+    state = folder / f".base-{key}.training-state.pt"
     history = fit(
         model,
         loaders().train,
@@ -178,6 +194,8 @@ def pretrain(config: profiles.Config, *, log: Log = log_line, loaders=None) -> P
         val_loader=loaders().val,
         device=config.device,
         seed=config.seed,
+        augment=_augment(config),
+        checkpoint=state,
         desc="pretrain",
     )
     model.cpu().eval()
@@ -197,6 +215,7 @@ def pretrain(config: profiles.Config, *, log: Log = log_line, loaders=None) -> P
     artefacts.write_json(
         meta, {"config": pretrain_key(config), "metrics": metrics, "history": history}
     )
+    state.unlink(missing_ok=True)
     log(
         f"pretrain: test accuracy {metrics['test_accuracy']:.4f}, {metrics['params']:,} params, "
         f"{metrics['macs']:,} MACs ({history['seconds']:.0f} s)"
@@ -420,18 +439,28 @@ def prune_and_finetune(
     """
     loaders = loaders or _Data(config)
     key = artefacts.config_hash(_row_key(config, criterion, widths))
-    path = run_dir(config) / f"pruned-{criterion}-{widths}-{key}.pt"
+    path = run_dir(config) / f"pruned-{criterion}-{widths.replace(':', '-')}-{key}.pt"
     meta = path.with_suffix(".json")
     done = _complete(meta, log)
     if done is not None:
         try:
-            load_checkpoint(path, models.build(config.model, widths=widths))
+            load_checkpoint(path, _build(config, widths=done["row"]["widths"]))
             return done["row"]
         except (CheckpointError, FileNotFoundError) as error:
             _rebuilding(path, error, log)
     base = pretrain(config, log=log, loaders=loaders)
     learned = baseline(config, criterion, log=log, loaders=loaders)
     started = time.perf_counter()
+    budget = split_budget_widths(widths)
+    if budget is not None:  # this criterion's own allocation of the budget
+        what, target = budget
+        chosen = choose_widths(
+            base.model,
+            learned.importance,
+            input_shape=_input_shape(config),
+            **{f"target_{what}": target},
+        )
+        widths, budget = format_widths(chosen), f"{what} {target} fewer"
     pruned = prune(base.model, learned.importance, widths)
     before = evaluate(pruned, loaders().test, "cpu")["accuracy"]
     fit(
@@ -442,6 +471,7 @@ def prune_and_finetune(
         val_loader=loaders().val,
         device=config.device,
         seed=config.seed,
+        augment=_augment(config),
         desc=f"fine-tune {criterion} {widths}",
     )
     pruned.cpu().eval()
@@ -457,6 +487,7 @@ def prune_and_finetune(
     row = base_row(config, base) | {
         "criterion": criterion,
         "widths": widths,
+        "budget": budget,
         "accuracy_pruned": before,
         "accuracy": after,
         "error_pruned": 100 * (1 - before),
@@ -504,12 +535,11 @@ def architecture_table(config: profiles.Config) -> list[dict[str, Any]]:
     Exact and deterministic (no training): the surgery's result depends only on the widths.
     """
     shape = _input_shape(config)
-    base = models.build(config.model)
+    base = _build(config)
     rows = [{"widths": "-".join(str(k) for k in widths_of(base).values()), **_counted(base, shape)}]
     for widths in config.widths:
-        rows.append(
-            {"widths": widths, **_counted(models.build(config.model, widths=widths), shape)}
-        )
+        if split_budget_widths(widths) is None:  # a budget's widths depend on the criterion
+            rows.append({"widths": widths, **_counted(_build(config, widths=widths), shape)})
     return rows
 
 

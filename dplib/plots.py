@@ -209,7 +209,10 @@ def feature_maps(payload: dict[str, Any], classes: list[str], title: str = "", t
     )
     axes = np.array(axes).reshape(rows, 1 + len(chosen))
     for row in range(rows):
-        axes[row, 0].imshow(images[row, 0].numpy(), cmap="gray")
+        if images.shape[1] == 3:  # colour images (CIFAR-10): show them in colour
+            axes[row, 0].imshow(images[row].permute(1, 2, 0).clamp(0, 1).numpy())
+        else:
+            axes[row, 0].imshow(images[row, 0].numpy(), cmap="gray")
         axes[row, 0].set_ylabel(classes[int(labels[row])], fontsize=7, rotation=0, ha="right")
         for col, channel in enumerate(chosen, start=1):
             axes[row, col].imshow(maps[row, int(channel)].numpy(), cmap="viridis")

@@ -41,7 +41,11 @@ WIDTHS: dict[str, tuple[str, ...]] = {
     "lenet300": ("150-50", "60-30", "20-10"),
     "lenet5_bn": ("5-8-45-15", "6-7-35-17", "3-5-20-10"),
     # the reference code's pruned VGG-16 (14 gated layers, METHOD.md section 5), then shares
-    "vgg16": ("39-39-63-48-55-88-87-52-62-22-42-47-47-47", "0.5", "0.25"),
+    "vgg16": ("39-39-63-48-55-88-87-52-62-22-42-47-47-47", "macs:2x", "macs:4x"),
+    # budgets: each criterion's own allocation by dplib.choose_widths
+    "resnet20": ("macs:2x", "macs:4x"),
+    "resnet56": ("macs:2x", "macs:4x"),
+    "wrn28_10": ("macs:2x", "macs:4x"),
 }
 # Kept fraction per layer for a network without hand-picked widths.
 DEFAULT_FRACTIONS: tuple[str, ...] = ("0.5", "0.25", "0.1")
@@ -70,12 +74,14 @@ COMMON: dict[str, Any] = {
     "finetune_lr": 0.01,
     "taylor_batches": 10,
     "speedup_batch": 64,
+    "width_multiplier": None,  # CIFAR networks only; None: the profile's cifar_width_multiplier
     "widths": None,  # None: WIDTHS[model]
     "criteria": None,  # None: every criterion that applies to the model
 }
 
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
+        "cifar_width_multiplier": 0.125,  # CIFAR networks at 1/8 width: seconds on a CPU
         "subset": 4096,
         "eval_subset": 500,
         "batch_size": 64,
@@ -91,6 +97,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "experiments": (("fashion_mnist", "lenet5"),),
     },
     "cpu": {
+        "cifar_width_multiplier": 0.25,
         "subset": None,
         "eval_subset": None,
         "pretrain_epochs": 3.0,
@@ -112,6 +119,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         ),
     },
     "paper": {
+        "cifar_width_multiplier": None,
         "subset": None,
         "eval_subset": None,
         "device": "auto",
@@ -137,6 +145,11 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
 }
 SMALL_DATASETS = ("mnist5k",)
+# CIFAR-10 schedules of the paper profile (standard for these networks: SGD 0.1, cosine, crops
+# and flips); the other profiles keep their short schedules.
+CIFAR_SCHEDULES: dict[str, dict[str, Any]] = {
+    "paper": {"pretrain_epochs": 160.0, "pretrain_lr": 0.1, "finetune_epochs": 20.0},
+}
 
 
 @dataclass(frozen=True)
@@ -168,6 +181,7 @@ class Config:
     finetune_epochs: float
     finetune_lr: float
     taylor_batches: int
+    width_multiplier: float | None
     speedup_batch: int
     speedup_repeats: int
     speedup_rounds: int
@@ -295,6 +309,26 @@ def resolve(
     _check_choice("estimator", settings["estimator"], ESTIMATORS)
     _check_choice("gate scale", settings["gate_scale"], GATE_SCALES)
 
+    from .data import DATASETS
+    from .models import input_shape
+
+    network_input = input_shape(model)
+    if DATASETS[dataset].input_shape != network_input:
+        raise ValueError(
+            f"model {model!r} takes {'x'.join(map(str, network_input))} images but dataset "
+            f"{dataset!r} has {'x'.join(map(str, DATASETS[dataset].input_shape))}; pick a "
+            "model of the same input (the LeNets for MNIST-like data, vgg16 / resnet* / "
+            "wrn28_10 for cifar10)"
+        )
+    if network_input[1] == 32:
+        if settings.get("width_multiplier") is None:
+            settings["width_multiplier"] = settings.get("cifar_width_multiplier")
+        for key, value in CIFAR_SCHEDULES.get(profile, {}).items():
+            if overrides.get(key) is None:
+                settings[key] = value
+    elif settings.get("width_multiplier") is not None:
+        raise ValueError(f"width_multiplier applies to the CIFAR networks, not {model!r}")
+
     used, label, note = resolve_dataset(dataset)
     if used in SMALL_DATASETS:
         factor = settings["small_data_epoch_factor"]
@@ -304,7 +338,7 @@ def resolve(
         if factor != 1:
             note += f" Epochs are multiplied by {factor} on this small data set."
 
-    net = build(model)
+    net = build(model, width_multiplier=settings["width_multiplier"])
     has_bn = any("BatchNorm" in type(m).__name__ for m in net.modules())
     criteria = settings["criteria"]
     if criteria is None:
@@ -336,8 +370,14 @@ def resolve(
 
 
 def _normalise_widths(widths: str | list[int], units: dict[str, int]) -> str:
-    """Widths as the string notation, checked; a fraction such as "0.5" keeps that share."""
+    """Widths as the string notation, checked; a fraction such as "0.5" keeps that share; a
+    budget such as "macs:4x" is kept as it is (each criterion allocates it, see
+    :func:`dplib.budget.split_budget_widths`)."""
+    from .budget import split_budget_widths
     from .importance import format_widths, parse_widths
+
+    if split_budget_widths(widths) is not None:
+        return widths
 
     if isinstance(widths, str) and widths.replace(".", "", 1).isdigit() and "." in widths:
         share = float(widths)
