@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from .files import atomic_write
 
 RUNS_ENV = "DPLIB_RUNS"
 FIGURES_ENV = "DPLIB_FIGURES"
@@ -52,21 +53,8 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; artefacts are shared files
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``text`` to ``path`` through a temporary file and a rename (:mod:`dplib.files`)."""
+    return atomic_write(path, lambda stream: stream.write(text.encode()))
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:

@@ -27,7 +27,6 @@ import gzip
 import os
 import pickle
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -41,6 +40,8 @@ from torch.utils.data import (
     SequentialSampler,
     TensorDataset,
 )
+
+from .files import atomic_write
 
 DATA_ENV = "DPLIB_DATA"
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -178,10 +179,8 @@ def _unpack_system_fashion_mnist(raw: Path) -> bool:
         target = raw / name
         if target.exists():
             continue
-        handle, temporary = tempfile.mkstemp(dir=raw, prefix=f".{name}.")
-        with gzip.open(source, "rb") as zipped, os.fdopen(handle, "wb") as out:
-            shutil.copyfileobj(zipped, out)
-        os.replace(temporary, target)
+        with gzip.open(source, "rb") as zipped:
+            atomic_write(target, lambda out, zipped=zipped: shutil.copyfileobj(zipped, out))
     return True
 
 

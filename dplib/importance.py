@@ -13,12 +13,13 @@ in layer order, or the paper's string ``"5-8-45-15"``.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .files import atomic_write
 
 Widths = dict[str, int] | list[int] | tuple[int, ...] | str
 
@@ -262,20 +263,5 @@ class Importance:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename it to ``path``.
-
-    A reader never sees a half-written file: either the old file or the complete new one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` to ``path`` atomically (:mod:`dplib.files`): never half a file."""
+    return atomic_write(path, lambda stream: torch.save(obj, stream))

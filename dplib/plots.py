@@ -6,7 +6,6 @@ training here.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import seaborn as sns
 import torch
 
 from . import artefacts, profiles
+from .files import atomic_path
 from .importance import Importance
 from .measure import spearman
 
@@ -35,16 +35,10 @@ def save(figure: plt.Figure, folder: str | os.PathLike, name: str) -> list[Path]
     written = []
     for suffix in ("png", "pdf"):
         target = folder / f"{name}.{suffix}"
-        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-        os.close(handle)
-        try:
+        with atomic_path(target) as temporary:
             # PDFs carry a creation date by default; without it reruns give identical files.
             metadata = {"CreationDate": None} if suffix == "pdf" else {"Software": None}
             figure.savefig(temporary, format=suffix, dpi=150, metadata=metadata)
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
         written.append(target)
     return written
 

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -159,11 +157,9 @@ def config_key(config: dict[str, Any]) -> str:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(payload, stream, indent=1)
-    os.replace(temporary, path)
+    from .artefacts import write_json
+
+    write_json(path, payload)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -551,10 +547,10 @@ def summary_table(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
 def _save(figure, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    figure.savefig(temporary, dpi=120, bbox_inches="tight")
-    os.replace(temporary, path)
+    from .files import atomic_path
+
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format=path.suffix[1:], dpi=120, bbox_inches="tight")
     plt.close(figure)
 
 
@@ -573,7 +569,7 @@ def plot_factors(results: dict[str, dict[str, list[dict[str, Any]]]], path: Path
             continue
         rows = sorted(
             (
-                (r["key"], 100 * (screen_value(r) - screen_value(base)))
+                (label(r)[len("dirichlet ") :], 100 * (screen_value(r) - screen_value(base)))
                 for r in screened
                 if r["key"] != "specified"
             ),

@@ -1,0 +1,45 @@
+"""Writing files so that a reader never sees half of one.
+
+Every file the kit writes (checkpoints, importances, JSON, figures, unpacked data) goes to a
+temporary name in the target's folder and is renamed onto the target only once complete; a
+rename within one folder is atomic, so a reader finds the old file or the whole new one, and a
+run killed mid-write leaves at most a hidden ``.<name>.*.tmp`` behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    On an exception the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    temporary = Path(name)
+    os.chmod(temporary, 0o644)  # mkstemp makes files private; these are ordinary shared files
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(stream)`` on a binary stream that becomes ``path`` once complete."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as stream:
+        write(stream)
+        stream.flush()
+        os.fsync(stream.fileno())
+    return Path(path)
