@@ -43,3 +43,35 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         stream.flush()
         os.fsync(stream.fileno())
     return Path(path)
+
+
+def read_torch_file(
+    path: str | os.PathLike,
+    file_format: str,
+    what: str,
+    *,
+    error: type[Exception] = ValueError,
+    weights_only: bool = True,
+) -> dict:
+    """Load a dict written by ``torch.save`` whose ``"format"`` entry is ``file_format``.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        error: the file is unreadable (truncated, corrupt) or of another kind; the message says
+            which and that deleting it lets the stage that writes it run again.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no {what} at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as failure:  # torch raises many types for a damaged file
+        raise error(
+            f"{path} is not a readable {what} ({type(failure).__name__}: {failure}). It may be "
+            "truncated or corrupt: delete it and run the stage that writes it again."
+        ) from failure
+    if not isinstance(payload, dict) or payload.get("format") != file_format:
+        raise error(f"{path} is not a dplib {what} (format {file_format})")
+    return payload

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .files import atomic_write
+from .files import atomic_write, read_torch_file
 
 Widths = dict[str, int] | list[int] | tuple[int, ...] | str
 
@@ -241,18 +241,7 @@ class Importance:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Importance:
         """Read an importance written by :meth:`save`."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no importance file at {path}")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise ValueError(
-                f"{path} is not a readable importance file ({error}); delete it and learn the "
-                "importance again"
-            ) from error
-        if not isinstance(data, dict) or data.get("format") != "dplib-importance-1":
-            raise ValueError(f"{path} is not a dplib importance file")
+        data = read_torch_file(path, "dplib-importance-1", "importance file")
         return cls(
             scores=data["scores"],
             criterion=data["criterion"],

@@ -186,18 +186,23 @@ def pretrain(config: profiles.Config, *, log: Log = log_line, loaders=None) -> P
     model = _build(config, seed=config.seed)
     # the training state of every completed epoch: a killed long pretraining resumes from it
     state = folder / f".base-{key}.training-state.pt"
-    history = fit(
-        model,
-        loaders().train,
-        epochs=config.pretrain_epochs,
-        lr=config.pretrain_lr,
-        val_loader=loaders().val,
-        device=config.device,
-        seed=config.seed,
-        augment=_augment(config),
-        checkpoint=state,
-        desc="pretrain",
-    )
+    options = {
+        "epochs": config.pretrain_epochs,
+        "lr": config.pretrain_lr,
+        "val_loader": loaders().val,
+        "device": config.device,
+        "seed": config.seed,
+        "augment": _augment(config),
+        "checkpoint": state,
+        "desc": "pretrain",
+    }
+    try:
+        history = fit(model, loaders().train, **options)
+    except CheckpointError as error:  # a damaged training state: start the pretraining afresh
+        _rebuilding(state, error, log)
+        state.unlink(missing_ok=True)
+        model = _build(config, seed=config.seed)
+        history = fit(model, loaders().train, **options)
     model.cpu().eval()
     counted = measure.count(model, _input_shape(config))
     metrics = {

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from .data import reseed
+from .files import read_torch_file
 from .importance import atomic_torch_save
 from .progress import progress
 
@@ -213,15 +214,14 @@ def _save_training_state(path, model, optimizer, scaler, state, history) -> None
 
 
 def _resume(path, model, optimizer, scaler) -> tuple[dict, dict]:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise CheckpointError(
-            f"{path} is not a readable training state ({type(error).__name__}: {error}); "
-            "delete it to start the run afresh"
-        ) from error
-    if payload.get("format") != "dplib-training-state-1":
-        raise CheckpointError(f"{path} is not a dplib training state")
+    # not weights_only: the state holds Python's and NumPy's random generator states
+    payload = read_torch_file(
+        path,
+        "dplib-training-state-1",
+        "training state",
+        error=CheckpointError,
+        weights_only=False,
+    )
     if [tuple(x) for x in payload["architecture"]] != architecture(model):
         raise CheckpointError(
             f"{path} is the training state of another architecture; delete it or use the "
@@ -263,19 +263,7 @@ def save_checkpoint(
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint file; a missing or corrupt file raises a clear error."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint ({type(error).__name__}: {error}). It may be "
-            "truncated or corrupt: delete it and run the stage that writes it again."
-        ) from error
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a dplib checkpoint (format {CHECKPOINT_FORMAT})")
-    return payload
+    return read_torch_file(path, CHECKPOINT_FORMAT, "checkpoint", error=CheckpointError)
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> dict[str, Any]:

@@ -56,3 +56,16 @@ def test_paper_profile_uses_cifar_schedules():
     config = profiles.resolve("paper", "cifar10", "resnet56")
     assert (config.pretrain_epochs, config.pretrain_lr, config.finetune_epochs) == (160, 0.1, 20)
     assert config.width_multiplier is None
+
+
+def test_a_damaged_training_state_is_reported_and_pretraining_restarts(tiny_cifar):
+    config = profiles.resolve("smoke", "cifar10", "resnet20", criteria=["l1"], widths=["0.5"])
+    folder = pipeline.run_dir(config)
+    folder.mkdir(parents=True)
+    key = pipeline.artefacts.config_hash(pipeline.pretrain_key(config))
+    (folder / f".base-{key}.training-state.pt").write_bytes(b"not a torch file")
+    messages = []
+    pretrained = pipeline.pretrain(config, log=messages.append)
+    assert any("training-state" in m and "truncated or corrupt" in m for m in messages), messages
+    assert pretrained.metrics["params"] > 0
+    assert not (folder / f".base-{key}.training-state.pt").exists()
