@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PROFILE ?= cpu
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup data test lint format lab figures bench study clean-runs
+.PHONY: setup data test lint format lab figures bench study compare clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ bench: setup data  ## the measured LeNet-5 pipeline of bench/ (about 15 minutes 
 
 study: setup data  ## the study of notebooks/05_study: cached under runs/study, figures/study (about 30 minutes)
 	DPLIB_PROGRESS=off $(BIN)/python bench/study.py
+
+compare: setup data  ## criteria compared at 2x-20x fewer MACs, 3 seeds: cached under runs/compare, figures/compare*
+	DPLIB_PROGRESS=off $(BIN)/python bench/compare.py
 
 clean-runs:
 	rm -rf runs/
