@@ -1,6 +1,7 @@
 """Criteria compared at 2x, 4x, 10x and 20x fewer MACs (dplib.compare), resumable.
 
-    python bench/compare.py                                  # the cpu run: every setup, 3 seeds
+    python bench/compare.py                                  # the cpu run: LeNets, 3 seeds
+    python bench/compare.py --setups fashion_mnist32-resnet20   # resnet20 (about an hour)
     python bench/compare.py --setups mnist5k-lenet300 --seeds 0
 
 Results are cached under runs/compare/<dataset>-<model>/seed<k>/ (a rerun continues where it
@@ -77,7 +78,7 @@ def report(result: dict, out: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--setups", nargs="+", default=list(compare.SETUPS), choices=list(compare.SETUPS)
+        "--setups", nargs="+", default=list(compare.DEFAULT_SETUPS), choices=list(compare.SETUPS)
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budgets", nargs="+", default=list(compare.BUDGETS))
