@@ -365,6 +365,8 @@ def dirichlet_margins(summary: list[dict[str, Any]], allocation: str = "own") ->
             best = max(others, key=lambda e: e[metric])
             margin[metric] = ours[metric] - best[metric]
             margin[f"{metric}_best_other"] = best["criterion"]
+            margin[f"{metric}_dirichlet"] = (ours[metric], ours[f"{metric}_std"])
+            margin[f"{metric}_other"] = (best[metric], best[f"{metric}_std"])
         margins.append(margin)
     return margins
 
