@@ -66,7 +66,7 @@ def report(result: dict, out: Path) -> str:
             out / f"settling_{setup.name}.png",
         )
         section += "\nKendall tau with the final ranking (mean over seeds) at 10%, 25%, 50% of "
-        section += "the learning epoch: "
+        section += "importance learning: "
         section += "; ".join(
             f"{layer} " + " / ".join(f"{v:.2f}" for v in taus.values())
             for layer, taus in compare.settling_summary(result["settling"]).items()

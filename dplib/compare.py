@@ -468,7 +468,7 @@ def plot_settling(settles: list[dict[str, Any]], title: str = "") -> plt.Figure:
         line = axis.plot(fraction, values.mean(0), marker=".", label=layer)[0]
         axis.fill_between(fraction, values.min(0), values.max(0), alpha=0.2, color=line.get_color())
     axis.set_ylim(-0.1, 1.05)
-    axis.set_xlabel("fraction of the learning epoch")
+    axis.set_xlabel("fraction of importance learning (steps)")
     axis.set_ylabel("Kendall tau with the final ranking")
     axis.set_title(title or "how fast the ranking settles")
     axis.legend(fontsize=8)
