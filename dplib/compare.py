@@ -41,7 +41,7 @@ from .budget import choose_widths
 from .importance import Importance, format_widths
 from .measure import count, kendall
 from .surgery import prune
-from .train import evaluate, fit, load_checkpoint, save_checkpoint
+from .train import evaluate, fit, fit_or_load
 from .vi import learn_importance
 
 BUDGETS = ("2x", "4x", "10x", "20x")
@@ -127,21 +127,19 @@ def prepare(
     if setup.pad_to:  # a CIFAR network on grey images
         options = {"in_channels": 1, "width_multiplier": setup.width_multiplier}
     model = models.build(setup.model, seed=seed, **options)
-    checkpoint = folder / "base.pt"
-    try:
-        load_checkpoint(checkpoint, model)
-    except (FileNotFoundError, ValueError):
-        log(f"{setup.name} seed {seed}: pretraining {setup.pretrain_epochs} epochs")
-        fit(
-            model,
-            loaders.train,
-            epochs=setup.pretrain_epochs,
-            lr=0.05,
-            val_loader=loaders.val,
-            seed=seed,
-            show_progress=False,
-        )
-        save_checkpoint(checkpoint, model, model_name=setup.model)
+    loaded = fit_or_load(
+        model,
+        folder / "base.pt",
+        loaders.train,
+        model_name=setup.model,
+        epochs=setup.pretrain_epochs,
+        lr=0.05,
+        val_loader=loaders.val,
+        seed=seed,
+        show_progress=False,
+    )
+    if not loaded:
+        log(f"{setup.name} seed {seed}: pretrained {setup.pretrain_epochs} epochs")
     shape = (1, *loaders.splits.train.tensors[0].shape[1:])
     params, macs = count(model, shape)
     base = {

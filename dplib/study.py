@@ -38,7 +38,7 @@ from .attach import attach_gates
 from .importance import Importance
 from .measure import spearman
 from .surgery import prune
-from .train import evaluate, fit, load_checkpoint, save_checkpoint
+from .train import evaluate, fit, fit_or_load
 
 # The method as first specified (METHOD.md sections 2-3), the centre of the one-factor grid.
 SPECIFIED: dict[str, Any] = {
@@ -181,21 +181,18 @@ def prepare(
     folder = root / setup.name
     loaders = data.loaders(setup.dataset, batch_size=128, subset=subset, seed=seed)
     model = models.build(setup.model, seed=seed)
-    checkpoint = folder / "base.pt"
-    try:
-        load_checkpoint(checkpoint, model)
-    except (FileNotFoundError, ValueError):
-        fit(
-            model,
-            loaders.train,
-            epochs=setup.pretrain_epochs,
-            lr=0.05,
-            val_loader=loaders.val,
-            seed=seed,
-            show_progress=show_progress,
-            desc=f"pretrain {setup.name}",
-        )
-        save_checkpoint(checkpoint, model, model_name=setup.model)
+    fit_or_load(
+        model,
+        folder / "base.pt",
+        loaders.train,
+        model_name=setup.model,
+        epochs=setup.pretrain_epochs,
+        lr=0.05,
+        val_loader=loaders.val,
+        seed=seed,
+        show_progress=show_progress,
+        desc=f"pretrain {setup.name}",
+    )
     oracle_loader = data.make_loader(
         data.random_subset(loaders.splits.val, setup.oracle_images, seed), 500, shuffle=False
     )
