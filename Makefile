@@ -51,7 +51,7 @@ bench: setup data  ## the measured LeNet-5 pipeline of bench/ (about 15 minutes 
 study: setup data  ## the study of notebooks/05_study: cached under runs/study, figures/study (about 30 minutes)
 	DPLIB_PROGRESS=off $(BIN)/python bench/study.py
 
-compare: setup data  ## criteria compared at 2x-20x fewer MACs, 3 seeds: cached under runs/compare, figures/compare*
+compare: setup data  ## the comparison of make figures (cached under runs/cpu/compare) from the command line; see bench/compare.py
 	DPLIB_PROGRESS=off $(BIN)/python bench/compare.py
 
 clean-runs:

@@ -34,12 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from . import baselines, data, models
-from .artefacts import read_json, write_json
+from . import artefacts, baselines, data, models
+from .artefacts import atomic_write_text, read_json, write_json
 from .attach import attach_gates
 from .budget import choose_widths
 from .importance import Importance, format_widths
 from .measure import count, kendall
+from .profiles import Config
 from .surgery import prune
 from .train import evaluate, fit, fit_or_load
 from .vi import learn_importance
@@ -64,6 +65,7 @@ class Setup:
     pad_to: int | None = None  # pad the images (28x28) to this size, e.g. 32 for resnet20
     width_multiplier: float | None = None  # CIFAR networks only
     coupled: bool = False  # also prune the residual-coupled groups (stages), as one unit each
+    batch_size: int = 128
 
     @property
     def name(self) -> str:
@@ -116,13 +118,25 @@ class Context:
 
 
 def prepare(
-    setup: Setup, root: Path, seed: int, *, subset: int | None = None, log=print
+    setup: Setup,
+    root: Path,
+    seed: int,
+    *,
+    subset: int | None = None,
+    eval_subset: int | None = None,
+    log=print,
 ) -> Context:
     """Load the data and pretrain the network of one seed (checkpoint cached in its folder)."""
     folder = Path(root) / setup.name / f"seed{seed}"
-    loaders = data.loaders(setup.dataset, batch_size=128, subset=subset, seed=seed)
+    loaders = data.loaders(
+        setup.dataset,
+        batch_size=setup.batch_size,
+        subset=subset,
+        eval_subset=eval_subset,
+        seed=seed,
+    )
     if setup.pad_to:
-        loaders = _padded(loaders, setup.pad_to, seed)
+        loaders = _padded(loaders, setup.pad_to, seed, setup.batch_size)
     options: dict[str, Any] = {}
     if setup.pad_to:  # a CIFAR network on grey images
         options = {"in_channels": 1, "width_multiplier": setup.width_multiplier}
@@ -270,6 +284,7 @@ def run_setup(
     budgets: Iterable[str] = BUDGETS,
     criteria: Iterable[str] | None = None,
     subset: int | None = None,
+    eval_subset: int | None = None,
     finetune_epochs: float | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -277,7 +292,7 @@ def run_setup(
     criteria = tuple(criteria) if criteria is not None else criteria_for(setup.model)
     rows, bases, settles = [], [], []
     for seed in seeds:
-        context = prepare(setup, root, seed, subset=subset, log=log)
+        context = prepare(setup, root, seed, subset=subset, eval_subset=eval_subset, log=log)
         bases.append({"seed": seed, **context.base})
         for criterion in criteria:
             importance = compute_importance(context, criterion)
@@ -296,6 +311,162 @@ def run_setup(
                     rows.append(row)
             log(f"{setup.name} seed {seed}: {criterion} done")
     return {"setup": setup.name, "rows": rows, "bases": bases, "settling": settles}
+
+
+# The notebooks' comparison (03_prune, 04_figures) --------------------------------------------
+def setup_for(config: Config) -> Setup:
+    """The :class:`Setup` of a notebook experiment: its data, network and schedules."""
+    return Setup(
+        config.model,
+        config.dataset,
+        config.pretrain_epochs,
+        config.importance_epochs,
+        config.finetune_epochs,
+        width_multiplier=config.width_multiplier,
+        batch_size=config.batch_size,
+    )
+
+
+def root_for(profile: str) -> Path:
+    """``runs/<profile>/compare/``: one folder per setup, ``rows.json`` in each."""
+    return artefacts.profile_dir(profile) / "compare"
+
+
+def run_experiment(config: Config, *, log: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """The comparison of one notebook experiment, with the profile's seeds, budgets, criteria.
+
+    Returns None when the profile does not compare this experiment (``config.compare``);
+    otherwise writes and returns ``runs/<profile>/compare/<dataset>-<model>/rows.json``.
+    Torch-Pruning's criteria join where the optional package is installed.
+    """
+    if not config.compare:
+        return None
+    setup = setup_for(config)
+    criteria = config.compare_criteria
+    if criteria is None:
+        criteria = criteria_for(config.model, torch_pruning=_has_torch_pruning())
+    root = root_for(config.profile)
+    result = run_setup(
+        setup,
+        root,
+        seeds=config.compare_seeds,
+        budgets=config.compare_budgets,
+        criteria=criteria,
+        subset=config.subset,
+        eval_subset=config.eval_subset,
+        log=log,
+    )
+    write_json(root / setup.name / "rows.json", result)
+    return result
+
+
+def _has_torch_pruning() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch_pruning") is not None
+
+
+def load_results(root: str | Path) -> dict[str, dict[str, Any]]:
+    """``{setup name: result}`` of every ``<root>/<setup>/rows.json``, in :data:`SETUPS` order."""
+    found = {path.parent.name: read_json(path) for path in Path(root).glob("*/rows.json")}
+    order = {name: i for i, name in enumerate(SETUPS)}
+    return {name: found[name] for name in sorted(found, key=lambda n: (order.get(n, 99), n))}
+
+
+def _percent(pair: tuple[float, float]) -> str:
+    return f"{100 * pair[0]:.2f} ± {100 * pair[1]:.2f}"
+
+
+def goals_table(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)) -> str:
+    """Dirichlet (own allocation) against the best other criterion per setup and budget."""
+    lines = [
+        "| setup | budget | seeds | Dirichlet after pruning | best other | Dirichlet after "
+        "fine-tune | best other | lead after pruning / after fine-tune (points) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        for m in dirichlet_margins(summarise(result["rows"])):
+            if m["budget"] in skip:
+                continue
+            lines.append(
+                f"| {name} | {m['budget']} | {len(result['bases'])} "
+                f"| {_percent(m['pruned_val_dirichlet'])} "
+                f"| {m['pruned_val_best_other']} {_percent(m['pruned_val_other'])} "
+                f"| {_percent(m['finetuned_val_dirichlet'])} "
+                f"| {m['finetuned_val_best_other']} {_percent(m['finetuned_val_other'])} "
+                f"| {100 * m['pruned_val']:+.2f} / {100 * m['finetuned_val']:+.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def setup_section(name: str, result: dict[str, Any]) -> str:
+    """The Markdown section of one setup: its table, base network, margins and settling."""
+    dataset, _, model = name.partition("-")
+    summary = summarise(result["rows"])
+    val = [b["val"] for b in result["bases"]]
+    epochs = result["rows"][0]["finetune_epochs"] if result["rows"] else 0
+    section = markdown_table(summary, f"{model} on {dataset} ({len(val)} seeds)")
+    section += (
+        f"\nBase network: {100 * statistics.mean(val):.2f}% validation accuracy (mean over "
+        f"seeds), {result['bases'][0]['params']:,} params, {result['bases'][0]['macs']:,} MACs; "
+        f"fine-tuning {epochs:g} epoch(s) at lr {FINETUNE_LR}, constant.\n\n"
+        "Dirichlet (own allocation) minus the best other criterion, validation, points:\n\n"
+    )
+    for m in dirichlet_margins(summary):
+        section += (
+            f"- {m['budget']}: after pruning {100 * m['pruned_val']:+.2f} (best other: "
+            f"{m['pruned_val_best_other']}), after fine-tuning {100 * m['finetuned_val']:+.2f} "
+            f"(best other: {m['finetuned_val_best_other']})\n"
+        )
+    if result["settling"]:
+        taus = settling_summary(result["settling"])
+        section += (
+            "\nKendall tau with the final ranking (mean over seeds) at 10%, 25%, 50% of "
+            "importance learning: "
+            + "; ".join(
+                f"{layer} " + " / ".join(f"{v:.2f}" for v in values.values())
+                for layer, values in taus.items()
+            )
+            + "\n"
+        )
+    return section
+
+
+def write_report(root: str | Path, folder: str | Path) -> list[Path]:
+    """Figures (PNG and PDF) and ``compare.md`` of every setup with results under ``root``.
+
+    ``compare_<model>_<dataset>``: accuracy against MACs, one line per criterion;
+    ``settling_<dataset>-<model>``: Kendall tau over learning; ``compare.md``: the goals table
+    (Dirichlet against the best other criterion) and every setup's full table. Returns the
+    files written (none when there are no results).
+    """
+    from .plots import save
+
+    results = load_results(root)
+    if not results:
+        return []
+    written: list[Path] = []
+    sections = []
+    for name, result in results.items():
+        dataset, _, model = name.partition("-")
+        title = f"{model} on {dataset}"
+        figure = plot_comparison(summarise(result["rows"]), title)
+        written += save(figure, folder, f"compare_{model}_{dataset}")
+        plt.close(figure)
+        if result["settling"]:
+            figure = plot_settling(result["settling"], f"how fast the ranking settles: {title}")
+            written += save(figure, folder, f"settling_{name}")
+            plt.close(figure)
+        sections.append(setup_section(name, result))
+    header = (
+        "# Criteria compared at a MAC budget\n\n"
+        "Own allocation, validation accuracy %, mean ± std over seeds; the best other criterion "
+        "is the one with the highest mean. Goal: Dirichlet at least as high after fine-tuning "
+        "and highest right after pruning, at 4x, 10x and 20x fewer MACs.\n\n"
+    )
+    target = Path(folder) / "compare.md"
+    atomic_write_text(target, header + goals_table(results) + "\n" + "\n".join(sections))
+    return [*written, target]
 
 
 # Summaries ---------------------------------------------------------------------------------
@@ -367,6 +538,26 @@ def dirichlet_margins(summary: list[dict[str, Any]], allocation: str = "own") ->
             margin[f"{metric}_other"] = (best[metric], best[f"{metric}_std"])
         margins.append(margin)
     return margins
+
+
+def margins_table(summary: list[dict[str, Any]], allocation: str = "own") -> Any:
+    """:func:`dirichlet_margins` as a pandas DataFrame, in points of validation accuracy."""
+    import pandas
+
+    return pandas.DataFrame(
+        [
+            {
+                "budget": m["budget"],
+                "Dirichlet after pruning": round(100 * m["pruned_val_dirichlet"][0], 2),
+                "best other": m["pruned_val_best_other"],
+                "lead after pruning": round(100 * m["pruned_val"], 2),
+                "Dirichlet after fine-tune": round(100 * m["finetuned_val_dirichlet"][0], 2),
+                "best other ": m["finetuned_val_best_other"],
+                "lead after fine-tune": round(100 * m["finetuned_val"], 2),
+            }
+            for m in dirichlet_margins(summary, allocation)
+        ]
+    )
 
 
 # How fast importance settles -----------------------------------------------------------------

@@ -77,7 +77,21 @@ COMMON: dict[str, Any] = {
     "width_multiplier": None,  # CIFAR networks only; None: the profile's cifar_width_multiplier
     "widths": None,  # None: WIDTHS[model]
     "criteria": None,  # None: every criterion that applies to the model
+    # The comparison at a MAC budget of 03_prune (dplib.compare): seeds, budgets, criteria (None:
+    # every criterion, Torch-Pruning's where installed); compare None: the profile decides.
+    "compare": None,
+    "compare_seeds": (0, 1, 2),
+    "compare_budgets": ("2x", "4x", "10x", "20x"),
+    "compare_criteria": None,
 }
+# The experiments each profile compares at a MAC budget (issue: LeNet-5 and LeNet-300-100).
+LENET_COMPARISONS = (
+    ("mnist", "lenet300"),
+    ("mnist", "lenet5"),
+    ("fashion_mnist", "lenet300"),
+    ("fashion_mnist", "lenet5"),
+)
+COMPARE_CRITERIA = (*CRITERIA, "tp_l2", "tp_taylor")
 
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -95,6 +109,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "synthetic_hidden": (20, 50),
         "synthetic_steps": 150,
         "experiments": (("fashion_mnist", "lenet5"),),
+        "compare_experiments": (("fashion_mnist", "lenet5"),),
+        "compare_seeds": (0,),
+        "compare_budgets": ("4x",),
+        "compare_criteria": ("dirichlet", "l1"),
     },
     "cpu": {
         "cifar_width_multiplier": 0.25,
@@ -117,6 +135,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             ("fashion_mnist", "lenet300"),
             ("mnist", "lenet5_bn"),
         ),
+        "compare_experiments": LENET_COMPARISONS,
     },
     "paper": {
         "cifar_width_multiplier": None,
@@ -142,6 +161,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             ("cifar10", "resnet56"),
             ("cifar10", "wrn28_10"),
         ),
+        "compare_experiments": LENET_COMPARISONS,
     },
 }
 SMALL_DATASETS = ("mnist5k",)
@@ -187,6 +207,10 @@ class Config:
     speedup_rounds: int
     widths: tuple[str, ...]
     criteria: tuple[str, ...]
+    compare: bool
+    compare_seeds: tuple[int, ...]
+    compare_budgets: tuple[str, ...]
+    compare_criteria: tuple[str, ...] | None
 
     @property
     def name(self) -> str:
@@ -351,6 +375,7 @@ def resolve(
     if isinstance(widths, str):
         widths = [widths]
     widths = tuple(_normalise_widths(w, widths_of(net)) for w in widths)
+    _resolve_comparison(settings, dataset, model)
     return Config(
         profile=profile,
         dataset=used,
@@ -367,6 +392,28 @@ def resolve(
             and k not in ("dataset_note", "model", "widths", "criteria")
         },
     )
+
+
+def _resolve_comparison(settings: dict[str, Any], dataset: str, model: str) -> None:
+    """Check the comparison's settings in place; ``compare`` None becomes the profile's choice."""
+    from .budget import split_budget_widths
+
+    if settings["compare"] is None:
+        settings["compare"] = (dataset, model) in settings.get("compare_experiments", ())
+    for key in ("compare_seeds", "compare_budgets"):
+        values = settings[key]
+        settings[key] = tuple([values] if isinstance(values, int | str) else values)
+        if not settings[key]:
+            raise ValueError(f"{key} is empty; give at least one (or compare=False)")
+    for budget in settings["compare_budgets"]:
+        if not isinstance(budget, str) or not budget.endswith("x"):
+            raise ValueError(f"compare budget {budget!r} must be a ratio of fewer MACs, e.g. '4x'")
+        split_budget_widths(f"macs:{budget}")
+    if settings["compare_criteria"] is not None:
+        criteria = settings["compare_criteria"]
+        settings["compare_criteria"] = tuple([criteria] if isinstance(criteria, str) else criteria)
+        for criterion in settings["compare_criteria"]:
+            _check_choice("compare criterion", criterion, COMPARE_CRITERIA)
 
 
 def _normalise_widths(widths: str | list[int], units: dict[str, int]) -> str:
@@ -401,6 +448,11 @@ def describe(config: Config) -> str:
         f"{config.estimator} estimator, M={config.samples}",
         f"  widths {', '.join(config.widths)}; criteria {', '.join(config.criteria)}",
     ]
+    if config.compare:
+        lines.append(
+            f"  compared at {', '.join(config.compare_budgets)} fewer MACs over seeds "
+            f"{', '.join(map(str, config.compare_seeds))} (03_prune)"
+        )
     if config.subset or config.eval_subset:
         lines.append(f"  subsets: {config.subset} train, {config.eval_subset} evaluation images")
     if config.dataset_note:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -50,3 +51,63 @@ def test_comparison_rows_meet_budgets_and_cache(tmp_path):
         assert taus[-1] == 1.0  # the final snapshot is the final ranking
     assert set(compare.settling_summary(settles)) == set(settles[0]["tau"])
     plt.close(compare.plot_settling(settles))
+
+
+def test_notebook_experiment_runs_writes_rows_and_report(tmp_path, monkeypatch):
+    from dplib import artefacts, profiles
+
+    monkeypatch.setenv("DPLIB_RUNS", str(tmp_path / "runs"))
+    config = profiles.resolve(
+        "smoke", "fashion_mnist", "lenet5", subset=600, eval_subset=200, pretrain_epochs=1.0
+    )
+    assert config.compare and config.compare_seeds == (0,) and config.compare_budgets == ("4x",)
+    result = compare.run_experiment(config, log=print)
+    rows_file = compare.root_for("smoke") / "fashion_mnist-lenet5" / "rows.json"
+    assert rows_file.exists() and artefacts.read_json(rows_file)["rows"] == result["rows"]
+    assert {r["criterion"] for r in result["rows"]} == set(config.compare_criteria)
+    # the evaluation subset is used: accuracies are multiples of 1/200
+    assert all(
+        abs(200 * r["pruned_val"] - round(200 * r["pruned_val"])) < 1e-6 for r in result["rows"]
+    )
+
+    written = compare.write_report(compare.root_for("smoke"), tmp_path / "figures")
+    names = {path.name for path in written}
+    assert {"compare_lenet5_fashion_mnist.png", "compare_lenet5_fashion_mnist.pdf"} <= names
+    assert "settling_fashion_mnist-lenet5.png" in names
+    text = (tmp_path / "figures" / "compare.md").read_text()
+    assert "| fashion_mnist-lenet5 | 4x | 1 |" in text  # the goals table
+    assert "### lenet5 on fashion_mnist (1 seeds)" in text
+    frame = compare.margins_table(compare.summarise(result["rows"]))
+    assert list(frame["budget"]) == ["4x"]
+
+    # an experiment the profile does not compare is skipped, and says so by returning None
+    assert compare.run_experiment(config.replace(compare=False)) is None
+    assert compare.write_report(tmp_path / "empty", tmp_path / "nothing") == []
+
+
+def test_cpu_profile_compares_the_lenets_with_the_bench_setups():
+    from dplib import profiles
+
+    for dataset, model in profiles.LENET_COMPARISONS:
+        config = profiles.resolve("cpu", dataset, model)
+        assert config.compare and config.compare_seeds == (0, 1, 2)
+        assert config.compare_budgets == compare.BUDGETS
+        # the same setup as bench/compare.py, so the two share one cache
+        assert compare.SETUPS[config.name] == compare.setup_for(config)
+    assert not profiles.resolve("cpu", "mnist", "lenet5_bn").compare
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"compare_budgets": ["4"]}, "ratio of fewer MACs"),
+        ({"compare_budgets": ["0.5x"]}, "at least 1x"),
+        ({"compare_budgets": []}, "compare_budgets is empty"),
+        ({"compare_criteria": ["l2"]}, "unknown compare criterion 'l2'"),
+    ],
+)
+def test_bad_comparison_settings_fail_before_training(override, message):
+    from dplib import profiles
+
+    with pytest.raises(ValueError, match=message):
+        profiles.resolve("smoke", "fashion_mnist", "lenet5", **override)
