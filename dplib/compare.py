@@ -9,7 +9,9 @@ times fewer MACs) prune in two ways:
 * ``own``: each criterion with its own allocation to the budget
   (``choose_widths(model, importance, target_macs=budget)``), ranking and widths together.
 
-Each pruned network is evaluated on validation data right after pruning, fine-tuned by the same
+Each pruned network is evaluated on validation data right after pruning (for networks with
+BatchNorm, after its running statistics are re-estimated on 20 fixed training batches: no weight
+changes, the same for every criterion), fine-tuned by the same
 fixed schedule (SGD, lr 0.01, constant, as elsewhere in the kit) and evaluated on validation and
 test data. Claims are made on validation accuracy; test accuracy is reported only.
 
@@ -42,7 +44,7 @@ from .importance import Importance, format_widths
 from .measure import count, kendall
 from .profiles import Config
 from .surgery import prune
-from .train import evaluate, fit, fit_or_load
+from .train import evaluate, fit, fit_or_load, recalibrate_batchnorm
 from .vi import learn_importance
 
 BUDGETS = ("2x", "4x", "10x", "20x")
@@ -51,6 +53,9 @@ CRITERIA = ("dirichlet", "l1", "taylor", "random")
 TP_CRITERIA = ("tp_l2", "tp_taylor")
 TAYLOR_BATCHES = 20
 FINETUNE_LR = 0.01
+# BatchNorm statistics are re-estimated after surgery on this many training batches (networks
+# with BatchNorm only; weights unchanged), before "right after pruning" is measured.
+RECALIBRATION_BATCHES = 20
 
 
 @dataclass(frozen=True)
@@ -221,6 +226,16 @@ def widths_for(
     )
 
 
+def recalibration_loader(context: Context) -> torch.utils.data.DataLoader:
+    """The fixed training images on which a pruned network's BatchNorm statistics are
+    re-estimated (:data:`RECALIBRATION_BATCHES` batches, the same for every criterion)."""
+    batch = context.setup.batch_size
+    images = data.random_subset(
+        context.loaders.splits.train, RECALIBRATION_BATCHES * batch, context.seed
+    )
+    return data.make_loader(images, batch, shuffle=False)
+
+
 def run_one(
     context: Context,
     criterion: str,
@@ -239,6 +254,9 @@ def run_one(
     epochs = context.setup.finetune_epochs if finetune_epochs is None else finetune_epochs
     widths = widths_for(context, importance, budget, allocation)
     small = prune(context.model, importance, widths)
+    recalibrated = recalibrate_batchnorm(
+        small, recalibration_loader(context), RECALIBRATION_BATCHES
+    )
     params, macs = count(small, context.input_shape)
     row: dict[str, Any] = {
         "setup": context.setup.name,
@@ -251,6 +269,7 @@ def run_one(
         "macs": macs,
         "base_macs": context.base["macs"],
         "pruned_val": evaluate(small, context.loaders.val)["accuracy"],
+        "batchnorm_recalibrated": bool(recalibrated),
         "finetune_epochs": epochs,
     }
     started = time.perf_counter()
@@ -366,9 +385,19 @@ def _has_torch_pruning() -> bool:
     return importlib.util.find_spec("torch_pruning") is not None
 
 
-def load_results(root: str | Path) -> dict[str, dict[str, Any]]:
-    """``{setup name: result}`` of every ``<root>/<setup>/rows.json``, in :data:`SETUPS` order."""
-    found = {path.parent.name: read_json(path) for path in Path(root).glob("*/rows.json")}
+def committed_results() -> Path:
+    """``bench/results/compare/``: the raw rows of setups too long for the main job (resnet20,
+    about 30 minutes), committed by ``bench/compare.py`` so that ``make figures`` redraws them."""
+    return artefacts.kit_root() / "bench" / "results" / "compare"
+
+
+def load_results(root: str | Path, extra: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """``{setup name: result}`` of every ``<root>/<setup>/rows.json``, in :data:`SETUPS` order;
+    ``<extra>/<setup>.json`` for the setups ``root`` does not have."""
+    found = {}
+    if extra is not None:
+        found = {path.stem: read_json(path) for path in Path(extra).glob("*.json")}
+    found.update({path.parent.name: read_json(path) for path in Path(root).glob("*/rows.json")})
     order = {name: i for i, name in enumerate(SETUPS)}
     return {name: found[name] for name in sorted(found, key=lambda n: (order.get(n, 99), n))}
 
@@ -432,8 +461,11 @@ def setup_section(name: str, result: dict[str, Any]) -> str:
     return section
 
 
-def write_report(root: str | Path, folder: str | Path) -> list[Path]:
-    """Figures (PNG and PDF) and ``compare.md`` of every setup with results under ``root``.
+def write_report(
+    root: str | Path, folder: str | Path, extra: str | Path | None = None
+) -> list[Path]:
+    """Figures (PNG and PDF) and ``compare.md`` of every setup with results under ``root`` (and
+    ``extra``, see :func:`load_results`).
 
     ``compare_<model>_<dataset>``: accuracy against MACs, one line per criterion;
     ``settling_<dataset>-<model>``: Kendall tau over learning; ``compare.md``: the goals table
@@ -442,7 +474,7 @@ def write_report(root: str | Path, folder: str | Path) -> list[Path]:
     """
     from .plots import save
 
-    results = load_results(root)
+    results = load_results(root, extra)
     if not results:
         return []
     written: list[Path] = []

@@ -329,8 +329,8 @@ def write_all(profile: str, folder: str | os.PathLike | None = None) -> list[Pat
     Writes into ``folder`` (default :func:`dplib.artefacts.figures_dir`) and returns the files.
     Experiments whose stages have not finished are left out (the notebook lists what it found).
     """
+    from .compare import committed_results, write_report
     from .compare import root_for as compare_root
-    from .compare import write_report
     from .pipeline import results_table
     from .synthetic import load_results
 
@@ -374,7 +374,9 @@ def write_all(profile: str, folder: str | os.PathLike | None = None) -> list[Pat
     if all_rows:
         written.extend(write_results(results_table(all_rows), folder))
     # the comparison at a MAC budget (03_prune, or bench/compare.py with the same cache)
-    written.extend(write_report(compare_root(profile), folder))
+    # (the cpu profile also redraws the committed resnet20 rows of bench/compare.py)
+    extra = committed_results() if profile == "cpu" else None
+    written.extend(write_report(compare_root(profile), folder, extra))
     return written
 
 

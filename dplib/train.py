@@ -76,6 +76,39 @@ def evaluate(
     return {"loss": total_loss / count, "accuracy": correct / count}
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, batches: int = 20) -> int:
+    """Re-estimate every BatchNorm's running statistics on ``batches`` batches of ``loader``.
+
+    Surgery keeps each BatchNorm's statistics for the channels it keeps, but a layer whose
+    inputs were pruned computes different outputs, so its stored statistics are stale: a
+    pruned residual network scores near chance until they are re-estimated. The weights are not
+    changed (a forward pass in train mode with a cumulative average, then eval mode), so
+    "accuracy right after pruning" stays a measure of the kept units. Returns the number of
+    BatchNorm modules reset (0: nothing to do, the model is untouched).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    if batches < 1:
+        raise ValueError(f"recalibrating BatchNorm needs at least one batch, got {batches}")
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches seen
+    model.train()
+    device = next(model.parameters()).device
+    for index, (images, _) in enumerate(loader):
+        if index == batches:
+            break
+        model(images.to(device))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.train(was_training)
+    return len(norms)
+
+
 def fit(
     model: nn.Module,
     train_loader: DataLoader,

@@ -80,6 +80,16 @@ def test_notebook_experiment_runs_writes_rows_and_report(tmp_path, monkeypatch):
     frame = compare.margins_table(compare.summarise(result["rows"]))
     assert list(frame["budget"]) == ["4x"]
 
+    # committed rows (bench/results/compare) join for setups the runs do not have; runs win
+    extra = tmp_path / "extra"
+    artefacts.write_json(extra / "fashion_mnist32-resnet20.json", result)
+    artefacts.write_json(extra / "fashion_mnist-lenet5.json", {"rows": [], "stale": True})
+    both = compare.load_results(compare.root_for("smoke"), extra)
+    assert list(both) == ["fashion_mnist-lenet5", "fashion_mnist32-resnet20"]
+    assert "stale" not in both["fashion_mnist-lenet5"]
+    written = compare.write_report(compare.root_for("smoke"), tmp_path / "figures", extra)
+    assert "compare_resnet20_fashion_mnist32.png" in {path.name for path in written}
+
     # an experiment the profile does not compare is skipped, and says so by returning None
     assert compare.run_experiment(config.replace(compare=False)) is None
     assert compare.write_report(tmp_path / "empty", tmp_path / "nothing") == []

@@ -62,3 +62,35 @@ def test_device_resolution():
     assert dplib.resolve_device("auto").type in ("cpu", "cuda")
     with pytest.raises(ValueError, match="unknown device"):
         dplib.resolve_device("gpu0")
+
+
+def test_recalibrate_batchnorm_matches_the_batch_statistics_and_keeps_weights():
+    from dplib.train import recalibrate_batchnorm
+
+    from conftest import trained_like
+
+    model = trained_like(dplib.models.build("lenet5_bn", seed=0))
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    weights = {k: v.clone() for k, v in model.state_dict().items() if not k.endswith(buffers)}
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(96, 1, 28, 28, generator=generator) * 2 + 0.5
+    dataset = torch.utils.data.TensorDataset(images, torch.zeros(96, dtype=torch.long))
+    loader = dplib.data.make_loader(dataset, 32, shuffle=False)
+
+    # what the first BatchNorm sees: its running mean must become the mean over all 96 images
+    first_conv, first_norm = model.conv1, model.bn1
+    with torch.no_grad():
+        expected = first_conv(images).mean(dim=(0, 2, 3))
+    assert recalibrate_batchnorm(model, loader, batches=3) == 2
+    torch.testing.assert_close(first_norm.running_mean, expected, rtol=1e-4, atol=1e-5)
+    assert first_norm.momentum == 0.1 and not model.training
+    for name, value in model.state_dict().items():
+        if name in weights:
+            assert torch.equal(value, weights[name]), name
+
+    plain = dplib.models.build("lenet5", seed=0)
+    before = {k: v.clone() for k, v in plain.state_dict().items()}
+    assert recalibrate_batchnorm(plain, loader) == 0
+    assert all(torch.equal(v, before[k]) for k, v in plain.state_dict().items())
+    with pytest.raises(ValueError, match="at least one batch"):
+        recalibrate_batchnorm(model, loader, batches=0)
