@@ -1,7 +1,7 @@
 """Criteria compared at 2x, 4x, 10x and 20x fewer MACs (dplib.compare), resumable.
 
     python bench/compare.py                                   # the cpu profile's LeNets, 3 seeds
-    python bench/compare.py --setups fashion_mnist32-resnet20 # resnet20 (about 45 minutes)
+    python bench/compare.py --setups fashion_mnist32-resnet20 # resnet20 (about 90 minutes)
     python bench/compare.py --setups mnist5k-lenet300 --seeds 0
 
 ``make figures`` runs the same LeNet comparison from ``03_prune`` with the same cache: results

@@ -89,7 +89,8 @@ SETUPS: dict[str, Setup] = {
     # (coupled): about 42 s per training epoch on 2 CPU cores.
     "fashion_mnist32-resnet20": Setup("resnet20", "fashion_mnist", 3, 1, 1, 32, 0.5, coupled=True),
 }
-# What ``make compare`` runs: resnet20 (about an hour for 3 seeds on 2 cores) only when asked.
+# What ``make compare`` runs by default (the cpu profile's comparison); resnet20 (about 90 minutes
+# for 3 seeds, every criterion and budget, on 2 cores) only when asked.
 DEFAULT_SETUPS = tuple(name for name in SETUPS if not name.endswith("resnet20"))
 
 
@@ -387,7 +388,8 @@ def _has_torch_pruning() -> bool:
 
 def committed_results() -> Path:
     """``bench/results/compare/``: the raw rows of setups too long for the main job (resnet20,
-    about 30 minutes), committed by ``bench/compare.py`` so that ``make figures`` redraws them."""
+    about 90 minutes on 2 cores), committed by ``bench/compare.py``; ``make figures`` redraws
+    them."""
     return artefacts.kit_root() / "bench" / "results" / "compare"
 
 
@@ -472,11 +474,12 @@ def write_report(
     (Dirichlet against the best other criterion) and every setup's full table. Returns the
     files written (none when there are no results).
     """
-    from .plots import save
+    from .plots import save, style
 
     results = load_results(root, extra)
     if not results:
         return []
+    style()  # the kit's look, whether called from 04_figures or bench/compare.py
     written: list[Path] = []
     sections = []
     for name, result in results.items():
