@@ -67,8 +67,14 @@ def setup(backend: str | None = None) -> torch.device:
 
 
 def cleanup() -> None:
-    """Leave the process group (call at the end of a ``torchrun`` script)."""
+    """Leave the process group (call at the end of a ``torchrun`` script).
+
+    Every rank first waits for the others: a rank that tears down its gloo connections while a
+    peer is still busy (rank 0 saving a file) can abort with "terminate called without an
+    active exception".
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
