@@ -12,14 +12,15 @@ The pipeline, one module per step::
     params, macs = dplib.count(small, (1, 1, 28, 28))          # measure
 """
 
-from . import baselines, budget, data, measure, models
+from . import budget, criteria, data, measure, models
 from .attach import GatedModel, attach_gates, detach_gates
-from .baselines import baseline_importance
 from .budget import BudgetError, choose_widths
+from .criteria import baseline_importance
 from .gates import DirichletGate, dirichlet_kl
 from .graph import UnsupportedModelError, find_prunable_layers
 from .importance import Importance, WidthsError, format_widths, parse_widths
 from .measure import count, latency, speedup
+from .settings import DirichletSettings
 from .surgery import ImportanceMismatchError, prune, unit_mask, widths_of
 from .train import (
     CheckpointError,
@@ -44,9 +45,10 @@ __all__ = [
     "UnsupportedModelError",
     "WidthsError",
     "attach_gates",
+    "DirichletSettings",
     "baseline_importance",
-    "baselines",
     "budget",
+    "criteria",
     "choose_widths",
     "count",
     "data",

@@ -16,8 +16,7 @@ from torch import nn
 
 from .gates import DirichletGate
 from .graph import LayerGraph, find_prunable_layers
-
-GATE_POSITIONS = ("after_bn", "before_bn")
+from .settings import DirichletSettings
 
 
 def _gate_key(name: str) -> str:
@@ -95,18 +94,20 @@ def _make_hook(gate: DirichletGate):
 def attach_gates(
     model: nn.Module,
     *,
-    phi_init: float = 100.0,
-    scale: str = "K",
-    position: str = "after_bn",
+    settings: DirichletSettings | None = None,
+    phi_init: float | None = None,
+    scale: str | None = None,
+    position: str | None = None,
     coupled: bool = False,
 ) -> GatedModel:
     """Place a Dirichlet gate after every prunable layer of ``model``.
 
     Args:
         model: any ``torch.fx``-traceable network; it is not copied or modified.
+        settings: the gate's knobs (``phi_init``, ``scale``, ``position``) come from here;
+            default :class:`dplib.DirichletSettings` (phi_init 100, scale "K", after BatchNorm).
         phi_init: initial concentration of every gate (equal across units, so the posterior
-            mean starts uniform). Default 100 (the study's choice, figures/study/: little
-            sampling noise at the start); the method as first specified uses 1.
+            mean starts uniform); overrides ``settings``. The method as first specified uses 1.
         scale: ``"K"`` (gate multiplies by K*s: the identity at the start, the kit's
             mathematics) or ``"none"`` (by s, as the reference code: every unit shrunk by 1/K).
         position: ``"after_bn"`` (the gate multiplies the BatchNorm's output where a layer has
@@ -122,18 +123,20 @@ def attach_gates(
     """
     if isinstance(model, GatedModel):
         raise ValueError("this model already has gates; call .remove() first")
-    if position not in GATE_POSITIONS:
-        raise ValueError(f"unknown gate position {position!r}; choose one of {GATE_POSITIONS}")
+    overrides = {"phi_init": phi_init, "scale": scale, "position": position}
+    settings = (settings or DirichletSettings()).replace(
+        **{knob: value for knob, value in overrides.items() if value is not None}
+    )
     graph = find_prunable_layers(model, coupled=coupled)
     parameter = next(model.parameters(), None)
     gates = {}
     for layer in graph.layers:
-        gate = DirichletGate(layer.units, phi_init=phi_init, scale=scale)
+        gate = DirichletGate(layer.units, phi_init=settings.phi_init, scale=settings.scale)
         if parameter is not None:
             gate.to(device=parameter.device, dtype=parameter.dtype)
         gate.set_mode("mean")
         gates[layer.name] = gate
-    return GatedModel(model, graph, gates, position)
+    return GatedModel(model, graph, gates, settings.position)
 
 
 def detach_gates(gated: GatedModel) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Writing files so that a reader never sees half of one.
+"""Writing files so that a reader never sees half of one, and reading them back.
 
 Every file the kit writes (checkpoints, importances, JSON, figures, unpacked data) goes to a
 temporary name in the target's folder and is renamed onto the target only once complete; a
@@ -8,12 +8,15 @@ run killed mid-write leaves at most a hidden ``.<name>.*.tmp`` behind.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import torch
 
 
 @contextmanager
@@ -45,6 +48,30 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     return Path(path)
 
 
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to ``path`` atomically: never half a file."""
+    return atomic_write(path, lambda stream: torch.save(obj, stream))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    return atomic_write(path, lambda stream: stream.write(text.encode()))
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as indented JSON with sorted keys, atomically."""
+    return atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file; a corrupt one raises ValueError naming the file."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); it will be rebuilt") from error
+
+
 def read_torch_file(
     path: str | os.PathLike,
     file_format: str,
@@ -60,8 +87,6 @@ def read_torch_file(
         error: the file is unreadable (truncated, corrupt) or of another kind; the message says
             which and that deleting it lets the stage that writes it run again.
     """
-    import torch
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no {what} at {path}")

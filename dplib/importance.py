@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .files import atomic_write, read_torch_file
+from .files import atomic_torch_save, read_torch_file
 
 Widths = dict[str, int] | list[int] | tuple[int, ...] | str
 
@@ -249,8 +249,3 @@ class Importance:
             history=data["history"],
             config=data["config"],
         )
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to ``path`` atomically (:mod:`dplib.files`): never half a file."""
-    return atomic_write(path, lambda stream: torch.save(obj, stream))

@@ -22,6 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .importance import Importance
+from .surgery import prune, widths_of
+
 
 class LeNet300(nn.Module):
     """LeNet-300-100: a 784-300-100-10 multilayer perceptron."""
@@ -350,9 +353,6 @@ def build(
         options["width_multiplier"] = width_multiplier
     model = spec.builder(**options)
     if widths is not None:
-        from .importance import Importance
-        from .surgery import prune, widths_of
-
         full = widths_of(model, coupled=True)
         order = Importance(
             scores={

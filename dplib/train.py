@@ -12,6 +12,7 @@ import math
 import os
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from .data import reseed
-from .files import read_torch_file
-from .importance import atomic_torch_save
+from . import distributed
+from .data import random_crop_flip, reseed
+from .files import atomic_torch_save, read_torch_file
 from .progress import progress
 
 CHECKPOINT_FORMAT = "dplib-checkpoint-1"
@@ -109,6 +110,11 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, batches: int = 2
     return len(norms)
 
 
+def copy_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of ``module``'s state dict (weights, buffers), to restore it later."""
+    return {key: value.detach().clone() for key, value in module.state_dict().items()}
+
+
 def fit(
     model: nn.Module,
     train_loader: DataLoader,
@@ -151,90 +157,174 @@ def fit(
         ``{"epochs": [...], "val_accuracy": [...], "train_loss": [...], "seconds": ...,
         "seconds_per_epoch": ...}``.
     """
-    from . import distributed
-    from .data import random_crop_flip
-
-    if epochs <= 0:
-        raise ValueError(f"epochs must be positive, got {epochs}")
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or 'constant'")
+    _check_schedule(epochs, schedule)
     device = resolve_device(device)
     use_amp = device.type == "cuda" and (amp is True or amp == "auto")
     set_seed(seed)
     loader = distributed.shard(train_loader, seed)
     model.to(device).train()
-    network = model
-    if distributed.is_distributed():
-        ids = [device.index] if device.type == "cuda" else None
-        network = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    steps_per_epoch = len(loader)
-    total_steps = max(1, math.ceil(epochs * steps_per_epoch))
-    history: dict[str, Any] = {"epochs": [], "val_accuracy": [], "train_loss": []}
-    state = {"epoch": 0, "step": 0, "best_accuracy": -1.0, "best_state": None, "seconds": 0.0}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    run = _Run(model, _parallel(model, device), optimizer, device, use_amp, epochs, len(loader))
     if checkpoint is not None and Path(checkpoint).exists():
-        state, history = _resume(checkpoint, model, optimizer, scaler)
-    started = time.perf_counter() - state["seconds"]
-    step, epoch = state["step"], state["epoch"]
-    bar = progress(total=total_steps, desc=desc, enabled=show_progress and distributed.is_main())
-    bar.update(step)
-    while step < total_steps:
-        reseed(loader, seed + epoch)
-        distributed.set_epoch(loader, epoch)
-        running, seen = 0.0, 0
-        for images, labels in loader:
-            if step >= total_steps:
-                break
-            if schedule == "cosine":
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
-            images, labels = images.to(device), labels.to(device)
-            if augment:
-                images = random_crop_flip(images)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                loss = F.cross_entropy(network(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            running += loss.item() * labels.numel()
-            seen += labels.numel()
-            step += 1
-            bar.update(1)
-        epoch += 1
-        history["epochs"].append(step / steps_per_epoch)
-        history["train_loss"].append(running / max(seen, 1))
-        if val_loader is not None:
-            accuracy = evaluate(model, val_loader, device)["accuracy"]
-            history["val_accuracy"].append(accuracy)
-            bar.set_postfix(val_acc=f"{accuracy:.4f}")
-            if keep_best and accuracy > state["best_accuracy"]:
-                state["best_accuracy"] = accuracy
-                state["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            model.train()
-        state.update(epoch=epoch, step=step, seconds=time.perf_counter() - started)
-        if checkpoint is not None and distributed.is_main():
-            _save_training_state(checkpoint, model, optimizer, scaler, state, history)
+        run.state, run.history = _resume(checkpoint, model, run.optimizer, run.scaler)
+    main = distributed.is_main()
+    bar = progress(total=run.total_steps, desc=desc, enabled=show_progress and main)
+    seconds = _train_epochs(
+        run,
+        loader,
+        seed=seed,
+        lr=lr,
+        schedule=schedule,
+        augment=augment,
+        val_loader=val_loader,
+        keep_best=keep_best,
+        checkpoint=checkpoint if main else None,
+        bar=bar,
+    )
+    return _finish(run, seconds)
+
+
+def _check_schedule(epochs: float, schedule: str) -> None:
+    """A ValueError for a schedule :func:`fit` cannot run."""
+    if epochs <= 0:
+        raise ValueError(f"epochs must be positive, got {epochs}")
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or 'constant'")
+
+
+def _train_epochs(
+    run: _Run,
+    loader: DataLoader,
+    *,
+    seed: int,
+    lr: float,
+    schedule: str,
+    augment: bool,
+    val_loader: DataLoader | None,
+    keep_best: bool,
+    checkpoint: str | os.PathLike | None,
+    bar: Any,
+) -> float:
+    """Train epoch after epoch until the run's steps are done; the seconds it took in all
+    (a resumed run's earlier seconds included). The training state is saved after each."""
+    started = time.perf_counter() - run.state["seconds"]
+    bar.update(run.state["step"])
+    while run.state["step"] < run.total_steps:
+        reseed(loader, seed + run.state["epoch"])
+        distributed.set_epoch(loader, run.state["epoch"])
+        train_loss = _train_epoch(run, loader, lr=lr, schedule=schedule, augment=augment, bar=bar)
+        _end_epoch(run, train_loss, val_loader, keep_best, bar)
+        run.state["seconds"] = time.perf_counter() - started
+        if checkpoint is not None:
+            _save_training_state(checkpoint, run)
     bar.close()
-    if state["best_state"] is not None:
-        model.load_state_dict(state["best_state"])
-    history["seconds"] = time.perf_counter() - started
-    history["seconds_per_epoch"] = history["seconds"] / (total_steps / steps_per_epoch)
-    model.eval()
-    return history
+    return time.perf_counter() - started
 
 
-def _save_training_state(path, model, optimizer, scaler, state, history) -> None:
+@dataclass
+class _Run:
+    """What one call of :func:`fit` carries from step to step (and to its checkpoint)."""
+
+    model: nn.Module
+    network: nn.Module  # the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    use_amp: bool
+    epochs: float
+    steps_per_epoch: int
+    state: dict[str, Any] = field(
+        default_factory=lambda: {
+            "epoch": 0,
+            "step": 0,
+            "best_accuracy": -1.0,
+            "best_state": None,
+            "seconds": 0.0,
+        }
+    )
+    history: dict[str, Any] = field(
+        default_factory=lambda: {"epochs": [], "val_accuracy": [], "train_loss": []}
+    )
+
+    def __post_init__(self) -> None:
+        self.total_steps = max(1, math.ceil(self.epochs * self.steps_per_epoch))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+
+def _parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model wrapped in DistributedDataParallel under ``torchrun``, else the model."""
+    if not distributed.is_distributed():
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def _train_epoch(
+    run: _Run, loader: DataLoader, *, lr: float, schedule: str, augment: bool, bar: Any
+) -> float:
+    """SGD over one pass of ``loader`` (or what is left of the run); the mean training loss."""
+    running, seen = 0.0, 0
+    for images, labels in loader:
+        step = run.state["step"]
+        if step >= run.total_steps:
+            break
+        if schedule == "cosine":
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / run.total_steps))
+        images, labels = images.to(run.device), labels.to(run.device)
+        if augment:
+            images = random_crop_flip(images)
+        with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.use_amp):
+            loss = F.cross_entropy(run.network(images), labels)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        running += loss.item() * labels.numel()
+        seen += labels.numel()
+        run.state["step"] = step + 1
+        bar.update(1)
+    return running / max(seen, 1)
+
+
+def _end_epoch(
+    run: _Run, train_loss: float, val_loader: DataLoader | None, keep_best: bool, bar: Any
+) -> None:
+    """Record the epoch; evaluate on validation data and keep the best weights."""
+    run.state["epoch"] += 1
+    run.history["epochs"].append(run.state["step"] / run.steps_per_epoch)
+    run.history["train_loss"].append(train_loss)
+    if val_loader is None:
+        return
+    accuracy = evaluate(run.model, val_loader, run.device)["accuracy"]
+    run.history["val_accuracy"].append(accuracy)
+    bar.set_postfix(val_acc=f"{accuracy:.4f}")
+    if keep_best and accuracy > run.state["best_accuracy"]:
+        run.state["best_accuracy"] = accuracy
+        run.state["best_state"] = copy_state(run.model)
+    run.model.train()
+
+
+def _finish(run: _Run, seconds: float) -> dict[str, Any]:
+    """Restore the best weights (if kept), put the model in eval mode, close the history."""
+    if run.state["best_state"] is not None:
+        run.model.load_state_dict(run.state["best_state"])
+    run.history["seconds"] = seconds
+    run.history["seconds_per_epoch"] = seconds / (run.total_steps / run.steps_per_epoch)
+    run.model.eval()
+    return run.history
+
+
+def _save_training_state(path: str | os.PathLike, run: _Run) -> None:
+    """Write the training state of ``run`` (resumable by :func:`_resume`), atomically."""
     payload = {
         "format": "dplib-training-state-1",
-        "architecture": architecture(model),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "state": state,
-        "history": history,
+        "architecture": architecture(run.model),
+        "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "state": run.state,
+        "history": run.history,
         "rng": {
             "torch": torch.get_rng_state(),
             "python": random.getstate(),

@@ -15,12 +15,12 @@ gradient, no weight decay), the network is in eval mode (BatchNorm uses its runn
 dropout is off). Code symbols: ``samples`` = M, ``kl_weight`` = :math:`\beta`, ``alpha0`` =
 :math:`\alpha_0`, ``dataset_size`` = N.
 
-The defaults are not the ELBO proper (:math:`\beta = 1`, :math:`\alpha_0 = 1`, KL divided by N)
-but what the kit's study measured best (``notebooks/05_study``, ``figures/study/``): a sparse
-prior :math:`\alpha_0 = 0.1` whose KL is *not* divided by N, weighted by :math:`\beta = 0.01`,
-so that the prior competes with the data term and the units compete for the posterior mass;
-with gates created at :math:`\varphi_{\text{init}} = 100` by :func:`dplib.attach_gates`.
-``kl_divided_by_n=True, kl_weight=1, alpha0=1`` with ``phi_init=1`` is the method as specified.
+The knobs and their defaults are :class:`dplib.DirichletSettings` (``dplib/settings.py``). The
+defaults are not the ELBO proper (:math:`\beta = 1`, :math:`\alpha_0 = 1`, KL divided by N) but
+what the kit's study measured best: a sparse prior :math:`\alpha_0 = 0.1` whose KL is *not*
+divided by N, weighted by :math:`\beta = 0.01`, so that the prior competes with the data term
+and the units compete for the posterior mass; ``DirichletSettings.as_specified()`` is the
+method as specified (the method page ``notebooks/METHOD.md``, sections 3 and 7).
 
 - ``estimator="sample"``: :math:`s^{(m)} \sim q` by reparameterised sampling. The M copies of the
   mini-batch are stacked on the batch axis, copy m gated by sample m, and the cross-entropy of
@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -40,13 +42,15 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from . import distributed
 from .attach import GatedModel
 from .data import reseed
 from .importance import Importance
 from .progress import progress
-from .train import resolve_device, set_seed
+from .settings import ESTIMATORS, DirichletSettings
+from .train import copy_state, resolve_device, set_seed
 
-ESTIMATORS = ("sample", "point")
+__all__ = ["ESTIMATORS", "elbo_loss", "learn_importance", "phi_init_of"]
 
 
 def elbo_loss(
@@ -82,21 +86,15 @@ def phi_init_of(gated: GatedModel) -> float | None:
 def learn_importance(
     gated: GatedModel,
     loader: DataLoader,
-    epochs: float = 1.0,
+    epochs: float | None = None,
     *,
-    alpha0: float = 0.1,
-    kl_weight: float = 0.01,
-    kl_divided_by_n: bool = False,
-    samples: int = 1,
-    estimator: str = "sample",
-    lr: float = 0.1,
+    settings: DirichletSettings | None = None,
     device: str | torch.device = "auto",
     seed: int = 0,
     dataset_size: int | None = None,
     snapshots: int = 40,
-    batchnorm: str = "eval",
-    weights_lr: float = 0.0,
     show_progress: bool = True,
+    **knobs: Any,
 ) -> Importance:
     """Learn each gate's Dirichlet posterior by maximising the ELBO with the weights frozen.
 
@@ -105,24 +103,18 @@ def learn_importance(
         loader: training data (labels needed); its data set size is N unless ``dataset_size``.
             Under ``torchrun`` it is sharded over the processes and the gate gradients are
             averaged (:mod:`dplib.distributed`): the result equals a single process's.
-        epochs: passes over ``loader`` (fractions allowed; the paper: one).
-        alpha0: concentration of the symmetric Dirichlet prior (< 1 favours sparse importance).
-            Default 0.1: the study's choice (figures/study/study_factors.png).
-        kl_weight: beta, the weight of the KL term (0 = no prior). Default 0.01 (the study's).
-        kl_divided_by_n: divide the KL by N as the ELBO of one mini-batch does (True, the method
-            as specified) or not (False, the default: the prior then matters; the study found
-            it the largest single improvement).
-        samples: M, samples per mini-batch (sample estimator).
-        estimator: ``"sample"`` (reparameterised samples) or ``"point"`` (posterior mean).
-        lr: Adam's learning rate on theta.
+        epochs: passes over ``loader`` (fractions allowed; the paper: one); overrides
+            ``settings.epochs``.
+        settings: the knobs (:class:`dplib.DirichletSettings`; default: the kit's defaults).
+            When given, its gate knobs must be those ``gated`` was attached with.
+        knobs: single knobs of :class:`dplib.DirichletSettings` that override ``settings``:
+            ``alpha0``, ``kl_weight``, ``kl_divided_by_n``, ``samples``, ``estimator``, ``lr``,
+            ``batchnorm`` (``"train"``: batch statistics, as the reference code; the running
+            statistics are restored afterwards either way), ``weights_lr`` (> 0 trains the
+            weights jointly by SGD: they then change).
         seed: seeds the samples (and anything else drawn from torch's global generator).
         snapshots: how many times the posterior means are recorded during learning (to see how
             fast the ranking settles).
-        batchnorm: ``"eval"`` (the method: running statistics) or ``"train"`` (batch statistics,
-            as the reference code; a gate placed before such a BatchNorm is then cancelled by
-            the normalisation). The running statistics are restored afterwards either way.
-        weights_lr: 0 freezes the weights (the method). A positive value trains the weights
-            jointly with the gates by SGD at that learning rate: the weights then change.
 
     Returns:
         An :class:`~dplib.Importance` (criterion ``"dirichlet"``) keyed by the layers' module
@@ -131,104 +123,82 @@ def learn_importance(
         ``seconds``. The weights' ``requires_grad``, every module's train/eval mode and the gates'
         modes are restored; the gates end in ``"mean"`` mode holding the learned posterior.
     """
-    if not isinstance(gated, GatedModel):
-        raise TypeError("learn_importance needs the model returned by dplib.attach_gates(model)")
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
-    if samples < 1 or int(samples) != samples:
-        raise ValueError(f"samples must be a whole number >= 1, got {samples}")
-    if epochs <= 0:
-        raise ValueError(f"epochs must be positive, got {epochs}")
-    if alpha0 <= 0:
-        raise ValueError(f"alpha0 must be positive, got {alpha0}")
+    settings = _settings_for(gated, settings, epochs, knobs)
     if len(loader) == 0:
         raise ValueError("the loader is empty")
-    if batchnorm not in ("eval", "train"):
-        raise ValueError(f"batchnorm must be 'eval' or 'train', got {batchnorm!r}")
-    if weights_lr < 0:
-        raise ValueError(f"weights_lr must be >= 0, got {weights_lr}")
-    from . import distributed
-
     device = resolve_device(device)
     dataset_size = dataset_size or len(loader.dataset)
-    kl_normalizer = dataset_size if kl_divided_by_n else 1
     loader = distributed.shard(loader, seed)
-    total_steps = max(1, math.ceil(epochs * len(loader)))
-    snapshot_every = max(1, total_steps // max(1, snapshots))
+    total_steps = max(1, math.ceil(settings.epochs * len(loader)))
+    set_seed(seed)
+    with _learning_mode(gated, settings, device):
+        history = _optimise(
+            gated,
+            loader,
+            settings,
+            device=device,
+            seed=seed,
+            total_steps=total_steps,
+            kl_normalizer=dataset_size if settings.kl_divided_by_n else 1,
+            snapshot_every=max(1, total_steps // max(1, snapshots)),
+            show_progress=show_progress,
+        )
+    history["epochs"] = total_steps / len(loader)
+    return _importance_of(gated, settings, history, seed=seed, dataset_size=dataset_size)
 
-    weights = [p for name, p in gated.named_parameters() if not name.startswith("gates.")]
+
+def _settings_for(
+    gated: GatedModel,
+    settings: DirichletSettings | None,
+    epochs: float | None,
+    knobs: dict[str, Any],
+) -> DirichletSettings:
+    """The settings of this run, checked against the gates (before any work starts)."""
+    if not isinstance(gated, GatedModel):
+        raise TypeError("learn_importance needs the model returned by dplib.attach_gates(model)")
+    gate_knobs = {"phi_init", "scale", "position"} & set(knobs)
+    if gate_knobs:
+        raise ValueError(
+            f"{sorted(gate_knobs)} are knobs of the gates: give them to dplib.attach_gates"
+        )
+    chosen = settings or DirichletSettings()
+    if epochs is not None:
+        knobs = {**knobs, "epochs": epochs}
+    chosen = chosen.replace(**{k: v for k, v in knobs.items() if v is not None})
+    gate = next(gate for _, gate in gated.named_gates())
+    attached = {"phi_init": gate.phi_init, "scale": gate.scale, "position": gated.position}
+    wanted = {knob: getattr(chosen, knob) for knob in attached}
+    if settings is not None and attached != wanted:
+        raise ValueError(
+            f"the gates were attached with {attached} but the settings say {wanted}: attach "
+            "them with dplib.attach_gates(model, settings=settings)"
+        )
+    return chosen.replace(**attached)
+
+
+@contextmanager
+def _learning_mode(
+    gated: GatedModel, settings: DirichletSettings, device: torch.device
+) -> Iterator[None]:
+    """Freeze the weights (or not, for joint training), eval mode, gates trainable; restore
+    the weights' flags, every module's mode, BatchNorm statistics and the device afterwards."""
+    weights = _weights(gated)
     thetas = [gate.theta for _, gate in gated.named_gates()]
     saved_requires_grad = [p.requires_grad for p in weights]
     saved_modes = {module: module.training for module in gated.modules()}
     norms = [m for m in gated.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved_statistics = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
+    saved_statistics = [copy_state(norm) for norm in norms]
     original_device = thetas[0].device
-    set_seed(seed)
-    history: dict[str, Any] = {
-        "loss": [],
-        "cross_entropy": [],
-        "kl": [],
-        "steps": [],
-        "snapshots": [],
-    }
     try:
         for parameter in weights:
-            parameter.requires_grad_(weights_lr > 0)
+            parameter.requires_grad_(settings.weights_lr > 0)
         gated.to(device).eval()
-        if batchnorm == "train":
+        if settings.batchnorm == "train":
             for norm in norms:
                 norm.train()
         for theta in thetas:
             theta.requires_grad_(True)
-        optimizer = torch.optim.Adam(thetas, lr=lr)
-        weight_optimizer = (
-            torch.optim.SGD(weights, lr=weights_lr, momentum=0.9) if weights_lr > 0 else None
-        )
-        step, started = 0, time.perf_counter()
-        main = distributed.is_main()
-        bar = progress(total=total_steps, desc="importance", enabled=show_progress and main)
-        epoch = 0
-        while step < total_steps:
-            # Epoch e is shuffled with seed + e, on one process or many (DistributedSampler).
-            reseed(loader, seed + epoch)
-            distributed.set_epoch(loader, epoch)
-            epoch += 1
-            for images, labels in loader:
-                if step >= total_steps:
-                    break
-                loss, cross_entropy, kl = elbo_loss(
-                    gated,
-                    images.to(device),
-                    labels.to(device),
-                    samples=samples,
-                    estimator=estimator,
-                    alpha0=alpha0,
-                    kl_weight=kl_weight,
-                    dataset_size=kl_normalizer,
-                )
-                optimizer.zero_grad(set_to_none=True)
-                if weight_optimizer is not None:
-                    weight_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                distributed.average_gradients(thetas)
-                optimizer.step()
-                if weight_optimizer is not None:
-                    distributed.average_gradients(weights)
-                    weight_optimizer.step()
-                history["loss"].append(loss.item())
-                history["cross_entropy"].append(cross_entropy.item())
-                history["kl"].append(kl.item())
-                step += 1
-                if step % snapshot_every == 0 or step == total_steps:
-                    history["steps"].append(step)
-                    history["snapshots"].append(
-                        {name: gate.mean().detach().cpu() for name, gate in gated.named_gates()}
-                    )
-                bar.update(1)
-                if step % 20 == 0:
-                    bar.set_postfix(ce=f"{cross_entropy.item():.3f}")
-        bar.close()
-        history["seconds"] = time.perf_counter() - started
+        yield
     finally:
         for parameter, requires_grad in zip(weights, saved_requires_grad):
             parameter.requires_grad_(requires_grad)
@@ -236,11 +206,122 @@ def learn_importance(
             module.train(training)
         for norm, statistics in zip(norms, saved_statistics):
             norm.load_state_dict(statistics)
-        if weights_lr > 0:
+        if settings.weights_lr > 0:
             gated.zero_grad(set_to_none=True)
         gated.to(original_device)
         gated.set_mode("mean")
-    history["epochs"] = total_steps / len(loader)
+
+
+def _weights(gated: GatedModel) -> list[nn.Parameter]:
+    return [p for name, p in gated.named_parameters() if not name.startswith("gates.")]
+
+
+def _optimise(
+    gated: GatedModel,
+    loader: DataLoader,
+    settings: DirichletSettings,
+    *,
+    device: torch.device,
+    seed: int,
+    total_steps: int,
+    kl_normalizer: int,
+    snapshot_every: int,
+    show_progress: bool,
+) -> dict[str, Any]:
+    """Adam on the gates (and SGD on the weights when joint) for ``total_steps`` mini-batches."""
+    thetas = [gate.theta for _, gate in gated.named_gates()]
+    weights = _weights(gated)
+    optimizer = torch.optim.Adam(thetas, lr=settings.lr)
+    weight_optimizer = None
+    if settings.weights_lr > 0:
+        weight_optimizer = torch.optim.SGD(weights, lr=settings.weights_lr, momentum=0.9)
+    history: dict[str, Any] = {k: [] for k in ("loss", "cross_entropy", "kl", "steps")}
+    history["snapshots"] = []
+    step, epoch, started = 0, 0, time.perf_counter()
+    bar = progress(
+        total=total_steps, desc="importance", enabled=show_progress and distributed.is_main()
+    )
+    while step < total_steps:
+        # Epoch e is shuffled with seed + e, on one process or many (DistributedSampler).
+        reseed(loader, seed + epoch)
+        distributed.set_epoch(loader, epoch)
+        epoch += 1
+        for images, labels in loader:
+            if step >= total_steps:
+                break
+            loss, cross_entropy, kl = elbo_loss(
+                gated,
+                images.to(device),
+                labels.to(device),
+                samples=settings.samples,
+                estimator=settings.estimator,
+                alpha0=settings.alpha0,
+                kl_weight=settings.kl_weight,
+                dataset_size=kl_normalizer,
+            )
+            _update(loss, (optimizer, thetas), (weight_optimizer, weights))
+            step += 1
+            _record(
+                history,
+                gated,
+                step,
+                (loss, cross_entropy, kl),
+                snapshot=step % snapshot_every == 0 or step == total_steps,
+            )
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(ce=f"{cross_entropy.item():.3f}")
+    bar.close()
+    history["seconds"] = time.perf_counter() - started
+    return history
+
+
+def _update(
+    loss: torch.Tensor,
+    gates: tuple[torch.optim.Optimizer, list[nn.Parameter]],
+    weights: tuple[torch.optim.Optimizer | None, list[nn.Parameter]],
+) -> None:
+    """One step: gradients averaged over the processes, then Adam on the gates (and SGD on
+    the weights when they are trained jointly)."""
+    (optimizer, thetas), (weight_optimizer, weight_list) = gates, weights
+    optimizer.zero_grad(set_to_none=True)
+    if weight_optimizer is not None:
+        weight_optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    distributed.average_gradients(thetas)
+    optimizer.step()
+    if weight_optimizer is not None:
+        distributed.average_gradients(weight_list)
+        weight_optimizer.step()
+
+
+def _record(
+    history: dict[str, Any],
+    gated: GatedModel,
+    step: int,
+    terms: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    *,
+    snapshot: bool,
+) -> None:
+    """Append one step's loss terms; every ``snapshot`` step, the posterior means too."""
+    for key, value in zip(("loss", "cross_entropy", "kl"), terms):
+        history[key].append(value.item())
+    if snapshot:
+        history["steps"].append(step)
+        history["snapshots"].append(
+            {name: gate.mean().detach().cpu() for name, gate in gated.named_gates()}
+        )
+
+
+def _importance_of(
+    gated: GatedModel,
+    settings: DirichletSettings,
+    history: dict[str, Any],
+    *,
+    seed: int,
+    dataset_size: int,
+) -> Importance:
+    """The learned posteriors as an :class:`Importance`, with the run's settings."""
     return Importance(
         scores={name: gate.mean().detach().cpu() for name, gate in gated.named_gates()},
         criterion="dirichlet",
@@ -249,19 +330,8 @@ def learn_importance(
         },
         history=history,
         config={
-            "epochs": epochs,
-            "alpha0": alpha0,
-            "kl_weight": kl_weight,
-            "samples": samples,
-            "estimator": estimator,
-            "lr": lr,
+            **settings.to_dict(),
             "seed": seed,
             "dataset_size": dataset_size,
-            "kl_divided_by_n": kl_divided_by_n,
-            "scale": next(gate.scale for _, gate in gated.named_gates()),
-            "position": gated.position,
-            "phi_init": phi_init_of(gated),
-            "batchnorm": batchnorm,
-            "weights_lr": weights_lr,
         },
     )

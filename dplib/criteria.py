@@ -1,0 +1,456 @@
+r"""Pruning criteria: one registry from a criterion's name to the function that scores units.
+
+Every criterion produces the same :class:`~dplib.Importance` (one score per unit of each
+prunable layer, higher = keep), so every comparison runs through the same surgery. Score of
+unit k of a layer:
+
+- ``dirichlet``: the posterior mean :math:`E[s_k] = \varphi_k / \varphi_0` learnt by
+  :func:`dplib.learn_importance` (the method; its knobs: :class:`dplib.DirichletSettings`).
+- ``random``: a uniform random number (seeded): the floor every criterion should beat.
+- ``l1``: :math:`\sum |W_k|`, the L1 norm of the unit's weights (its output row; no bias).
+- ``taylor``: first-order Taylor expansion of the loss (Molchanov et al. 2017): per image,
+  :math:`|\sum_{\text{positions}} a_k\, \partial L / \partial a_k|`, summed over the images of
+  ``batches`` mini-batches; :math:`a_k` is the unit's output (after its BatchNorm).
+- ``bn_scale``: :math:`|\gamma_k|` of the BatchNorm after the layer (network slimming); a layer
+  without BatchNorm falls back to ``l1``, recorded in ``config["fallback"]``.
+- ``oracle``: the increase of the mean cross-entropy on the given data when that unit alone is
+  removed (zeroed); a costly diagnostic, the reference the others are ranked against.
+- ``tp_l1``, ``tp_l2``, ``tp_taylor``: Torch-Pruning's group criteria (:mod:`dplib.torch_pruning`),
+  where the optional package ``torch-pruning`` is installed.
+
+A criterion is a function ``f(model, loader=None, *, seed, batches, device, coupled, **options)
+-> Importance``; it ignores the options it does not use. :func:`register` adds one (your own
+included), :func:`compute` runs one by name, :func:`names` and :func:`defaults` list them: every
+list of criteria in the kit (profiles, comparison, notebooks, error messages) reads this registry.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from . import torch_pruning
+from .attach import GatedModel, attach_gates
+from .graph import find_prunable_layers
+from .importance import Importance
+from .progress import progress
+from .settings import DirichletSettings
+from .train import resolve_device
+from .vi import learn_importance
+
+ImportanceFunction = Callable[..., Importance]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A registered criterion: its name, its function and what it needs.
+
+    Attributes:
+        needs_data: the function reads a data loader (training data; the oracle: validation).
+        applies_to: the networks it makes sense for (None: every network).
+        requires: an optional package it needs (None: none); without it the criterion is left
+            out of :func:`defaults` and :func:`compute` says how to install it.
+        peer: a peer library's criterion: compared at a budget, not in the notebooks' table.
+        in_defaults: listed by :func:`defaults` (False: run only when asked by name).
+    """
+
+    name: str
+    function: ImportanceFunction
+    description: str = ""
+    needs_data: bool = False
+    applies_to: Callable[[nn.Module], bool] | None = None
+    requires: str | None = None
+    peer: bool = False
+    in_defaults: bool = True
+
+    def available(self) -> bool:
+        """Whether the package it requires (if any) is installed."""
+        return self.requires is None or importlib.util.find_spec(self.requires) is not None
+
+    def applies(self, model: nn.Module) -> bool:
+        """Whether it makes sense for ``model``."""
+        return self.applies_to is None or self.applies_to(_unwrap(model))
+
+
+REGISTRY: dict[str, Criterion] = {}
+
+
+def register(
+    name: str,
+    *,
+    description: str = "",
+    needs_data: bool = False,
+    applies_to: Callable[[nn.Module], bool] | None = None,
+    requires: str | None = None,
+    peer: bool = False,
+    in_defaults: bool = True,
+    replace: bool = False,
+) -> Callable[[ImportanceFunction], ImportanceFunction]:
+    """Decorator: register ``function`` as criterion ``name`` (the function is returned as is).
+
+    Registering a name again raises, unless ``replace=True`` or it is the same function defined
+    again (a notebook cell run twice).
+    """
+
+    def decorator(function: ImportanceFunction) -> ImportanceFunction:
+        held = REGISTRY.get(name)
+        if held is not None and not replace and _origin(held.function) != _origin(function):
+            raise ValueError(
+                f"criterion {name!r} is already registered (by {_origin(held.function)}); pick "
+                "another name or pass replace=True"
+            )
+        REGISTRY[name] = Criterion(
+            name, function, description, needs_data, applies_to, requires, peer, in_defaults
+        )
+        return function
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a criterion's name must be a non-empty string, got {name!r}")
+    return decorator
+
+
+def unregister(name: str) -> None:
+    """Remove criterion ``name`` from the registry (a user's criterion, after a test)."""
+    get(name)
+    del REGISTRY[name]
+
+
+def _origin(function: Callable) -> str:
+    return f"{function.__module__}.{function.__qualname__}"
+
+
+def get(name: str) -> Criterion:
+    """The registered criterion ``name``, or a ValueError that lists the registered names."""
+    if isinstance(name, nn.Module):
+        raise TypeError(
+            "the criterion's name comes first: compute('l1', model), not compute(model, 'l1')"
+        )
+    if name not in REGISTRY:
+        raise ValueError(f"unknown criterion {name!r}; choose one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def names() -> tuple[str, ...]:
+    """Every registered criterion, in registration order."""
+    return tuple(REGISTRY)
+
+
+def defaults(model: nn.Module | None = None, *, peers: bool = False) -> tuple[str, ...]:
+    """The criteria compared by default: those that apply to ``model`` and are installed.
+
+    ``peers=True`` adds the peer libraries' criteria (the comparison at a budget does).
+    """
+    return tuple(
+        c.name
+        for c in REGISTRY.values()
+        if c.in_defaults
+        and (peers or not c.peer)
+        and c.available()
+        and (model is None or c.applies(model))
+    )
+
+
+def compute(
+    criterion: str,
+    model: nn.Module,
+    loader: DataLoader | None = None,
+    *,
+    seed: int = 0,
+    batches: int | None = None,
+    device: str | torch.device = "auto",
+    coupled: bool = False,
+    **options,
+) -> Importance:
+    """Score the units of ``model`` by ``criterion`` (a name of :func:`names`).
+
+    Args:
+        loader: the data of criteria that need it (``needs_data``).
+        seed: seeds what the criterion draws (random scores, Dirichlet samples).
+        batches: mini-batches read by data-driven criteria (None: the criterion's default).
+        coupled: also score the residual-coupled groups of layers.
+        options: passed on (e.g. ``settings=DirichletSettings(...)`` for ``dirichlet``).
+    """
+    entry = get(criterion)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not entry.available():
+        raise ImportError(
+            f"criterion {criterion!r} needs the optional package {entry.requires}: "
+            "pip install -e '.[compare]'"
+        )
+    if entry.needs_data and loader is None:
+        raise ValueError(f"criterion {criterion!r} needs a data loader")
+    return entry.function(
+        model, loader, seed=seed, batches=batches, device=device, coupled=coupled, **options
+    )
+
+
+def baseline_importance(
+    criterion: str,
+    model: nn.Module,
+    loader: DataLoader | None = None,
+    **options,
+) -> Importance:
+    """Any criterion by name (the kit's first name for :func:`compute`, kept for the API)."""
+    return compute(criterion, model, loader, **options)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.model if isinstance(model, GatedModel) else model
+
+
+def random_importance(model: nn.Module, seed: int = 0, *, coupled: bool = False) -> Importance:
+    """Uniform random scores (seeded): the floor every criterion should beat.
+
+    ``coupled=True`` also scores the residual-coupled groups (as for every criterion here).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    layers = find_prunable_layers(_unwrap(model), coupled=coupled).layers
+    scores = {layer.name: torch.rand(layer.units, generator=generator) for layer in layers}
+    return Importance(scores, criterion="random", config={"seed": seed})
+
+
+def l1_importance(model: nn.Module, *, coupled: bool = False) -> Importance:
+    """L1 norm of each unit's weights (its output rows of W, summed over a group's layers)."""
+    model = _unwrap(model)
+    modules = dict(model.named_modules())
+    scores = {}
+    for layer in find_prunable_layers(model, coupled=coupled).layers:
+        rows = [modules[name].weight.detach().abs().flatten(1).sum(1) for name in layer.producers]
+        scores[layer.name] = torch.stack(rows).sum(0).cpu()
+    return Importance(scores, criterion="l1")
+
+
+def bn_scale_importance(model: nn.Module, *, coupled: bool = False) -> Importance:
+    """|gamma| of each unit's BatchNorm (mean over a group's layers); else the L1 norm."""
+    model = _unwrap(model)
+    modules = dict(model.named_modules())
+    l1 = l1_importance(model, coupled=coupled).scores
+    scores, fallback = {}, []
+    for layer in find_prunable_layers(model, coupled=coupled).layers:
+        norms = [modules[bn] for bn in layer.direct_batchnorms.values() if modules[bn].affine]
+        if norms:
+            gammas = torch.stack([bn.weight.detach().abs() for bn in norms])
+            scores[layer.name] = gammas.mean(0).cpu()
+        else:
+            scores[layer.name] = l1[layer.name]
+            fallback.append(layer.name)
+    if len(fallback) == len(scores):
+        raise ValueError(
+            "bn_scale needs BatchNorm after the prunable layers; this network has none "
+            "(use 'l1' or 'taylor')"
+        )
+    return Importance(
+        scores, criterion="bn_scale", config={"fallback": {n: "l1" for n in fallback}}
+    )
+
+
+def taylor_importance(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    batches: int = 10,
+    device: str = "auto",
+    coupled: bool = False,
+) -> Importance:
+    """First-order Taylor scores |a * dL/da| per unit, over ``batches`` mini-batches.
+
+    For a residual group the per-image contributions of its layers are summed before the
+    absolute value: that is the derivative of the loss with respect to one shared unit scale.
+    """
+    if batches < 1:
+        raise ValueError(f"batches must be at least 1, got {batches}")
+    model = _unwrap(model)
+    device = resolve_device(device)
+    original_device = next(model.parameters()).device
+    graph = find_prunable_layers(model, coupled=coupled)
+    modules = dict(model.named_modules())
+    outputs: dict[str, list[torch.Tensor]] = {}
+    handles = []
+    for layer in graph.layers:
+
+        def keep(module, inputs, output, name=layer.name):
+            output.retain_grad()
+            outputs.setdefault(name, []).append(output)
+
+        for target in layer.gate_targets():
+            handles.append(modules[target].register_forward_hook(keep))
+    scores = {layer.name: torch.zeros(layer.units) for layer in graph.layers}
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        for index, (images, labels) in enumerate(loader):
+            if index >= batches:
+                break
+            # Input that requires grad makes every activation require grad, frozen weights or not.
+            images = images.to(device).requires_grad_(True)
+            with torch.enable_grad():
+                loss = F.cross_entropy(model(images), labels.to(device), reduction="sum")
+                loss.backward()
+            for name, tensors in outputs.items():
+                contribution = 0
+                for output in tensors:
+                    product = (output * output.grad).detach()
+                    contribution = contribution + (
+                        product.flatten(2).sum(2) if product.dim() > 2 else product
+                    )
+                scores[name] += contribution.abs().sum(0).cpu()
+            outputs.clear()
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training).to(original_device)
+    return Importance(scores, criterion="taylor", config={"batches": batches})
+
+
+def oracle_importance(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    batches: int | None = None,
+    chunk: int = 16,
+    device: str = "auto",
+    show_progress: bool = True,
+    coupled: bool = False,
+) -> Importance:
+    """Loss increase when one unit alone is removed, on the data of ``loader``.
+
+    Each pass stacks ``chunk`` copies of a mini-batch, copy j with one unit zeroed (the gates'
+    block mechanism), so a layer of K units costs K forward passes of the data, in K / chunk
+    calls. Use validation data, never the test split.
+    """
+    model = _unwrap(model)
+    device = resolve_device(device)
+    original_device = next(model.parameters()).device
+    gated = attach_gates(model, coupled=coupled)
+    was_training = model.training
+    data = []
+    for index, (images, labels) in enumerate(loader):
+        if batches is not None and index >= batches:
+            break
+        data.append((images.to(device), labels.to(device)))
+    total = sum(len(labels) for _, labels in data)
+    gated.to(device).eval()
+    gated.set_mode("identity")
+    scores = {}
+    try:
+        with torch.no_grad():
+            base = sum(F.cross_entropy(model(x), y, reduction="sum").item() for x, y in data)
+            units = sum(gate.num_units for _, gate in gated.named_gates())
+            bar = progress(total=units, desc="oracle", enabled=show_progress)
+            for name, gate in gated.named_gates():
+                increase = torch.zeros(gate.num_units)
+                for start in range(0, gate.num_units, chunk):
+                    removed = torch.arange(start, min(start + chunk, gate.num_units))
+                    masks = torch.ones(len(removed), gate.num_units, device=device)
+                    masks[torch.arange(len(removed)), removed] = 0.0
+                    gate.set_mode("fixed", masks)
+                    for images, labels in data:
+                        stacked = images.repeat(len(removed), *([1] * (images.dim() - 1)))
+                        losses = F.cross_entropy(
+                            model(stacked), labels.repeat(len(removed)), reduction="none"
+                        )
+                        increase[removed] += losses.view(len(removed), -1).sum(1).cpu()
+                    bar.update(len(removed))
+                gate.set_mode("identity")
+                scores[name] = (increase - base) / total
+            bar.close()
+    finally:
+        gated.remove()
+        model.train(was_training).to(original_device)
+    return Importance(scores, criterion="oracle", config={"images": total})
+
+
+# The registry ---------------------------------------------------------------------------------
+# Registration order is the order of every list of criteria (tables, comparisons).
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@register("dirichlet", description="posterior mean E[s] of the Dirichlet gates", needs_data=True)
+def dirichlet_importance(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    coupled: bool = False,
+    settings: DirichletSettings | None = None,
+    show_progress: bool = True,
+    **_: object,
+) -> Importance:
+    """Attach gates with ``settings``, learn their posteriors, remove the gates."""
+    settings = settings or DirichletSettings()
+    gated = attach_gates(_unwrap(model), settings=settings, coupled=coupled)
+    try:
+        return learn_importance(
+            gated, loader, settings=settings, device=device, seed=seed, show_progress=show_progress
+        )
+    finally:
+        gated.remove()
+
+
+@register("random", description="uniform random scores (seeded)")
+def _random(model: nn.Module, loader=None, *, seed: int = 0, coupled: bool = False, **_):
+    return random_importance(model, seed, coupled=coupled)
+
+
+@register("l1", description="L1 norm of each unit's weights")
+def _l1(model: nn.Module, loader=None, *, coupled: bool = False, **_):
+    return l1_importance(model, coupled=coupled)
+
+
+@register("taylor", description="first-order Taylor |a dL/da|", needs_data=True)
+def _taylor(model, loader, *, batches=None, device="auto", coupled=False, **_):
+    return taylor_importance(model, loader, batches=batches or 10, device=device, coupled=coupled)
+
+
+@register("bn_scale", description="|gamma| of the BatchNorm", applies_to=_has_batchnorm)
+def _bn_scale(model: nn.Module, loader=None, *, coupled: bool = False, **_):
+    return bn_scale_importance(model, coupled=coupled)
+
+
+@register(
+    "oracle", description="loss increase of removing one unit", needs_data=True, in_defaults=False
+)
+def _oracle(model, loader, *, batches=None, device="auto", coupled=False, **options):
+    show = options.get("show_progress", True)
+    return oracle_importance(
+        model, loader, batches=batches, device=device, coupled=coupled, show_progress=show
+    )
+
+
+def _register_torch_pruning(name: str, description: str, *, needs_data: bool = False, **flags):
+    @register(
+        name,
+        description=description,
+        needs_data=needs_data,
+        requires="torch_pruning",
+        peer=True,
+        **flags,
+    )
+    def criterion(model, loader=None, *, batches=None, device="auto", coupled=False, **options):
+        return torch_pruning.tp_importance(
+            model,
+            name,
+            loader,
+            batches=batches or 10,
+            input_shape=options.get("input_shape"),
+            coupled=coupled,
+            device=device,
+        )
+
+    criterion.__qualname__ = f"torch_pruning_{name}"
+
+
+# tp_l1 is Torch-Pruning's version of l1: selectable by name, left out of the defaults.
+_register_torch_pruning("tp_l1", "Torch-Pruning's group L1 magnitude", in_defaults=False)
+_register_torch_pruning("tp_l2", "Torch-Pruning's group L2 magnitude (its default)")
+_register_torch_pruning("tp_taylor", "Torch-Pruning's group Taylor", needs_data=True)
