@@ -18,10 +18,10 @@ magnitude between layers, swamps the scores (which vary by a factor of a few), a
 are cut to one unit (LeNet-5 at 4x fewer MACs: conv1 keeps 1 of 20 channels).
 
 Comparable scores r (the "normalise each layer" rule): r = ``importance.relative()``, that is
-K_l * E[s_lk] for the Dirichlet criterion (1.0 = the layer's average unit, METHOD.md section 4)
-and score / (layer mean of the scores) for every other criterion. A layer with a negative score
-(the oracle's loss change can be negative) is shifted by its minimum first; a layer whose scores
-are all equal gets r = 1 everywhere.
+K_l * E[s_lk] for the Dirichlet criterion (1.0 = the layer's average unit; the method page
+notebooks/METHOD.md, section 4) and score / (layer mean of the scores) for every other
+criterion. A layer with a negative score (the oracle's loss change can be negative) is shifted
+by its minimum first; a layer whose scores are all equal gets r = 1 everywhere.
 
 The uniform allocation, the naive reference, keeps the same fraction f of every layer
 (``max(1, round(K_l * f))`` units), with f the largest that fits (bisection); the add-back step
@@ -351,6 +351,27 @@ def choose_widths(
         BudgetError (a ValueError): malformed budget, both or neither target, or a target
             outside [cost with one unit per layer, cost of the full model] (the message names it).
     """
+    what, target = _requested_budget(importance, target_macs, target_params, allocation, order)
+    model = model.model if isinstance(model, GatedModel) else model
+    costs = _cost_model_for(model, importance, input_shape, costs)
+    quadratic = costs.macs if what == "macs" else costs.params
+    target = _target_in_range(model, quadratic, costs.units, target, what)
+    widths = _allocate(quadratic, costs, importance, target, allocation, order)
+    _check_within_tolerance(quadratic(widths), target, what)
+    result = {name: int(w) for name, w in zip(costs.names, widths)}
+    if verify:
+        _verify(model, costs, result)
+    return result
+
+
+def _requested_budget(
+    importance: Importance | None,
+    target_macs: int | str | None,
+    target_params: int | str | None,
+    allocation: str,
+    order: str,
+) -> tuple[str, int | str]:
+    """Check the options of :func:`choose_widths`; return what is budgeted and the target."""
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
     if order not in ("score_per_cost", "score"):
@@ -359,29 +380,55 @@ def choose_widths(
         raise BudgetError("give exactly one of target_macs and target_params")
     if importance is None and allocation == "importance":
         raise ValueError("the importance allocation needs an importance (or use 'uniform')")
-    if isinstance(model, GatedModel):
-        model = model.model
     what, target = ("macs", target_macs) if target_macs is not None else ("params", target_params)
     _check_budget_syntax(target, what)
+    return what, target
+
+
+def _cost_model_for(
+    model: nn.Module,
+    importance: Importance | None,
+    input_shape: tuple[int, ...] | None,
+    costs: CostModel | None,
+) -> CostModel:
+    """The given cost model, checked against the importance's layers, or a new one."""
     layers = importance.names if importance is not None else None
     if costs is None:
         shape = tuple(input_shape) if input_shape is not None else default_input_shape(model)
-        costs = CostModel(model, shape, layers)
-    elif layers is not None and costs.names != layers:
+        return CostModel(model, shape, layers)
+    if layers is not None and costs.names != layers:
         raise ValueError(f"the cost model varies {costs.names}, the importance scores {layers}")
-    quadratic = costs.macs if what == "macs" else costs.params
-    full = quadratic(costs.units)
+    return costs
+
+
+def _target_in_range(
+    model: nn.Module, quadratic: Quadratic, units: np.ndarray, target: int | str, what: str
+) -> int:
+    """The absolute target, checked to lie between one unit per layer and the full model."""
+    full = quadratic(units)
     target = parse_budget(target, full, what)
-    smallest = quadratic(np.ones_like(costs.units))
+    smallest = quadratic(np.ones_like(units))
     if not smallest <= target <= full:
         raise BudgetError(
             f"target_{what} {target:,} is impossible for this {type(model).__name__}: the "
             f"achievable range is {smallest:,} (one unit per layer) to {full:,} (the full model, "
             f"ratios up to {full / smallest:.1f}x)"
         )
+    return target
+
+
+def _allocate(
+    quadratic: Quadratic,
+    costs: CostModel,
+    importance: Importance | None,
+    target: int,
+    allocation: str,
+    order: str,
+) -> np.ndarray:
+    """Widths under ``target`` by the chosen allocation, then add-back and exchanges."""
     if importance is not None:
         _check_importance(importance, costs)
-
+    rank: _ImportanceRank | _UniformRank
     if allocation == "uniform":
         rank = _UniformRank(costs.units)
         widths = _uniform(quadratic, costs.units, target)
@@ -389,19 +436,17 @@ def choose_widths(
         rank = _ImportanceRank(importance, costs.names, use_cost=order == "score_per_cost")
         widths = _remove_until(quadratic, costs.units, target, rank)
     widths = _add_back(quadratic, costs.units, widths, target, rank)
-    widths = _repair(quadratic, costs.units, widths, target, rank)
-    cost = quadratic(widths)
+    return _repair(quadratic, costs.units, widths, target, rank)
+
+
+def _check_within_tolerance(cost: int, target: int, what: str) -> None:
+    """Refuse widths more than TOLERANCE under the target (the promised window)."""
     if cost < (1 - TOLERANCE) * target:
         raise BudgetError(
             f"no widths found within {TOLERANCE:.0%} under target_{what} {target:,} (best: "
             f"{cost:,}); the units of this network are too coarse for this budget, try a "
             "nearby target"
         )
-
-    result = {name: int(w) for name, w in zip(costs.names, widths)}
-    if verify:
-        _verify(model, costs, result)
-    return result
 
 
 def _check_importance(importance: Importance, costs: CostModel) -> None:

@@ -204,66 +204,98 @@ def find_prunable_layers(model: nn.Module, *, coupled: bool = False) -> LayerGra
             control flow in ``forward``) or has no prunable layer.
     """
     traced = _trace(model)
-    modules = dict(traced.named_modules())
-    spaces = _Spaces()
-    space_of: dict[fx.Node, int] = {}
-    producers: dict[str, fx.Node] = {}
-    consumers: list[tuple[str, int]] = []
-    batchnorms: list[tuple[str, int]] = []
-    calls: dict[str, int] = {}
-    order: dict[fx.Node, int] = {}
+    walk = _Walk(dict(traced.named_modules()))
     for index, node in enumerate(traced.graph.nodes):
-        order[node] = index
-        inputs = [n for n in _tensor_inputs(node) if n in space_of]
-        if node.op == "placeholder":
-            space_of[node] = spaces.new()
-            spaces.fix(space_of[node], "its channels are the network's input")
-        elif node.op == "output":
-            for parent in inputs:
-                spaces.fix(space_of[parent], "its output reaches the network's output (classifier)")
-        elif node.op == "get_attr":
-            continue
-        elif node.op == "call_module":
-            module = modules[node.target]
-            calls[node.target] = calls.get(node.target, 0) + 1
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                for parent in inputs:
-                    consumers.append((node.target, space_of[parent]))
-                space_of[node] = spaces.new()
-                producers[node.target] = node
-                if isinstance(module, nn.Conv2d) and module.groups != 1:
-                    spaces.fix(space_of[node], "grouped convolutions are not supported")
-                    for parent in inputs:
-                        spaces.fix(space_of[parent], f"{node.target} is a grouped convolution")
-            elif isinstance(module, _BATCHNORMS) or isinstance(module, _PASSTHROUGH_MODULES):
-                if isinstance(module, _BATCHNORMS):
-                    batchnorms.append((node.target, space_of[inputs[0]]))
-                space_of[node] = space_of[inputs[0]]
-            else:
-                _opaque(node, inputs, space_of, spaces, f"{node.target} ({type(module).__name__})")
-        elif node.op == "call_function":
-            target = node.target
-            name = getattr(target, "__name__", str(target))
-            if target is getattr or (target is operator.getitem and not inputs):
-                continue
-            if target in _PASSTHROUGH_FUNCTIONS and inputs:
-                space_of[node] = space_of[inputs[0]]
-            elif target in _SCALINGS and len(inputs) == 1:
-                space_of[node] = space_of[inputs[0]]
-            elif target in _ADDITIONS and len(inputs) == 2:
-                space_of[node] = spaces.union(space_of[inputs[0]], space_of[inputs[1]])
-            elif inputs:
-                _opaque(node, inputs, space_of, spaces, f"the operation {name}")
-        elif node.op == "call_method":
-            if node.target in _SHAPE_QUERIES or not inputs:
-                continue
-            if node.target in _PASSTHROUGH_METHODS:
-                space_of[node] = space_of[inputs[0]]
-            else:
-                _opaque(node, inputs, space_of, spaces, f"the method .{node.target}()")
-    return _collect(
-        model, modules, spaces, space_of, producers, consumers, batchnorms, calls, order, coupled
-    )
+        walk.order[node] = index
+        _visit(walk, node, [n for n in _tensor_inputs(node) if n in walk.space_of])
+    return _collect(model, walk, coupled)
+
+
+@dataclass
+class _Walk:
+    """What one pass over the traced graph records: channel spaces and the modules on them."""
+
+    modules: dict[str, nn.Module]
+    spaces: _Spaces = field(default_factory=_Spaces)
+    space_of: dict[fx.Node, int] = field(default_factory=dict)  # tensor -> its channel space
+    producers: dict[str, fx.Node] = field(default_factory=dict)  # Conv2d / Linear -> its node
+    consumers: list[tuple[str, int]] = field(default_factory=list)  # (module, space it reads)
+    batchnorms: list[tuple[str, int]] = field(default_factory=list)  # (module, its space)
+    calls: dict[str, int] = field(default_factory=dict)  # module -> times the trace calls it
+    order: dict[fx.Node, int] = field(default_factory=dict)  # node -> position in the trace
+
+
+def _visit(walk: _Walk, node: fx.Node, inputs: list[fx.Node]) -> None:
+    """Give ``node``'s output a channel space; ``inputs`` are its tensor inputs already seen."""
+    if node.op == "placeholder":
+        walk.space_of[node] = walk.spaces.new()
+        walk.spaces.fix(walk.space_of[node], "its channels are the network's input")
+    elif node.op == "output":
+        for parent in inputs:
+            walk.spaces.fix(
+                walk.space_of[parent], "its output reaches the network's output (classifier)"
+            )
+    elif node.op == "call_module":
+        _visit_module(walk, node, inputs)
+    elif node.op == "call_function":
+        _visit_function(walk, node, inputs)
+    elif node.op == "call_method":
+        _visit_method(walk, node, inputs)
+    # get_attr reads a parameter or buffer: no channel space of its own
+
+
+def _visit_module(walk: _Walk, node: fx.Node, inputs: list[fx.Node]) -> None:
+    """A module call: a Conv2d / Linear opens a space, BatchNorm and passthroughs keep it."""
+    module = walk.modules[node.target]
+    walk.calls[node.target] = walk.calls.get(node.target, 0) + 1
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        _visit_layer(walk, node, module, inputs)
+    elif isinstance(module, _BATCHNORMS) or isinstance(module, _PASSTHROUGH_MODULES):
+        if isinstance(module, _BATCHNORMS):
+            walk.batchnorms.append((node.target, walk.space_of[inputs[0]]))
+        walk.space_of[node] = walk.space_of[inputs[0]]
+    else:
+        _opaque(
+            node, inputs, walk.space_of, walk.spaces, f"{node.target} ({type(module).__name__})"
+        )
+
+
+def _visit_layer(walk: _Walk, node: fx.Node, module: nn.Module, inputs: list[fx.Node]) -> None:
+    """A Conv2d / Linear consumes its inputs' spaces and produces a new one."""
+    for parent in inputs:
+        walk.consumers.append((node.target, walk.space_of[parent]))
+    walk.space_of[node] = walk.spaces.new()
+    walk.producers[node.target] = node
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        walk.spaces.fix(walk.space_of[node], "grouped convolutions are not supported")
+        for parent in inputs:
+            walk.spaces.fix(walk.space_of[parent], f"{node.target} is a grouped convolution")
+
+
+def _visit_function(walk: _Walk, node: fx.Node, inputs: list[fx.Node]) -> None:
+    """A function call: passthroughs and scalings keep the space, additions tie two spaces."""
+    target = node.target
+    name = getattr(target, "__name__", str(target))
+    if target is getattr or (target is operator.getitem and not inputs):
+        return
+    if target in _PASSTHROUGH_FUNCTIONS and inputs:
+        walk.space_of[node] = walk.space_of[inputs[0]]
+    elif target in _SCALINGS and len(inputs) == 1:
+        walk.space_of[node] = walk.space_of[inputs[0]]
+    elif target in _ADDITIONS and len(inputs) == 2:
+        walk.space_of[node] = walk.spaces.union(walk.space_of[inputs[0]], walk.space_of[inputs[1]])
+    elif inputs:
+        _opaque(node, inputs, walk.space_of, walk.spaces, f"the operation {name}")
+
+
+def _visit_method(walk: _Walk, node: fx.Node, inputs: list[fx.Node]) -> None:
+    """A tensor method call: shape queries are ignored, passthroughs keep the space."""
+    if node.target in _SHAPE_QUERIES or not inputs:
+        return
+    if node.target in _PASSTHROUGH_METHODS:
+        walk.space_of[node] = walk.space_of[inputs[0]]
+    else:
+        _opaque(node, inputs, walk.space_of, walk.spaces, f"the method .{node.target}()")
 
 
 def _opaque(node, inputs, space_of, spaces: _Spaces, what: str) -> None:
@@ -281,73 +313,102 @@ def _inputs(module: nn.Module) -> int:
     return module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
 
 
-def _collect(
-    model, modules, spaces, space_of, producers, consumers, batchnorms, calls, order, coupled
-) -> LayerGraph:
-    groups: dict[int, dict] = {}
-
-    def group(space: int) -> dict:
-        root = spaces.find(space)
-        return groups.setdefault(root, {"producers": [], "batchnorms": [], "consumers": []})
-
-    for name, node in producers.items():
-        group(space_of[node])["producers"].append(name)
-        if calls[name] > 1:
-            spaces.fix(space_of[node], "the module is called more than once (shared weights)")
-    for name, space in batchnorms:
-        group(space)["batchnorms"].append(name)
-    for name, space in consumers:
-        group(space)["consumers"].append(name)
+def _collect(model: nn.Module, walk: _Walk, coupled: bool) -> LayerGraph:
+    """The prunable layers (and groups) of the walked graph, and why the others are skipped."""
     layers, skipped = [], {}
-    for root, members in groups.items():
-        names = sorted(members["producers"], key=lambda n: order[producers[n]])
+    for root, members in _members_by_space(walk).items():
+        names = sorted(members["producers"], key=lambda n: walk.order[walk.producers[n]])
         if not names:
             continue
-        reason = spaces.fixed.get(spaces.find(root))
-        units = {_units(modules[n]) for n in names}
-        if reason is None and len(units) != 1:
-            reason = "the layers tied by its residual addition differ in width"
-        if reason is None and not members["consumers"]:
-            reason = "no Conv2d or Linear consumes its output"
-        if reason is None:
-            reason = _check_consumers(units.pop(), members["consumers"], modules)
-        is_group = len(names) > 1 or spaces.find(root) in spaces.added
-        if reason is None and is_group and not coupled:
-            reason = (
-                "its channels are tied to other layers by a residual addition; "
-                "coupled=True gates and prunes them as one group"
-            )
+        is_group = len(names) > 1 or walk.spaces.find(root) in walk.spaces.added
+        reason = _skip_reason(walk, root, members, names, is_group, coupled)
         if reason is not None:
             for name in names:
                 skipped[name] = reason
             continue
-        first = modules[names[0]]
-        direct = {}
-        for name in names:
-            users = list(producers[name].users)
-            if len(users) == 1 and users[0].op == "call_module":
-                follower = modules[users[0].target]
-                if isinstance(follower, _BATCHNORMS):
-                    direct[name] = users[0].target
-        kind = "group" if is_group else ("conv" if isinstance(first, nn.Conv2d) else "linear")
-        layers.append(
-            PrunableLayer(
-                name=names[0],
-                kind=kind,
-                units=_units(first),
-                producers=names,
-                batchnorms=list(dict.fromkeys(members["batchnorms"])),
-                consumers=list(dict.fromkeys(members["consumers"])),
-                direct_batchnorms=direct,
-            )
-        )
-    layers.sort(key=lambda layer: order[producers[layer.name]])
+        layers.append(_prunable_layer(walk, members, names, is_group))
+    layers.sort(key=lambda layer: walk.order[walk.producers[layer.name]])
     if not layers:
         raise UnsupportedModelError(
             f"{type(model).__name__} has no prunable layer (a Conv2d or Linear whose output "
             f"feeds another Conv2d or Linear). Layers found and why they were skipped: {skipped}"
         )
     return LayerGraph(layers, skipped)
+
+
+def _members_by_space(walk: _Walk) -> dict[int, dict[str, list[str]]]:
+    """Producers, BatchNorms and consumers of each channel space, keyed by its root space."""
+    groups: dict[int, dict[str, list[str]]] = {}
+
+    def group(space: int) -> dict[str, list[str]]:
+        root = walk.spaces.find(space)
+        return groups.setdefault(root, {"producers": [], "batchnorms": [], "consumers": []})
+
+    for name, node in walk.producers.items():
+        group(walk.space_of[node])["producers"].append(name)
+        if walk.calls[name] > 1:  # pruning one call's units would prune the other calls' too
+            walk.spaces.fix(
+                walk.space_of[node], "the module is called more than once (shared weights)"
+            )
+    for name, space in walk.batchnorms:
+        group(space)["batchnorms"].append(name)
+    for name, space in walk.consumers:
+        group(space)["consumers"].append(name)
+    return groups
+
+
+def _skip_reason(
+    walk: _Walk,
+    root: int,
+    members: dict[str, list[str]],
+    names: list[str],
+    is_group: bool,
+    coupled: bool,
+) -> str | None:
+    """Why the space at ``root`` cannot be pruned (the first reason found), or None."""
+    reason = walk.spaces.fixed.get(walk.spaces.find(root))
+    units = {_units(walk.modules[n]) for n in names}
+    if reason is None and len(units) != 1:
+        reason = "the layers tied by its residual addition differ in width"
+    if reason is None and not members["consumers"]:
+        reason = "no Conv2d or Linear consumes its output"
+    if reason is None:
+        reason = _check_consumers(units.pop(), members["consumers"], walk.modules)
+    if reason is None and is_group and not coupled:
+        reason = (
+            "its channels are tied to other layers by a residual addition; "
+            "coupled=True gates and prunes them as one group"
+        )
+    return reason
+
+
+def _prunable_layer(
+    walk: _Walk, members: dict[str, list[str]], names: list[str], is_group: bool
+) -> PrunableLayer:
+    """The layer (or group) whose producers are ``names``, in execution order."""
+    first = walk.modules[names[0]]
+    kind = "group" if is_group else ("conv" if isinstance(first, nn.Conv2d) else "linear")
+    return PrunableLayer(
+        name=names[0],
+        kind=kind,
+        units=_units(first),
+        producers=names,
+        batchnorms=list(dict.fromkeys(members["batchnorms"])),
+        consumers=list(dict.fromkeys(members["consumers"])),
+        direct_batchnorms=_direct_batchnorms(walk, names),
+    )
+
+
+def _direct_batchnorms(walk: _Walk, names: list[str]) -> dict[str, str]:
+    """``{producer: BatchNorm}`` for each producer whose only user is a BatchNorm."""
+    direct = {}
+    for name in names:
+        users = list(walk.producers[name].users)
+        if len(users) == 1 and users[0].op == "call_module":
+            follower = walk.modules[users[0].target]
+            if isinstance(follower, _BATCHNORMS):
+                direct[name] = users[0].target
+    return direct
 
 
 def _check_consumers(units: int, consumers: list[str], modules) -> str | None:

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 from scipy import stats
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 from torch.utils.flop_counter import FlopCounterMode
 
 from .train import resolve_device
@@ -62,8 +63,6 @@ def for_inference(model: nn.Module) -> nn.Module:
     Uses ``torch.fx.experimental.optimization.fuse``; a model it cannot trace is returned as an
     eval-mode copy without folding. The outputs equal the model's up to float rounding.
     """
-    from torch.fx.experimental.optimization import fuse
-
     copy_ = copy.deepcopy(model).eval()
     try:
         return fuse(copy_)
@@ -106,27 +105,37 @@ def latency(
     was_training = model.training
     model.eval().to(device)
     batch = torch.randn(input_shape, device=device)
-    four_dimensional = batch.dim() == 4
-    if memory_format == "channels_last" and four_dimensional:
+    # channels_last only means something for a 4-D (N, C, H, W) batch
+    channels_last = memory_format == "channels_last" and batch.dim() == 4
+    if channels_last:
         model.to(memory_format=torch.channels_last)
         batch = batch.to(memory_format=torch.channels_last)
-    times = []
     try:
-        with torch.inference_mode():
-            for index in range(warmup + repeats):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
-                model(batch)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                if index >= warmup:
-                    times.append(time.perf_counter() - started)
+        times = _forward_times(model, batch, device, warmup, repeats)
     finally:
-        if memory_format == "channels_last" and four_dimensional:
+        if channels_last:
             model.to(memory_format=torch.contiguous_format)
         model.train(was_training)
     return statistics.median(times)
+
+
+def _forward_times(
+    model: nn.Module, batch: torch.Tensor, device: torch.device, warmup: int, repeats: int
+) -> list[float]:
+    """Wall time in seconds of each of ``repeats`` forward passes after ``warmup`` untimed ones."""
+    times = []
+    with torch.inference_mode():
+        for index in range(warmup + repeats):
+            # CUDA runs asynchronously: wait for the queued work before and after timing
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            model(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if index >= warmup:
+                times.append(time.perf_counter() - started)
+    return times
 
 
 def speedup(

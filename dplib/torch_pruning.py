@@ -117,13 +117,8 @@ def tp_importance(
     try:
         graph = dependency_graph(model, input_shape)
         if criterion == "tp_taylor":
-            model.zero_grad(set_to_none=True)
             with torch.enable_grad():
-                for index, (images, labels) in enumerate(loader):
-                    if index >= batches:
-                        break
-                    logits = model(images.to(device))
-                    F.cross_entropy(logits, labels.to(device), reduction="sum").backward()
+                _backward_cross_entropy(model, loader, batches, device)
         scores = {}
         for layer in layers:
             group = _group(graph, model, layer, list(range(layer.units)))
@@ -178,25 +173,8 @@ def tp_global_prune(
         raise ValueError(f"pruning_ratio must be in [0, 1), got {pruning_ratio}")
     pruned = copy.deepcopy(_unwrap(model)).eval()
     layers = find_prunable_layers(pruned, coupled=coupled).layers
-    producers = {name for layer in layers for name in layer.producers}
-    ignored = [
-        module
-        for name, module in pruned.named_modules()
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and name not in producers
-    ]
-    if criterion == "tp_taylor":
-        if loader is None:
-            raise ValueError("criterion 'tp_taylor' needs a data loader (training data)")
-        scorer = tp.importance.TaylorImportance()
-        pruned.zero_grad(set_to_none=True)
-        for index, (images, labels) in enumerate(loader):
-            if index >= batches:
-                break
-            F.cross_entropy(pruned(images), labels, reduction="sum").backward()
-    elif criterion in CRITERIA:
-        scorer = tp.importance.MagnitudeImportance(p=1 if criterion == "tp_l1" else 2)
-    else:
-        raise ValueError(f"unknown Torch-Pruning criterion {criterion!r}; choose one of {CRITERIA}")
+    ignored = _layers_left_alone(pruned, layers)
+    scorer = _global_scorer(tp, pruned, criterion, loader, batches)
     shape = tuple(input_shape) if input_shape is not None else default_input_shape(pruned)
     pruner = tp.pruner.BasePruner(
         pruned,
@@ -208,11 +186,57 @@ def tp_global_prune(
     )
     pruner.step()
     pruned.zero_grad(set_to_none=True)
-    modules = dict(pruned.named_modules())
+    return pruned, _widths_of(pruned, layers)
+
+
+def _backward_cross_entropy(
+    model: nn.Module,
+    loader: DataLoader,
+    batches: int,
+    device: torch.device | None = None,
+) -> None:
+    """Clear the gradients, then accumulate those of the summed cross-entropy of ``batches``."""
+    model.zero_grad(set_to_none=True)
+    for index, (images, labels) in enumerate(loader):
+        if index >= batches:
+            break
+        if device is not None:  # None: the batches stay where the loader puts them
+            images, labels = images.to(device), labels.to(device)
+        F.cross_entropy(model(images), labels, reduction="sum").backward()
+
+
+def _layers_left_alone(model: nn.Module, layers: list[PrunableLayer]) -> list[nn.Module]:
+    """The Conv2d / Linear modules that produce none of ``layers``' units."""
+    producers = {name for layer in layers for name in layer.producers}
+    return [
+        module
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and name not in producers
+    ]
+
+
+def _global_scorer(
+    tp: ModuleType, model: nn.Module, criterion: str, loader: DataLoader | None, batches: int
+) -> object:
+    """Torch-Pruning's scorer for ``criterion`` (default normaliser); Taylor's needs gradients."""
+    if criterion == "tp_taylor":
+        if loader is None:
+            raise ValueError("criterion 'tp_taylor' needs a data loader (training data)")
+        scorer = tp.importance.TaylorImportance()
+        _backward_cross_entropy(model, loader, batches)
+        return scorer
+    if criterion in CRITERIA:
+        return tp.importance.MagnitudeImportance(p=1 if criterion == "tp_l1" else 2)
+    raise ValueError(f"unknown Torch-Pruning criterion {criterion!r}; choose one of {CRITERIA}")
+
+
+def _widths_of(model: nn.Module, layers: list[PrunableLayer]) -> dict[str, int]:
+    """Output units of each layer's (first) producer in ``model``, by dplib layer name."""
+    modules = dict(model.named_modules())
     widths = {}
     for layer in layers:
         module = modules[layer.producers[0]]
         widths[layer.name] = (
             module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
         )
-    return pruned, widths
+    return widths
