@@ -40,7 +40,7 @@ test: setup data lint  ## lint, unit tests, notebooks (smoke profile) through nb
 	DPLIB_PROFILE=smoke DPLIB_PROGRESS=off $(BIN)/pytest
 
 figures: setup data  ## the main job: the notebooks of every $(PROFILE) experiment via papermill, then 04_figures
-	DPLIB_PROGRESS=text $(BIN)/python -m dplib.notebooks --profile $(PROFILE)
+	DPLIB_PROGRESS=text $(BIN)/python -m dplib.experiments.runner --profile $(PROFILE)
 
 lab: setup data  ## open JupyterLab on the notebooks in the kit's environment
 	$(BIN)/jupyter lab notebooks/

@@ -4,8 +4,8 @@
 
 Each pair is measured twice: as built (NCHW, BatchNorm as a layer) and as deployed (BatchNorm
 folded into the convolutions, each network in its faster memory format: NCHW or channels-last).
-Networks and widths: VGG-16 at the reference widths of METHOD.md section 5; ResNet-56 at the
-reference inner widths 11-18-30 (every block of a stage), and with its residual stages pruned
+Networks and widths: VGG-16 at the reference widths (notebooks/METHOD.md, section 5); ResNet-56
+at the reference inner widths 11-18-30 (every block of a stage), and with its residual stages pruned
 too (coupled groups, 12-24-48). Speed-up = median latency of the base / of the pruned network,
 each the median of repeated forward passes, interleaved over rounds; batch 64 and batch 1.
 Weights are random (speed does not depend on them). Results: figures/bench/cifar_speedup.{json,md}.
@@ -56,7 +56,7 @@ def main() -> None:
     rows = []
     for name, label, widths, coupled in CASES:
         base = dplib.models.build(name, seed=0).eval()
-        order = dplib.baselines.l1_importance(base, coupled=coupled)
+        order = dplib.criteria.l1_importance(base, coupled=coupled)
         pruned = dplib.prune(base, order, widths).eval()
         base_count = dplib.count(base, (1, 3, 32, 32))
         pruned_count = dplib.count(pruned, (1, 3, 32, 32))

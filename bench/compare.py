@@ -1,4 +1,4 @@
-"""Criteria compared at 2x, 4x, 10x and 20x fewer MACs (dplib.compare), resumable.
+"""Criteria compared at 2x, 4x, 10x and 20x fewer MACs (dplib.experiments.compare), resumable.
 
     python bench/compare.py                                   # the cpu profile's LeNets, 3 seeds
     python bench/compare.py --setups fashion_mnist32-resnet20 # resnet20 (about 90 minutes)
@@ -24,8 +24,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from dplib import compare  # noqa: E402
-from dplib.artefacts import write_json  # noqa: E402
+from dplib.experiments import compare, publish  # noqa: E402
+from dplib.files import write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,14 +49,14 @@ def main() -> None:
             args.root,
             seeds=args.seeds,
             budgets=args.budgets,
-            criteria=args.criteria or compare.criteria_for(setup.model, torch_pruning=True),
+            criteria=args.criteria,
             log=lambda line: print(line, flush=True),
         )
         write_json(args.root / name / "rows.json", result)
         if name not in compare.DEFAULT_SETUPS:  # not rerun by make figures: keep its rows
             write_json(compare.committed_results() / f"{name}.json", result)
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
-    written = compare.write_report(args.root, args.out)
+    written = publish.write_comparison(args.root, args.out)
     print(json.dumps({"written": [str(path) for path in written]}, indent=1))
 
 

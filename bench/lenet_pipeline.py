@@ -1,7 +1,7 @@
 """The measured LeNet-5 pipeline on full Fashion-MNIST (issue: the dplib core).
 
 Pretrain LeNet-5, learn Dirichlet importance for one epoch, and for three width settings (about
-2x, 10x and 20x fewer MACs) plus the three settings of METHOD.md section 7, prune with every
+2x, 10x and 20x fewer MACs) plus the three of notebooks/METHOD.md section 7, prune with every
 criterion, fine-tune for one epoch, and report validation and test accuracy right after pruning
 and after fine-tuning, params, MACs, measured CPU speed-up, the Spearman correlation of each
 criterion with the oracle per layer, and the importance-learning time as a fraction of one
@@ -40,8 +40,8 @@ WIDTHS = {
     "method 5-10-76": "5-10-76",
     "method 3-6-30": "3-6-30",
 }
-# The Dirichlet settings measured: the method as specified (METHOD.md sections 2-3), the
-# reference code's gate without the factor K (METHOD.md section 7), and the kit's defaults
+# The Dirichlet settings measured: the method as specified (notebooks/METHOD.md sections 2-3), the
+# reference code's gate without the factor K (notebooks/METHOD.md section 7), and the kit's defaults
 # (chosen by the study, notebooks/05_study).
 SPECIFIED = {"alpha0": 1.0, "kl_weight": 1.0, "kl_divided_by_n": True, "phi_init": 1.0}
 DIRICHLET = {
@@ -132,11 +132,11 @@ def main() -> None:
             return importance
 
         importances[name] = cached(runs / f"{name}.pt", learn)
-    importances["l1"] = dplib.baselines.l1_importance(model)
-    importances["taylor"] = dplib.baselines.taylor_importance(model, loaders.train, batches=20)
-    importances["random"] = dplib.baselines.random_importance(model, seed=args.seed)
+    importances["l1"] = dplib.criteria.l1_importance(model)
+    importances["taylor"] = dplib.criteria.taylor_importance(model, loaders.train, batches=20)
+    importances["random"] = dplib.criteria.random_importance(model, seed=args.seed)
     importances["oracle"] = cached(
-        runs / "oracle.pt", lambda: dplib.baselines.oracle_importance(model, loaders.val)
+        runs / "oracle.pt", lambda: dplib.criteria.oracle_importance(model, loaders.val)
     )
     oracle = importances["oracle"]
     correlation = {

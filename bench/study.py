@@ -1,4 +1,4 @@
-"""Run the study of what makes Dirichlet importance work (dplib.study), resumable.
+"""Run the study of what makes Dirichlet importance work (dplib.experiments.study), resumable.
 
     python bench/study.py                         # every setup, about 30 minutes on 2 cores
     python bench/study.py --setups mnist5k-lenet5 # one setup
@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from dplib import study
+from dplib.experiments import publish, study
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,9 +32,7 @@ def main() -> None:
     seconds = time.perf_counter() - started
     print(f"study finished in {seconds:.0f} s (cached results are not recomputed)")
     results = study.load_results(args.root)
-    args.out.mkdir(parents=True, exist_ok=True)
-    table = study.summary_table(results)
-    (args.out / "study.md").write_text(table)
+    publish.write_study(results, args.out)
     (args.out / "study.json").write_text(
         json.dumps(
             {
@@ -45,9 +43,7 @@ def main() -> None:
             indent=1,
         )
     )
-    study.plot_factors(results, args.out / "study_factors.png")
-    study.plot_finals(results, args.out / "study_finals.png")
-    print(table)
+    print((args.out / "study.md").read_text())
 
 
 if __name__ == "__main__":

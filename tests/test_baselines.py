@@ -8,25 +8,25 @@ from conftest import trained_like
 
 def test_l1_is_the_norm_of_each_output_row():
     model = dplib.models.build("lenet5", seed=0)
-    importance = dplib.baselines.l1_importance(model)
+    importance = dplib.criteria.l1_importance(model)
     torch.testing.assert_close(importance.scores["conv2"][7], model.conv2.weight[7].abs().sum())
     assert importance.criterion == "l1"
 
 
 def test_bn_scale_uses_gamma_and_falls_back_to_l1():
     model = trained_like(dplib.models.build("lenet5_bn"))
-    importance = dplib.baselines.bn_scale_importance(model)
+    importance = dplib.criteria.bn_scale_importance(model)
     torch.testing.assert_close(importance.scores["conv1"], model.bn1.weight.abs())
     assert importance.config["fallback"] == {"fc1": "l1", "fc2": "l1"}
     with pytest.raises(ValueError, match="needs BatchNorm"):
-        dplib.baselines.bn_scale_importance(dplib.models.build("lenet5"))
+        dplib.criteria.bn_scale_importance(dplib.models.build("lenet5"))
 
 
 def test_random_is_seeded():
     model = dplib.models.build("lenet300")
-    a = dplib.baselines.random_importance(model, seed=1)
-    b = dplib.baselines.random_importance(model, seed=1)
-    c = dplib.baselines.random_importance(model, seed=2)
+    a = dplib.criteria.random_importance(model, seed=1)
+    b = dplib.criteria.random_importance(model, seed=1)
+    c = dplib.criteria.random_importance(model, seed=2)
     assert torch.equal(a.scores["fc1"], b.scores["fc1"])
     assert not torch.equal(a.scores["fc1"], c.scores["fc1"])
 
@@ -34,7 +34,7 @@ def test_random_is_seeded():
 def test_taylor_matches_a_direct_computation(tiny_loader):
     model = trained_like(dplib.models.build("lenet300", seed=0))
     loader = dplib.data.make_loader(tiny_loader.dataset, 64, shuffle=False)
-    importance = dplib.baselines.taylor_importance(model, loader, batches=1, device="cpu")
+    importance = dplib.criteria.taylor_importance(model, loader, batches=1, device="cpu")
     assert all(p.grad is None for p in model.parameters())
     images, labels = next(iter(loader))
     hidden = model.fc1(images.flatten(1))
@@ -48,7 +48,7 @@ def test_oracle_is_the_loss_increase_of_removing_one_unit(tiny_loader):
     model = trained_like(dplib.models.build("lenet300", seed=0))
     fixed = torch.utils.data.TensorDataset(*tiny_loader.dataset.tensors)
     loader = dplib.data.make_loader(fixed, 64, shuffle=False)
-    importance = dplib.baselines.oracle_importance(
+    importance = dplib.criteria.oracle_importance(
         model, loader, chunk=7, device="cpu", show_progress=False
     )
     x, y = fixed.tensors

@@ -18,7 +18,7 @@ RATIOS = ("2x", "4x", "10x", "20x")
 def setup(name: str):
     """The preset, an L1 importance over its layers and residual groups, and its cost model."""
     model = dplib.models.build(name, seed=0).eval()
-    importance = dplib.baselines.l1_importance(model, coupled=True)
+    importance = dplib.criteria.l1_importance(model, coupled=True)
     costs = CostModel(model, default_input_shape(model), importance.names)
     return model, importance, costs
 
@@ -133,14 +133,14 @@ def test_other_arguments_are_checked():
         dplib.choose_widths(model, importance, target_macs="4x", order="cost")
     with pytest.raises(ValueError, match="needs an importance"):
         dplib.choose_widths(model, None, target_macs="4x")
-    other = dplib.baselines.l1_importance(dplib.models.build("lenet5_bn"))
+    other = dplib.criteria.l1_importance(dplib.models.build("lenet5_bn"))
     with pytest.raises(dplib.ImportanceMismatchError):
         dplib.choose_widths(model, other, target_macs="4x")
 
 
 def test_a_custom_model_needs_an_input_shape():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
-    importance = dplib.baselines.l1_importance(model)
+    importance = dplib.criteria.l1_importance(model)
     with pytest.raises(ValueError, match="input_shape"):
         dplib.choose_widths(model, importance, target_params="2x")
     # a malformed budget is reported first, before any forward pass

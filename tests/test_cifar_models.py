@@ -46,7 +46,7 @@ CASES = [
 @pytest.mark.parametrize("coupled", [False, True])
 def test_pruned_equals_masked(name, options, coupled):
     model = trained_like_all(dplib.models.build(name, seed=0, **options))
-    importance = dplib.baselines.random_importance(model, seed=1, coupled=coupled)
+    importance = dplib.criteria.random_importance(model, seed=1, coupled=coupled)
     widths = importance.widths(0.4)
     x = torch.randn(2, 3, 32, 32)
     small = dplib.prune(model, importance, widths).eval()

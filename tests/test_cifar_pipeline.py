@@ -4,7 +4,8 @@ import pytest
 import torch
 from test_data import write_tiny_cifar
 
-from dplib import pipeline, profiles
+from dplib.experiments import profiles, stages
+from dplib.experiments.cache import config_hash
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def test_every_stage_runs_on_each_cifar_network(tiny_cifar, model):
         "smoke", "cifar10", model, criteria=["dirichlet", "l1"], widths=widths
     )
     assert config.width_multiplier == 0.125  # the smoke profile's width for CPU runs
-    comparison = pipeline.run_all(config, log=lambda message: None)
+    comparison = stages.run_all(config, log=lambda message: None)
     base, *rows = comparison.rows
     assert {row["criterion"] for row in rows} == {"dirichlet", "l1"}
     for row in rows:
@@ -30,11 +31,11 @@ def test_every_stage_runs_on_each_cifar_network(tiny_cifar, model):
         assert 0.0 <= row["accuracy"] <= 1.0
         if row["budget"] is not None:  # each criterion's own allocation, within 2% under
             assert 0.98 * base["macs"] / 2 <= row["macs"] <= base["macs"] / 2
-    folder = pipeline.run_dir(config)
+    folder = stages.run_dir(config)
     assert not list(folder.glob(".*training-state*"))  # removed once pretraining completed
-    maps = torch.load(pipeline.feature_maps(config, log=lambda m: None), weights_only=True)
+    maps = torch.load(stages.feature_maps(config, log=lambda m: None), weights_only=True)
     assert maps["images"].shape[1] == 3
-    again = pipeline.run_all(config, log=lambda message: None)  # everything reused
+    again = stages.run_all(config, log=lambda message: None)  # everything reused
     assert again.reused
 
 
@@ -60,12 +61,12 @@ def test_paper_profile_uses_cifar_schedules():
 
 def test_a_damaged_training_state_is_reported_and_pretraining_restarts(tiny_cifar):
     config = profiles.resolve("smoke", "cifar10", "resnet20", criteria=["l1"], widths=["0.5"])
-    folder = pipeline.run_dir(config)
+    folder = stages.run_dir(config)
     folder.mkdir(parents=True)
-    key = pipeline.artefacts.config_hash(pipeline.pretrain_key(config))
+    key = config_hash(stages.pretrain_key(config))
     (folder / f".base-{key}.training-state.pt").write_bytes(b"not a torch file")
     messages = []
-    pretrained = pipeline.pretrain(config, log=messages.append)
+    pretrained = stages.pretrain(config, log=messages.append)
     assert any("training-state" in m and "truncated or corrupt" in m for m in messages), messages
     assert pretrained.metrics["params"] > 0
     assert not (folder / f".base-{key}.training-state.pt").exists()

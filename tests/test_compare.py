@@ -1,4 +1,4 @@
-"""dplib.compare: a smoke-sized comparison (rows, budgets, both allocations, cache, summary)."""
+"""dplib.experiments.compare: a smoke-sized comparison (rows, budgets, allocations, cache)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dplib import compare  # noqa: E402
+from dplib.experiments import compare, figures, publish, reports  # noqa: E402
+from dplib.files import read_json, write_json  # noqa: E402
 
 SETUP = compare.Setup("lenet300", "mnist5k", 1, 0.5, 0.25)
 BUDGETS = ("4x", "10x")
@@ -40,21 +41,21 @@ def test_comparison_rows_meet_budgets_and_cache(tmp_path):
 
     summary = compare.summarise(rows)
     assert len(summary) == len(rows)
-    assert "| 4x | own | dirichlet |" in compare.markdown_table(summary)
+    assert "| 4x | own | dirichlet |" in reports.markdown_table(summary)
     margins = compare.dirichlet_margins(summary)
     assert [m["budget"] for m in margins] == list(BUDGETS)
-    plt.close(compare.plot_comparison(summary, "smoke"))
+    plt.close(figures.plot_comparison(summary, "smoke"))
 
     settles = result["settling"]
     assert len(settles) == 1 and settles[0]["fraction"][-1] == 1.0
     for taus in settles[0]["tau"].values():
         assert taus[-1] == 1.0  # the final snapshot is the final ranking
     assert set(compare.settling_summary(settles)) == set(settles[0]["tau"])
-    plt.close(compare.plot_settling(settles))
+    plt.close(figures.plot_settling(settles))
 
 
 def test_notebook_experiment_runs_writes_rows_and_report(tmp_path, monkeypatch):
-    from dplib import artefacts, profiles
+    from dplib.experiments import profiles
 
     monkeypatch.setenv("DPLIB_RUNS", str(tmp_path / "runs"))
     config = profiles.resolve(
@@ -63,40 +64,40 @@ def test_notebook_experiment_runs_writes_rows_and_report(tmp_path, monkeypatch):
     assert config.compare and config.compare_seeds == (0,) and config.compare_budgets == ("4x",)
     result = compare.run_experiment(config, log=print)
     rows_file = compare.root_for("smoke") / "fashion_mnist-lenet5" / "rows.json"
-    assert rows_file.exists() and artefacts.read_json(rows_file)["rows"] == result["rows"]
+    assert rows_file.exists() and read_json(rows_file)["rows"] == result["rows"]
     assert {r["criterion"] for r in result["rows"]} == set(config.compare_criteria)
     # the evaluation subset is used: accuracies are multiples of 1/200
     assert all(
         abs(200 * r["pruned_val"] - round(200 * r["pruned_val"])) < 1e-6 for r in result["rows"]
     )
 
-    written = compare.write_report(compare.root_for("smoke"), tmp_path / "figures")
+    written = publish.write_comparison(compare.root_for("smoke"), tmp_path / "figures")
     names = {path.name for path in written}
     assert {"compare_lenet5_fashion_mnist.png", "compare_lenet5_fashion_mnist.pdf"} <= names
     assert "settling_fashion_mnist-lenet5.png" in names
     text = (tmp_path / "figures" / "compare.md").read_text()
     assert "| fashion_mnist-lenet5 | 4x | 1 |" in text  # the goals table
     assert "### lenet5 on fashion_mnist (1 seeds)" in text
-    frame = compare.margins_table(compare.summarise(result["rows"]))
+    frame = reports.margins_table(compare.summarise(result["rows"]))
     assert list(frame["budget"]) == ["4x"]
 
     # committed rows (bench/results/compare) join for setups the runs do not have; runs win
     extra = tmp_path / "extra"
-    artefacts.write_json(extra / "fashion_mnist32-resnet20.json", result)
-    artefacts.write_json(extra / "fashion_mnist-lenet5.json", {"rows": [], "stale": True})
+    write_json(extra / "fashion_mnist32-resnet20.json", result)
+    write_json(extra / "fashion_mnist-lenet5.json", {"rows": [], "stale": True})
     both = compare.load_results(compare.root_for("smoke"), extra)
     assert list(both) == ["fashion_mnist-lenet5", "fashion_mnist32-resnet20"]
     assert "stale" not in both["fashion_mnist-lenet5"]
-    written = compare.write_report(compare.root_for("smoke"), tmp_path / "figures", extra)
+    written = publish.write_comparison(compare.root_for("smoke"), tmp_path / "figures", extra)
     assert "compare_resnet20_fashion_mnist32.png" in {path.name for path in written}
 
     # an experiment the profile does not compare is skipped, and says so by returning None
     assert compare.run_experiment(config.replace(compare=False)) is None
-    assert compare.write_report(tmp_path / "empty", tmp_path / "nothing") == []
+    assert publish.write_comparison(tmp_path / "empty", tmp_path / "nothing") == []
 
 
 def test_cpu_profile_compares_the_lenets_with_the_bench_setups():
-    from dplib import profiles
+    from dplib.experiments import profiles
 
     for dataset, model in profiles.LENET_COMPARISONS:
         config = profiles.resolve("cpu", dataset, model)
@@ -117,7 +118,7 @@ def test_cpu_profile_compares_the_lenets_with_the_bench_setups():
     ],
 )
 def test_bad_comparison_settings_fail_before_training(override, message):
-    from dplib import profiles
+    from dplib.experiments import profiles
 
     with pytest.raises(ValueError, match=message):
         profiles.resolve("smoke", "fashion_mnist", "lenet5", **override)

@@ -32,7 +32,7 @@ def test_same_seed_same_weights():
 
 def test_latency_and_speedup_are_positive():
     model = dplib.models.build("lenet5")
-    small = dplib.prune(model, dplib.baselines.l1_importance(model), "3-6-30")
+    small = dplib.prune(model, dplib.criteria.l1_importance(model), "3-6-30")
     assert dplib.latency(small, (8, 1, 28, 28), repeats=3, warmup=1) > 0
     assert dplib.speedup(model, small, (8, 1, 28, 28), repeats=3, rounds=1) > 0
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from dplib import notebooks, profiles
+from dplib.experiments import profiles, runner
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 EXPECTED = ["00_primer", "01_pretrain", "02_importance", "03_prune", "04_figures", "05_study"]
@@ -23,7 +23,7 @@ def _load(name: str) -> nbformat.NotebookNode:
 def test_notebook_list():
     found = sorted(path.stem for path in NOTEBOOK_DIR.glob("*.ipynb"))
     assert found == EXPECTED
-    assert list(notebooks.NOTEBOOKS) == MAIN_JOB
+    assert list(runner.NOTEBOOKS) == MAIN_JOB
 
 
 @pytest.mark.parametrize("name", EXPECTED)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dplib import artefacts, pipeline, profiles
+from dplib.experiments import profiles, stages
+from dplib.files import read_json
 from dplib.train import read_checkpoint
 
 KIT = Path(__file__).resolve().parent.parent
@@ -23,9 +24,9 @@ KIT = Path(__file__).resolve().parent.parent
 def runs(tmp_path, monkeypatch):
     monkeypatch.setenv("DPLIB_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("DPLIB_PROGRESS", "off")
-    pipeline._MEMO.clear()
+    stages._MEMO.clear()
     yield tmp_path / "runs"
-    pipeline._MEMO.clear()
+    stages._MEMO.clear()
 
 
 def _tiny(**overrides) -> profiles.Config:
@@ -36,25 +37,25 @@ def _tiny(**overrides) -> profiles.Config:
 
 def test_stage_is_reused_and_config_change_rebuilds(runs):
     config = _tiny()
-    first = pipeline.pretrain(config, log=lambda m: None)
+    first = stages.pretrain(config, log=lambda m: None)
     assert not first.reused
     assert first.path.parent == runs / "smoke" / "fashion_mnist-lenet5"
-    pipeline._MEMO.clear()
+    stages._MEMO.clear()
     messages = []
-    again = pipeline.pretrain(config, log=messages.append)
+    again = stages.pretrain(config, log=messages.append)
     assert again.reused and "reusing" in messages[0]
     assert again.metrics == first.metrics
-    other = pipeline.pretrain(_tiny(pretrain_lr=0.02), log=lambda m: None)
+    other = stages.pretrain(_tiny(pretrain_lr=0.02), log=lambda m: None)
     assert not other.reused and other.path != first.path
 
 
 def test_corrupt_checkpoint_is_reported_and_rebuilt(runs):
     config = _tiny()
-    first = pipeline.pretrain(config, log=lambda m: None)
+    first = stages.pretrain(config, log=lambda m: None)
     first.path.write_bytes(first.path.read_bytes()[:100])  # a truncated file
-    pipeline._MEMO.clear()
+    stages._MEMO.clear()
     messages = []
-    rebuilt = pipeline.pretrain(config, log=messages.append)
+    rebuilt = stages.pretrain(config, log=messages.append)
     assert not rebuilt.reused
     assert any("cannot reuse" in m and "truncated or corrupt" in m for m in messages), messages
     read_checkpoint(rebuilt.path)  # complete again
@@ -62,11 +63,11 @@ def test_corrupt_checkpoint_is_reported_and_rebuilt(runs):
 
 def test_corrupt_json_is_rebuilt(runs):
     config = _tiny()
-    first = pipeline.pretrain(config, log=lambda m: None)
+    first = stages.pretrain(config, log=lambda m: None)
     first.path.with_suffix(".json").write_text('{"metrics": ')
-    pipeline._MEMO.clear()
+    stages._MEMO.clear()
     messages = []
-    assert not pipeline.pretrain(config, log=messages.append).reused
+    assert not stages.pretrain(config, log=messages.append).reused
     assert any("not valid JSON" in m for m in messages)
 
 
@@ -89,7 +90,7 @@ def test_killed_run_resumes_from_the_last_completed_stage(runs):
     command = [
         sys.executable,
         "-m",
-        "dplib.pipeline",
+        "dplib.experiments.stages",
         "--profile",
         "smoke",
         "--stage",
@@ -121,7 +122,7 @@ def test_killed_run_resumes_from_the_last_completed_stage(runs):
     assert "pretrain: training" not in resumed.stdout
     rows = _check_artefacts(folder)
     assert len(rows) == 9
-    results = artefacts.read_json(next(folder.glob("results-*.json")))["rows"]
+    results = read_json(next(folder.glob("results-*.json")))["result"]["rows"]
     assert len(results) == 1 + 9
     assert {(r["criterion"], r["widths"]) for r in results[1:]} == {
         (c, w) for c in ("l1", "random", "taylor") for w in ("10-25-250", "5-10-76", "3-6-30")
@@ -135,7 +136,7 @@ def test_architecture_table_matches_the_notebook_numbers():
     # carry no outputs for nbval to compare, so they are pinned here.
     config = profiles.resolve("smoke", "fashion_mnist", "lenet5")
     table = {
-        row["widths"]: (row["params"], row["macs"]) for row in pipeline.architecture_table(config)
+        row["widths"]: (row["params"], row["macs"]) for row in stages.architecture_table(config)
     }
     assert table == {
         "20-50-500": (431_080, 2_293_000),

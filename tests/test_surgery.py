@@ -61,7 +61,7 @@ def test_flatten_consumer_keeps_each_channels_block():
 def test_count_of_lenet5_pruned_to_5_10_16():
     model = dplib.models.build("lenet5")
     assert dplib.count(model, (1, 1, 28, 28)) == (431_080, 2_293_000)
-    small = dplib.prune(model, dplib.baselines.l1_importance(model), "5-10-16")
+    small = dplib.prune(model, dplib.criteria.l1_importance(model), "5-10-16")
     params, macs = dplib.count(small, input_shape=(1, 1, 28, 28))
     assert (params, macs) == (4_136, 154_720)
     assert params == sum(p.numel() for p in small.parameters())
@@ -69,7 +69,7 @@ def test_count_of_lenet5_pruned_to_5_10_16():
 
 def test_widths_notations_agree():
     model = dplib.models.build("lenet5_bn")
-    importance = dplib.baselines.l1_importance(model)
+    importance = dplib.criteria.l1_importance(model)
     as_dict = {"conv1": 5, "conv2": 8, "fc1": 45, "fc2": 15}
     counts = {
         dplib.count(dplib.prune(model, importance, widths))
@@ -94,11 +94,11 @@ def test_widths_notations_agree():
 def test_bad_widths_get_clear_errors(widths, message):
     model = dplib.models.build("lenet5")
     with pytest.raises(dplib.WidthsError, match=message):
-        dplib.prune(model, dplib.baselines.l1_importance(model), widths)
+        dplib.prune(model, dplib.criteria.l1_importance(model), widths)
 
 
 def test_importance_of_another_model_is_refused():
-    importance = dplib.baselines.l1_importance(dplib.models.build("lenet5_bn"))
+    importance = dplib.criteria.l1_importance(dplib.models.build("lenet5_bn"))
     with pytest.raises(dplib.ImportanceMismatchError, match="does not fit"):
         dplib.prune(dplib.models.build("lenet5"), importance, "5-10-16")
 

@@ -25,7 +25,7 @@ def _half(importance: dplib.Importance) -> dict[str, int]:
 )
 def test_dependency_graph_prunes_the_same_units_as_dplib(name, coupled):
     model = trained_like(dplib.models.build(name, seed=0))
-    importance = dplib.baselines.random_importance(model, seed=3, coupled=coupled)
+    importance = dplib.criteria.random_importance(model, seed=3, coupled=coupled)
     widths = _half(importance)
     ours = dplib.prune(model, importance, widths).eval()
     theirs = dtp.prune_like_dplib(model, importance, widths).eval()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from dplib import compare
 from dplib.budget import choose_widths
+from dplib.experiments import compare
 from dplib.importance import Importance
 from dplib.surgery import prune
 from dplib.train import evaluate
@@ -45,7 +45,7 @@ for name in [
 ]:
     setup = compare.SETUPS[name]
     for seed in [0, 1, 2]:
-        ctx = compare.prepare(setup, ROOT, seed, log=lambda *_: None)
+        ctx = compare.prepare_seed(setup, ROOT, seed, log=lambda *_: None)
         d = compare.compute_importance(ctx, "dirichlet")
         for budget in ["4x", "10x", "20x"]:
             for rule in RULES:

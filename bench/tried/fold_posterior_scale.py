@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from dplib import compare
+from dplib.experiments import compare
 from dplib.graph import find_prunable_layers
 from dplib.surgery import prune
 from dplib.train import evaluate
@@ -45,7 +45,7 @@ for name in [
     "mnist5k-lenet300",
 ]:
     for seed in [0, 1, 2]:
-        ctx = compare.prepare(compare.SETUPS[name], ROOT, seed, log=lambda *_: None)
+        ctx = compare.prepare_seed(compare.SETUPS[name], ROOT, seed, log=lambda *_: None)
         d = compare.compute_importance(ctx, "dirichlet")
         for budget in ["4x", "10x", "20x"]:
             for alloc in ["same", "own"]:

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from dplib import compare
 from dplib.attach import attach_gates
+from dplib.experiments import compare
 from dplib.gates import DirichletGate
 from dplib.importance import Importance
 from dplib.surgery import prune
@@ -42,7 +42,7 @@ for name in [
 ]:
     setup = compare.SETUPS[name]
     for seed in [0, 1, 2]:
-        ctx = compare.prepare(setup, ROOT, seed, log=lambda *_: None)
+        ctx = compare.prepare_seed(setup, ROOT, seed, log=lambda *_: None)
         imps = {"default": compare.compute_importance(ctx, "dirichlet")}
         for v in chosen:
             path = OUT / f"{name}-{seed}-{v}.pt"

@@ -1,6 +1,8 @@
-"""The kit's figures (matplotlib + seaborn). Each function returns a Figure; :func:`save` writes
-it as PNG and PDF atomically. The data come from ``runs/`` (see :func:`collect`), never from
-training here.
+"""The kit's figures (matplotlib + seaborn): every figure of the notebooks, the comparison and
+the study. Each function draws from data it is given and returns a Figure; :func:`save` writes
+it as PNG and PDF atomically. The data come from ``runs/`` (read by
+:mod:`dplib.experiments.publish`), never from training here. The figure numbers are those of
+the method page ``notebooks/METHOD.md`` (section 6).
 """
 
 from __future__ import annotations
@@ -11,20 +13,24 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import seaborn as sns
 import torch
 
-from . import artefacts, profiles
-from .files import atomic_path
-from .importance import Importance
-from .measure import spearman
+from ..files import atomic_path
+from ..importance import Importance
+from ..measure import spearman
+from . import study
 
-CRITERION_COLOURS = {
+# One colour per criterion in every figure (a criterion not listed gets matplotlib's next one).
+COLOURS = {
     "dirichlet": "#d62728",
     "random": "#7f7f7f",
     "l1": "#1f77b4",
     "taylor": "#2ca02c",
     "bn_scale": "#9467bd",
+    "tp_l2": "#17becf",
+    "tp_taylor": "#bcbd22",
 }
 
 
@@ -82,8 +88,8 @@ def dirichlet_draws(alpha0s: list[float], units: int = 20) -> plt.Figure:
 
 
 def synthetic(results: list[dict[str, Any]]) -> plt.Figure:
-    """METHOD.md figure 2: learned E[s] (+- std) against the true s*, per hidden size and
-    estimator; units sorted by s*."""
+    """Figure 2 (the synthetic check): learned E[s] (+- std) against the true s*, per hidden
+    size and estimator; units sorted by s*."""
     hiddens = sorted({r["hidden"] for r in results})
     estimators = sorted({r["estimator"] for r in results}, reverse=True)
     figure, axes = plt.subplots(
@@ -117,7 +123,7 @@ def synthetic(results: list[dict[str, Any]]) -> plt.Figure:
 
 # Importance ----------------------------------------------------------------------------------
 def importance_bars(importance: Importance, title: str = "") -> plt.Figure:
-    """METHOD.md figure 3: per layer, units sorted by K*E[s] with a ±K*std band."""
+    """Figure 3: per layer, units sorted by K*E[s] with a ±K*std band."""
     names = importance.names
     figure, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 2.8))
     for axis, name in zip(np.atleast_1d(axes), names):
@@ -193,7 +199,7 @@ def importance_learning(importance: Importance, title: str = "") -> plt.Figure:
 
 
 def feature_maps(payload: dict[str, Any], classes: list[str], title: str = "", top: int = 3):
-    """METHOD.md figure 4: test images with the maps of the most and least important channels."""
+    """Figure 4: test images with the maps of the most and least important channels."""
     images, labels, maps = payload["images"], payload["labels"], payload["maps"]
     order = torch.argsort(payload["importance"], descending=True)
     chosen = list(order[:top]) + list(order[-top:])
@@ -223,10 +229,8 @@ def feature_maps(payload: dict[str, Any], classes: list[str], title: str = "", t
 
 # Compression ---------------------------------------------------------------------------------
 def accuracy_vs_compression(rows: list[dict[str, Any]], title: str = "") -> plt.Figure:
-    """METHOD.md figure 5: test accuracy against params and MACs, per criterion, right after
+    """Figure 5: test accuracy against params and MACs, per criterion, right after
     pruning (dashed, open) and after fine-tuning (solid)."""
-    import pandas as pd
-
     frame = pd.DataFrame(rows)
     base = frame[frame["criterion"].str.startswith("base")]
     pruned = frame[~frame["criterion"].str.startswith("base")]
@@ -234,7 +238,7 @@ def accuracy_vs_compression(rows: list[dict[str, Any]], title: str = "") -> plt.
     for axis, measure_name in zip(axes, ("params", "macs")):
         for criterion, group in pruned.groupby("criterion"):
             group = group.sort_values(measure_name)
-            colour = CRITERION_COLOURS.get(criterion)
+            colour = COLOURS.get(criterion)
             axis.plot(
                 group[measure_name], 100 * group["accuracy"], "o-", color=colour, label=criterion
             )
@@ -258,133 +262,135 @@ def accuracy_vs_compression(rows: list[dict[str, Any]], title: str = "") -> plt.
     return figure
 
 
-# Reading runs/ -------------------------------------------------------------------------------
-def collect(profile: str) -> dict[str, dict[str, Any]]:
-    """Everything ``04_figures`` draws, per experiment folder of ``runs/<profile>/``.
+# The comparison at a MAC budget ------------------------------------------------------------
+def plot_comparison(summary: list[dict[str, Any]], title: str = "") -> plt.Figure:
+    """Validation accuracy against MACs, right after pruning and after fine-tuning: one line
+    per criterion, own allocation solid, same widths dashed, error bars one std over seeds."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    criteria = list(dict.fromkeys(e["criterion"] for e in summary))
+    for axis, metric, label in zip(
+        axes, ("pruned_val", "finetuned_val"), ("right after pruning", "after fine-tuning")
+    ):
+        for criterion in criteria:
+            for allocation, style in (("own", "-"), ("same", "--")):
+                entries = sorted(
+                    (
+                        e
+                        for e in summary
+                        if e["criterion"] == criterion and e["allocation"] == allocation
+                    ),
+                    key=lambda e: e["macs"],
+                )
+                if not entries:
+                    continue
+                axis.errorbar(
+                    [e["macs"] for e in entries],
+                    [100 * e[metric] for e in entries],
+                    yerr=[100 * e[metric + "_std"] for e in entries],
+                    ls=style,
+                    marker="o" if allocation == "own" else "x",
+                    ms=4,
+                    capsize=3,
+                    color=COLOURS.get(criterion),
+                    label=f"{criterion} ({allocation})",
+                )
+        axis.set_xscale("log")
+        axis.set_xlabel("MACs (log)")
+        axis.set_ylabel("validation accuracy (%)")
+        axis.set_title(label)
+    axes[1].legend(fontsize=7, ncol=2)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return figure
 
-    For each ``<dataset>-<model>`` folder: ``rows`` (the newest complete results file), the
-    Dirichlet ``importance`` and the ``feature_maps`` payload with its ``classes``, each present
-    only when its stage has finished.
-    """
-    found: dict[str, dict[str, Any]] = {}
-    root = artefacts.profile_dir(profile)
-    for folder in sorted(p for p in root.glob("*-*") if p.is_dir()):
-        entry: dict[str, Any] = {}
-        results = sorted(folder.glob("results-*.json"), key=lambda p: p.stat().st_mtime)
-        if results:
-            entry["rows"] = artefacts.read_json(results[-1])["rows"]
-        learned = sorted(folder.glob("importance-dirichlet-*.pt"), key=lambda p: p.stat().st_mtime)
-        if learned:
-            entry["importance"] = Importance.load(learned[-1])
-        maps = sorted(folder.glob("feature-maps-*.json"), key=lambda p: p.stat().st_mtime)
-        if maps:
-            meta = artefacts.read_json(maps[-1])
-            entry["feature_maps"] = torch.load(
-                maps[-1].with_suffix(".pt"), map_location="cpu", weights_only=True
+
+def plot_settling(settles: list[dict[str, Any]], title: str = "") -> plt.Figure:
+    """Kendall tau with the final ranking against the fraction of learning, per layer (mean
+    over seeds, band: min to max)."""
+    figure, axis = plt.subplots(figsize=(5.5, 3.5))
+    for layer in settles[0]["tau"] if settles else []:
+        fraction = np.asarray(settles[0]["fraction"])
+        values = np.array([s["tau"][layer] for s in settles], dtype=float)
+        line = axis.plot(fraction, values.mean(0), marker=".", label=layer)[0]
+        axis.fill_between(fraction, values.min(0), values.max(0), alpha=0.2, color=line.get_color())
+    axis.set_ylim(-0.1, 1.05)
+    axis.set_xlabel("fraction of importance learning (steps)")
+    axis.set_ylabel("Kendall tau with the final ranking")
+    axis.set_title(title or "how fast the ranking settles")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+# The study --------------------------------------------------------------------------------
+def save_png(figure: plt.Figure, path: str | os.PathLike) -> Path:
+    """Write ``figure`` as one PNG (120 dpi, tight), atomically, and close it (the study's)."""
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def study_factors(results: dict[str, dict[str, list[dict[str, Any]]]]) -> plt.Figure | None:
+    """Per setup, each one-factor change's effect on accuracy right after pruning (None when
+    nothing was screened)."""
+    setups = [s for s, e in results.items() if e["screened"]]
+    if not setups:
+        return None
+    figure, axes = plt.subplots(1, len(setups), figsize=(4.2 * len(setups), 6), squeeze=False)
+    for axis, setup in zip(axes[0], setups, strict=True):
+        screened = results[setup]["screened"]
+        base = next((r for r in screened if r["key"] == "specified"), None)
+        if base is None:
+            continue
+        rows = sorted(
+            (
+                (
+                    study.label(r)[len("dirichlet ") :],
+                    100 * (study.screen_value(r) - study.screen_value(base)),
+                )
+                for r in screened
+                if r["key"] != "specified"
+            ),
+            key=lambda item: item[1],
+        )
+        colours = ["tab:green" if gain > 0 else "tab:red" for _, gain in rows]
+        axis.barh([k for k, _ in rows], [g for _, g in rows], color=colours)
+        axis.axvline(0, color="black", linewidth=0.8)
+        axis.set_title(f"{setup}\n(specified: {100 * study.screen_value(base):.1f}%)", fontsize=9)
+        axis.set_xlabel("change in val. accuracy after pruning (points)")
+        axis.tick_params(axis="y", labelsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def study_finals(results: dict[str, dict[str, list[dict[str, Any]]]]) -> plt.Figure | None:
+    """Per setup, validation accuracy after fine-tuning at each width, finals and baselines
+    (None when nothing was fine-tuned)."""
+    setups = [s for s, e in results.items() if e["finals"]]
+    if not setups:
+        return None
+    figure, axes = plt.subplots(1, len(setups), figsize=(4.5 * len(setups), 4), squeeze=False)
+    for axis, setup in zip(axes[0], setups, strict=True):
+        finals = results[setup]["finals"]
+        widths = list(finals[0]["finetuned"])
+        for result in finals:
+            style = "-" if result["criterion"] == "dirichlet" else "--"
+            axis.plot(
+                widths,
+                [100 * result["finetuned"][w] for w in widths],
+                style,
+                marker="o",
+                label=study.label(result)[:40],
             )
-            entry["classes"] = meta["classes"]
-        if entry:
-            found[folder.name] = entry
-    return found
-
-
-def results_markdown(frame) -> str:
-    """The results table as Markdown (numbers rounded for reading)."""
-    shown = frame.copy()
-    shown["error"] = shown["error"].map(lambda v: f"{v:.2f}")
-    shown["error_pruned"] = shown["error_pruned"].map(lambda v: f"{v:.2f}")
-    shown["params"] = shown["params"].map(lambda v: f"{int(v):,}")
-    shown["macs"] = shown["macs"].map(lambda v: f"{int(v):,}")
-    shown["speedup"] = shown["speedup"].map(lambda v: f"{v:.2f}x")
-    columns = ["network", "dataset", "widths", "criterion", "error", "error_pruned", "params"]
-    columns += ["macs", "speedup"]
-    header = [
-        "network",
-        "dataset",
-        "widths",
-        "criterion",
-        "error % (fine-tuned)",
-        "error % (just pruned)",
-        "params",
-        "MACs",
-        "measured speed-up (CPU, batch 64)",
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for _, row in shown[columns].iterrows():
-        lines.append("| " + " | ".join(str(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_results(frame, folder: str | os.PathLike) -> list[Path]:
-    """``results.csv`` and ``results.md`` in ``folder``, atomically."""
-    folder = Path(folder)
-    csv = artefacts.atomic_write_text(folder / "results.csv", frame.to_csv(index=False))
-    md = artefacts.atomic_write_text(folder / "results.md", results_markdown(frame))
-    return [csv, md]
-
-
-def write_all(profile: str, folder: str | os.PathLike | None = None) -> list[Path]:
-    """Every figure and the results table of ``profile``, from ``runs/<profile>/`` only.
-
-    Writes into ``folder`` (default :func:`dplib.artefacts.figures_dir`) and returns the files.
-    Experiments whose stages have not finished are left out (the notebook lists what it found).
-    """
-    from .compare import committed_results, write_report
-    from .compare import root_for as compare_root
-    from .pipeline import results_table
-    from .synthetic import load_results
-
-    style()
-    folder = Path(folder) if folder is not None else artefacts.figures_dir(profile)
-    written: list[Path] = []
-
-    def emit(figure: plt.Figure, name: str) -> None:
-        written.extend(save(figure, folder, name))
-        plt.close(figure)
-
-    emit(
-        dirichlet_simplex([(1, 1, 1), (10, 10, 10), (0.3, 0.3, 0.3), (6, 2, 1)]),
-        "dirichlet_simplex",
-    )
-    emit(dirichlet_draws([0.1, 1.0, 10.0]), "dirichlet_draws")
-    synthetic_results = load_results(profile)
-    if synthetic_results:
-        emit(synthetic(synthetic_results), "synthetic_check")
-    all_rows: list[dict[str, Any]] = []
-    found = collect(profile)
-    # the table and figures follow the profile's order of experiments (networks, then data)
-    order = [f"{d}-{m}" for d, m in profiles.experiments(profile)]
-    ranked = sorted(found, key=lambda n: (_model_rank(n, order), n))
-    for name in ranked:
-        entry = found[name]
-        label = name
-        if "rows" in entry:
-            label = f"{entry['rows'][0]['network']} on {entry['rows'][0]['dataset']}"
-        if "importance" in entry:
-            emit(importance_bars(entry["importance"], label), f"importance_{name}")
-            emit(importance_learning(entry["importance"], label), f"importance_learning_{name}")
-        if "feature_maps" in entry:
-            emit(
-                feature_maps(entry["feature_maps"], entry["classes"], label),
-                f"interpretability_{name}",
-            )
-        if "rows" in entry:
-            emit(accuracy_vs_compression(entry["rows"], label), f"accuracy_vs_compression_{name}")
-            all_rows.extend(entry["rows"])
-    if all_rows:
-        written.extend(write_results(results_table(all_rows), folder))
-    # the comparison at a MAC budget (03_prune, or bench/compare.py with the same cache)
-    # (the cpu profile also redraws the committed resnet20 rows of bench/compare.py)
-    extra = committed_results() if profile == "cpu" else None
-    written.extend(write_report(compare_root(profile), folder, extra))
-    return written
-
-
-def _model_rank(folder: str, order: list[str]) -> int:
-    """Position of a run folder's model in the profile's experiments (unknown ones last)."""
-    models_in_order = list(dict.fromkeys(name.split("-", 1)[1] for name in order))
-    model = folder.split("-", 1)[1]
-    return models_in_order.index(model) if model in models_in_order else len(models_in_order)
+        axis.set_title(setup, fontsize=9)
+        axis.set_xlabel("kept widths (mild to aggressive)")
+        axis.set_ylabel("val. accuracy after fine-tuning (%)")
+        axis.legend(fontsize=6)
+    figure.tight_layout()
+    return figure
 
 
 def style() -> None:

@@ -11,8 +11,8 @@ smoke      CI and nbval: 4,096 training images, 500 evaluation images, fractions
            seconds per notebook on a 2-core CPU.
 cpu        the default and the main job: full data, LeNet-5 and LeNet-300-100 on MNIST and
            Fashion-MNIST plus the authors' LeNet-5 with BatchNorm; a few minutes per network.
-paper      longer schedules (the paper's LeNet settings, on a GPU when there is one); CIFAR
-           networks join its experiments once :mod:`dplib.models` has them.
+paper      longer schedules, on a GPU when there is one: the LeNets, and the paper's CIFAR-10
+           networks (VGG-16, ResNet-56, WideResNet-28-10) with their usual schedules.
 =========  ==================================================================================
 
 MNIST without internet: :func:`resolve_dataset` falls back to the real 5,000-image subset
@@ -26,21 +26,32 @@ import dataclasses
 import functools
 import io
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
+
+from .. import criteria as criteria_registry
+from ..budget import split_budget_widths
+from ..data import DATASETS, DataNotFoundError, check_dataset_name, load_splits
+from ..importance import format_widths, parse_widths
+from ..models import MODELS, build, check_model_name, input_shape
+from ..settings import DirichletSettings, knobs
+from ..surgery import widths_of
+from ..train import resolve_device
 
 PROFILE_ENV = "DPLIB_PROFILE"
 OFFLINE_ENV = "DPLIB_OFFLINE"
 DEFAULT_PROFILE = "cpu"
 MNIST5K_NOTE = "mnist5k (offline MNIST subset)"
 
-# Widths of the pruned networks: mild, medium, aggressive (METHOD.md section 7 for LeNet-5,
-# the reference code's "pruned architectures" for the authors' LeNet-5 with BatchNorm).
+# Widths of the pruned networks: mild, medium, aggressive (for LeNet-5, those of the method page
+# notebooks/METHOD.md, section 7; for the authors' LeNet-5 with BatchNorm, the reference code's
+# "pruned architectures", section 5).
 WIDTHS: dict[str, tuple[str, ...]] = {
     "lenet5": ("10-25-250", "5-10-76", "3-6-30"),
     "lenet300": ("150-50", "60-30", "20-10"),
     "lenet5_bn": ("5-8-45-15", "6-7-35-17", "3-5-20-10"),
-    # the reference code's pruned VGG-16 (14 gated layers, METHOD.md section 5), then shares
+    # the reference code's pruned VGG-16 (14 gated layers, notebooks/METHOD.md section 5), then
     "vgg16": ("39-39-63-48-55-88-87-52-62-22-42-47-47-47", "macs:2x", "macs:4x"),
     # budgets: each criterion's own allocation by dplib.choose_widths
     "resnet20": ("macs:2x", "macs:4x"),
@@ -49,36 +60,26 @@ WIDTHS: dict[str, tuple[str, ...]] = {
 }
 # Kept fraction per layer for a network without hand-picked widths.
 DEFAULT_FRACTIONS: tuple[str, ...] = ("0.5", "0.25", "0.1")
-CRITERIA: tuple[str, ...] = ("dirichlet", "random", "l1", "taylor", "bn_scale")
-ESTIMATORS = ("sample", "point")
-GATE_SCALES = ("K", "none")
+# The notebooks' names of Dirichlet knobs that differ from dplib.DirichletSettings' own; every
+# other knob (alpha0, kl_weight, kl_divided_by_n, phi_init, estimator, samples, ...) is a
+# parameter under its own name. The knobs' defaults are DirichletSettings' (dplib/settings.py).
+DIRICHLET_PARAMETERS = {"importance_epochs": "epochs", "importance_lr": "lr", "gate_scale": "scale"}
 
-# Settings shared by every profile. The Dirichlet settings are the kit's defaults, chosen by the
-# study of notebooks/05_study (figures/study/): gates K*s created at phi_init 100, a sparse prior
-# alpha0 0.1 whose KL is not divided by N, weighted by 0.01; sample estimator, lr 0.1, one epoch.
-# The method as first specified is gate_scale "K", phi_init 1, alpha0 1, kl_weight 1,
-# kl_divided_by_n True: every knob can be set in the notebooks' parameters.
+# Settings shared by every profile (the Dirichlet knobs are dplib.DirichletSettings' defaults).
 COMMON: dict[str, Any] = {
     "seed": 0,
     "device": "cpu",
     "batch_size": 128,
     "pretrain_lr": 0.05,
-    "importance_lr": 0.1,
-    "alpha0": 0.1,
-    "kl_weight": 0.01,
-    "kl_divided_by_n": False,
-    "phi_init": 100.0,
-    "gate_scale": "K",
-    "estimator": "sample",
-    "samples": 1,
     "finetune_lr": 0.01,
     "taylor_batches": 10,
     "speedup_batch": 64,
     "width_multiplier": None,  # CIFAR networks only; None: the profile's cifar_width_multiplier
     "widths": None,  # None: WIDTHS[model]
-    "criteria": None,  # None: every criterion that applies to the model
-    # The comparison at a MAC budget of 03_prune (dplib.compare): seeds, budgets, criteria (None:
-    # every criterion, Torch-Pruning's where installed); compare None: the profile decides.
+    "criteria": None,  # None: the registry's defaults that apply to the model
+    # The comparison at a MAC budget of 03_prune (dplib.experiments.compare): seeds, budgets,
+    # criteria (None: the registry's defaults with Torch-Pruning's where installed); compare
+    # None: the profile decides.
     "compare": None,
     "compare_seeds": (0, 1, 2),
     "compare_budgets": ("2x", "4x", "10x", "20x"),
@@ -91,7 +92,6 @@ LENET_COMPARISONS = (
     ("fashion_mnist", "lenet300"),
     ("fashion_mnist", "lenet5"),
 )
-COMPARE_CRITERIA = (*CRITERIA, "tp_l2", "tp_taylor")
 
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -189,15 +189,7 @@ class Config:
     batch_size: int
     pretrain_epochs: float
     pretrain_lr: float
-    importance_epochs: float
-    importance_lr: float
-    alpha0: float
-    kl_weight: float
-    kl_divided_by_n: bool
-    phi_init: float
-    gate_scale: str
-    estimator: str
-    samples: int
+    dirichlet: DirichletSettings  # importance learning: its epochs, lr and every knob
     finetune_epochs: float
     finetune_lr: float
     taylor_batches: int
@@ -218,8 +210,9 @@ class Config:
         return f"{self.dataset}-{self.model}"
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every field (JSON-ready)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items()}
+        """Plain dict of every field (JSON-ready; the Dirichlet settings as a dict)."""
+        plain = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items()}
+        return plain | {"dirichlet": self.dirichlet.to_dict()}
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (no validation: use :func:`resolve` for that)."""
@@ -245,15 +238,11 @@ def preset(profile: str) -> dict[str, Any]:
 
 def experiments(profile: str) -> list[tuple[str, str]]:
     """The (dataset, model) pairs of ``profile`` whose model dplib can build."""
-    from .models import MODELS
-
     return [(d, m) for d, m in preset(profile)["experiments"] if m in MODELS]
 
 
 @functools.cache
 def _mnist_available() -> tuple[bool, str]:
-    from .data import DataNotFoundError, load_splits
-
     download = os.environ.get(OFFLINE_ENV, "") in ("", "0")
     # torchvision prints every mirror it tries; the one-line note below says what matters.
     quiet = io.StringIO()
@@ -272,8 +261,6 @@ def resolve_dataset(name: str) -> tuple[str, str, str]:
     when the full MNIST files are not here and cannot be downloaded. The check runs once per
     process; ``DPLIB_OFFLINE=1`` skips the download attempt.
     """
-    from .data import check_dataset_name
-
     check_dataset_name(name)
     if name != "mnist":
         return name, name, ""
@@ -286,11 +273,6 @@ def resolve_dataset(name: str) -> tuple[str, str, str]:
         "1,000 test images). Numbers on it are noisier than on the full MNIST."
     )
     return "mnist5k", MNIST5K_NOTE, note
-
-
-def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
 
 
 def resolve(
@@ -308,34 +290,56 @@ def resolve(
             ``cifar10``.
         model: a name of :data:`dplib.models.MODELS`.
         overrides: any field of :class:`Config` (e.g. ``seed=1``, ``pretrain_epochs=5``,
-            ``widths=["5-10-76"]``); None keeps the profile's value.
+            ``widths=["5-10-76"]``), any knob of :class:`dplib.DirichletSettings` (``alpha0=1``;
+            ``importance_epochs``, ``importance_lr``, ``gate_scale`` for its epochs, lr and
+            scale), or ``dirichlet=DirichletSettings(...)``; None keeps the profile's value.
 
     Raises:
         ValueError: an unknown profile, model, data set, device, estimator, gate scale,
             criterion, override name, or widths that do not fit the model. Nothing is trained
             before these checks.
     """
-    from .data import check_dataset_name
-    from .models import build, check_model_name
-    from .surgery import widths_of
-    from .train import resolve_device
-
     profile = profile or default_profile()
     settings = preset(profile)
     check_model_name(model)
     check_dataset_name(dataset)
-    fields = {f.name for f in dataclasses.fields(Config)}
-    unknown = sorted(k for k in overrides if k not in fields and k not in settings)
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}; known settings: {sorted(fields)}")
-    settings.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    _check_override_names(given, settings)
+    settings.update(given)
     resolve_device(settings["device"])
-    _check_choice("estimator", settings["estimator"], ESTIMATORS)
-    _check_choice("gate scale", settings["gate_scale"], GATE_SCALES)
+    _check_input(model, dataset)
+    _apply_cifar_defaults(settings, profile, model, given)
+    used, label, note = resolve_dataset(dataset)
+    note = _apply_small_data_factor(settings, used, given, note)
+    settings["dirichlet"] = _dirichlet_settings(settings, given)
+    network = build(model, width_multiplier=settings["width_multiplier"])
+    settings["criteria"] = _criteria(settings["criteria"], network)
+    settings["widths"] = _widths(settings["widths"], model, network)
+    _resolve_comparison(settings, dataset, model)
+    names = {f.name for f in dataclasses.fields(Config)}
+    fixed = {"profile", "dataset", "requested_dataset", "dataset_label", "dataset_note", "model"}
+    return Config(
+        profile=profile,
+        dataset=used,
+        requested_dataset=dataset,
+        dataset_label=label,
+        dataset_note=note.strip(),
+        model=model,
+        **{k: settings[k] for k in names - fixed},
+    )
 
-    from .data import DATASETS
-    from .models import input_shape
 
+def _check_override_names(given: dict[str, Any], settings: dict[str, Any]) -> None:
+    """A ValueError naming the overrides that are no setting at all."""
+    known = {f.name for f in dataclasses.fields(Config)} | set(settings)
+    known |= set(knobs()) | set(DIRICHLET_PARAMETERS)
+    unknown = sorted(k for k in given if k not in known)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; known settings: {sorted(known)}")
+
+
+def _check_input(model: str, dataset: str) -> None:
+    """A ValueError when the network's input is not the data set's image size."""
     network_input = input_shape(model)
     if DATASETS[dataset].input_shape != network_input:
         raise ValueError(
@@ -344,60 +348,73 @@ def resolve(
             "model of the same input (the LeNets for MNIST-like data, vgg16 / resnet* / "
             "wrn28_10 for cifar10)"
         )
-    if network_input[1] == 32:
-        if settings.get("width_multiplier") is None:
-            settings["width_multiplier"] = settings.get("cifar_width_multiplier")
-        for key, value in CIFAR_SCHEDULES.get(profile, {}).items():
-            if overrides.get(key) is None:
-                settings[key] = value
-    elif settings.get("width_multiplier") is not None:
-        raise ValueError(f"width_multiplier applies to the CIFAR networks, not {model!r}")
 
-    used, label, note = resolve_dataset(dataset)
-    if used in SMALL_DATASETS:
-        factor = settings["small_data_epoch_factor"]
-        for key in ("pretrain_epochs", "importance_epochs", "finetune_epochs"):
-            if key not in overrides or overrides[key] is None:
-                settings[key] = settings[key] * factor
-        if factor != 1:
-            note += f" Epochs are multiplied by {factor} on this small data set."
 
-    net = build(model, width_multiplier=settings["width_multiplier"])
-    has_bn = any("BatchNorm" in type(m).__name__ for m in net.modules())
-    criteria = settings["criteria"]
-    if criteria is None:
-        criteria = [c for c in CRITERIA if c != "bn_scale" or has_bn]
-    for criterion in criteria:
-        _check_choice("criterion", criterion, CRITERIA)
-    widths = settings["widths"]
+def _apply_cifar_defaults(
+    settings: dict[str, Any], profile: str, model: str, given: dict[str, Any]
+) -> None:
+    """The profile's width and schedules for a CIFAR network (32x32 input), in place."""
+    if input_shape(model)[1] != 32:
+        if settings.get("width_multiplier") is not None:
+            raise ValueError(f"width_multiplier applies to the CIFAR networks, not {model!r}")
+        return
+    if settings.get("width_multiplier") is None:
+        settings["width_multiplier"] = settings.get("cifar_width_multiplier")
+    for key, value in CIFAR_SCHEDULES.get(profile, {}).items():
+        if key not in given:
+            settings[key] = value
+
+
+def _apply_small_data_factor(
+    settings: dict[str, Any], used: str, given: dict[str, Any], note: str
+) -> str:
+    """Multiply the epochs not given explicitly on a small data set; return the note."""
+    if used not in SMALL_DATASETS:
+        return note
+    factor = settings["small_data_epoch_factor"]
+    for key in ("pretrain_epochs", "importance_epochs", "finetune_epochs"):
+        if key not in given:
+            settings[key] = settings[key] * factor
+    if factor != 1:
+        note += f" Epochs are multiplied by {factor} on this small data set."
+    return note
+
+
+def _dirichlet_settings(settings: dict[str, Any], given: dict[str, Any]) -> DirichletSettings:
+    """The experiment's :class:`DirichletSettings`: the defaults (or ``dirichlet=``), the
+    profile's importance epochs, then the knobs given as parameters (checked)."""
+    base = settings.get("dirichlet") or DirichletSettings()
+    if not isinstance(base, DirichletSettings):
+        raise ValueError(f"dirichlet must be a dplib.DirichletSettings, got {base!r}")
+    chosen = {"epochs": settings["importance_epochs"]} if "dirichlet" not in given else {}
+    for name, value in given.items():
+        knob = DIRICHLET_PARAMETERS.get(name, name)
+        if knob in knobs():
+            chosen[knob] = value
+    return base.replace(**chosen)
+
+
+def _criteria(chosen: Any, network: Any) -> tuple[str, ...]:
+    """The criteria of the table: the registry's defaults for ``network``, or those named."""
+    if chosen is None:
+        return criteria_registry.defaults(network)
+    chosen = (chosen,) if isinstance(chosen, str) else tuple(chosen)
+    for name in chosen:
+        criteria_registry.get(name)
+    return chosen
+
+
+def _widths(widths: Any, model: str, network: Any) -> tuple[str, ...]:
+    """The profile's widths settings (or those given), each checked against ``network``."""
     if widths is None:
         widths = WIDTHS.get(model, DEFAULT_FRACTIONS)
     if isinstance(widths, str):
         widths = [widths]
-    widths = tuple(_normalise_widths(w, widths_of(net)) for w in widths)
-    _resolve_comparison(settings, dataset, model)
-    return Config(
-        profile=profile,
-        dataset=used,
-        requested_dataset=dataset,
-        dataset_label=label,
-        dataset_note=note.strip(),
-        model=model,
-        widths=widths,
-        criteria=tuple(criteria),
-        **{
-            k: settings[k]
-            for k in fields
-            if k not in ("profile", "dataset", "requested_dataset", "dataset_label")
-            and k not in ("dataset_note", "model", "widths", "criteria")
-        },
-    )
+    return tuple(_normalise_widths(w, widths_of(network)) for w in widths)
 
 
 def _resolve_comparison(settings: dict[str, Any], dataset: str, model: str) -> None:
     """Check the comparison's settings in place; ``compare`` None becomes the profile's choice."""
-    from .budget import split_budget_widths
-
     if settings["compare"] is None:
         settings["compare"] = (dataset, model) in settings.get("compare_experiments", ())
     for key in ("compare_seeds", "compare_budgets"):
@@ -410,22 +427,22 @@ def _resolve_comparison(settings: dict[str, Any], dataset: str, model: str) -> N
             raise ValueError(f"compare budget {budget!r} must be a ratio of fewer MACs, e.g. '4x'")
         split_budget_widths(f"macs:{budget}")
     if settings["compare_criteria"] is not None:
-        criteria = settings["compare_criteria"]
-        settings["compare_criteria"] = tuple([criteria] if isinstance(criteria, str) else criteria)
-        for criterion in settings["compare_criteria"]:
-            _check_choice("compare criterion", criterion, COMPARE_CRITERIA)
+        chosen = settings["compare_criteria"]
+        settings["compare_criteria"] = tuple([chosen] if isinstance(chosen, str) else chosen)
+        for name in settings["compare_criteria"]:
+            if name not in criteria_registry.names():
+                raise ValueError(
+                    f"unknown compare criterion {name!r}; choose one of "
+                    f"{', '.join(criteria_registry.names())}"
+                )
 
 
 def _normalise_widths(widths: str | list[int], units: dict[str, int]) -> str:
     """Widths as the string notation, checked; a fraction such as "0.5" keeps that share; a
     budget such as "macs:4x" is kept as it is (each criterion allocates it, see
     :func:`dplib.budget.split_budget_widths`)."""
-    from .budget import split_budget_widths
-    from .importance import format_widths, parse_widths
-
     if split_budget_widths(widths) is not None:
         return widths
-
     if isinstance(widths, str) and widths.replace(".", "", 1).isdigit() and "." in widths:
         share = float(widths)
         if not 0 < share <= 1:
@@ -440,12 +457,8 @@ def describe(config: Config) -> str:
         f"profile {config.profile}: {config.model} on {config.dataset_label}, seed {config.seed}, "
         f"device {config.device}",
         f"  pretrain {config.pretrain_epochs:g} epochs (lr {config.pretrain_lr:g}); importance "
-        f"{config.importance_epochs:g} epochs; fine-tune {config.finetune_epochs:g} epochs",
-        f"  Dirichlet: gate scale {config.gate_scale}, phi_init {config.phi_init:g}, alpha0 "
-        f"{config.alpha0:g}, kl_weight {config.kl_weight:g}"
-        f"{' (KL/N)' if config.kl_divided_by_n else ' (KL not divided by N)'}, "
-        f"lr {config.importance_lr:g}, "
-        f"{config.estimator} estimator, M={config.samples}",
+        f"{config.dirichlet.epochs:g} epochs; fine-tune {config.finetune_epochs:g} epochs",
+        f"  Dirichlet: {config.dirichlet.describe()}",
         f"  widths {', '.join(config.widths)}; criteria {', '.join(config.criteria)}",
     ]
     if config.compare:
@@ -461,8 +474,6 @@ def describe(config: Config) -> str:
 
 
 def _main() -> None:
-    import sys
-
     profile = sys.argv[1] if len(sys.argv) > 1 else default_profile()
     for dataset, model in experiments(profile):
         print(f"{dataset}:{model}")

@@ -1,4 +1,4 @@
-"""Run the kit's notebooks headless with papermill: the main command, ``make figures``.
+"""Run the kit's notebooks headless with papermill: the main job, ``make figures``.
 
 For every experiment of a profile it executes ``01_pretrain``, ``02_importance`` and
 ``03_prune`` with that experiment's parameters, then ``00_primer`` and ``04_figures`` once.
@@ -12,7 +12,9 @@ run of an unchanged experiment takes seconds too).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -21,20 +23,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import artefacts, profiles
+from ..data import DataNotFoundError, load_splits
+from ..files import read_json, write_json
+from . import paths, profiles
 
 NOTEBOOKS = ("00_primer", "01_pretrain", "02_importance", "03_prune", "04_figures")
 PER_EXPERIMENT = ("01_pretrain", "02_importance", "03_prune")
 
 
-def notebook_dir() -> Path:
-    """The kit's ``notebooks/`` folder."""
-    return artefacts.kit_root() / "notebooks"
-
-
 def plan(profile: str) -> list[tuple[str, dict[str, Any], Path]]:
     """(notebook, parameters, executed copy) in the order the main command runs them."""
-    out = artefacts.profile_dir(profile) / "notebooks"
+    out = paths.profile_dir(profile) / "notebooks"
     steps = [("00_primer", {"profile": profile}, out / "00_primer.ipynb")]
     for dataset, model in profiles.experiments(profile):
         parameters = {"profile": profile, "dataset": dataset, "model": model}
@@ -53,7 +52,7 @@ def _inputs(name: str, parameters: dict[str, Any]) -> Any:
     """
     profile = parameters["profile"]
     if name == "04_figures":
-        root = artefacts.profile_dir(profile)
+        root = paths.profile_dir(profile)
         listing = hashlib.sha256()
         for path in sorted(root.glob("*/*")):
             if path.parent.name not in ("notebooks", "figures") and not path.name.startswith("."):
@@ -71,7 +70,7 @@ def run_notebook(name: str, parameters: dict[str, Any], output: Path, *, force: 
     """
     import papermill
 
-    source = notebook_dir() / f"{name}.ipynb"
+    source = paths.notebook_dir() / f"{name}.ipynb"
     stamp = {
         "notebook": hashlib.sha256(source.read_bytes()).hexdigest()[:12],
         "parameters": parameters,
@@ -81,7 +80,7 @@ def run_notebook(name: str, parameters: dict[str, Any], output: Path, *, force: 
     done = output.with_suffix(".json")
     if not force and output.exists() and done.exists():
         try:
-            if artefacts.read_json(done) == stamp:
+            if read_json(done) == stamp:
                 print(f"[dplib] {output}: up to date", flush=True)
                 return False
         except ValueError:
@@ -97,21 +96,16 @@ def run_notebook(name: str, parameters: dict[str, Any], output: Path, *, force: 
         kernel_name="python3",
         log_output=True,
         progress_bar=False,
-        cwd=str(notebook_dir()),
+        cwd=str(paths.notebook_dir()),
     )
     os.replace(temporary, output)
-    artefacts.write_json(done, stamp)
+    write_json(done, stamp)
     print(f"[dplib] {name} finished in {time.perf_counter() - started:.0f} s", flush=True)
     return True
 
 
 def _missing_data(dataset: str) -> str | None:
     """Why ``dataset`` cannot be used here (None when it can); prints the offline-MNIST note."""
-    import contextlib
-    import io
-
-    from .data import DataNotFoundError, load_splits
-
     used, _, note = profiles.resolve_dataset(dataset)
     if note:
         print(f"[dplib] NOTE: {note}", flush=True)
@@ -126,7 +120,7 @@ def _missing_data(dataset: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m dplib.notebooks [--profile cpu] [--only fashion_mnist-lenet5] [--force]``."""
+    """``python -m dplib.experiments.runner [--profile cpu] [--only <experiment>] [--force]``."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--profile", default=profiles.default_profile())
     parser.add_argument("--only", nargs="*", help="experiments (dataset-model) or notebook names")
@@ -155,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         run_notebook(name, parameters, output, force=args.force)
     elapsed = time.perf_counter() - started
     print(f"[dplib] profile {args.profile}: done in {elapsed:.0f} s", flush=True)
-    print(f"[dplib] figures and results table in {artefacts.figures_dir(args.profile)}", flush=True)
+    print(f"[dplib] figures and results table in {paths.figures_dir(args.profile)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,45 +12,39 @@ stage                  artefacts (``<h>``: hash of the configuration that produc
 =====================  ===================================================================
 
 Every stage first calls the stages it needs (each returns at once when its artefact is there),
-so any notebook can run on its own. A stage is reused when its JSON exists and its files read
-back; a corrupt or truncated file is reported in the log and rebuilt. Files are written
-atomically and the JSON last, so killing a run at any moment leaves only complete artefacts,
-and the next run resumes after the last completed one.
+so any notebook can run on its own. Each artefact goes through
+:func:`~dplib.experiments.cache.cached`: reused when its JSON holds the same configuration and
+its file reads back; a corrupt or truncated file is reported in the log and rebuilt. Files are
+written atomically and the JSON last, so killing a run at any moment leaves only complete
+artefacts, and the next run resumes after the last completed one.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import artefacts, data, measure, models, profiles
-from .attach import attach_gates
-from .baselines import baseline_importance
-from .budget import choose_widths, split_budget_widths
-from .importance import Importance, atomic_torch_save, format_widths
-from .surgery import prune, widths_of
-from .train import CheckpointError, evaluate, fit, load_checkpoint, save_checkpoint
-from .vi import learn_importance
+from .. import criteria, data, measure, models
+from ..budget import choose_widths, split_budget_widths
+from ..files import atomic_torch_save
+from ..importance import Importance, format_widths
+from ..surgery import prune, widths_of
+from ..train import evaluate, fit, load_checkpoint, save_checkpoint
+from . import paths, profiles
+from .cache import Cached, Log, cached, config_hash, log_line
 
-Log = Callable[[str], None]
 BASE_CRITERION = "base (unpruned)"
-
-
-def log_line(message: str) -> None:
-    """The pipeline's log: one line on stdout (papermill copies it into its log)."""
-    print(f"[dplib] {message}", flush=True)
 
 
 def run_dir(config: profiles.Config) -> Path:
     """``runs/<profile>/<dataset>-<model>/``."""
-    return artefacts.profile_dir(config.profile) / config.name
+    return paths.profile_dir(config.profile) / config.name
 
 
 @dataclass
@@ -80,7 +74,6 @@ class Comparison:
     rows: list[dict[str, Any]]
     path: Path
     reused: bool = False
-    rebuilt: list[str] = field(default_factory=list)
 
 
 class _Data:
@@ -134,19 +127,9 @@ def _memo_put(path: Path, value: Any) -> Any:
     return value
 
 
-def _complete(meta: Path, log: Log) -> dict[str, Any] | None:
-    """The JSON of a finished stage, or None (missing or unreadable: the stage runs)."""
-    if not meta.exists():
-        return None
-    try:
-        return artefacts.read_json(meta)
-    except ValueError as error:
-        log(f"{error}")
-        return None
-
-
-def _rebuilding(path: Path, error: Exception, log: Log) -> None:
-    log(f"cannot reuse {path.name}: {type(error).__name__}: {error} -- rebuilding it")
+def _reused(stage: str, result: Cached, log: Log) -> None:
+    if result.reused:
+        log(f"{stage}: reusing {result.path.relative_to(paths.runs_root())}")
 
 
 # Stage 1: pretraining -----------------------------------------------------------------------
@@ -167,25 +150,38 @@ def pretrain(config: profiles.Config, *, log: Log = log_line, loaders=None) -> P
 
     Metrics: validation and test accuracy, parameters, MACs, seconds per epoch.
     """
-    key = artefacts.config_hash(pretrain_key(config))
-    folder = run_dir(config)
-    path, meta = folder / f"base-{key}.pt", folder / f"base-{key}.json"
+    key = pretrain_key(config)
+    path = run_dir(config) / f"base-{config_hash(key)}.pt"
     if (held := _memo_get(path)) is not None:
         return held
-    done = _complete(meta, log)
-    if done is not None:
-        model = _build(config)
-        try:
-            load_checkpoint(path, model)
-            log(f"pretrain: reusing {path.relative_to(artefacts.runs_root())}")
-            return _memo_put(path, Pretrained(model.eval(), done["metrics"], path, True))
-        except (CheckpointError, FileNotFoundError) as error:
-            _rebuilding(path, error, log)
     loaders = loaders or _Data(config)
+    result = cached(
+        path,
+        key,
+        lambda: _train_base(config, loaders, path, log),
+        save=lambda model, target: save_checkpoint(
+            target, model, model_name=config.model, config_hash=config_hash(key)
+        ),
+        load=lambda source, _: _load_base(config, source),
+        log=log,
+    )
+    _reused("pretrain", result, log)
+    path.with_name(f".{path.stem}.training-state.pt").unlink(missing_ok=True)
+    return _memo_put(path, Pretrained(result.value, result.meta["metrics"], path, result.reused))
+
+
+def _load_base(config: profiles.Config, path: Path) -> nn.Module:
+    model = _build(config)
+    load_checkpoint(path, model)
+    return model.eval()
+
+
+def _train_base(
+    config: profiles.Config, loaders: _Data, path: Path, log: Log
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train the base network, resuming from the training state of its last complete epoch."""
     log(f"pretrain: training {config.model} on {config.dataset_label}")
-    model = _build(config, seed=config.seed)
-    # the training state of every completed epoch: a killed long pretraining resumes from it
-    state = folder / f".base-{key}.training-state.pt"
+    state = path.with_name(f".{path.stem}.training-state.pt")
     options = {
         "epochs": config.pretrain_epochs,
         "lr": config.pretrain_lr,
@@ -196,146 +192,133 @@ def pretrain(config: profiles.Config, *, log: Log = log_line, loaders=None) -> P
         "checkpoint": state,
         "desc": "pretrain",
     }
+    model = _build(config, seed=config.seed)
     try:
         history = fit(model, loaders().train, **options)
-    except CheckpointError as error:  # a damaged training state: start the pretraining afresh
-        _rebuilding(state, error, log)
+    except ValueError as error:  # a damaged training state: start the pretraining afresh
+        log(f"cannot reuse {state.name}: {type(error).__name__}: {error} -- rebuilding it")
         state.unlink(missing_ok=True)
         model = _build(config, seed=config.seed)
         history = fit(model, loaders().train, **options)
     model.cpu().eval()
+    metrics = _base_metrics(config, model, loaders(), history)
+    log(
+        f"pretrain: test accuracy {metrics['test_accuracy']:.4f}, {metrics['params']:,} params, "
+        f"{metrics['macs']:,} MACs ({history['seconds']:.0f} s)"
+    )
+    return model, {"metrics": metrics, "history": history}
+
+
+def _base_metrics(
+    config: profiles.Config, model: nn.Module, loaders: data.Loaders, history: dict[str, Any]
+) -> dict[str, Any]:
     counted = measure.count(model, _input_shape(config))
-    metrics = {
-        "val_accuracy": evaluate(model, loaders().val, "cpu")["accuracy"],
-        "test_accuracy": evaluate(model, loaders().test, "cpu")["accuracy"],
+    return {
+        "val_accuracy": evaluate(model, loaders.val, "cpu")["accuracy"],
+        "test_accuracy": evaluate(model, loaders.test, "cpu")["accuracy"],
         "params": counted.params,
         "macs": counted.macs,
         "widths": "-".join(str(k) for k in widths_of(model).values()),
         "seconds": history["seconds"],
         "seconds_per_epoch": history["seconds_per_epoch"],
-        "data_source": loaders().splits.source,
-        "data_sizes": loaders().splits.sizes,
+        "data_source": loaders.splits.source,
+        "data_sizes": loaders.splits.sizes,
     }
-    save_checkpoint(path, model, model_name=config.model, config_hash=key)
-    artefacts.write_json(
-        meta, {"config": pretrain_key(config), "metrics": metrics, "history": history}
-    )
-    state.unlink(missing_ok=True)
-    log(
-        f"pretrain: test accuracy {metrics['test_accuracy']:.4f}, {metrics['params']:,} params, "
-        f"{metrics['macs']:,} MACs ({history['seconds']:.0f} s)"
-    )
-    return _memo_put(path, Pretrained(model, metrics, path, False))
 
 
 # Stage 2: importance ------------------------------------------------------------------------
 def importance_key(config: profiles.Config, criterion: str = "dirichlet") -> dict[str, Any]:
     """The settings an importance depends on (pretraining's included)."""
     key: dict[str, Any] = {
-        "base": artefacts.config_hash(pretrain_key(config)),
+        "base": config_hash(pretrain_key(config)),
         "criterion": criterion,
+        "seed": config.seed,
     }
     if criterion == "dirichlet":
-        names = ("alpha0", "kl_weight", "kl_divided_by_n", "phi_init", "gate_scale")
-        names += ("estimator", "samples")
-        key |= {k: getattr(config, k) for k in names}
-        key |= {"epochs": config.importance_epochs, "lr": config.importance_lr}
-    if criterion in ("random", "dirichlet"):
-        key["seed"] = config.seed
-    if criterion == "taylor":
+        key["settings"] = config.dirichlet.to_dict()
+    else:
         key["batches"] = config.taylor_batches
     return key
 
 
-def _load_importance(path: Path, meta: Path, log: Log) -> Learned | None:
+def _importance_path(config: profiles.Config, criterion: str) -> Path:
+    key = config_hash(importance_key(config, criterion))
+    return run_dir(config) / f"importance-{criterion}-{key}.pt"
+
+
+def _learned(config: profiles.Config, criterion: str, build, log: Log) -> Learned:
+    """The cached importance of ``criterion`` (``build`` computes it and its metrics)."""
+    path = _importance_path(config, criterion)
     if (held := _memo_get(path)) is not None:
         return held
-    done = _complete(meta, log)
-    if done is None:
-        return None
-    try:
-        learned = Importance.load(path)
-    except (ValueError, FileNotFoundError) as error:
-        _rebuilding(path, error, log)
-        return None
-    log(f"importance ({learned.criterion}): reusing {path.relative_to(artefacts.runs_root())}")
-    return _memo_put(path, Learned(learned, done["metrics"], path, True))
+    result = cached(
+        path,
+        importance_key(config, criterion),
+        build,
+        save=lambda importance, target: importance.save(target),
+        load=lambda source, _: Importance.load(source),
+        log=log,
+    )
+    _reused(f"importance ({criterion})", result, log)
+    learned = Learned(result.value, result.meta["metrics"], path, result.reused)
+    return _memo_put(path, learned)
 
 
 def importance(config: profiles.Config, *, log: Log = log_line, loaders=None) -> Learned:
-    """Attach Dirichlet gates to the base network and learn their posteriors (or reuse them).
-
-    The settings are the profile's named knobs (gate scale, phi_init, alpha0, kl_weight, lr,
-    estimator, samples, epochs).
-    """
+    """Attach Dirichlet gates to the base network and learn their posteriors (or reuse them),
+    with the experiment's :class:`dplib.DirichletSettings` (``config.dirichlet``)."""
     loaders = loaders or _Data(config)
     base = pretrain(config, log=log, loaders=loaders)
-    key = artefacts.config_hash(importance_key(config))
-    folder = run_dir(config)
-    path = folder / f"importance-dirichlet-{key}.pt"
-    meta = path.with_suffix(".json")
-    reused = _load_importance(path, meta, log)
-    if reused is not None:
-        return reused
-    log(f"importance: learning the Dirichlet posteriors for {config.importance_epochs:g} epochs")
-    gated = attach_gates(base.model, phi_init=config.phi_init, scale=config.gate_scale)
-    learned = learn_importance(
-        gated,
-        loaders().train,
-        epochs=config.importance_epochs,
-        alpha0=config.alpha0,
-        kl_weight=config.kl_weight,
-        kl_divided_by_n=config.kl_divided_by_n,
-        samples=config.samples,
-        estimator=config.estimator,
-        lr=config.importance_lr,
-        device=config.device,
-        seed=config.seed,
-    )
-    gated.remove()
-    seconds = learned.history["seconds"]
-    metrics = {
-        "seconds": seconds,
-        "fraction_of_training_epoch": seconds
-        / max(base.metrics["seconds_per_epoch"], 1e-9)
-        / max(config.importance_epochs, 1e-9),
-        "final_cross_entropy": learned.history["cross_entropy"][-1],
-        "steps": len(learned.history["loss"]),
-    }
-    learned.save(path)
-    artefacts.write_json(meta, {"config": importance_key(config), "metrics": metrics})
-    log(f"importance: learned in {seconds:.1f} s ({metrics['steps']} steps)")
-    return _memo_put(path, Learned(learned, metrics, path, False))
+
+    def build() -> tuple[Importance, dict[str, Any]]:
+        log(f"importance: learning the Dirichlet posteriors for {config.dirichlet.epochs:g} epochs")
+        learned = criteria.compute(
+            "dirichlet",
+            base.model,
+            loaders().train,
+            settings=config.dirichlet,
+            device=config.device,
+            seed=config.seed,
+        )
+        seconds = learned.history["seconds"]
+        log(f"importance: learned in {seconds:.1f} s ({len(learned.history['loss'])} steps)")
+        epoch_seconds = max(base.metrics["seconds_per_epoch"], 1e-9)
+        return learned, {
+            "metrics": {
+                "seconds": seconds,
+                "fraction_of_training_epoch": seconds
+                / epoch_seconds
+                / max(config.dirichlet.epochs, 1e-9),
+                "final_cross_entropy": learned.history["cross_entropy"][-1],
+                "steps": len(learned.history["loss"]),
+            }
+        }
+
+    return _learned(config, "dirichlet", build, log)
 
 
 def baseline(
     config: profiles.Config, criterion: str, *, log: Log = log_line, loaders=None
 ) -> Learned:
-    """A baseline criterion's importance for the base network (or the Dirichlet one)."""
+    """A registered criterion's importance of the base network (Dirichlet: :func:`importance`)."""
     if criterion == "dirichlet":
         return importance(config, log=log, loaders=loaders)
     loaders = loaders or _Data(config)
     base = pretrain(config, log=log, loaders=loaders)
-    key = artefacts.config_hash(importance_key(config, criterion))
-    path = run_dir(config) / f"importance-{criterion}-{key}.pt"
-    meta = path.with_suffix(".json")
-    reused = _load_importance(path, meta, log)
-    if reused is not None:
-        return reused
-    started = time.perf_counter()
-    needs_data = criterion in ("taylor", "oracle")
-    learned = baseline_importance(
-        criterion,
-        base.model,
-        loaders().train if needs_data else None,
-        seed=config.seed,
-        batches=config.taylor_batches if criterion == "taylor" else None,
-        device=config.device,
-    )
-    metrics = {"seconds": time.perf_counter() - started}
-    learned.save(path)
-    artefacts.write_json(meta, {"config": importance_key(config, criterion), "metrics": metrics})
-    return _memo_put(path, Learned(learned, metrics, path, False))
+
+    def build() -> tuple[Importance, dict[str, Any]]:
+        started = time.perf_counter()
+        learned = criteria.compute(
+            criterion,
+            base.model,
+            loaders().train if criteria.get(criterion).needs_data else None,
+            seed=config.seed,
+            batches=config.taylor_batches,
+            device=config.device,
+        )
+        return learned, {"metrics": {"seconds": time.perf_counter() - started}}
+
+    return _learned(config, criterion, build, log)
 
 
 # Interpretability: first-layer feature maps -------------------------------------------------
@@ -352,55 +335,60 @@ def feature_maps(
     learned = importance(config, log=log, loaders=loaders)
     base = pretrain(config, log=log, loaders=loaders)
     layer = learned.importance.names[0]
-    conv = base.model.get_submodule(layer)
-    if not isinstance(conv, nn.Conv2d):
+    if not isinstance(base.model.get_submodule(layer), nn.Conv2d):
         return None
-    key = artefacts.config_hash(
-        {"importance": artefacts.config_hash(importance_key(config)), "per_class": per_class}
+    key = {"importance": config_hash(importance_key(config)), "per_class": per_class}
+    result = cached(
+        run_dir(config) / f"feature-maps-{config_hash(key)}.pt",
+        key,
+        lambda: _capture_maps(config, base.model, learned.importance, loaders(), per_class),
+        save=lambda payload, target: atomic_torch_save(payload, target),
+        load=lambda source, _: torch.load(source, map_location="cpu", weights_only=True),
+        log=log,
     )
-    path = run_dir(config) / f"feature-maps-{key}.pt"
-    meta = path.with_suffix(".json")
-    if _complete(meta, log) is not None:
-        try:
-            torch.load(path, map_location="cpu", weights_only=True)
-            return path
-        except Exception as error:
-            _rebuilding(path, error, log)
-    test = loaders().splits.test
-    images, labels = test.tensors
+    return result.path
+
+
+def _capture_maps(
+    config: profiles.Config,
+    model: nn.Module,
+    learned: Importance,
+    loaders: data.Loaders,
+    per_class: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The first layer's maps of a few test images, with what the figure needs to draw them."""
+    layer = learned.names[0]
+    images, labels = loaders.splits.test.tensors
     chosen = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(10)])
     captured: dict[str, torch.Tensor] = {}
+    conv = model.get_submodule(layer)
     handle = conv.register_forward_hook(lambda m, i, o: captured.setdefault("maps", o.detach()))
     with torch.no_grad():
-        base.model.eval()(images[chosen])
+        model.eval()(images[chosen])
     handle.remove()
-    spec = loaders().splits.spec
+    spec = loaders.splits.spec
     payload = {
         "layer": layer,
         "images": images[chosen] * torch.tensor(spec.std).view(1, -1, 1, 1)
         + torch.tensor(spec.mean).view(1, -1, 1, 1),
         "labels": labels[chosen],
         "maps": captured["maps"],
-        "importance": learned.importance.mean(layer),
-        "std": learned.importance.std(layer) if learned.importance.concentration else None,
+        "importance": learned.mean(layer),
+        "std": learned.std(layer) if learned.concentration else None,
     }
-    atomic_torch_save(payload, path)
-    artefacts.write_json(
-        meta,
-        {
-            "layer": layer,
-            "classes": list(spec.classes),
-            "dataset": config.dataset_label,
-            "model": config.model,
-        },
-    )
-    return path
+    meta = {
+        "layer": layer,
+        "classes": list(spec.classes),
+        "dataset": config.dataset_label,
+        "model": config.model,
+    }
+    return payload, meta
 
 
 # Stage 3: prune, fine-tune, measure ---------------------------------------------------------
 def _row_key(config: profiles.Config, criterion: str, widths: str) -> dict[str, Any]:
     return {
-        "importance": artefacts.config_hash(importance_key(config, criterion)),
+        "importance": config_hash(importance_key(config, criterion)),
         "widths": widths,
         "finetune_epochs": config.finetune_epochs,
         "finetune_lr": config.finetune_lr,
@@ -443,29 +431,49 @@ def prune_and_finetune(
     after pruning and after fine-tuning, parameters, MACs, measured CPU speed-up at batch 64.
     """
     loaders = loaders or _Data(config)
-    key = artefacts.config_hash(_row_key(config, criterion, widths))
-    path = run_dir(config) / f"pruned-{criterion}-{widths.replace(':', '-')}-{key}.pt"
-    meta = path.with_suffix(".json")
-    done = _complete(meta, log)
-    if done is not None:
-        try:
-            load_checkpoint(path, _build(config, widths=done["row"]["widths"]))
-            return done["row"]
-        except (CheckpointError, FileNotFoundError) as error:
-            _rebuilding(path, error, log)
+    key = _row_key(config, criterion, widths)
+    name = f"pruned-{criterion}-{widths.replace(':', '-')}-{config_hash(key)}.pt"
+    result = cached(
+        run_dir(config) / name,
+        key,
+        lambda: _prune_finetune_measure(config, criterion, widths, loaders, log),
+        save=lambda pruned, target: save_checkpoint(
+            target, pruned, model_name=config.model, widths=widths, config_hash=config_hash(key)
+        ),
+        load=lambda source, meta: load_checkpoint(
+            source, _build(config, widths=meta["row"]["widths"])
+        ),
+        log=log,
+    )
+    return result.meta["row"]
+
+
+def _allocated_widths(
+    config: profiles.Config, base: Pretrained, learned: Learned, widths: str
+) -> tuple[str, str | None]:
+    """``widths`` as kept units, a budget ("macs:4x") allocated by the criterion's own scores;
+    and the budget in words (None for fixed widths)."""
+    budget = split_budget_widths(widths)
+    if budget is None:
+        return widths, None
+    what, target = budget
+    chosen = choose_widths(
+        base.model,
+        learned.importance,
+        input_shape=_input_shape(config),
+        **{f"target_{what}": target},
+    )
+    return format_widths(chosen), f"{what} {target} fewer"
+
+
+def _prune_finetune_measure(
+    config: profiles.Config, criterion: str, widths: str, loaders: _Data, log: Log
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Prune, evaluate, fine-tune, evaluate and measure one (criterion, widths)."""
     base = pretrain(config, log=log, loaders=loaders)
     learned = baseline(config, criterion, log=log, loaders=loaders)
     started = time.perf_counter()
-    budget = split_budget_widths(widths)
-    if budget is not None:  # this criterion's own allocation of the budget
-        what, target = budget
-        chosen = choose_widths(
-            base.model,
-            learned.importance,
-            input_shape=_input_shape(config),
-            **{f"target_{what}": target},
-        )
-        widths, budget = format_widths(chosen), f"{what} {target} fewer"
+    widths, budget = _allocated_widths(config, base, learned, widths)
     pruned = prune(base.model, learned.importance, widths)
     before = evaluate(pruned, loaders().test, "cpu")["accuracy"]
     fit(
@@ -481,6 +489,26 @@ def prune_and_finetune(
     )
     pruned.cpu().eval()
     after = evaluate(pruned, loaders().test, "cpu")["accuracy"]
+    row = _pruned_row(config, base, pruned, criterion, widths, budget, (before, after))
+    row["seconds"] = time.perf_counter() - started
+    log(
+        f"{criterion:>9} {widths:>12}: accuracy {before:.4f} -> {after:.4f} after fine-tuning, "
+        f"{row['params']:,} params, {row['speedup']:.2f}x faster"
+    )
+    return pruned, {"row": row}
+
+
+def _pruned_row(
+    config: profiles.Config,
+    base: Pretrained,
+    pruned: nn.Module,
+    criterion: str,
+    widths: str,
+    budget: str | None,
+    accuracies: tuple[float, float],
+) -> dict[str, Any]:
+    """The results-table row of a pruned network: accuracies, size, measured speed-up."""
+    before, after = accuracies
     counted = measure.count(pruned, _input_shape(config))
     speedup = measure.speedup(
         base.model,
@@ -489,7 +517,7 @@ def prune_and_finetune(
         repeats=config.speedup_repeats,
         rounds=config.speedup_rounds,
     )
-    row = base_row(config, base) | {
+    return base_row(config, base) | {
         "criterion": criterion,
         "widths": widths,
         "budget": budget,
@@ -502,15 +530,7 @@ def prune_and_finetune(
         "params_ratio": base.metrics["params"] / counted.params,
         "macs_ratio": base.metrics["macs"] / counted.macs,
         "speedup": speedup,
-        "seconds": time.perf_counter() - started,
     }
-    save_checkpoint(path, pruned, model_name=config.model, widths=widths, config_hash=key)
-    artefacts.write_json(meta, {"config": _row_key(config, criterion, widths), "row": row})
-    log(
-        f"{criterion:>9} {widths:>12}: accuracy {before:.4f} -> {after:.4f} after fine-tuning, "
-        f"{counted.params:,} params, {speedup:.2f}x faster"
-    )
-    return row
 
 
 def compare(config: profiles.Config, *, log: Log = log_line) -> Comparison:
@@ -519,19 +539,18 @@ def compare(config: profiles.Config, *, log: Log = log_line) -> Comparison:
     Rows that exist are reused, so an interrupted comparison resumes where it stopped.
     """
     loaders = _Data(config)
-    base = pretrain(config, log=log, loaders=loaders)
-    rows = [base_row(config, base)]
     keys = [_row_key(config, c, w) for w in config.widths for c in config.criteria]
-    path = run_dir(config) / f"results-{artefacts.config_hash(keys)}.json"
-    done = _complete(path, log)
-    if done is not None:
-        log(f"compare: reusing {path.relative_to(artefacts.runs_root())}")
-        return Comparison(done["rows"], path, True)
-    for widths in config.widths:
-        for criterion in config.criteria:
-            rows.append(prune_and_finetune(config, criterion, widths, log=log, loaders=loaders))
-    artefacts.write_json(path, {"config": config.to_dict(), "rows": rows})
-    return Comparison(rows, path, False)
+
+    def build() -> tuple[None, dict[str, Any]]:
+        rows = [base_row(config, pretrain(config, log=log, loaders=loaders))]
+        for widths in config.widths:
+            for criterion in config.criteria:
+                rows.append(prune_and_finetune(config, criterion, widths, log=log, loaders=loaders))
+        return None, {"rows": rows}
+
+    result = cached(run_dir(config) / f"results-{config_hash(keys)}.json", keys, build, log=log)
+    _reused("compare", result, log)
+    return Comparison(result.value["rows"], result.path, result.reused)
 
 
 def architecture_table(config: profiles.Config) -> list[dict[str, Any]]:
@@ -553,27 +572,6 @@ def _counted(model: nn.Module, shape: tuple[int, ...]) -> dict[str, int]:
     return {"params": counted.params, "macs": counted.macs}
 
 
-def results_table(rows: list[dict[str, Any]]):
-    """The rows as a pandas DataFrame with the table's columns first."""
-    import pandas as pd
-
-    columns = [
-        "network",
-        "dataset",
-        "widths",
-        "criterion",
-        "error",
-        "error_pruned",
-        "params",
-        "macs",
-        "speedup",
-        "params_ratio",
-        "macs_ratio",
-    ]
-    frame = pd.DataFrame(rows)
-    return frame[columns + [c for c in frame.columns if c not in columns]]
-
-
 def run_all(config: profiles.Config, *, log: Log = log_line) -> Comparison:
     """Every stage of one experiment: pretrain, importance, feature maps, compare."""
     importance(config, log=log)
@@ -582,7 +580,7 @@ def run_all(config: profiles.Config, *, log: Log = log_line) -> Comparison:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m dplib.pipeline --profile smoke --stage compare ...``."""
+    """Command line: ``python -m dplib.experiments.stages --profile smoke --stage compare``."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--profile", default=None)
     parser.add_argument("--dataset", default="fashion_mnist")

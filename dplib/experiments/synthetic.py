@@ -1,4 +1,6 @@
-r"""The synthetic check of the method (METHOD.md figure 2): recover a known importance vector.
+r"""The synthetic check of the method: recover a known importance vector.
+
+Figure 2 of the method page ``notebooks/METHOD.md`` (section 6).
 
 A small MLP :math:`x \mapsto W_2\, \mathrm{relu}((H s^*) \odot (W_1 x + b_1)) + b_2` with
 :math:`H` hidden units labels random inputs; its hidden units are scaled by a known
@@ -16,10 +18,14 @@ import torch
 from torch import nn
 from torch.distributions import Dirichlet
 
-from . import artefacts
-from .attach import attach_gates
-from .data import make_loader
-from .vi import learn_importance
+from ..attach import attach_gates
+from ..data import make_loader
+from ..files import atomic_torch_save
+from ..measure import spearman
+from ..settings import DirichletSettings
+from ..vi import learn_importance
+from . import paths
+from .cache import cached, config_hash
 
 
 class SyntheticMLP(nn.Module):
@@ -76,23 +82,15 @@ def recover(
         ``{"hidden", "estimator", "s_star", "mean", "std", "loss", "spearman", "pearson",
         "l1_error"}``.
     """
-    from .measure import spearman
-
     net, s_star, dataset = make_task(hidden, seed=seed)
     loader = make_loader(dataset, batch_size, shuffle=True, seed=seed)
-    gated = attach_gates(net, scale="K", phi_init=1.0)
+    # the ELBO proper (phi_init 1, beta 1, KL/N): the check tests the method's mathematics
+    settings = DirichletSettings.as_specified().replace(
+        epochs=steps / len(loader), estimator=estimator, lr=lr, alpha0=alpha0
+    )
+    gated = attach_gates(net, settings=settings)
     learned = learn_importance(
-        gated,
-        loader,
-        epochs=steps / len(loader),
-        estimator=estimator,
-        lr=lr,
-        alpha0=alpha0,
-        kl_weight=1.0,  # the ELBO proper: the synthetic check tests the method's mathematics
-        kl_divided_by_n=True,
-        device="cpu",
-        seed=seed,
-        show_progress=False,
+        gated, loader, settings=settings, device="cpu", seed=seed, show_progress=False
     )
     gated.remove()
     mean, std = learned.mean("fc1"), learned.std("fc1")
@@ -119,23 +117,19 @@ def synthetic_check(
     log=print,
 ) -> list[dict[str, Any]]:
     """Every (hidden size, estimator) of the check, cached in ``runs/<profile>/synthetic/``."""
-    from .importance import atomic_torch_save
-
     results = []
-    folder = artefacts.profile_dir(profile) / "synthetic"
+    folder = paths.profile_dir(profile) / "synthetic"
     for hidden in hidden_sizes:
         for estimator in estimators:
             config = {"hidden": hidden, "estimator": estimator, "steps": steps, "seed": seed}
-            path = folder / f"synthetic-{hidden}-{estimator}-{artefacts.config_hash(config)}.pt"
-            result = None
-            if path.exists():
-                try:
-                    result = torch.load(path, map_location="cpu", weights_only=True)
-                except Exception as error:
-                    log(f"[dplib] cannot reuse {path.name} ({error}) -- rebuilding it")
-            if result is None:
-                result = recover(hidden, estimator, steps=steps, seed=seed)
-                atomic_torch_save(result, path)
+            result = cached(
+                folder / f"synthetic-{hidden}-{estimator}-{config_hash(config)}.pt",
+                config,
+                lambda: _recovered(hidden, estimator, steps, seed),
+                save=lambda value, path: atomic_torch_save(value, path),
+                load=lambda path, _: torch.load(path, map_location="cpu", weights_only=True),
+                log=log,
+            ).value
             log(
                 f"[dplib] hidden {hidden:>4}, {estimator:>6} estimator: Pearson(E[s], s*) = "
                 f"{result['pearson']:.3f}, Spearman {result['spearman']:.3f}, "
@@ -145,9 +139,16 @@ def synthetic_check(
     return results
 
 
+def _recovered(
+    hidden: int, estimator: str, steps: int, seed: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    result = recover(hidden, estimator, steps=steps, seed=seed)
+    return result, {"pearson": result["pearson"], "spearman": result["spearman"]}
+
+
 def load_results(profile: str) -> list[dict[str, Any]]:
     """Every stored synthetic result of ``profile`` (for the figures notebook)."""
-    folder = artefacts.profile_dir(profile) / "synthetic"
+    folder = paths.profile_dir(profile) / "synthetic"
     results = []
     for path in sorted(folder.glob("synthetic-*.pt")):
         try:

@@ -1,0 +1,172 @@
+"""``04_figures`` and the benches' last step: read ``runs/``, write every figure and table.
+
+Figures are drawn by :mod:`dplib.experiments.figures`, tables written by
+:mod:`dplib.experiments.reports`; this module reads the stages' artefacts and writes both into
+the profile's figures folder (``figures/`` for the cpu profile), each file atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import torch
+
+from ..files import atomic_write_text, read_json
+from ..importance import Importance
+from . import compare, figures, paths, profiles, reports, synthetic
+
+
+def collect(profile: str) -> dict[str, dict[str, Any]]:
+    """Everything ``04_figures`` draws, per experiment folder of ``runs/<profile>/``.
+
+    For each ``<dataset>-<model>`` folder: ``rows`` (the newest complete results file), the
+    Dirichlet ``importance`` and the ``feature_maps`` payload with its ``classes``, each present
+    only when its stage has finished.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    root = paths.profile_dir(profile)
+    for folder in sorted(p for p in root.glob("*-*") if p.is_dir()):
+        entry: dict[str, Any] = {}
+        results = sorted(folder.glob("results-*.json"), key=lambda p: p.stat().st_mtime)
+        if results:
+            entry["rows"] = read_json(results[-1])["result"]["rows"]
+        learned = sorted(folder.glob("importance-dirichlet-*.pt"), key=lambda p: p.stat().st_mtime)
+        if learned:
+            entry["importance"] = Importance.load(learned[-1])
+        maps = sorted(folder.glob("feature-maps-*.json"), key=lambda p: p.stat().st_mtime)
+        if maps:
+            meta = read_json(maps[-1])
+            entry["feature_maps"] = torch.load(
+                maps[-1].with_suffix(".pt"), map_location="cpu", weights_only=True
+            )
+            entry["classes"] = meta["classes"]
+        if entry:
+            found[folder.name] = entry
+    return found
+
+
+def write_results(frame: Any, folder: str | os.PathLike) -> list[Path]:
+    """``results.csv`` and ``results.md`` in ``folder``, atomically."""
+    folder = Path(folder)
+    csv = atomic_write_text(folder / "results.csv", frame.to_csv(index=False))
+    md = atomic_write_text(folder / "results.md", reports.results_markdown(frame))
+    return [csv, md]
+
+
+def write_comparison(
+    root: str | Path, folder: str | Path, extra: str | Path | None = None
+) -> list[Path]:
+    """Figures (PNG and PDF) and ``compare.md`` of every setup with results under ``root`` (and
+    ``extra``, see :func:`dplib.experiments.compare.load_results`).
+
+    ``compare_<model>_<dataset>``: accuracy against MACs, one line per criterion;
+    ``settling_<dataset>-<model>``: Kendall tau over learning; ``compare.md``: the goals table
+    (Dirichlet against the best other criterion) and every setup's full table. Returns the
+    files written (none when there are no results).
+    """
+    results = compare.load_results(root, extra)
+    if not results:
+        return []
+    figures.style()  # the kit's look, whether called from 04_figures or bench/compare.py
+    written: list[Path] = []
+    for name, result in results.items():
+        dataset, _, model = name.partition("-")
+        title = f"{model} on {dataset}"
+        figure = figures.plot_comparison(compare.summarise(result["rows"]), title)
+        written += _emit(figure, folder, f"compare_{model}_{dataset}")
+        if result["settling"]:
+            figure = figures.plot_settling(
+                result["settling"], f"how fast the ranking settles: {title}"
+            )
+            written += _emit(figure, folder, f"settling_{name}")
+    target = Path(folder) / "compare.md"
+    atomic_write_text(target, reports.comparison_markdown(results))
+    return [*written, target]
+
+
+def write_study(results: dict[str, Any], folder: str | Path) -> list[Path]:
+    """``study.md``, ``study_factors.png`` and ``study_finals.png`` of the study's results."""
+    folder = Path(folder)
+    written = [atomic_write_text(folder / "study.md", reports.summary_table(results))]
+    for name, draw in (
+        ("study_factors", figures.study_factors),
+        ("study_finals", figures.study_finals),
+    ):
+        figure = draw(results)
+        if figure is not None:
+            written.append(figures.save_png(figure, folder / f"{name}.png"))
+    return written
+
+
+def _emit(figure: plt.Figure, folder: str | Path, name: str) -> list[Path]:
+    written = figures.save(figure, folder, name)
+    plt.close(figure)
+    return written
+
+
+def write_all(profile: str, folder: str | os.PathLike | None = None) -> list[Path]:
+    """Every figure and the results table of ``profile``, from ``runs/<profile>/`` only.
+
+    Writes into ``folder`` (default :func:`dplib.experiments.paths.figures_dir`) and returns
+    the files.
+    Experiments whose stages have not finished are left out (the notebook lists what it found).
+    """
+    figures.style()
+    folder = Path(folder) if folder is not None else paths.figures_dir(profile)
+    written: list[Path] = []
+
+    def emit(figure: plt.Figure, name: str) -> None:
+        written.extend(_emit(figure, folder, name))
+
+    emit(
+        figures.dirichlet_simplex([(1, 1, 1), (10, 10, 10), (0.3, 0.3, 0.3), (6, 2, 1)]),
+        "dirichlet_simplex",
+    )
+    emit(figures.dirichlet_draws([0.1, 1.0, 10.0]), "dirichlet_draws")
+    synthetic_results = synthetic.load_results(profile)
+    if synthetic_results:
+        emit(figures.synthetic(synthetic_results), "synthetic_check")
+    all_rows: list[dict[str, Any]] = []
+    found = collect(profile)
+    # the table and figures follow the profile's order of experiments (networks, then data)
+    order = [f"{d}-{m}" for d, m in profiles.experiments(profile)]
+    ranked = sorted(found, key=lambda n: (_model_rank(n, order), n))
+    for name in ranked:
+        entry = found[name]
+        label = name
+        if "rows" in entry:
+            label = f"{entry['rows'][0]['network']} on {entry['rows'][0]['dataset']}"
+        if "importance" in entry:
+            emit(figures.importance_bars(entry["importance"], label), f"importance_{name}")
+            emit(
+                figures.importance_learning(entry["importance"], label),
+                f"importance_learning_{name}",
+            )
+        if "feature_maps" in entry:
+            emit(
+                figures.feature_maps(entry["feature_maps"], entry["classes"], label),
+                f"interpretability_{name}",
+            )
+        if "rows" in entry:
+            emit(
+                figures.accuracy_vs_compression(entry["rows"], label),
+                f"accuracy_vs_compression_{name}",
+            )
+            all_rows.extend(entry["rows"])
+    if all_rows:
+        written.extend(write_results(reports.results_table(all_rows), folder))
+    # the comparison at a MAC budget (03_prune, or bench/compare.py with the same cache)
+    # (the cpu profile also redraws the committed resnet20 rows of bench/compare.py)
+    extra = compare.committed_results() if profile == "cpu" else None
+    written.extend(write_comparison(compare.root_for(profile), folder, extra))
+    return written
+
+
+def _model_rank(folder: str, order: list[str]) -> int:
+    """Position of a run folder's model in the profile's experiments (unknown ones last)."""
+    models_in_order = list(dict.fromkeys(name.split("-", 1)[1] for name in order))
+    model = folder.split("-", 1)[1]
+    return models_in_order.index(model) if model in models_in_order else len(models_in_order)

@@ -1,0 +1,284 @@
+"""The kit's tables: Markdown and CSV for the notebooks' results, the comparison and the study.
+
+Each function turns results (rows read from ``runs/``) into text or a pandas DataFrame; nothing
+here trains or draws. :mod:`dplib.experiments.publish` writes them into ``figures/``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+
+from . import compare, study
+from .compare import dirichlet_margins, settling_summary, summarise
+
+
+# The notebooks' results table ---------------------------------------------------------------
+def results_table(rows: list[dict[str, Any]]):
+    """The rows as a pandas DataFrame with the table's columns first."""
+    columns = [
+        "network",
+        "dataset",
+        "widths",
+        "criterion",
+        "error",
+        "error_pruned",
+        "params",
+        "macs",
+        "speedup",
+        "params_ratio",
+        "macs_ratio",
+    ]
+    frame = pd.DataFrame(rows)
+    return frame[columns + [c for c in frame.columns if c not in columns]]
+
+
+def results_markdown(frame) -> str:
+    """The results table as Markdown (numbers rounded for reading)."""
+    shown = frame.copy()
+    shown["error"] = shown["error"].map(lambda v: f"{v:.2f}")
+    shown["error_pruned"] = shown["error_pruned"].map(lambda v: f"{v:.2f}")
+    shown["params"] = shown["params"].map(lambda v: f"{int(v):,}")
+    shown["macs"] = shown["macs"].map(lambda v: f"{int(v):,}")
+    shown["speedup"] = shown["speedup"].map(lambda v: f"{v:.2f}x")
+    columns = ["network", "dataset", "widths", "criterion", "error", "error_pruned", "params"]
+    columns += ["macs", "speedup"]
+    header = [
+        "network",
+        "dataset",
+        "widths",
+        "criterion",
+        "error % (fine-tuned)",
+        "error % (just pruned)",
+        "params",
+        "MACs",
+        "measured speed-up (CPU, batch 64)",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in shown[columns].iterrows():
+        lines.append("| " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# The comparison at a MAC budget ------------------------------------------------------------
+def _percent(pair: tuple[float, float]) -> str:
+    return f"{100 * pair[0]:.2f} ± {100 * pair[1]:.2f}"
+
+
+def goals_table(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)) -> str:
+    """Dirichlet (own allocation) against the best other criterion per setup and budget."""
+    lines = [
+        "| setup | budget | seeds | Dirichlet after pruning | best other | Dirichlet after "
+        "fine-tune | best other | lead after pruning / after fine-tune (points) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        for m in dirichlet_margins(summarise(result["rows"])):
+            if m["budget"] in skip:
+                continue
+            lines.append(
+                f"| {name} | {m['budget']} | {len(result['bases'])} "
+                f"| {_percent(m['pruned_val_dirichlet'])} "
+                f"| {m['pruned_val_best_other']} {_percent(m['pruned_val_other'])} "
+                f"| {_percent(m['finetuned_val_dirichlet'])} "
+                f"| {m['finetuned_val_best_other']} {_percent(m['finetuned_val_other'])} "
+                f"| {100 * m['pruned_val']:+.2f} / {100 * m['finetuned_val']:+.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def setup_section(name: str, result: dict[str, Any]) -> str:
+    """The Markdown section of one setup: its table, base network, margins and settling."""
+    dataset, _, model = name.partition("-")
+    summary = summarise(result["rows"])
+    val = [b["val"] for b in result["bases"]]
+    epochs = result["rows"][0]["finetune_epochs"] if result["rows"] else 0
+    section = markdown_table(summary, f"{model} on {dataset} ({len(val)} seeds)")
+    section += (
+        f"\nBase network: {100 * statistics.mean(val):.2f}% validation accuracy (mean over "
+        f"seeds), {result['bases'][0]['params']:,} params, {result['bases'][0]['macs']:,} MACs; "
+        f"fine-tuning {epochs:g} epoch(s) at lr {compare.FINETUNE_LR}, constant.\n\n"
+        "Dirichlet (own allocation) minus the best other criterion, validation, points:\n\n"
+    )
+    for m in dirichlet_margins(summary):
+        section += (
+            f"- {m['budget']}: after pruning {100 * m['pruned_val']:+.2f} (best other: "
+            f"{m['pruned_val_best_other']}), after fine-tuning {100 * m['finetuned_val']:+.2f} "
+            f"(best other: {m['finetuned_val_best_other']})\n"
+        )
+    if result["settling"]:
+        taus = settling_summary(result["settling"])
+        section += (
+            "\nKendall tau with the final ranking (mean over seeds) at 10%, 25%, 50% of "
+            "importance learning: "
+            + "; ".join(
+                f"{layer} " + " / ".join(f"{v:.2f}" for v in values.values())
+                for layer, values in taus.items()
+            )
+            + "\n"
+        )
+    return section
+
+
+def markdown_table(summary: list[dict[str, Any]], title: str = "") -> str:
+    """The summary as a Markdown table (accuracies in %, mean ± std over seeds)."""
+
+    def pct(entry: dict[str, Any], metric: str) -> str:
+        return f"{100 * entry[metric]:.2f} ± {100 * entry[metric + '_std']:.2f}"
+
+    lines = [f"### {title}", ""] if title else []
+    lines += [
+        "| budget | allocation | criterion | val after pruning | val after fine-tune "
+        "| test after fine-tune | MACs | params | seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for entry in summary:
+        lines.append(
+            f"| {entry['budget']} | {entry['allocation']} | {entry['criterion']} "
+            f"| {pct(entry, 'pruned_val')} | {pct(entry, 'finetuned_val')} "
+            f"| {pct(entry, 'finetuned_test')} | {entry['macs']:,.0f} | {entry['params']:,.0f} "
+            f"| {entry['seeds']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def margins_table(summary: list[dict[str, Any]], allocation: str = "own") -> Any:
+    """:func:`dirichlet_margins` as a pandas DataFrame, in points of validation accuracy."""
+    return pd.DataFrame(
+        [
+            {
+                "budget": m["budget"],
+                "Dirichlet after pruning": round(100 * m["pruned_val_dirichlet"][0], 2),
+                "best other": m["pruned_val_best_other"],
+                "lead after pruning": round(100 * m["pruned_val"], 2),
+                "Dirichlet after fine-tune": round(100 * m["finetuned_val_dirichlet"][0], 2),
+                "best other ": m["finetuned_val_best_other"],
+                "lead after fine-tune": round(100 * m["finetuned_val"], 2),
+            }
+            for m in dirichlet_margins(summary, allocation)
+        ]
+    )
+
+
+def comparison_markdown(results: dict[str, dict[str, Any]]) -> str:
+    """``compare.md``: the goals table (Dirichlet against the best other criterion) and every
+    setup's full table."""
+    header = (
+        "# Criteria compared at a MAC budget\n\n"
+        "Own allocation, validation accuracy %, mean ± std over seeds; the best other criterion "
+        "is the one with the highest mean. Goal: Dirichlet at least as high after fine-tuning "
+        "and highest right after pruning, at 4x, 10x and 20x fewer MACs.\n\n"
+    )
+    sections = [setup_section(name, result) for name, result in results.items()]
+    return header + goals_table(results) + "\n" + "\n".join(sections)
+
+
+# The study ---------------------------------------------------------------------------------
+def summary_table(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
+    """Markdown: per setup, the screened configurations and the fine-tuned finals."""
+    lines = ["# What makes Dirichlet importance work: the study", ""]
+    for setup, entry in results.items():
+        if not entry["screened"]:
+            continue
+        lines += [
+            f"## {setup}",
+            "",
+            "Screening (validation, right after pruning, mean over the "
+            "three width settings; Spearman with the oracle, mean over layers):",
+            "",
+            "| configuration | accuracy after pruning | Spearman | seconds |",
+            "|---|---|---|---|",
+        ]
+        for result in sorted(entry["screened"], key=study.screen_value, reverse=True):
+            rho = statistics.mean(result["spearman"].values())
+            lines.append(
+                f"| {result['key']} | {100 * study.screen_value(result):.1f} | {rho:.2f} | "
+                f"{result['seconds']:.1f} |"
+            )
+        finals = entry["finals"]
+        if finals:
+            widths = list(finals[0]["pruned"])
+            lines += [
+                "",
+                "Finals: validation accuracy right after pruning / after fine-tuning "
+                "[test after fine-tuning], %:",
+                "",
+                "| criterion | " + " | ".join(widths) + " | mean fine-tuned (val) |",
+                "|---" * (len(widths) + 2) + "|",
+            ]
+            for result in sorted(finals, key=study.finetuned_value, reverse=True):
+                cells = [
+                    f"{100 * result['pruned'][w]:.1f} / {100 * result['finetuned'][w]:.2f}"
+                    f" [{100 * result['finetuned_test'][w]:.2f}]"
+                    for w in widths
+                ]
+                lines.append(
+                    f"| {study.label(result)} | "
+                    + " | ".join(cells)
+                    + f" | {100 * study.finetuned_value(result):.2f} |"
+                )
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def recommendation(
+    results: dict[str, dict[str, list[dict[str, Any]]]],
+    max_cost_epochs: float = 1.0,
+) -> tuple[dict[str, Any] | None, str]:
+    """The Dirichlet configuration with the best mean validation accuracy after fine-tuning
+    over the setups where it was fine-tuned everywhere, among those whose importance learning
+    costs at most ``max_cost_epochs`` passes over the data (the paper's promise: one epoch), and
+    a markdown table of it against the best baseline (L1 or Taylor) at every width setting,
+    validation and test."""
+    finals = {setup: entry["finals"] for setup, entry in results.items() if entry["finals"]}
+    if not finals:
+        return None, "no fine-tuned results yet"
+    keys = None
+    for entries in finals.values():
+        present = {
+            r["key"]
+            for r in entries
+            if r["criterion"] == "dirichlet"
+            and study.cost_in_epochs(r["config"]) <= max_cost_epochs
+        }
+        keys = present if keys is None else keys & present
+    if not keys:
+        return None, "no configuration was fine-tuned on every setup"
+
+    def mean_over_setups(key: str) -> float:
+        return statistics.mean(
+            study.finetuned_value(next(r for r in entries if r["key"] == key))
+            for entries in finals.values()
+        )
+
+    best_key = max(keys, key=mean_over_setups)
+    lines = [
+        "| setup | widths | Dirichlet (chosen) val / test | best of L1, Taylor val / test "
+        "| Dirichlet - best (val) | after pruning: Dirichlet / best (val) |",
+        "|---|---|---|---|---|---|",
+    ]
+    config = None
+    for setup, entries in finals.items():
+        chosen = next(r for r in entries if r["key"] == best_key)
+        config = chosen["config"]
+        peers = [r for r in entries if r["criterion"] in ("l1", "taylor")]
+        for widths in chosen["finetuned"]:
+            best = max(peers, key=lambda r, w=widths: r["finetuned"][w])
+            best_pruned = max(r["pruned"][widths] for r in peers)
+            lines.append(
+                f"| {setup} | {widths} | {100 * chosen['finetuned'][widths]:.2f} / "
+                f"{100 * chosen['finetuned_test'][widths]:.2f} | {best['criterion']} "
+                f"{100 * best['finetuned'][widths]:.2f} / "
+                f"{100 * best['finetuned_test'][widths]:.2f} | "
+                f"{100 * (chosen['finetuned'][widths] - best['finetuned'][widths]):+.2f} | "
+                f"{100 * chosen['pruned'][widths]:.1f} / {100 * best_pruned:.1f} |"
+            )
+    header = (
+        f"Chosen on validation data among configurations that cost at most {max_cost_epochs:g} "
+        f"epoch(s) of learning: **{study.label({'config': config})}** (mean validation accuracy "
+        f"after fine-tuning over the setups: {100 * mean_over_setups(best_key):.2f}%).\n\n"
+    )
+    return config, header + "\n".join(lines) + "\n"
