@@ -175,3 +175,31 @@ def test_ranking_statistics():
     assert quantile[0] < importance.mean("fc1")[0]
     with pytest.raises(ValueError, match="unknown statistic"):
         importance.ranked_by("median")
+
+
+def test_dirichlet_settings_hold_each_default_once(tiny_loader):
+    settings = dplib.DirichletSettings()
+    gated = dplib.attach_gates(dplib.models.build("lenet300", seed=0))
+    assert next(g for _, g in gated.named_gates()).phi_init == settings.phi_init
+    specified = dplib.DirichletSettings.as_specified()
+    assert (specified.phi_init, specified.alpha0, specified.kl_weight) == (1.0, 1.0, 1.0)
+    assert specified.kl_divided_by_n and specified.replace(lr=0.3).lr == 0.3
+    with pytest.raises(ValueError, match="unknown Dirichlet setting"):
+        settings.replace(alpha=1.0)
+    with pytest.raises(ValueError, match="unknown estimator 'mcmc'"):
+        dplib.DirichletSettings(estimator="mcmc")
+    with pytest.raises(ValueError, match="alpha0 must be positive"):
+        dplib.DirichletSettings(alpha0=0)
+    # settings whose gate knobs differ from the attached gates are refused before any step
+    with pytest.raises(ValueError, match="attach them with dplib.attach_gates"):
+        dplib.learn_importance(gated, tiny_loader, settings=specified)
+    with pytest.raises(ValueError, match="knobs of the gates"):
+        dplib.learn_importance(gated, tiny_loader, phi_init=3.0)
+    learned = dplib.learn_importance(
+        gated,
+        tiny_loader,
+        settings=settings.replace(epochs=0.25),
+        device="cpu",
+        show_progress=False,
+    )
+    assert learned.config["epochs"] == 0.25 and learned.config["alpha0"] == settings.alpha0
