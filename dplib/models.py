@@ -8,10 +8,17 @@ name            layers                                                     width
                 fc 800-500, fc 500-10 (ReLU after each hidden layer)       -fc1
 ``lenet5_bn``   the Dirichlet-pruning authors' LeNet-5: conv 10@5x5-BN,    conv1-conv2   40,225
                 pool, conv 20@5x5-BN, pool, fc 320-100, fc 100-25, 25-10   -fc1-fc2
+``vgg16``       13 conv3x3-BN-ReLU, 5 max-pools, fc 512-512 (BN), 512-10   14 layers    14,991,946
+``resnet20``    CIFAR ResNet: 3x3 stem, 3 stages of 3 basic blocks         inner: 9     272,474
+                (16-32-64 channels), 1x1-conv shortcuts
+``resnet56``    the same with 9 blocks per stage                           inner: 27    855,770
+``wrn28_10``    WideResNet-28-10, pre-activation, dropout 0.3              inner: 13    36,479,194
 ==============  =========================================================  ===========  =========
 
 "Widths" lists the prunable layers in the order a widths string such as ``"5-8-45-15"`` gives
-their kept units. Every model takes 1x28x28 images.
+their kept units (for the residual networks: the inner channels of each block; with
+``coupled=True`` also the residual streams). The LeNets take 1x28x28 images, the CIFAR networks
+3x32x32 (their parameter counts here: 10 classes, full width).
 """
 
 from __future__ import annotations
