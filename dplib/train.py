@@ -415,24 +415,3 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> dict[str, Any]
         )
     model.load_state_dict(payload["state_dict"])
     return payload["extra"]
-
-
-def fit_or_load(
-    model: nn.Module,
-    checkpoint: str | os.PathLike,
-    train_loader: DataLoader,
-    *,
-    model_name: str,
-    **fit_options: Any,
-) -> bool:
-    """Load ``checkpoint`` into ``model``, or train it with :func:`fit` and save it there.
-
-    A missing, corrupt or mismatched checkpoint is (re)built. Returns True when it was loaded.
-    """
-    try:
-        load_checkpoint(checkpoint, model)
-        return True
-    except (FileNotFoundError, ValueError):
-        fit(model, train_loader, **fit_options)
-        save_checkpoint(checkpoint, model, model_name=model_name)
-        return False
