@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PROFILE ?= cpu
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup data test lint format lab figures bench study compare clean-runs
+.PHONY: setup data test lint format lab figures bench study compare cifar cifar-evaluate clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ study: setup data  ## the study of notebooks/05_study: cached under runs/study, 
 
 compare: setup data  ## the comparison of make figures (cached under runs/cpu/compare) from the command line; see bench/compare.py
 	DPLIB_PROGRESS=off $(BIN)/python bench/compare.py
+
+cifar: setup data  ## CIFAR-10 for real (ResNet-20, ResNet-56, VGG-16; hours on 2 cores, resumable): figures/cifar*
+	DPLIB_PROGRESS=off $(BIN)/python bench/cifar.py
+
+cifar-evaluate: setup data  ## the shipped pruned CIFAR-10 networks (figures/cifar/) on the test split
+	$(BIN)/python bench/cifar.py --evaluate
 
 clean-runs:
 	rm -rf runs/

@@ -20,6 +20,7 @@ from .gates import DirichletGate, dirichlet_kl
 from .graph import UnsupportedModelError, find_prunable_layers
 from .importance import Importance, WidthsError, format_widths, parse_widths
 from .measure import count, latency, speedup
+from .pruned import load_pruned, save_pruned
 from .settings import DirichletSettings
 from .surgery import ImportanceMismatchError, prune, unit_mask, widths_of
 from .train import (
@@ -59,6 +60,7 @@ __all__ = [
     "fit",
     "format_widths",
     "latency",
+    "load_pruned",
     "learn_importance",
     "load_checkpoint",
     "measure",
@@ -67,6 +69,7 @@ __all__ = [
     "prune",
     "resolve_device",
     "save_checkpoint",
+    "save_pruned",
     "set_seed",
     "speedup",
     "unit_mask",

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from . import torch_pruning
 from .attach import GatedModel, attach_gates
+from .checks import check_data
 from .graph import find_prunable_layers
 from .importance import Importance
 from .progress import progress
@@ -186,6 +187,8 @@ def compute(
         )
     if entry.needs_data and loader is None:
         raise ValueError(f"criterion {criterion!r} needs a data loader")
+    if loader is not None:
+        check_data(model, loader, f"criterion {criterion!r}")
     return entry.function(
         model, loader, seed=seed, batches=batches, device=device, coupled=coupled, **options
     )
@@ -383,15 +386,25 @@ def dirichlet_importance(
     device: str | torch.device = "auto",
     coupled: bool = False,
     settings: DirichletSettings | None = None,
+    amp: bool | str = False,
+    channels_last: bool = False,
     show_progress: bool = True,
     **_: object,
 ) -> Importance:
-    """Attach gates with ``settings``, learn their posteriors, remove the gates."""
+    """Attach gates with ``settings``, learn their posteriors, remove the gates (``amp``,
+    ``channels_last``: the precision and memory format of :func:`dplib.learn_importance`)."""
     settings = settings or DirichletSettings()
     gated = attach_gates(_unwrap(model), settings=settings, coupled=coupled)
     try:
         return learn_importance(
-            gated, loader, settings=settings, device=device, seed=seed, show_progress=show_progress
+            gated,
+            loader,
+            settings=settings,
+            device=device,
+            seed=seed,
+            amp=amp,
+            channels_last=channels_last,
+            show_progress=show_progress,
         )
     finally:
         gated.remove()

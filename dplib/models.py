@@ -335,7 +335,7 @@ def build(
     """Build the preset network ``name``.
 
     Args:
-        name: one of :data:`MODELS` (``lenet300``, ``lenet5``, ``lenet5_bn``).
+        name: one of :data:`MODELS`.
         num_classes: outputs of the classifier.
         widths: build the architecture of a pruned network of these widths instead (weights
             are fresh); used to load pruned checkpoints.
@@ -368,6 +368,8 @@ def build(
             criterion="first",
         )
         model = prune(model, order, widths)
+    # what dplib.save_pruned records so that dplib.load_pruned rebuilds this network alone
+    model.dplib_preset = {"name": name, **options}
     return model
 
 

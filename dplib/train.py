@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from . import distributed
+from .checks import check_data
 from .data import random_crop_flip, reseed
 from .files import atomic_torch_save, read_torch_file
 from .progress import progress
@@ -130,6 +131,7 @@ def fit(
     seed: int = 0,
     augment: bool = False,
     amp: bool | str = "auto",
+    channels_last: bool = False,
     checkpoint: str | os.PathLike | None = None,
     show_progress: bool = True,
     desc: str = "train",
@@ -138,14 +140,19 @@ def fit(
 
     Args:
         epochs: passes over ``train_loader`` (a fraction trains on part of one pass).
-        schedule: ``"cosine"`` (decay to 0 over the run) or ``"constant"``.
+        schedule: ``"cosine"`` (decay to 0 over the run), ``"onecycle"`` (a linear warm-up
+            from lr/25 to lr over the first 30% of the steps, then cosine decay to 0) or
+            ``"constant"``.
         val_loader: evaluated after each epoch; with ``keep_best`` the weights of the epoch with
             the best validation accuracy are restored at the end.
         seed: seeds the weights' updates and the data order (epoch e is shuffled with
             seed + e, so a resumed run sees the same batches as an uninterrupted one).
         augment: random crops (4-pixel padding) and horizontal flips, for CIFAR-like images.
-        amp: mixed precision (float16 autocast with a gradient scaler) on CUDA; ``"auto"`` turns
-            it on when the device is CUDA. Ignored on the CPU.
+        amp: mixed precision, see :func:`autocast_dtype`: ``"auto"`` is float16 autocast with a
+            gradient scaler on CUDA and none on the CPU; ``"bfloat16"`` (or True on the CPU)
+            runs the forward pass in bfloat16 autocast, fast on CPUs with bfloat16 support.
+        channels_last: the model and the images in the channels-last memory format during
+            training (faster convolutions on CPUs); the model is returned in the usual format.
         checkpoint: a file where the training state (weights, optimiser, random generators,
             history) is written after every completed epoch. When it exists at the start, the
             run resumes from it and ends with the same weights as an uninterrupted run.
@@ -158,49 +165,89 @@ def fit(
         "seconds_per_epoch": ...}``.
     """
     _check_schedule(epochs, schedule)
+    check_data(model, train_loader, "fit")
     device = resolve_device(device)
-    use_amp = device.type == "cuda" and (amp is True or amp == "auto")
     set_seed(seed)
     loader = distributed.shard(train_loader, seed)
-    model.to(device).train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(trainable, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    run = _Run(model, _parallel(model, device), optimizer, device, use_amp, epochs, len(loader))
-    if checkpoint is not None and Path(checkpoint).exists():
-        run.state, run.history = _resume(checkpoint, model, run.optimizer, run.scaler)
+    sgd = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
+    run = _start_run(model, loader, device, epochs, amp, channels_last, checkpoint, sgd)
     main = distributed.is_main()
     bar = progress(total=run.total_steps, desc=desc, enabled=show_progress and main)
-    seconds = _train_epochs(
-        run,
-        loader,
-        seed=seed,
-        lr=lr,
-        schedule=schedule,
-        augment=augment,
-        val_loader=val_loader,
-        keep_best=keep_best,
-        checkpoint=checkpoint if main else None,
-        bar=bar,
-    )
+    steps = {"lr": lr, "schedule": schedule, "augment": augment}
+    saving = checkpoint if main else None
+    seconds = _train_epochs(run, loader, seed, steps, val_loader, keep_best, saving, bar)
     return _finish(run, seconds)
+
+
+def _start_run(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    epochs: float,
+    amp: bool | str,
+    channels_last: bool,
+    checkpoint: str | os.PathLike | None,
+    sgd: dict[str, float],
+) -> _Run:
+    """The model on its device (and memory format), its SGD optimiser, and the state of a
+    resumed run when ``checkpoint`` exists."""
+    precision = autocast_dtype(device, amp)
+    model.to(device).train()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, **sgd)
+    network = _parallel(model, device)
+    run = _Run(model, network, optimizer, device, precision, epochs, len(loader), channels_last)
+    if checkpoint is not None and Path(checkpoint).exists():
+        run.state, run.history = _resume(checkpoint, model, run.optimizer, run.scaler)
+    return run
+
+
+SCHEDULES = ("cosine", "onecycle", "constant")
+ONECYCLE_WARMUP = 0.3  # share of the steps over which "onecycle" warms up
 
 
 def _check_schedule(epochs: float, schedule: str) -> None:
     """A ValueError for a schedule :func:`fit` cannot run."""
     if epochs <= 0:
         raise ValueError(f"epochs must be positive, got {epochs}")
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or 'constant'")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+
+
+def learning_rate(schedule: str, lr: float, step: int, total: int) -> float:
+    """The learning rate of ``schedule`` at ``step`` of ``total`` (peak ``lr``)."""
+    if schedule == "constant":
+        return lr
+    if schedule == "onecycle":
+        warmup = ONECYCLE_WARMUP * total
+        if step < warmup:
+            return lr * (1 / 25 + (1 - 1 / 25) * step / warmup)
+        return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+    return lr * 0.5 * (1 + math.cos(math.pi * step / total))
+
+
+def autocast_dtype(device: torch.device, amp: bool | str) -> torch.dtype | None:
+    """The autocast dtype of ``amp`` on ``device`` (None: full precision).
+
+    ``"auto"``: float16 on CUDA, none on the CPU; ``"bfloat16"``: bfloat16 on either; True:
+    float16 on CUDA, bfloat16 on the CPU; False: none.
+    """
+    if amp not in (True, False, "auto", "bfloat16"):
+        raise ValueError(f"amp must be True, False, 'auto' or 'bfloat16', got {amp!r}")
+    if amp == "bfloat16" or (amp is True and device.type == "cpu"):
+        return torch.bfloat16
+    if device.type == "cuda" and amp in (True, "auto"):
+        return torch.float16
+    return None
 
 
 def _train_epochs(
     run: _Run,
     loader: DataLoader,
-    *,
     seed: int,
-    lr: float,
-    schedule: str,
-    augment: bool,
+    steps: dict[str, Any],
     val_loader: DataLoader | None,
     keep_best: bool,
     checkpoint: str | os.PathLike | None,
@@ -213,7 +260,7 @@ def _train_epochs(
     while run.state["step"] < run.total_steps:
         reseed(loader, seed + run.state["epoch"])
         distributed.set_epoch(loader, run.state["epoch"])
-        train_loss = _train_epoch(run, loader, lr=lr, schedule=schedule, augment=augment, bar=bar)
+        train_loss = _train_epoch(run, loader, bar=bar, **steps)
         _end_epoch(run, train_loss, val_loader, keep_best, bar)
         run.state["seconds"] = time.perf_counter() - started
         if checkpoint is not None:
@@ -230,9 +277,10 @@ class _Run:
     network: nn.Module  # the model, or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer
     device: torch.device
-    use_amp: bool
+    autocast: torch.dtype | None  # the forward pass's autocast dtype (None: float32)
     epochs: float
     steps_per_epoch: int
+    channels_last: bool = False
     state: dict[str, Any] = field(
         default_factory=lambda: {
             "epoch": 0,
@@ -248,7 +296,8 @@ class _Run:
 
     def __post_init__(self) -> None:
         self.total_steps = max(1, math.ceil(self.epochs * self.steps_per_epoch))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        # float16 needs its gradients scaled; bfloat16 has float32's range and does not
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast == torch.float16)
 
 
 def _parallel(model: nn.Module, device: torch.device) -> nn.Module:
@@ -268,13 +317,16 @@ def _train_epoch(
         step = run.state["step"]
         if step >= run.total_steps:
             break
-        if schedule == "cosine":
+        if schedule != "constant":
             for group in run.optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / run.total_steps))
+                group["lr"] = learning_rate(schedule, lr, step, run.total_steps)
         images, labels = images.to(run.device), labels.to(run.device)
         if augment:
             images = random_crop_flip(images)
-        with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.use_amp):
+        if run.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        enabled = run.autocast is not None
+        with torch.autocast(run.device.type, dtype=run.autocast, enabled=enabled):
             loss = F.cross_entropy(run.network(images), labels)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
@@ -311,6 +363,8 @@ def _finish(run: _Run, seconds: float) -> dict[str, Any]:
         run.model.load_state_dict(run.state["best_state"])
     run.history["seconds"] = seconds
     run.history["seconds_per_epoch"] = seconds / (run.total_steps / run.steps_per_epoch)
+    if run.channels_last:
+        run.model.to(memory_format=torch.contiguous_format)
     run.model.eval()
     return run.history
 

@@ -44,11 +44,12 @@ from torch.utils.data import DataLoader
 
 from . import distributed
 from .attach import GatedModel
+from .checks import check_data
 from .data import reseed
 from .importance import Importance
 from .progress import progress
 from .settings import ESTIMATORS, DirichletSettings
-from .train import copy_state, resolve_device, set_seed
+from .train import autocast_dtype, copy_state, resolve_device, set_seed
 
 __all__ = ["ESTIMATORS", "elbo_loss", "learn_importance", "phi_init_of"]
 
@@ -93,6 +94,8 @@ def learn_importance(
     seed: int = 0,
     dataset_size: int | None = None,
     snapshots: int = 40,
+    amp: bool | str = False,
+    channels_last: bool = False,
     show_progress: bool = True,
     **knobs: Any,
 ) -> Importance:
@@ -115,6 +118,8 @@ def learn_importance(
         seed: seeds the samples (and anything else drawn from torch's global generator).
         snapshots: how many times the posterior means are recorded during learning (to see how
             fast the ranking settles).
+        amp, channels_last: the forward pass in autocast and the channels-last memory format, as
+            for :func:`dplib.fit` (``amp="bfloat16"``: fast on CPUs with bfloat16 support).
 
     Returns:
         An :class:`~dplib.Importance` (criterion ``"dirichlet"``) keyed by the layers' module
@@ -126,17 +131,19 @@ def learn_importance(
     settings = _settings_for(gated, settings, epochs, knobs)
     if len(loader) == 0:
         raise ValueError("the loader is empty")
+    check_data(gated, loader, "learn_importance")
     device = resolve_device(device)
     dataset_size = dataset_size or len(loader.dataset)
     loader = distributed.shard(loader, seed)
     total_steps = max(1, math.ceil(settings.epochs * len(loader)))
     set_seed(seed)
-    with _learning_mode(gated, settings, device):
+    with _learning_mode(gated, settings, device, channels_last):
         history = _optimise(
             gated,
             loader,
             settings,
             device=device,
+            precision=(autocast_dtype(device, amp), channels_last),
             seed=seed,
             total_steps=total_steps,
             kl_normalizer=dataset_size if settings.kl_divided_by_n else 1,
@@ -178,7 +185,7 @@ def _settings_for(
 
 @contextmanager
 def _learning_mode(
-    gated: GatedModel, settings: DirichletSettings, device: torch.device
+    gated: GatedModel, settings: DirichletSettings, device: torch.device, channels_last: bool
 ) -> Iterator[None]:
     """Freeze the weights (or not, for joint training), eval mode, gates trainable; restore
     the weights' flags, every module's mode, BatchNorm statistics and the device afterwards."""
@@ -193,6 +200,8 @@ def _learning_mode(
         for parameter in weights:
             parameter.requires_grad_(settings.weights_lr > 0)
         gated.to(device).eval()
+        if channels_last:
+            gated.to(memory_format=torch.channels_last)
         if settings.batchnorm == "train":
             for norm in norms:
                 norm.train()
@@ -209,6 +218,8 @@ def _learning_mode(
         if settings.weights_lr > 0:
             gated.zero_grad(set_to_none=True)
         gated.to(original_device)
+        if channels_last:
+            gated.to(memory_format=torch.contiguous_format)
         gated.set_mode("mean")
 
 
@@ -222,6 +233,7 @@ def _optimise(
     settings: DirichletSettings,
     *,
     device: torch.device,
+    precision: tuple[torch.dtype | None, bool],
     seed: int,
     total_steps: int,
     kl_normalizer: int,
@@ -249,15 +261,8 @@ def _optimise(
         for images, labels in loader:
             if step >= total_steps:
                 break
-            loss, cross_entropy, kl = elbo_loss(
-                gated,
-                images.to(device),
-                labels.to(device),
-                samples=settings.samples,
-                estimator=settings.estimator,
-                alpha0=settings.alpha0,
-                kl_weight=settings.kl_weight,
-                dataset_size=kl_normalizer,
+            loss, cross_entropy, kl = _batch_loss(
+                gated, images, labels, settings, device, precision, kl_normalizer
             )
             _update(loss, (optimizer, thetas), (weight_optimizer, weights))
             step += 1
@@ -274,6 +279,33 @@ def _optimise(
     bar.close()
     history["seconds"] = time.perf_counter() - started
     return history
+
+
+def _batch_loss(
+    gated: GatedModel,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    settings: DirichletSettings,
+    device: torch.device,
+    precision: tuple[torch.dtype | None, bool],
+    kl_normalizer: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`elbo_loss` of one mini-batch on ``device``, in the run's precision and format."""
+    autocast, channels_last = precision
+    images = images.to(device)
+    if channels_last and images.dim() == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        return elbo_loss(
+            gated,
+            images,
+            labels.to(device),
+            samples=settings.samples,
+            estimator=settings.estimator,
+            alpha0=settings.alpha0,
+            kl_weight=settings.kl_weight,
+            dataset_size=kl_normalizer,
+        )
 
 
 def _update(

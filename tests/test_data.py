@@ -78,6 +78,7 @@ def test_cifar10_reads_the_pickled_batch_format(tmp_path):
 
 def test_missing_files_name_the_files_and_the_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
+    monkeypatch.delenv("DPLIB_CIFAR10", raising=False)
     with pytest.raises(data.DataNotFoundError) as error:
         data.load_splits("fashion_mnist", tmp_path, download=False)
     message = str(error.value)
@@ -85,8 +86,9 @@ def test_missing_files_name_the_files_and_the_folder(tmp_path, monkeypatch):
     assert "dataset-fashion-mnist" in message
     with pytest.raises(data.DataNotFoundError, match="mnist5k"):
         data.load_splits("mnist", tmp_path, download=False)
-    with pytest.raises(data.DataNotFoundError, match="data_batch_1"):
+    with pytest.raises(data.DataNotFoundError, match="data_batch_1") as error:
         data.load_splits("cifar10", tmp_path, download=False)
+    assert "CIFAR-10-images" in str(error.value) and "DPLIB_CIFAR10" in str(error.value)
 
 
 def test_unknown_dataset_name():

@@ -94,3 +94,30 @@ def test_recalibrate_batchnorm_matches_the_batch_statistics_and_keeps_weights():
     assert all(torch.equal(v, before[k]) for k, v in plain.state_dict().items())
     with pytest.raises(ValueError, match="at least one batch"):
         recalibrate_batchnorm(model, loader, batches=0)
+
+
+def test_bfloat16_channels_last_and_onecycle_train_and_restore_the_format(tiny_loader):
+    from dplib.train import autocast_dtype, learning_rate
+
+    model = dplib.models.build("lenet5", seed=0)
+    history = dplib.fit(
+        model,
+        tiny_loader,
+        epochs=1,
+        amp="bfloat16",
+        channels_last=True,
+        schedule="onecycle",
+        device="cpu",
+        show_progress=False,
+    )
+    assert history["train_loss"][0] > 0
+    assert model.conv1.weight.is_contiguous()  # the usual format again
+    assert autocast_dtype(torch.device("cpu"), "auto") is None
+    assert autocast_dtype(torch.device("cpu"), True) == torch.bfloat16
+    with pytest.raises(ValueError, match="amp must be"):
+        autocast_dtype(torch.device("cpu"), "fp8")
+    assert learning_rate("onecycle", 0.1, 0, 100) == pytest.approx(0.004)
+    assert learning_rate("onecycle", 0.1, 30, 100) == pytest.approx(0.1)
+    assert learning_rate("onecycle", 0.1, 100, 100) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        dplib.fit(model, tiny_loader, schedule="linear")

@@ -40,8 +40,9 @@ from .. import criteria as criteria_registry
 from .. import data
 from ..budget import choose_widths
 from ..files import read_json, write_json
-from ..importance import Importance, format_widths
-from ..measure import count, kendall
+from ..importance import Importance, format_widths, parse_widths
+from ..measure import count, kendall, speedup
+from ..pruned import save_pruned
 from ..settings import DirichletSettings
 from ..surgery import prune
 from ..train import evaluate, fit, recalibrate_batchnorm
@@ -52,11 +53,13 @@ from .setups import Context, Setup, prepare
 
 BUDGETS = ("2x", "4x", "10x", "20x")
 ALLOCATIONS = {"own": "importance", "same": "uniform"}
+FIXED = "fixed"  # the allocation of widths given by hand (the reference code's)
 TAYLOR_BATCHES = 20
 FINETUNE_LR = 0.01
 # BatchNorm statistics are re-estimated after surgery on this many training batches (networks
 # with BatchNorm only; weights unchanged), before "right after pruning" is measured.
 RECALIBRATION_BATCHES = 20
+SPEEDUP_REPEATS = 10  # forward passes per round when a setup measures its speed-ups
 
 # The cpu profile's schedules (dplib.experiments.profiles): 3 / 1 / 1 epochs, multiplied by 10 on
 # mnist5k (3,500 training images) to give about as many steps as the full data sets.
@@ -86,6 +89,7 @@ def compute_importance(context: Context, criterion: str) -> Importance:
     key = {"criterion": criterion, "seed": context.seed, "batches": TAYLOR_BATCHES}
     if criterion == "dirichlet":
         key["settings"] = settings.to_dict()
+        key["precision"] = [context.setup.amp, context.setup.channels_last]
 
     def build() -> tuple[Importance, dict[str, Any]]:
         started = time.perf_counter()
@@ -98,6 +102,8 @@ def compute_importance(context: Context, criterion: str) -> Importance:
             coupled=context.setup.coupled,
             settings=settings,
             input_shape=context.input_shape,
+            amp=context.setup.amp,
+            channels_last=context.setup.channels_last,
             show_progress=False,
         )
         importance.history["seconds_total"] = time.perf_counter() - started
@@ -115,7 +121,10 @@ def compute_importance(context: Context, criterion: str) -> Importance:
 def widths_for(
     context: Context, importance: Importance, budget: str, allocation: str
 ) -> dict[str, int]:
-    """The widths of ``allocation`` (``own`` or ``same``) at ``budget`` fewer MACs."""
+    """The widths of ``allocation`` (``own`` or ``same``) at ``budget`` fewer MACs; for the
+    ``fixed`` allocation ``budget`` is the widths themselves (e.g. the reference widths)."""
+    if allocation == "fixed":
+        return parse_widths(budget, importance.units)
     return choose_widths(
         context.model,
         importance,  # names the layers; the uniform allocation ignores its scores
@@ -152,14 +161,31 @@ def run_one(
         "budget": budget,
         "allocation": allocation,
         "finetune_epochs": epochs,
-        "finetune_lr": FINETUNE_LR,
+        "finetune": [context.setup.finetune_lr, context.setup.finetune_schedule],
+        "training": context.setup.training(),
+        "speedup_batch": context.setup.speedup_batch,
     }
-    path = context.folder / "results" / f"{criterion}-{allocation}-{budget}.json"
+    label = (
+        budget if allocation != FIXED else f"widths-{hashlib.sha1(budget.encode()).hexdigest()[:8]}"
+    )
+    path = context.folder / "results" / f"{criterion}-{allocation}-{label}.json"
 
     def build() -> tuple[None, dict[str, Any]]:
-        return None, _prune_and_finetune(context, criterion, importance, budget, allocation, epochs)
+        row = prune_and_finetune(context, criterion, importance, budget, allocation, epochs)
+        small = row.pop("network")
+        if context.setup.keep_pruned:
+            save_pruned(path.with_suffix(".pt"), small, **row)
+        return None, row
 
     return cached(path, key, build).value
+
+
+def result_path(folder: Path, criterion: str, allocation: str, budget: str) -> Path:
+    """Where :func:`run_one` keeps a result (the fixed widths named by a short hash)."""
+    label = budget
+    if allocation == FIXED:
+        label = f"widths-{hashlib.sha1(budget.encode()).hexdigest()[:8]}"
+    return folder / "results" / f"{criterion}-{allocation}-{label}.json"
 
 
 def _fingerprint(importance: Importance) -> str:
@@ -170,7 +196,7 @@ def _fingerprint(importance: Importance) -> str:
     return digest.hexdigest()[:12]
 
 
-def _prune_and_finetune(
+def prune_and_finetune(
     context: Context,
     criterion: str,
     importance: Importance,
@@ -178,7 +204,8 @@ def _prune_and_finetune(
     allocation: str,
     epochs: float,
 ) -> dict[str, Any]:
-    """The row of one pruned network: right after pruning, then after the fixed fine-tuning."""
+    """The row of one pruned network (right after pruning, then after the fixed fine-tuning),
+    with the fine-tuned ``network`` itself."""
     widths = widths_for(context, importance, budget, allocation)
     small = prune(context.model, importance, widths)
     recalibrated = recalibrate_batchnorm(
@@ -189,30 +216,45 @@ def _prune_and_finetune(
         "setup": context.setup.name,
         "seed": context.seed,
         "criterion": criterion,
-        "budget": budget,
+        "budget": budget if allocation != FIXED else "reference",
         "allocation": allocation,
         "widths": format_widths(widths),
         "params": params,
         "macs": macs,
         "base_macs": context.base["macs"],
         "pruned_val": evaluate(small, context.loaders.val)["accuracy"],
+        "pruned_test": evaluate(small, context.loaders.test)["accuracy"],
         "batchnorm_recalibrated": bool(recalibrated),
         "finetune_epochs": epochs,
     }
+    row.update(_finetune(context, small, epochs))
+    if context.setup.speedup_batch:
+        shape = (context.setup.speedup_batch, *context.input_shape[1:])
+        row["speedup"] = speedup(
+            context.model, small, shape, repeats=SPEEDUP_REPEATS, rounds=3, optimize=True
+        )
+    return row | {"network": small}
+
+
+def _finetune(context: Context, small: torch.nn.Module, epochs: float) -> dict[str, Any]:
+    """Fine-tune a pruned network by the setup's fixed schedule; its accuracies afterwards."""
+    setup = context.setup
     started = time.perf_counter()
     fit(
         small,
         context.loaders.train,
         epochs=epochs,
-        lr=FINETUNE_LR,
-        schedule="constant",
+        lr=setup.finetune_lr,
+        schedule=setup.finetune_schedule,
         seed=context.seed,
         show_progress=False,
+        **setup.training(),
     )
-    row["finetune_seconds"] = time.perf_counter() - started
-    row["finetuned_val"] = evaluate(small, context.loaders.val)["accuracy"]
-    row["finetuned_test"] = evaluate(small, context.loaders.test)["accuracy"]
-    return row
+    return {
+        "finetune_seconds": time.perf_counter() - started,
+        "finetuned_val": evaluate(small, context.loaders.val)["accuracy"],
+        "finetuned_test": evaluate(small, context.loaders.test)["accuracy"],
+    }
 
 
 def criteria_for(model: torch.nn.Module, *, peers: bool = True) -> tuple[str, ...]:
@@ -234,29 +276,40 @@ def run_setup(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Every (seed, criterion, budget, allocation) of one setup; returns rows, bases, settling."""
-    rows, bases, settles = [], [], []
+    rows, bases, settles, timings = [], [], [], []
     for seed in seeds:
         context = prepare_seed(setup, root, seed, subset=subset, eval_subset=eval_subset, log=log)
         chosen = tuple(criteria) if criteria is not None else criteria_for(context.model)
         bases.append({"seed": seed, **context.base})
         for criterion in chosen:
             importance = compute_importance(context, criterion)
+            seconds = importance.history.get("seconds_total")
+            timings.append({"seed": seed, "criterion": criterion, "seconds": seconds})
             if criterion == "dirichlet":
                 settles.append(settling(importance))
-            for budget in budgets:
-                for allocation in ALLOCATIONS:
-                    rows.append(
-                        run_one(
-                            context,
-                            criterion,
-                            importance,
-                            budget,
-                            allocation,
-                            finetune_epochs=finetune_epochs,
-                        )
-                    )
+            for budget, allocation in _cases(budgets, setup.widths):
+                row = run_one(
+                    context,
+                    criterion,
+                    importance,
+                    budget,
+                    allocation,
+                    finetune_epochs=finetune_epochs,
+                )
+                rows.append(row)
             log(f"{setup.name} seed {seed}: {criterion} done")
-    return {"setup": setup.name, "rows": rows, "bases": bases, "settling": settles}
+    return {
+        "setup": setup.name,
+        "rows": rows,
+        "bases": bases,
+        "settling": settles,
+        "importance_seconds": timings,
+    }
+
+
+def _cases(budgets: Iterable[str], widths: Iterable[str]) -> list[tuple[str, str]]:
+    """(budget, allocation) pairs: every budget with both allocations, then the fixed widths."""
+    return [(b, a) for b in budgets for a in ALLOCATIONS] + [(w, FIXED) for w in widths]
 
 
 # The notebooks' comparison (03_prune, 04_figures) --------------------------------------------
@@ -303,10 +356,16 @@ def run_experiment(config: Config, *, log: Callable[[str], None] = print) -> dic
     return result
 
 
+def committed_result(config: Config) -> dict[str, Any] | None:
+    """The committed rows of a notebook experiment's comparison (``make compare``), or None."""
+    path = committed_results() / f"{setup_for(config).name}.json"
+    return read_json(path) if path.exists() else None
+
+
 def committed_results() -> Path:
-    """``bench/results/compare/``: the raw rows of setups too long for the main job (resnet20,
-    about 90 minutes on 2 cores), committed by ``bench/compare.py``; ``make figures`` redraws
-    them."""
+    """``bench/results/compare/``: the raw rows of every setup, committed by
+    ``bench/compare.py`` (``make compare``: the LeNets about 16 minutes, resnet20 about 90 on
+    2 cores); ``make figures`` redraws them without rerunning."""
     return paths.kit_root() / "bench" / "results" / "compare"
 
 

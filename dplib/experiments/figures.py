@@ -272,7 +272,7 @@ def plot_comparison(summary: list[dict[str, Any]], title: str = "") -> plt.Figur
         axes, ("pruned_val", "finetuned_val"), ("right after pruning", "after fine-tuning")
     ):
         for criterion in criteria:
-            for allocation, style in (("own", "-"), ("same", "--")):
+            for allocation, style in (("own", "-"), ("same", "--"), ("fixed", ":")):
                 entries = sorted(
                     (
                         e
@@ -288,7 +288,7 @@ def plot_comparison(summary: list[dict[str, Any]], title: str = "") -> plt.Figur
                     [100 * e[metric] for e in entries],
                     yerr=[100 * e[metric + "_std"] for e in entries],
                     ls=style,
-                    marker="o" if allocation == "own" else "x",
+                    marker={"own": "o", "same": "x"}.get(allocation, "*"),
                     ms=4,
                     capsize=3,
                     color=COLOURS.get(criterion),

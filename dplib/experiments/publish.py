@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import torch
 
 from ..files import atomic_write_text, read_json
 from ..importance import Importance
-from . import compare, figures, paths, profiles, reports, synthetic
+from . import cifar, compare, figures, paths, profiles, reports, synthetic
 
 
 def collect(profile: str) -> dict[str, dict[str, Any]]:
@@ -85,6 +86,26 @@ def write_comparison(
     target = Path(folder) / "compare.md"
     atomic_write_text(target, reports.comparison_markdown(results))
     return [*written, target]
+
+
+def write_cifar(source: str | Path, folder: str | Path) -> list[Path]:
+    """``cifar.md``, ``cifar.csv`` and ``cifar_<model>`` (PNG and PDF) from the rows in
+    ``source`` (``<setup>.json`` each, see :mod:`dplib.experiments.cifar`); none without rows."""
+    results = {path.stem: read_json(path) for path in sorted(Path(source).glob("*.json"))}
+    if not results:
+        return []
+    folder = Path(folder)
+    frame = pd.DataFrame(reports.cifar_rows(results), columns=reports.CIFAR_COLUMNS)
+    written = [
+        atomic_write_text(folder / "cifar.md", reports.cifar_markdown(results)),
+        atomic_write_text(folder / "cifar.csv", frame.to_csv(index=False, float_format="%.2f")),
+    ]
+    for name, result in results.items():
+        model = name.split("-", 1)[1]
+        title = f"{model} on CIFAR-10 ({result['bases'][0].get('data_source', '')})"
+        figure = figures.plot_comparison(compare.summarise(result["rows"]), title)
+        written += _emit(figure, folder, f"cifar_{model}")
+    return written
 
 
 def write_study(results: dict[str, Any], folder: str | Path) -> list[Path]:
@@ -162,6 +183,8 @@ def write_all(profile: str, folder: str | os.PathLike | None = None) -> list[Pat
     # (the cpu profile also redraws the committed resnet20 rows of bench/compare.py)
     extra = compare.committed_results() if profile == "cpu" else None
     written.extend(write_comparison(compare.root_for(profile), folder, extra))
+    if profile == "cpu":  # CIFAR-10's committed rows (make cifar), redrawn without training
+        written.extend(write_cifar(cifar.committed_results(), folder))
     return written
 
 

@@ -282,3 +282,93 @@ def recommendation(
         f"after fine-tuning over the setups: {100 * mean_over_setups(best_key):.2f}%).\n\n"
     )
     return config, header + "\n".join(lines) + "\n"
+
+
+# CIFAR-10 ------------------------------------------------------------------------------------
+CIFAR_COLUMNS = (
+    "model",
+    "criterion",
+    "allocation",
+    "budget",
+    "widths",
+    "params",
+    "macs",
+    "base_test_accuracy",
+    "test_accuracy_pruned",
+    "test_accuracy_finetuned",
+    "val_accuracy_pruned",
+    "val_accuracy_finetuned",
+    "finetune_epochs",
+    "speedup",
+    "seed",
+    "data_source",
+)
+
+
+def cifar_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per network, criterion, allocation, budget and seed; accuracies in %."""
+    rows = []
+    for result in results.values():
+        bases = {base["seed"]: base for base in result["bases"]}
+        for row in result["rows"]:
+            base = bases[row["seed"]]
+            rows.append(
+                {
+                    "model": row["setup"].split("-", 1)[1],
+                    "criterion": row["criterion"],
+                    "allocation": row["allocation"],
+                    "budget": row["budget"],
+                    "widths": row["widths"],
+                    "params": row["params"],
+                    "macs": row["macs"],
+                    "base_test_accuracy": 100 * base["test"],
+                    "test_accuracy_pruned": 100 * row["pruned_test"],
+                    "test_accuracy_finetuned": 100 * row["finetuned_test"],
+                    "val_accuracy_pruned": 100 * row["pruned_val"],
+                    "val_accuracy_finetuned": 100 * row["finetuned_val"],
+                    "finetune_epochs": row["finetune_epochs"],
+                    "speedup": row.get("speedup"),
+                    "seed": row["seed"],
+                    "data_source": base.get("data_source", ""),
+                }
+            )
+    return rows
+
+
+def cifar_markdown(results: dict[str, dict[str, Any]]) -> str:
+    """``cifar.md``: per network, its base network and every pruned network's row."""
+    lines = ["# CIFAR-10: the paper's networks pruned on the CPU", ""]
+    for name, result in results.items():
+        base = result["bases"][0]
+        lines += [
+            f"## {name.split('-', 1)[1]} ({base.get('data_source', '')})",
+            "",
+            f"Base network: {100 * base['test']:.2f}% test, {100 * base['val']:.2f}% validation "
+            f"accuracy, {base['params']:,} params, {base['macs']:,} MACs, "
+            f"{base.get('seconds_per_epoch', 0):.0f} s per training epoch. "
+            + _importance_cost(result, base),
+            "",
+            "| criterion | allocation | budget | params | MACs | test after pruning | val / test "
+            "after fine-tune | deployed speed-up |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in cifar_rows({name: result}):
+            speed = f"{row['speedup']:.2f}x" if row["speedup"] else "-"
+            lines.append(
+                f"| {row['criterion']} | {row['allocation']} | {row['budget']} | "
+                f"{row['params']:,} | {row['macs']:,} | {row['test_accuracy_pruned']:.2f} | "
+                f"{row['val_accuracy_finetuned']:.2f} / {row['test_accuracy_finetuned']:.2f} | "
+                f"{speed} |"
+            )
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _importance_cost(result: dict[str, Any], base: dict[str, Any]) -> str:
+    seconds = [
+        t["seconds"] for t in result.get("importance_seconds", []) if t["criterion"] == "dirichlet"
+    ]
+    if not seconds or not base.get("seconds_per_epoch"):
+        return ""
+    fraction = statistics.mean(seconds) / base["seconds_per_epoch"]
+    return f"Dirichlet importance (one epoch): {fraction:.2f} of a training epoch."

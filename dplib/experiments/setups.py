@@ -21,12 +21,14 @@ from ..measure import count
 from ..train import evaluate, fit, load_checkpoint, save_checkpoint
 from .cache import Log, cached, log_line
 
-PRETRAIN_LR = 0.05
-
 
 @dataclass(frozen=True)
 class Setup:
-    """A network on a data set and its fixed schedules (epochs over the training split)."""
+    """A network on a data set and its fixed schedules (epochs over the training split).
+
+    The training options apply to pretraining and fine-tuning alike (see :func:`dplib.fit`);
+    their defaults are the LeNet schedules of the comparison and the study.
+    """
 
     model: str
     dataset: str
@@ -38,6 +40,20 @@ class Setup:
     coupled: bool = False  # also prune the residual-coupled groups (stages), as one unit each
     batch_size: int = 128
     widths: tuple[str, ...] = ()  # fixed width settings (the study: mild, medium, aggressive)
+    pretrain_lr: float = 0.05
+    schedule: str = "cosine"  # of pretraining
+    finetune_lr: float = 0.01
+    finetune_schedule: str = "constant"
+    augment: bool = False  # random crops and flips (CIFAR)
+    amp: bool | str = "auto"  # "bfloat16": fast CPU training where the CPU supports it
+    channels_last: bool = False
+    speedup_batch: int | None = None  # measure each pruned network's deployed CPU speed-up
+    keep_pruned: bool = False  # save each fine-tuned pruned network (dplib.save_pruned)
+    data_device: str | None = None  # hold the images there (e.g. "cuda": no copies per batch)
+
+    def training(self) -> dict[str, Any]:
+        """The options of :func:`dplib.fit` shared by pretraining and fine-tuning."""
+        return {"augment": self.augment, "amp": self.amp, "channels_last": self.channels_last}
 
     @property
     def name(self) -> str:
@@ -79,14 +95,18 @@ def prepare(
     )
     if setup.pad_to:
         loaders = _padded(loaders, setup.pad_to, seed, setup.batch_size)
+    if setup.data_device:
+        loaders = _on_device(loaders, setup.data_device, seed, setup.batch_size)
     shape = (1, *loaders.splits.train.tensors[0].shape[1:])
     key = {
         "model": setup.model,
         "dataset": setup.name,
         "width_multiplier": setup.width_multiplier,
         "epochs": setup.pretrain_epochs,
-        "lr": PRETRAIN_LR,
+        "lr": setup.pretrain_lr,
+        "schedule": setup.schedule,
         "batch_size": setup.batch_size,
+        **setup.training(),
         "seed": seed,
         "subset": subset,
         "eval_subset": eval_subset,
@@ -103,9 +123,9 @@ def prepare(
 
 
 def _network(setup: Setup, seed: int | None = None) -> torch.nn.Module:
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"width_multiplier": setup.width_multiplier}
     if setup.pad_to:  # a CIFAR network on grey images
-        options = {"in_channels": 1, "width_multiplier": setup.width_multiplier}
+        options["in_channels"] = 1
     return models.build(setup.model, seed=seed, **options)
 
 
@@ -125,15 +145,17 @@ def _pretrain(
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train the base network; measure it on validation and test data, count it."""
     model = _network(setup, seed)
-    fit(
+    history = fit(
         model,
         loaders.train,
         epochs=setup.pretrain_epochs,
-        lr=PRETRAIN_LR,
+        lr=setup.pretrain_lr,
+        schedule=setup.schedule,
         val_loader=loaders.val,
         seed=seed,
         show_progress=show_progress,
         desc=f"pretrain {setup.name}",
+        **setup.training(),
     )
     log(f"{setup.name} seed {seed}: pretrained {setup.pretrain_epochs} epochs")
     params, macs = count(model, shape)
@@ -142,8 +164,28 @@ def _pretrain(
         "test": evaluate(model, loaders.test)["accuracy"],
         "params": params,
         "macs": macs,
+        "seconds_per_epoch": history["seconds_per_epoch"],
+        "data_source": loaders.splits.source,
     }
     return model, {"base": base}
+
+
+def _on_device(loaders: data.Loaders, device: str, seed: int, batch_size: int) -> data.Loaders:
+    """The same loaders over images held on ``device``: batches are sliced there."""
+    splits = loaders.splits
+    for split in ("train", "val", "test"):
+        tensors = getattr(splits, split).tensors
+        setattr(splits, split, TensorDataset(*(tensor.to(device) for tensor in tensors)))
+    return _loaders(splits, seed, batch_size)
+
+
+def _loaders(splits: data.Splits, seed: int, batch_size: int) -> data.Loaders:
+    return data.Loaders(
+        train=data.make_loader(splits.train, batch_size, shuffle=True, seed=seed),
+        val=data.make_loader(splits.val, 1000, shuffle=False),
+        test=data.make_loader(splits.test, 1000, shuffle=False),
+        splits=splits,
+    )
 
 
 def _padded(loaders: data.Loaders, size: int, seed: int, batch_size: int = 128) -> data.Loaders:
@@ -154,9 +196,4 @@ def _padded(loaders: data.Loaders, size: int, seed: int, batch_size: int = 128) 
         margin = (size - images.shape[-1]) // 2
         padded = F.pad(images, (margin,) * 4, value=float(images.min()))
         setattr(splits, split, TensorDataset(padded, labels))
-    return data.Loaders(
-        train=data.make_loader(splits.train, batch_size, shuffle=True, seed=seed),
-        val=data.make_loader(splits.val, 1000, shuffle=False),
-        test=data.make_loader(splits.test, 1000, shuffle=False),
-        splits=splits,
-    )
+    return _loaders(splits, seed, batch_size)

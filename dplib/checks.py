@@ -1,0 +1,84 @@
+"""Checks of data against a network, run before any long work starts.
+
+A loader whose images have the wrong shape, or whose labels exceed the classifier's outputs,
+would otherwise fail deep inside torch ("Target 19 is out of bounds", a convolution's shape
+error) after setting up a run. :func:`check_data` looks at the first example of the data set (not
+at the loader's batches, so no shuffling state moves) and runs the network on it once, in eval
+mode and without gradients, and says what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .models import input_shape
+
+
+def expected_input(model: nn.Module) -> tuple[int, int, int] | None:
+    """(channels, height, width) a network built by :func:`dplib.models.build` takes."""
+    network = getattr(model, "model", model)  # a GatedModel holds the network
+    preset = getattr(network, "dplib_preset", None)
+    if preset is None:
+        return None
+    channels, height, width = input_shape(preset["name"])
+    size = preset.get("image_size", height)
+    return (preset.get("in_channels", channels), size, size)
+
+
+def check_data(model: nn.Module, loader: DataLoader, what: str) -> None:
+    """A ValueError naming the problem when ``loader``'s data do not fit ``model``."""
+    images, labels = _first_example(loader)
+    expected = expected_input(model)
+    if expected is not None and tuple(images.shape) != expected:
+        raise ValueError(
+            f"{what}: the network takes images of shape {_shape(expected)} but the data set's "
+            f"images are {_shape(images.shape)}; give data of the network's input (or build "
+            "the network for this data)"
+        )
+    outputs = _outputs(model, images, what)
+    largest = int(labels.max()) if labels.numel() else 0
+    if largest >= outputs or (labels.numel() and int(labels.min()) < 0):
+        raise ValueError(
+            f"{what}: the labels run from {int(labels.min())} to {largest} but the classifier has "
+            f"{outputs} outputs (labels 0 to {outputs - 1}); build the network with "
+            f"num_classes={largest + 1} or give data of its classes"
+        )
+
+
+def _first_example(loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image, and the labels to check: all of an in-memory data set, else the first."""
+    dataset = loader.dataset
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None and len(tensors) >= 2:
+        if len(tensors[0]) == 0:
+            raise ValueError("the loader's data set is empty")
+        return tensors[0][0], tensors[1]
+    image, label = dataset[0]
+    return torch.as_tensor(image), torch.as_tensor(label).reshape(-1)
+
+
+def _outputs(model: nn.Module, image: torch.Tensor, what: str) -> int:
+    """The number of classifier outputs, from one forward pass of ``image``."""
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(image.unsqueeze(0).to(device))
+    except RuntimeError as error:
+        reason = str(error).splitlines()[0]
+        raise ValueError(
+            f"{what}: the network cannot take the data set's images of shape "
+            f"{_shape(image.shape)} ({reason})"
+        ) from None
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+    return int(logits.shape[-1])
+
+
+def _shape(shape: tuple[int, ...] | torch.Size) -> str:
+    return "x".join(str(size) for size in shape)

@@ -1,0 +1,147 @@
+"""CIFAR-10 for real: ResNet-20, ResNet-56 and VGG-16 pretrained on the CPU, then pruned.
+
+Each network is pretrained with a short one-cycle schedule (SGD, random crops and flips, bfloat16
+autocast and channels-last where the CPU supports them), its importance learnt for one epoch
+with the kit's Dirichlet defaults, and pruned by every criterion at 2x and 4x fewer MACs (each
+criterion's own allocation and the same widths for all) and at the reference code's widths
+(VGG-16: 39-39-63-48-55-88-87-52-62-22-42-47-47-47; ResNet-56: inner widths 11-18-30), then
+fine-tuned by one fixed schedule for every criterion. It is :mod:`dplib.experiments.compare`
+with CIFAR schedules: the same cache, rows and summaries; :mod:`dplib.experiments.reports`
+writes ``figures/cifar.md`` and ``figures/cifar.csv``. Validation accuracy decides; the test
+split is reported only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from .. import data
+from ..files import atomic_write, write_json
+from ..pruned import load_pruned
+from ..train import evaluate
+from . import compare, paths
+from .profiles import WIDTHS
+from .setups import Setup
+
+VGG16_REFERENCE = WIDTHS["vgg16"][0]
+# the reference code's ResNet-56: inner widths 11, 18, 30 in every block of stages 1, 2, 3
+RESNET56_REFERENCE = "-".join([str(width) for width in (11, 18, 30) for _ in range(9)])
+BUDGETS = ("2x", "4x")
+CRITERIA = ("dirichlet", "l1", "taylor", "random", "tp_l2")
+# One fixed schedule per phase for every network and criterion.
+TRAINING: dict[str, Any] = {
+    "importance_epochs": 1.0,
+    "pretrain_lr": 0.1,
+    "schedule": "onecycle",
+    "finetune_lr": 0.01,
+    "finetune_schedule": "cosine",
+    "augment": True,
+    "amp": "bfloat16",
+    "channels_last": True,
+    "speedup_batch": 64,
+    "keep_pruned": True,
+}
+
+
+def _setup(model: str, pretrain: float, finetune: float, widths: tuple[str, ...] = ()) -> Setup:
+    return Setup(model, "cifar10", pretrain, finetune_epochs=finetune, widths=widths, **TRAINING)
+
+
+SETUPS: dict[str, Setup] = {
+    "cifar10-resnet20": _setup("resnet20", 30, 3),
+    "cifar10-resnet56": _setup("resnet56", 20, 2, (RESNET56_REFERENCE,)),
+    "cifar10-vgg16": _setup("vgg16", 20, 2, (VGG16_REFERENCE,)),
+}
+
+
+def committed_results() -> Path:
+    """``bench/results/cifar/``: the raw rows of every network, committed; ``make figures``
+    redraws ``figures/cifar.md``, ``cifar.csv`` and the figures from them."""
+    return paths.kit_root() / "bench" / "results" / "cifar"
+
+
+def run(
+    names: Iterable[str | Setup],
+    root: str | Path,
+    *,
+    seeds: Iterable[int] = (0,),
+    criteria: Iterable[str] = CRITERIA,
+    budgets: Iterable[str] = BUDGETS,
+    subset: int | None = None,
+    eval_subset: int | None = None,
+    results: str | Path | None = None,
+    note: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+    **changes: Any,
+) -> dict[str, dict[str, Any]]:
+    """Run every setup of ``names`` (names of :data:`SETUPS`, or setups; cached under ``root``,
+    resumable) and write each one's rows to ``results/<name>.json`` (default
+    :func:`committed_results`) with ``note`` (e.g. the device). ``changes`` replace fields of
+    the setups (a test's toy size: ``width_multiplier=0.125, pretrain_epochs=0.1``)."""
+    unknown = [name for name in names if isinstance(name, str) and name not in SETUPS]
+    if unknown:
+        raise ValueError(f"unknown CIFAR setup(s) {unknown}; available: {', '.join(SETUPS)}")
+    results = Path(results) if results is not None else committed_results()
+    done = {}
+    for name in names:
+        setup = SETUPS[name] if isinstance(name, str) else name
+        setup = dataclasses.replace(setup, **changes)
+        done[setup.name] = compare.run_setup(
+            setup,
+            root,
+            seeds=seeds,
+            budgets=budgets,
+            criteria=criteria,
+            subset=subset,
+            eval_subset=eval_subset,
+            log=log,
+        ) | (note or {})
+        write_json(results / f"{setup.name}.json", done[setup.name])
+    return done
+
+
+# The pruned networks shipped in figures/cifar/ ---------------------------------------------------
+# (setup, criterion, allocation, budget or widths) of each network committed, fine-tuned, seed 0
+SHIPPED: dict[str, tuple[str, str, str, str]] = {
+    "resnet20": ("cifar10-resnet20", "dirichlet", "own", "2x"),
+    "resnet56": ("cifar10-resnet56", "dirichlet", "own", "2x"),
+    "vgg16": ("cifar10-vgg16", "dirichlet", compare.FIXED, VGG16_REFERENCE),
+}
+
+
+def shipped_dir() -> Path:
+    """``figures/cifar/``: the fine-tuned Dirichlet-pruned networks, one file each."""
+    return paths.kit_root() / "figures" / "cifar"
+
+
+def ship(root: str | Path, folder: str | Path | None = None) -> list[Path]:
+    """Copy the fine-tuned networks of :data:`SHIPPED` found under ``root`` into ``folder``."""
+    folder = Path(folder) if folder is not None else shipped_dir()
+    written = []
+    for model, (name, criterion, allocation, budget) in SHIPPED.items():
+        found = compare.result_path(Path(root) / name / "seed0", criterion, allocation, budget)
+        source = found.with_suffix(".pt")
+        if source.exists():
+            target = folder / f"{model}-{criterion}-{allocation}.pt"
+            atomic_write(target, lambda stream, source=source: stream.write(source.read_bytes()))
+            written.append(target)
+    return written
+
+
+def evaluate_shipped(
+    folder: str | Path | None = None, cifar10_copy: str | Path | None = None
+) -> list[dict[str, Any]]:
+    """Each shipped network (:func:`dplib.load_pruned`) on the CIFAR-10 test split: the accuracy
+    measured now beside the one its row recorded."""
+    folder = Path(folder) if folder is not None else shipped_dir()
+    test = data.loaders("cifar10", cifar10_copy=cifar10_copy).test
+    measured = []
+    for path in sorted(folder.glob("*.pt")):
+        network = load_pruned(path)
+        accuracy = evaluate(network, test, "cpu")["accuracy"]
+        claimed = network.dplib_extra.get("finetuned_test")
+        measured.append({"file": path.name, "test_accuracy": accuracy, "recorded": claimed})
+    return measured

@@ -1,0 +1,68 @@
+"""One-file pruned networks: the weights together with everything that rebuilds the network.
+
+A network built by :func:`dplib.models.build` remembers its preset (name, classes, input,
+width multiplier); :func:`dplib.prune` keeps that record. :func:`save_pruned` writes it with the
+current widths of every prunable layer and residual group and the weights, atomically;
+:func:`load_pruned` rebuilds the architecture from the file alone and loads the weights, so a
+pruned network is shared as one file, as an unpruned one is.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .files import atomic_torch_save, read_torch_file
+from .importance import format_widths
+from .models import build
+from .surgery import widths_of
+from .train import CheckpointError, architecture
+
+PRUNED_FORMAT = "dplib-pruned-1"
+
+
+def save_pruned(path: str | os.PathLike, model: nn.Module, **extra: Any) -> Path:
+    """Write ``model`` (a dplib preset, pruned or not) to one file that rebuilds it.
+
+    ``extra`` (plain values: accuracy, criterion, ...) is stored beside it and returned by
+    :func:`load_pruned` as ``model.dplib_extra``.
+    """
+    preset = getattr(model, "dplib_preset", None)
+    if preset is None:
+        raise ValueError(
+            f"this {type(model).__name__} was not built by dplib.models.build, so its "
+            "architecture cannot be rebuilt from a file: save it with dplib.save_checkpoint "
+            "and rebuild it yourself"
+        )
+    payload = {
+        "format": PRUNED_FORMAT,
+        "preset": dict(preset),
+        "widths": format_widths(widths_of(model, coupled=True)),
+        "architecture": architecture(model),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": extra,
+    }
+    return atomic_torch_save(payload, path)
+
+
+def load_pruned(path: str | os.PathLike) -> nn.Module:
+    """The network saved by :func:`save_pruned` at ``path``, in eval mode, on the CPU.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        CheckpointError: a damaged file, or one that is not a dplib pruned network.
+    """
+    payload = read_torch_file(path, PRUNED_FORMAT, "pruned network", error=CheckpointError)
+    options = {k: v for k, v in payload["preset"].items() if k != "name"}
+    model = build(payload["preset"]["name"], widths=payload["widths"], **options)
+    if architecture(model) != [tuple(x) for x in payload["architecture"]]:
+        raise CheckpointError(
+            f"{path}: the rebuilt {payload['preset']['name']} at widths {payload['widths']} "
+            "does not match the saved weights; the file was written by another dplib version"
+        )
+    model.load_state_dict(payload["state_dict"])
+    model.dplib_extra = payload["extra"]
+    return model.eval()

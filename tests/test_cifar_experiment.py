@@ -1,0 +1,91 @@
+"""make cifar at toy size: the CIFAR-10 experiment, its report and its shipped networks."""
+
+from __future__ import annotations
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+from test_cifar_data import write_jpeg_copy  # noqa: E402
+
+from dplib import data  # noqa: E402
+from dplib.experiments import cifar, publish  # noqa: E402
+from dplib.files import read_json  # noqa: E402
+
+TOY = {
+    "width_multiplier": 0.125,
+    "pretrain_epochs": 0.5,
+    "importance_epochs": 0.5,
+    "finetune_epochs": 0.5,
+    "speedup_batch": 4,
+    "batch_size": 16,
+}
+
+
+def test_toy_cifar_experiment_writes_rows_report_and_loadable_networks(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path / "data"))
+    monkeypatch.setenv("DPLIB_CIFAR10", str(write_jpeg_copy(tmp_path / "copy.tar.xz", 4)))
+    results = tmp_path / "results"
+    done = cifar.run(
+        ["cifar10-resnet20"],
+        tmp_path / "runs",
+        criteria=("dirichlet", "l1"),
+        budgets=("2x",),
+        results=results,
+        log=print,
+        **TOY,
+    )
+    rows = done["cifar10-resnet20"]["rows"]
+    assert {(r["criterion"], r["allocation"]) for r in rows} == {
+        ("dirichlet", "own"),
+        ("dirichlet", "same"),
+        ("l1", "own"),
+        ("l1", "same"),
+    }
+    assert all(r["speedup"] > 0 and 0 <= r["pruned_test"] <= 1 for r in rows)
+    assert read_json(results / "cifar10-resnet20.json")["rows"] == rows
+
+    written = {p.name for p in publish.write_cifar(results, tmp_path / "figures")}
+    assert {"cifar.md", "cifar.csv", "cifar_resnet20.png"} <= written
+    header = (tmp_path / "figures" / "cifar.csv").read_text().splitlines()[0].split(",")
+    for column in ("model", "criterion", "allocation", "budget", "widths", "params", "macs"):
+        assert column in header
+    assert "JPEG copy" in (tmp_path / "figures" / "cifar.md").read_text()
+
+    shipped = cifar.ship(tmp_path / "runs", tmp_path / "shipped")
+    assert [p.name for p in shipped] == ["resnet20-dirichlet-own.pt"]
+    (measured,) = cifar.evaluate_shipped(tmp_path / "shipped")
+    assert measured["test_accuracy"] == pytest.approx(measured["recorded"])
+
+
+def test_the_reference_widths_fit_their_networks():
+    import dplib
+
+    for model, widths in (
+        ("vgg16", cifar.VGG16_REFERENCE),
+        ("resnet56", cifar.RESNET56_REFERENCE),
+    ):
+        network = dplib.models.build(model, width_multiplier=1.0)
+        units = dplib.widths_of(network)
+        assert len(dplib.parse_widths(widths, units)) == len(units)
+    with pytest.raises(ValueError, match="unknown CIFAR setup"):
+        cifar.run(["cifar10-resnet9000"], "nowhere")
+
+
+def test_the_gpu_script_runs_at_toy_size_on_the_cpu(tmp_path, monkeypatch):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path / "data"))
+    monkeypatch.setenv("DPLIB_CIFAR10", str(write_jpeg_copy(tmp_path / "copy.tar.xz", 2)))
+    script = Path(__file__).resolve().parent.parent / "bench" / "cifar_gpu.py"
+    argv = ["cifar_gpu.py", "--toy", "--device", "cpu", "--budget", "6"]
+    argv += ["--root", str(tmp_path / "runs"), "--out", str(tmp_path / "rows")]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(script), run_name="__main__")
+    for name in ("cifar10-resnet56", "cifar10-vgg16", "cifar10-wrn28_10"):
+        result = read_json(tmp_path / "rows" / f"{name}.json")
+        assert result["device"] == "CPU" and result["rows"]
+        assert {r["allocation"] for r in result["rows"]} >= {"own", "same"}
