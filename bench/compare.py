@@ -4,13 +4,12 @@
     python bench/compare.py --setups fashion_mnist32-resnet20 # resnet20 (about 90 minutes)
     python bench/compare.py --setups mnist5k-lenet300 --seeds 0
 
-``make figures`` runs the same LeNet comparison from ``03_prune`` with the same cache: results
-live under runs/cpu/compare/<dataset>-<model>/seed<k>/ (a rerun continues where it stopped), the
-raw rows in runs/cpu/compare/<dataset>-<model>/rows.json. The figures
+Results are cached under runs/cpu/compare/<dataset>-<model>/seed<k>/ (a rerun continues where
+it stopped; 03_prune with compare=True shares this cache), the raw rows in
+runs/cpu/compare/<dataset>-<model>/rows.json and in bench/results/compare/<setup>.json, which is
+committed: make figures does not rerun the comparison, it redraws these rows. The figures
 (compare_<model>_<dataset>, settling_<dataset>-<model>, PNG and PDF) and the table (compare.md)
-go to figures/ and cover every setup with results there. The rows of a setup that make figures
-does not run (resnet20) are also written to bench/results/compare/<setup>.json, committed, from
-which make figures redraws its figure on a fresh clone.
+go to figures/.
 """
 
 from __future__ import annotations
@@ -53,8 +52,8 @@ def main() -> None:
             log=lambda line: print(line, flush=True),
         )
         write_json(args.root / name / "rows.json", result)
-        if name not in compare.DEFAULT_SETUPS:  # not rerun by make figures: keep its rows
-            write_json(compare.committed_results() / f"{name}.json", result)
+        # make figures does not rerun the comparison: it redraws these committed rows
+        write_json(compare.committed_results() / f"{name}.json", result)
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
     written = publish.write_comparison(args.root, args.out)
     print(json.dumps({"written": [str(path) for path in written]}, indent=1))

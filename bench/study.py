@@ -3,8 +3,9 @@
     python bench/study.py                         # every setup, about 30 minutes on 2 cores
     python bench/study.py --setups mnist5k-lenet5 # one setup
 
-Results are cached under runs/study/ (rerunning continues where it stopped); the summary table
-and figures go to figures/study/ (the 05_study notebook draws the same figures).
+Results are cached under runs/study/ (rerunning continues where it stopped); every setup's
+results are committed in bench/results/study/<setup>.json, from which the 05_study notebook
+draws without recomputing; the summary table and figures go to figures/study/.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 from dplib.experiments import publish, study
+from dplib.files import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,6 +34,8 @@ def main() -> None:
     seconds = time.perf_counter() - started
     print(f"study finished in {seconds:.0f} s (cached results are not recomputed)")
     results = study.load_results(args.root)
+    for name, entry in results.items():  # 05_study draws from these without recomputing
+        write_json(study.committed_results() / f"{name}.json", entry)
     publish.write_study(results, args.out)
     (args.out / "study.json").write_text(
         json.dumps(

@@ -13,6 +13,13 @@ target (coarse units leave a gap), it exchanges units: force one more unit into 
 the lowest-ranked units elsewhere to make room, refill, keep the exchange that lands highest.
 The result lies in [0.98 * target, target]; every layer keeps at least one unit.
 
+The hardware grid (``multiple_of=m``, default 1): every kept width is a multiple of m or the
+layer's full width; a layer narrower than m keeps any width of at least one unit, a wider one at
+least m. Each greedy step then moves a layer from one allowed width to the next, removing or
+adding a whole block of units, ranked by the mean r_lk of its units, its cost saved or added
+evaluated exactly (the quadratic below at both widths); the exchanges move blocks too, and the
+uniform allocation rounds its widths down to the grid. With m = 1 the blocks are single units.
+
 The default is ``"score"``: with ``"score_per_cost"`` the cost, which varies by orders of
 magnitude between layers, swamps the scores (which vary by a factor of a few), and whole layers
 are cut to one unit (LeNet-5 at 4x fewer MACs: conv1 keeps 1 of 20 channels).
@@ -24,8 +31,9 @@ criterion. A layer with a negative score (the oracle's loss change can be negati
 by its minimum first; a layer whose scores are all equal gets r = 1 everywhere.
 
 The uniform allocation, the naive reference, keeps the same fraction f of every layer
-(``max(1, round(K_l * f))`` units), with f the largest that fits (bisection); the add-back step
-then fills the remaining budget one unit at a time, in the layer with the lowest kept fraction.
+(``max(1, round(K_l * f))`` units, rounded down to the grid), with f the largest that fits
+(bisection); the add-back step then fills the remaining budget one unit (block) at a time, in the
+layer with the lowest kept fraction.
 
 Costs are computed analytically, fast: cost(w) = c + a.w + w'Qw is a quadratic in the widths
 w (a layer's weight count is out-units x in-units), whose coefficients come from the layer graph
@@ -37,7 +45,9 @@ matrix products), and the answer is checked against :func:`dplib.count` of the p
 from __future__ import annotations
 
 import inspect
+import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,17 +84,15 @@ class Quadratic:
     def __call__(self, widths: np.ndarray) -> int:
         return int(self.const + self.linear @ widths + widths @ self.quadratic @ widths)
 
-    def removal_savings(self, widths: np.ndarray) -> np.ndarray:
-        """cost(w) - cost(w - e_l) for every layer l."""
-        return (
-            self.linear + (self.quadratic + self.quadratic.T) @ widths - self.quadratic.diagonal()
-        )
+    def removal_savings(self, widths: np.ndarray, steps: np.ndarray | int = 1) -> np.ndarray:
+        """cost(w) - cost(w - d_l e_l) for every layer l, d = ``steps`` (exact integers)."""
+        gradient = self.linear + (self.quadratic + self.quadratic.T) @ widths
+        return steps * gradient - steps**2 * self.quadratic.diagonal()
 
-    def addition_costs(self, widths: np.ndarray) -> np.ndarray:
-        """cost(w + e_l) - cost(w) for every layer l."""
-        return (
-            self.linear + (self.quadratic + self.quadratic.T) @ widths + self.quadratic.diagonal()
-        )
+    def addition_costs(self, widths: np.ndarray, steps: np.ndarray | int = 1) -> np.ndarray:
+        """cost(w + d_l e_l) - cost(w) for every layer l, d = ``steps`` (exact integers)."""
+        gradient = self.linear + (self.quadratic + self.quadratic.T) @ widths
+        return steps * gradient + steps**2 * self.quadratic.diagonal()
 
     def add_product(self, scale: int, left: _Affine, right: _Affine) -> None:
         """Add scale * left(w) * right(w), both affine in the widths."""
@@ -267,11 +275,13 @@ def _check_budget_syntax(target: object, what: str) -> None:
                 f"target_{what} {target!r} asks for more {what} than the full model has; a "
                 "ratio must be at least 1x"
             )
-    elif isinstance(target, bool) or not isinstance(target, (int, np.integer)):
+    elif isinstance(target, bool) or not isinstance(target, (int, float, np.integer, np.floating)):
         raise BudgetError(
             f"target_{what} must be a whole number or a ratio string such as '4x', got "
             f"{target!r} ({type(target).__name__})"
         )
+    elif not np.isfinite(target):
+        raise BudgetError(f"target_{what} must be a finite number, got {target!r}")
 
 
 def split_budget_widths(widths: str) -> tuple[str, str] | None:
@@ -289,12 +299,13 @@ def split_budget_widths(widths: str) -> tuple[str, str] | None:
     return what, target
 
 
-def parse_budget(target: int | str, full: int, what: str = "macs") -> int:
-    """An absolute budget (int) or a ratio such as ``"4x"`` (4 times fewer than ``full``)."""
+def parse_budget(target: int | float | str, full: int, what: str = "macs") -> int:
+    """An absolute budget (a number, rounded down: ``full / 4`` is fine) or a ratio such as
+    ``"4x"`` (4 times fewer than ``full``)."""
     _check_budget_syntax(target, what)
     if isinstance(target, str):
         return int(full // float(_RATIO.match(target).group(1)))
-    return int(target)
+    return math.floor(target)
 
 
 def relative_scores(importance: Importance) -> dict[str, torch.Tensor]:
@@ -315,14 +326,15 @@ def relative_scores(importance: Importance) -> dict[str, torch.Tensor]:
 def choose_widths(
     model: nn.Module,
     importance: Importance | None,
-    target_macs: int | str | None = None,
-    target_params: int | str | None = None,
+    target_macs: float | str | None = None,
+    target_params: float | str | None = None,
     input_shape: tuple[int, ...] | None = None,
     *,
     allocation: str = "importance",
     order: str = "score",
     verify: bool = True,
     costs: CostModel | None = None,
+    multiple_of: int = 1,
 ) -> dict[str, int]:
     """Kept units per prunable layer, ``{layer name: width}`` in layer order, within a budget.
 
@@ -343,31 +355,49 @@ def choose_widths(
         verify: check the analytic cost against :func:`dplib.count` of the pruned network.
         costs: a :class:`CostModel` of this model, input shape and layers, to reuse across
             calls (it costs two forward passes to build).
+        multiple_of: every width a multiple of it (e.g. 8, for tensor cores) or the layer's
+            full width; a layer narrower than it keeps any width (the module docstring).
 
     Returns:
         widths whose cost lies in [0.98 * target, target].
 
     Raises:
-        BudgetError (a ValueError): malformed budget, both or neither target, or a target
-            outside [cost with one unit per layer, cost of the full model] (the message names it).
+        BudgetError (a ValueError): malformed budget, both or neither target, a target outside
+            [cost with one unit per layer, cost of the full model] (the message names it), or
+            one that no widths on the grid of ``multiple_of`` meet ("too coarse").
     """
     what, target = _requested_budget(importance, target_macs, target_params, allocation, order)
+    _check_multiple_of(multiple_of)
     model = model.model if isinstance(model, GatedModel) else model
     costs = _cost_model_for(model, importance, input_shape, costs)
     quadratic = costs.macs if what == "macs" else costs.params
     target = _target_in_range(model, quadratic, costs.units, target, what)
-    widths = _allocate(quadratic, costs, importance, target, allocation, order)
-    _check_within_tolerance(quadratic(widths), target, what)
+    grid = _Grid(costs.units, multiple_of)
+    widths = _allocate(quadratic, costs, grid, importance, (target, what), allocation, order)
+    _check_within_tolerance(quadratic(widths), target, what, multiple_of)
     result = {name: int(w) for name, w in zip(costs.names, widths)}
     if verify:
         _verify(model, costs, result)
     return result
 
 
+def _check_multiple_of(multiple_of: object) -> None:
+    """Refuse a grid that is not a positive integer (bools included), before any forward pass."""
+    if (
+        isinstance(multiple_of, bool)
+        or not isinstance(multiple_of, (int, np.integer))
+        or multiple_of < 1
+    ):
+        raise ValueError(
+            f"multiple_of must be a positive integer (1: any width; 8: multiples of 8), got "
+            f"{multiple_of!r} ({type(multiple_of).__name__})"
+        )
+
+
 def _requested_budget(
     importance: Importance | None,
-    target_macs: int | str | None,
-    target_params: int | str | None,
+    target_macs: float | str | None,
+    target_params: float | str | None,
     allocation: str,
     order: str,
 ) -> tuple[str, int | str]:
@@ -417,39 +447,92 @@ def _target_in_range(
     return target
 
 
+class _Grid:
+    """The widths each layer may keep: multiples of ``multiple_of``, and its full width.
+
+    A layer narrower than ``multiple_of`` cannot hold a multiple: it may keep any width of at
+    least one unit (steps of one unit); a wider one steps by blocks of ``multiple_of`` units and
+    keeps at least one block. With ``multiple_of=1`` every width from 1 to the full one is allowed.
+    """
+
+    def __init__(self, units: np.ndarray, multiple_of: int = 1):
+        self.units = units
+        self.multiple_of = int(multiple_of)
+        self.step = np.where(units < multiple_of, 1, multiple_of).astype(np.int64)
+        self.minimum = self.step  # one unit, or one block
+
+    def lower(self, widths: np.ndarray) -> np.ndarray:
+        """The next allowed width below each width; below ``minimum`` where there is none."""
+        return (widths - 1) // self.step * self.step
+
+    def upper(self, widths: np.ndarray) -> np.ndarray:
+        """The next allowed width above each width; the width itself at the full width."""
+        return np.minimum((widths // self.step + 1) * self.step, self.units)
+
+    def floor(self, widths: np.ndarray) -> np.ndarray:
+        """The largest allowed widths at most ``widths`` (and at least ``minimum``)."""
+        rounded = np.maximum(widths // self.step * self.step, self.minimum)
+        return np.where(widths >= self.units, self.units, rounded)
+
+
 def _allocate(
     quadratic: Quadratic,
     costs: CostModel,
+    grid: _Grid,
     importance: Importance | None,
-    target: int,
+    budget: tuple[int, str],
     allocation: str,
     order: str,
 ) -> np.ndarray:
-    """Widths under ``target`` by the chosen allocation, then add-back and exchanges."""
+    """Widths on ``grid`` under the budget (target, what) by the chosen allocation, then
+    add-back and exchanges."""
     if importance is not None:
         _check_importance(importance, costs)
+    target, what = budget
+    _check_grid_reaches(quadratic, grid, target, what)
     rank: _ImportanceRank | _UniformRank
     if allocation == "uniform":
         rank = _UniformRank(costs.units)
-        widths = _uniform(quadratic, costs.units, target)
+        widths = _uniform(quadratic, grid, target)
     else:
         rank = _ImportanceRank(importance, costs.names, use_cost=order == "score_per_cost")
-        widths = _remove_until(quadratic, costs.units, target, rank)
-    widths = _add_back(quadratic, costs.units, widths, target, rank)
-    return _repair(quadratic, costs.units, widths, target, rank)
+        widths = _remove_until(quadratic, grid, target, rank)
+    widths = _add_back(quadratic, grid, widths, target, rank)
+    return _repair(quadratic, grid, widths, target, rank)
 
 
-def _check_within_tolerance(cost: int, target: int, what: str) -> None:
+def _grid_hint(multiple_of: int) -> tuple[str, str]:
+    """What the "too coarse" messages say about the grid: nothing for ``multiple_of=1``."""
+    if multiple_of == 1:
+        return "", ""
+    return f" on the grid multiple_of={multiple_of}", " or a smaller multiple_of"
+
+
+def _check_grid_reaches(quadratic: Quadratic, grid: _Grid, target: int, what: str) -> None:
+    """Refuse a target under the cost of the narrowest widths on the grid."""
+    smallest = quadratic(grid.minimum)
+    if smallest > target:
+        where, other = _grid_hint(grid.multiple_of)
+        raise BudgetError(
+            f"no widths found under target_{what} {target:,}{where} (the narrowest, "
+            f"{grid.multiple_of} units in every layer at least as wide, cost {smallest:,}); the "
+            f"units of this network are too coarse for this budget, try a larger target{other}"
+        )
+
+
+def _check_within_tolerance(cost: int, target: int, what: str, multiple_of: int = 1) -> None:
     """Refuse widths more than TOLERANCE under the target (the promised window)."""
     if cost < (1 - TOLERANCE) * target:
+        where, other = _grid_hint(multiple_of)
         raise BudgetError(
-            f"no widths found within {TOLERANCE:.0%} under target_{what} {target:,} (best: "
-            f"{cost:,}); the units of this network are too coarse for this budget, try a "
-            "nearby target"
+            f"no widths found within {TOLERANCE:.0%} under target_{what} {target:,}{where} "
+            f"(best: {cost:,}); the units of this network are too coarse for this budget, try a "
+            f"nearby target{other}"
         )
 
 
 def _check_importance(importance: Importance, costs: CostModel) -> None:
+    """Refuse an importance whose layers' numbers of scores differ from their units."""
     wrong = {
         name: (importance.units.get(name), int(k))
         for name, k in zip(costs.names, costs.units)
@@ -462,8 +545,13 @@ def _check_importance(importance: Importance, costs: CostModel) -> None:
         )
 
 
+def _block_mean(ranked: np.ndarray, start: int, stop: int) -> float:
+    """Mean score of the ranked units start..stop-1 (a single unit's score exactly)."""
+    return ranked[start] if stop - start == 1 else ranked[start:stop].mean()
+
+
 class _ImportanceRank:
-    """Which unit to remove next (lowest rank) and to add back next (highest rank)."""
+    """Which block to remove next (lowest rank) and to add back next (highest rank)."""
 
     def __init__(self, importance: Importance, names: list[str], use_cost: bool):
         relative = relative_scores(importance)
@@ -471,15 +559,20 @@ class _ImportanceRank:
         self.ranked = [relative[name][importance.ranking(name)].numpy() for name in names]
         self.use_cost = use_cost
 
-    def removal(self, widths: np.ndarray, savings: np.ndarray) -> np.ndarray:
-        """Per layer: the score of its last kept unit (per unit of cost saved)."""
-        scores = np.array([ranked[w - 1] for ranked, w in zip(self.ranked, widths)])
+    def removal(self, widths: np.ndarray, lower: np.ndarray, savings: np.ndarray) -> np.ndarray:
+        """Per layer: the mean score of the last kept units, down to ``lower`` (per unit of
+        cost saved)."""
+        scores = np.array([_block_mean(r, lo, w) for r, lo, w in zip(self.ranked, lower, widths)])
         return scores / np.maximum(savings, 1) if self.use_cost else scores
 
-    def addition(self, widths: np.ndarray, additions: np.ndarray) -> np.ndarray:
-        """Per layer: the score of its best removed unit (per unit of cost added)."""
+    def addition(self, widths: np.ndarray, upper: np.ndarray, additions: np.ndarray) -> np.ndarray:
+        """Per layer: the mean score of the best removed units, up to ``upper`` (per unit of
+        cost added)."""
         scores = np.array(
-            [ranked[w] if w < len(ranked) else -np.inf for ranked, w in zip(self.ranked, widths)]
+            [
+                _block_mean(r, w, up) if w < up else -np.inf
+                for r, w, up in zip(self.ranked, widths, upper)
+            ]
         )
         return scores / np.maximum(additions, 1) if self.use_cost else scores
 
@@ -490,40 +583,54 @@ class _UniformRank:
     def __init__(self, units: np.ndarray):
         self.units = units
 
-    def removal(self, widths: np.ndarray, savings: np.ndarray) -> np.ndarray:
+    def removal(self, widths: np.ndarray, lower: np.ndarray, savings: np.ndarray) -> np.ndarray:
         """Remove from the layer that keeps the largest fraction."""
         return -widths / self.units
 
-    def addition(self, widths: np.ndarray, additions: np.ndarray) -> np.ndarray:
+    def addition(self, widths: np.ndarray, upper: np.ndarray, additions: np.ndarray) -> np.ndarray:
         """Add to the layer that keeps the smallest fraction."""
         return -widths / self.units
 
 
-def _remove_until(quadratic, units, target, rank, start=None, frozen=None) -> np.ndarray:
-    """Remove the lowest-ranked unit, one at a time, until the cost is at most ``target``."""
-    widths = units.copy() if start is None else start.copy()
+_Rank = _ImportanceRank | _UniformRank
+
+
+def _remove_until(
+    quadratic: Quadratic,
+    grid: _Grid,
+    target: int,
+    rank: _Rank,
+    start: np.ndarray | None = None,
+    frozen: np.ndarray | None = None,
+) -> np.ndarray:
+    """Remove the lowest-ranked block (down to the next allowed width), one at a time, until
+    the cost is at most ``target``; ``frozen`` layers keep their widths."""
+    widths = grid.units.copy() if start is None else start.copy()
     cost = quadratic(widths)
     while cost > target:
-        savings = quadratic.removal_savings(widths)
-        order = rank.removal(widths, savings).astype(float)
-        order[widths <= 1] = np.inf  # one unit stays in every layer
+        lower = grid.lower(widths)
+        savings = quadratic.removal_savings(widths, widths - lower)
+        order = rank.removal(widths, lower, savings).astype(float)
+        order[lower < grid.minimum] = np.inf  # one unit (block) stays in every layer
         if frozen is not None:
             order[frozen] = np.inf
         if np.isinf(order).all():
             break
         layer = int(np.argmin(order))  # ties: the earlier layer, deterministic
-        widths[layer] -= 1
+        widths[layer] = lower[layer]
         cost -= int(savings[layer])
     return widths
 
 
-def _uniform(quadratic: Quadratic, units: np.ndarray, target: int) -> np.ndarray:
-    """The largest kept fraction f, the same in every layer, whose widths fit ``target``."""
+def _uniform(quadratic: Quadratic, grid: _Grid, target: int) -> np.ndarray:
+    """The largest kept fraction f, the same in every layer, whose widths (rounded down to the
+    grid) fit ``target``."""
 
     def widths_at(fraction: float) -> np.ndarray:
-        return np.maximum(1, np.round(units * fraction)).astype(np.int64)
+        """Every layer at round(K_l * fraction) units, rounded down to the grid."""
+        return grid.floor(np.round(grid.units * fraction).astype(np.int64))
 
-    low, high = 0.0, 1.0  # widths_at(low) fits (one unit per layer, checked by the caller)
+    low, high = 0.0, 1.0  # widths_at(low) fits (the narrowest widths, checked by the caller)
     for _ in range(60):
         middle = (low + high) / 2
         if quadratic(widths_at(middle)) <= target:
@@ -533,54 +640,89 @@ def _uniform(quadratic: Quadratic, units: np.ndarray, target: int) -> np.ndarray
     return widths_at(low)
 
 
-def _add_back(quadratic, units, widths, target, rank) -> np.ndarray:
-    """Add the highest-ranked unit that still fits under ``target``, while there is one."""
+def _add_back(
+    quadratic: Quadratic, grid: _Grid, widths: np.ndarray, target: int, rank: _Rank
+) -> np.ndarray:
+    """Add the highest-ranked block (up to the next allowed width) that still fits under
+    ``target``, while there is one."""
     widths = widths.copy()
     cost = quadratic(widths)
     while True:
-        additions = quadratic.addition_costs(widths)
-        fits = (widths < units) & (cost + additions <= target)
+        upper = grid.upper(widths)
+        additions = quadratic.addition_costs(widths, upper - widths)
+        fits = (widths < grid.units) & (cost + additions <= target)
         if not fits.any():
             return widths
-        order = np.where(fits, rank.addition(widths, additions), -np.inf)
+        order = np.where(fits, rank.addition(widths, upper, additions), -np.inf)
         layer = int(np.argmax(order))
-        widths[layer] += 1
+        widths[layer] = upper[layer]
         cost += int(additions[layer])
 
 
-def _repair(quadratic, units, widths, target, rank, rounds: int = 20) -> np.ndarray:
-    """Exchange units when the greedy result is more than TOLERANCE under ``target``.
+def _repair(
+    quadratic: Quadratic,
+    grid: _Grid,
+    widths: np.ndarray,
+    target: int,
+    rank: _Rank,
+    rounds: int = 20,
+) -> np.ndarray:
+    """Exchange blocks when the greedy result is more than TOLERANCE under ``target``.
 
-    Coarse units (a channel before a large Linear, a residual group) can leave a gap that no
-    single removed unit fits. Each round tries every exchange "one more unit in layer A, one
-    fewer in layer B (or none)", makes room if needed by removing the lowest-ranked units of
-    layers other than A, and refills; it keeps the exchange that lands highest under the
-    target, and stops inside the window or when no exchange improves.
+    Coarse units (a channel before a large Linear, a residual group, a block of the grid) can
+    leave a gap that no single removed block fits. Each round tries every exchange "one more
+    block in layer A, one fewer in layer B (or none)", makes room if needed by removing the
+    lowest-ranked blocks of layers other than A (and, once more, other than B too where B steps
+    by several units), and refills; it keeps the exchange that lands highest under the target,
+    and stops inside the window or when no exchange improves.
     """
     cost = quadratic(widths)
     for _ in range(rounds):
         if cost >= (1 - TOLERANCE) * target:
             break
-        best, best_cost = widths, cost
-        for grown in np.flatnonzero(widths < units):
-            frozen = np.zeros(len(units), dtype=bool)
-            frozen[grown] = True
-            for shrunk in [None, *np.flatnonzero(widths > 1)]:
-                if shrunk == grown:
-                    continue
-                candidate = widths.copy()
-                candidate[grown] += 1
-                if shrunk is not None:
-                    candidate[shrunk] -= 1
-                candidate = _remove_until(quadratic, units, target, rank, candidate, frozen)
-                candidate = _add_back(quadratic, units, candidate, target, rank)
-                candidate_cost = quadratic(candidate)
-                if best_cost < candidate_cost <= target:
-                    best, best_cost = candidate, candidate_cost
+        best, best_cost = _best_exchange(quadratic, grid, widths, target, rank)
         if best is widths:
             break
         widths, cost = best, best_cost
     return widths
+
+
+def _best_exchange(
+    quadratic: Quadratic, grid: _Grid, widths: np.ndarray, target: int, rank: _Rank
+) -> tuple[np.ndarray, int]:
+    """The exchange of :func:`_repair` that lands highest under ``target``, with its cost;
+    ``widths`` itself (the same object) when none beats it."""
+    best, best_cost = widths, quadratic(widths)
+    for candidate, frozen in _exchanges(grid, widths):
+        candidate = _remove_until(quadratic, grid, target, rank, candidate, frozen)
+        candidate = _add_back(quadratic, grid, candidate, target, rank)
+        candidate_cost = quadratic(candidate)
+        if best_cost < candidate_cost <= target:
+            best, best_cost = candidate, candidate_cost
+    return best, best_cost
+
+
+def _exchanges(grid: _Grid, widths: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(widths, frozen layers) of every exchange: one more block in layer A (frozen while room
+    is made), one fewer in layer B or none. A layer B that steps by blocks of several units is
+    tried twice: free, and frozen too (room made elsewhere, not by a second block of B)."""
+    lower, upper = grid.lower(widths), grid.upper(widths)
+    shrinkable = np.flatnonzero(lower >= grid.minimum)
+    for grown in np.flatnonzero(widths < grid.units):
+        frozen = np.zeros(len(widths), dtype=bool)
+        frozen[grown] = True
+        for shrunk in [None, *shrinkable]:
+            if shrunk == grown:
+                continue
+            candidate = widths.copy()
+            candidate[grown] = upper[grown]
+            if shrunk is not None:
+                candidate[shrunk] = lower[shrunk]
+            yield candidate, frozen
+            if shrunk is not None and grid.step[shrunk] > 1:
+                both = frozen.copy()
+                both[shrunk] = True
+                yield candidate, both
 
 
 def _verify(model: nn.Module, costs: CostModel, widths: dict[str, int]) -> None:

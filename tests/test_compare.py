@@ -100,11 +100,16 @@ def test_cpu_profile_compares_the_lenets_with_the_bench_setups():
     from dplib.experiments import profiles
 
     for dataset, model in profiles.LENET_COMPARISONS:
-        config = profiles.resolve("cpu", dataset, model)
+        # the main job reads the committed rows of make compare; compare=True reruns them
+        config = profiles.resolve("cpu", dataset, model, compare=True)
         assert config.compare and config.compare_seeds == (0, 1, 2)
         assert config.compare_budgets == compare.BUDGETS
         # the same setup as bench/compare.py, so the two share one cache
         assert compare.SETUPS[config.name] == compare.setup_for(config)
+        assert not profiles.resolve("cpu", dataset, model).compare
+        committed = compare.committed_result(config)
+        assert committed is not None and committed["setup"] == compare.setup_for(config).name
+        assert len({row["seed"] for row in committed["rows"]}) == 3
     assert not profiles.resolve("cpu", "mnist", "lenet5_bn").compare
 
 

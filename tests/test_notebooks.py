@@ -104,3 +104,23 @@ def test_papermill_fails_at_once_on_a_bad_name(tmp_path, monkeypatch):
     code_cells = [i for i, c in enumerate(executed.cells) if c.cell_type == "code"]
     assert failed == [code_cells[2]]
     assert not (tmp_path / "runs").exists(), "nothing may be written before the names are checked"
+
+
+def test_the_main_job_says_which_stage_it_is_at_and_what_is_left(tmp_path, capsys):
+    from dplib.files import write_json
+
+    steps = [
+        ("01_pretrain", {"profile": "cpu", "dataset": "mnist", "model": "lenet5"}, tmp_path / "a"),
+        (
+            "02_importance",
+            {"profile": "cpu", "dataset": "mnist", "model": "lenet5"},
+            tmp_path / "b",
+        ),
+        ("04_figures", {"profile": "cpu"}, tmp_path / "c.ipynb"),
+    ]
+    write_json(tmp_path / "b.json", {"stamp": {}, "seconds": 30.0})
+    runner._announce(1, steps, 12.0, spent=[20.0])
+    line = capsys.readouterr().out
+    # the remaining stages: 02 took 30 s last time, 04 never ran (the mean so far: 20 s)
+    assert "stage 2/3: 02_importance of mnist-lenet5; 12 s elapsed, about 50 s left" in line
+    assert runner.previous_seconds(tmp_path / "c.ipynb") is None

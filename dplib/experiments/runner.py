@@ -29,6 +29,7 @@ from . import paths, profiles
 
 NOTEBOOKS = ("00_primer", "01_pretrain", "02_importance", "03_prune", "04_figures")
 PER_EXPERIMENT = ("01_pretrain", "02_importance", "03_prune")
+DEFAULT_SECONDS = 60.0  # a notebook's duration before any has run (for the first estimate)
 
 
 def plan(profile: str) -> list[tuple[str, dict[str, Any], Path]]:
@@ -66,7 +67,8 @@ def _inputs(name: str, parameters: dict[str, Any]) -> Any:
 def run_notebook(name: str, parameters: dict[str, Any], output: Path, *, force: bool = False):
     """Execute notebook ``name`` with papermill into ``output`` unless an identical run exists.
 
-    Returns True when it ran, False when the earlier executed copy was reused.
+    Returns True when it ran, False when the earlier executed copy was reused. The JSON beside
+    the executed copy holds the stamp and how many seconds the run took.
     """
     import papermill
 
@@ -80,10 +82,10 @@ def run_notebook(name: str, parameters: dict[str, Any], output: Path, *, force: 
     done = output.with_suffix(".json")
     if not force and output.exists() and done.exists():
         try:
-            if read_json(done) == stamp:
+            if read_json(done).get("stamp") == stamp:
                 print(f"[dplib] {output}: up to date", flush=True)
                 return False
-        except ValueError:
+        except (ValueError, AttributeError):
             pass
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.stem}.running.ipynb")
@@ -99,9 +101,32 @@ def run_notebook(name: str, parameters: dict[str, Any], output: Path, *, force: 
         cwd=str(paths.notebook_dir()),
     )
     os.replace(temporary, output)
-    write_json(done, stamp)
-    print(f"[dplib] {name} finished in {time.perf_counter() - started:.0f} s", flush=True)
+    seconds = time.perf_counter() - started
+    write_json(done, {"stamp": stamp, "seconds": seconds})
+    print(f"[dplib] {name} finished in {seconds:.0f} s", flush=True)
     return True
+
+
+def previous_seconds(output: Path) -> float | None:
+    """How long the last complete run of this executed copy took (None: never ran)."""
+    try:
+        return float(read_json(output.with_suffix(".json"))["seconds"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _announce(index: int, steps: list[tuple[str, dict, Path]], elapsed: float, spent: list) -> None:
+    """Stage n of N, the time elapsed and an estimate of what is left: each remaining
+    notebook's last duration, or the mean duration of this run's notebooks so far."""
+    name, parameters, _ = steps[index]
+    typical = sum(spent) / len(spent) if spent else DEFAULT_SECONDS
+    left = sum(previous_seconds(output) or typical for _, _, output in steps[index:])
+    where = f" of {parameters['dataset']}-{parameters['model']}" if "dataset" in parameters else ""
+    print(
+        f"[dplib] stage {index + 1}/{len(steps)}: {name}{where}; {elapsed:.0f} s elapsed, "
+        f"about {left:.0f} s left",
+        flush=True,
+    )
 
 
 def _missing_data(dataset: str) -> str | None:
@@ -117,6 +142,25 @@ def _missing_data(dataset: str) -> str | None:
     except DataNotFoundError as error:
         return str(error)
     return None
+
+
+def _runnable(
+    steps: list[tuple[str, dict, Path]], only: list[str] | None
+) -> list[tuple[str, dict, Path]]:
+    """The steps asked for (``--only``) whose data are here; says why one is skipped."""
+    chosen, noted = [], {}
+    for name, parameters, output in steps:
+        experiment = f"{parameters.get('dataset')}-{parameters.get('model')}"
+        if only and name not in only and experiment not in only:
+            continue
+        dataset = parameters.get("dataset")
+        if dataset and dataset not in noted:
+            noted[dataset] = _missing_data(dataset)
+        if dataset and noted[dataset]:
+            print(f"[dplib] skipping {name} of {experiment}: {noted[dataset]}", flush=True)
+            continue
+        chosen.append((name, parameters, output))
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,18 +179,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
     logging.getLogger("papermill").setLevel(logging.INFO)
     started = time.perf_counter()
-    noted: dict[str, str | None] = {}
-    for name, parameters, output in plan(args.profile):
-        experiment = f"{parameters.get('dataset')}-{parameters.get('model')}"
-        if args.only and name not in args.only and experiment not in args.only:
-            continue
-        dataset = parameters.get("dataset")
-        if dataset and dataset not in noted:
-            noted[dataset] = _missing_data(dataset)
-        if dataset and noted[dataset]:
-            print(f"[dplib] skipping {name} of {experiment}: {noted[dataset]}", flush=True)
-            continue
-        run_notebook(name, parameters, output, force=args.force)
+    steps = _runnable(plan(args.profile), args.only)
+    spent: list[float] = []
+    for index, (name, parameters, output) in enumerate(steps):
+        _announce(index, steps, time.perf_counter() - started, spent)
+        clock = time.perf_counter()
+        if run_notebook(name, parameters, output, force=args.force):
+            spent.append(time.perf_counter() - clock)
     elapsed = time.perf_counter() - started
     print(f"[dplib] profile {args.profile}: done in {elapsed:.0f} s", flush=True)
     print(f"[dplib] figures and results table in {paths.figures_dir(args.profile)}", flush=True)

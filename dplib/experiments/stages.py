@@ -35,7 +35,7 @@ from ..budget import choose_widths, split_budget_widths
 from ..files import atomic_torch_save
 from ..importance import Importance, format_widths
 from ..surgery import prune, widths_of
-from ..train import evaluate, fit, load_checkpoint, save_checkpoint
+from ..train import CheckpointError, evaluate, fit, load_checkpoint, save_checkpoint
 from . import paths, profiles
 from .cache import Cached, Log, cached, config_hash, log_line
 
@@ -195,7 +195,7 @@ def _train_base(
     model = _build(config, seed=config.seed)
     try:
         history = fit(model, loaders().train, **options)
-    except ValueError as error:  # a damaged training state: start the pretraining afresh
+    except CheckpointError as error:  # a damaged training state: start the pretraining afresh
         log(f"cannot reuse {state.name}: {type(error).__name__}: {error} -- rebuilding it")
         state.unlink(missing_ok=True)
         model = _build(config, seed=config.seed)

@@ -426,6 +426,24 @@ def load_results(root: Path, seed: int = 0) -> dict[str, dict[str, list[dict[str
     return results
 
 
+def committed_results() -> Path:
+    """``bench/results/study/``: every setup's screened and fine-tuned results, committed by
+    ``bench/study.py`` (``make study``); ``05_study`` draws from them without recomputing."""
+    return paths.kit_root() / "bench" / "results" / "study"
+
+
+def load_committed(names: list[str] | None = None) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """The committed results of the setups ``names`` (default: every committed setup)."""
+    found = {path.stem: read_json(path) for path in sorted(committed_results().glob("*.json"))}
+    missing = [name for name in names or [] if name not in found]
+    if missing:
+        raise FileNotFoundError(
+            f"no committed study results for {missing} in {committed_results()}; run the study "
+            "(make study, or recompute = True in 05_study)"
+        )
+    return {name: found[name] for name in names or found}
+
+
 def _cached_result(path: Path) -> dict[str, Any] | None:
     """The result stored in a cached study file, or None for a damaged one (it is rebuilt)."""
     try:

@@ -1,0 +1,55 @@
+"""The study at smoke size: screen, pairs, finals, tables and figures; and its committed results."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from dplib.experiments import publish, reports, study  # noqa: E402
+
+
+def test_a_smoke_study_runs_caches_and_reports(tmp_path):
+    summary = study.run_study(
+        ["mnist5k-lenet300"],
+        tmp_path,
+        subset=1000,
+        configs=study.smoke_grid,
+        finalists=1,
+        shared_finalists=1,
+        criteria=("l1",),
+        log=print,
+    )
+    entry = summary["mnist5k-lenet300"]
+    assert {r["key"] for r in entry["screened"]} >= {"specified", "estimator=point"}
+    assert any(r["criterion"] == "l1" for r in entry["finals"])
+    results = study.load_results(tmp_path)
+    assert len(results["mnist5k-lenet300"]["screened"]) == len(entry["screened"])
+    written = {p.name for p in publish.write_study(results, tmp_path / "figures")}
+    assert written == {"study.md", "study_factors.png", "study_finals.png"}
+    chosen, table = reports.recommendation(results)
+    assert chosen is not None and "| mnist5k-lenet300 |" in table
+    again = study.run_study(
+        ["mnist5k-lenet300"],
+        tmp_path,
+        subset=1000,
+        configs=study.smoke_grid,
+        finalists=1,
+        shared_finalists=1,
+        criteria=("l1",),
+        log=print,
+    )  # every result read back from the cache
+    assert again["mnist5k-lenet300"]["finals"] == entry["finals"]
+
+
+def test_the_committed_study_covers_every_setup():
+    committed = study.load_committed()
+    assert set(committed) == set(study.SETUPS)
+    for entry in committed.values():
+        assert entry["screened"] and entry["finals"]
+    try:
+        study.load_committed(["nowhere-lenet5"])
+    except FileNotFoundError as error:
+        assert "make study" in str(error)
+    else:
+        raise AssertionError("a missing setup must be reported")
