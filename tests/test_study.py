@@ -42,13 +42,15 @@ def test_a_smoke_study_runs_caches_and_reports(tmp_path):
     assert again["mnist5k-lenet300"]["finals"] == entry["finals"]
 
 
-def test_the_committed_study_covers_every_setup():
-    committed = study.load_committed()
-    assert set(committed) == set(study.SETUPS)
-    for entry in committed.values():
-        assert entry["screened"] and entry["finals"]
+def test_committed_results_are_read_and_a_missing_setup_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "committed_results", lambda: tmp_path)
+    from dplib.files import write_json
+
+    write_json(tmp_path / "mnist5k-lenet300.json", {"screened": [{"key": "a"}], "finals": []})
+    assert study.load_committed(["mnist5k-lenet300"])["mnist5k-lenet300"]["screened"]
+    assert study.load_committed(["mnist5k-lenet5"], required=False) is None
     try:
-        study.load_committed(["nowhere-lenet5"])
+        study.load_committed(["mnist5k-lenet5"])
     except FileNotFoundError as error:
         assert "make study" in str(error)
     else:

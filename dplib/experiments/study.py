@@ -432,10 +432,15 @@ def committed_results() -> Path:
     return paths.kit_root() / "bench" / "results" / "study"
 
 
-def load_committed(names: list[str] | None = None) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """The committed results of the setups ``names`` (default: every committed setup)."""
+def load_committed(
+    names: list[str] | None = None, *, required: bool = True
+) -> dict[str, dict[str, list[dict[str, Any]]]] | None:
+    """The committed results of the setups ``names`` (default: every committed setup); a
+    missing one raises, or gives None when not ``required``."""
     found = {path.stem: read_json(path) for path in sorted(committed_results().glob("*.json"))}
     missing = [name for name in names or [] if name not in found]
+    if missing and not required:
+        return None
     if missing:
         raise FileNotFoundError(
             f"no committed study results for {missing} in {committed_results()}; run the study "
