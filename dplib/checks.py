@@ -29,6 +29,8 @@ def expected_input(model: nn.Module) -> tuple[int, int, int] | None:
 
 def check_data(model: nn.Module, loader: DataLoader, what: str) -> None:
     """A ValueError naming the problem when ``loader``'s data do not fit ``model``."""
+    if len(loader) == 0:
+        raise ValueError(f"{what}: the loader is empty")
     images, labels = _first_example(loader)
     expected = expected_input(model)
     if expected is not None and tuple(images.shape) != expected:

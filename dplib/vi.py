@@ -110,16 +110,12 @@ def learn_importance(
             ``settings.epochs``.
         settings: the knobs (:class:`dplib.DirichletSettings`; default: the kit's defaults).
             When given, its gate knobs must be those ``gated`` was attached with.
-        knobs: single knobs of :class:`dplib.DirichletSettings` that override ``settings``:
-            ``alpha0``, ``kl_weight``, ``kl_divided_by_n``, ``samples``, ``estimator``, ``lr``,
-            ``batchnorm`` (``"train"``: batch statistics, as the reference code; the running
-            statistics are restored afterwards either way), ``weights_lr`` (> 0 trains the
-            weights jointly by SGD: they then change).
+        knobs: single knobs of :class:`dplib.DirichletSettings` that override ``settings``
+            (``alpha0``, ``kl_weight``, ``samples``, ``lr``, ``batchnorm``, ``weights_lr``, ...;
+            BatchNorm's running statistics are restored in every mode).
         seed: seeds the samples (and anything else drawn from torch's global generator).
-        snapshots: how many times the posterior means are recorded during learning (to see how
-            fast the ranking settles).
-        amp, channels_last: the forward pass in autocast and the channels-last memory format, as
-            for :func:`dplib.fit` (``amp="bfloat16"``: fast on CPUs with bfloat16 support).
+        snapshots: how many times the posterior means are recorded (how fast ranking settles).
+        amp, channels_last: autocast and the channels-last format, as for :func:`dplib.fit`.
 
     Returns:
         An :class:`~dplib.Importance` (criterion ``"dirichlet"``) keyed by the layers' module
@@ -129,8 +125,6 @@ def learn_importance(
         modes are restored; the gates end in ``"mean"`` mode holding the learned posterior.
     """
     settings = _settings_for(gated, settings, epochs, knobs)
-    if len(loader) == 0:
-        raise ValueError("the loader is empty")
     check_data(gated, loader, "learn_importance")
     device = resolve_device(device)
     dataset_size = dataset_size or len(loader.dataset)
