@@ -51,7 +51,7 @@ def _setup(model: str, pretrain: float, finetune: float, widths: tuple[str, ...]
 
 
 SETUPS: dict[str, Setup] = {
-    "cifar10-resnet20": _setup("resnet20", 30, 3),
+    "cifar10-resnet20": _setup("resnet20", 30, 2),
     "cifar10-resnet56": _setup("resnet56", 20, 2, (RESNET56_REFERENCE,)),
     "cifar10-vgg16": _setup("vgg16", 20, 2, (VGG16_REFERENCE,)),
 }
