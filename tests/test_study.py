@@ -9,10 +9,10 @@ matplotlib.use("Agg")
 from dplib.experiments import publish, reports, study  # noqa: E402
 
 
-def test_a_smoke_study_runs_caches_and_reports(tmp_path):
-    summary = study.run_study(
+def _smoke_study(root):
+    return study.run_study(
         ["mnist5k-lenet300"],
-        tmp_path,
+        root,
         subset=1000,
         configs=study.smoke_grid,
         finalists=1,
@@ -20,6 +20,10 @@ def test_a_smoke_study_runs_caches_and_reports(tmp_path):
         criteria=("l1",),
         log=print,
     )
+
+
+def test_a_smoke_study_runs_caches_and_reports(tmp_path):
+    summary = _smoke_study(tmp_path)
     entry = summary["mnist5k-lenet300"]
     assert {r["key"] for r in entry["screened"]} >= {"specified", "estimator=point"}
     assert any(r["criterion"] == "l1" for r in entry["finals"])
@@ -29,16 +33,7 @@ def test_a_smoke_study_runs_caches_and_reports(tmp_path):
     assert written == {"study.md", "study_factors.png", "study_finals.png"}
     chosen, table = reports.recommendation(results)
     assert chosen is not None and "| mnist5k-lenet300 |" in table
-    again = study.run_study(
-        ["mnist5k-lenet300"],
-        tmp_path,
-        subset=1000,
-        configs=study.smoke_grid,
-        finalists=1,
-        shared_finalists=1,
-        criteria=("l1",),
-        log=print,
-    )  # every result read back from the cache
+    again = _smoke_study(tmp_path)  # every result read back from the cache
     assert again["mnist5k-lenet300"]["finals"] == entry["finals"]
 
 
