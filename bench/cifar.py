@@ -2,6 +2,7 @@
 
     python bench/cifar.py                            # every network (hours on 2 cores)
     python bench/cifar.py --setups cifar10-resnet20  # one network
+    python bench/cifar.py --setups cifar10-vgg16 --budgets  # the reference widths only
     python bench/cifar.py --evaluate                 # the shipped networks on the test split
 
 Results are cached under runs/cifar/ (a rerun continues where it stopped); each network's rows
@@ -32,6 +33,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setups", nargs="+", default=list(cifar.SETUPS), choices=cifar.SETUPS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--criteria", nargs="+", default=list(cifar.CRITERIA))
+    parser.add_argument(
+        "--budgets", nargs="*", default=list(cifar.BUDGETS), help="none: the fixed widths only"
+    )
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "cifar")
     parser.add_argument("--evaluate", action="store_true", help="evaluate figures/cifar/*.pt")
     args = parser.parse_args()
@@ -44,7 +49,14 @@ def main() -> None:
         return
     for name in args.setups:
         started = time.perf_counter()
-        cifar.run([name], args.root, seeds=args.seeds, log=lambda line: print(line, flush=True))
+        cifar.run(
+            [name],
+            args.root,
+            seeds=args.seeds,
+            criteria=args.criteria,
+            budgets=args.budgets,
+            log=lambda line: print(line, flush=True),
+        )
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
     shipped = cifar.ship(args.root)
     written = publish.write_cifar(cifar.committed_results(), ROOT / "figures")

@@ -19,7 +19,7 @@ from torch.utils.data import TensorDataset
 from .. import data, models
 from ..measure import count
 from ..train import evaluate, fit, load_checkpoint, save_checkpoint
-from .cache import Log, cached, log_line
+from .cache import Log, cached, config_hash, log_line
 
 
 @dataclass(frozen=True)
@@ -111,10 +111,12 @@ def prepare(
         "subset": subset,
         "eval_subset": eval_subset,
     }
+    # the training state of an interrupted pretraining with this very key, resumed by fit
+    state = folder / f"base-training-{config_hash(key)}.pt"
     result = cached(
         folder / "base.pt",
         key,
-        lambda: _pretrain(setup, loaders, shape, seed, show_progress, log),
+        lambda: _pretrain(setup, loaders, shape, seed, state, show_progress, log),
         save=lambda model, path: save_checkpoint(path, model, model_name=setup.model),
         load=lambda path, _: _load(setup, path),
         log=log,
@@ -140,10 +142,14 @@ def _pretrain(
     loaders: data.Loaders,
     shape: tuple[int, ...],
     seed: int,
+    state: Path,
     show_progress: bool,
     log: Log,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train the base network; measure it on validation and test data, count it."""
+    """Train the base network; measure it on validation and test data, count it.
+
+    The training state is saved to ``state`` after every epoch, so an interrupted pretraining
+    resumes from its last completed epoch; the file is removed once training ends."""
     model = _network(setup, seed)
     history = fit(
         model,
@@ -155,8 +161,10 @@ def _pretrain(
         seed=seed,
         show_progress=show_progress,
         desc=f"pretrain {setup.name}",
+        checkpoint=state,
         **setup.training(),
     )
+    state.unlink(missing_ok=True)
     log(f"{setup.name} seed {seed}: pretrained {setup.pretrain_epochs} epochs")
     params, macs = count(model, shape)
     base = {
