@@ -10,7 +10,7 @@ MACs, the deployed CPU speed-up at batch 64 (BatchNorm folded, each network in i
 memory format) and the validation accuracy right after pruning and after fine-tuning. The base
 networks are those of the comparison (LeNet-5) and of make cifar (VGG-16, ResNet-56): their
 caches are shared, so a row runs only where its pretraining exists or is affordable.
-Writes figures/bench/grid.json and grid.md.
+Writes figures/bench/grid.json and grid.md (the rows of the networks not run are kept).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import dplib
 from dplib.experiments import cifar, compare
-from dplib.files import atomic_write_text, write_json
+from dplib.files import atomic_write_text, read_json, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 # (name, setup, budget, cache root)
@@ -74,8 +74,18 @@ def main() -> None:
                 f"{100 * row['finetuned_val']:.2f}%",
                 flush=True,
             )
+    results = merged(ROOT / "figures" / "bench" / "grid.json", results)
     write_json(ROOT / "figures" / "bench" / "grid.json", results)
     atomic_write_text(ROOT / "figures" / "bench" / "grid.md", table(results))
+
+
+def merged(path: Path, results: list[dict]) -> list[dict]:
+    """The rows of this run, and the committed rows of the networks it did not run, in the
+    order of :data:`ROWS`."""
+    ran = {r["network"] for r in results}
+    kept = [r for r in read_json(path) if r["network"] not in ran] if path.exists() else []
+    order = list(ROWS)
+    return sorted(kept + results, key=lambda r: (order.index(r["network"]), r["multiple_of"]))
 
 
 def table(results: list[dict]) -> str:

@@ -127,3 +127,28 @@ def test_two_processes_learn_the_same_importance_as_one(tmp_path):
         torch.testing.assert_close(
             two.concentration[layer], one.concentration[layer], rtol=1e-4, atol=1e-4
         )
+
+
+def test_interrupted_pretraining_of_a_setup_resumes_to_the_same_network(tmp_path, monkeypatch):
+    from dplib.experiments import setups
+
+    setup = setups.Setup("lenet5_bn", "mnist5k", pretrain_epochs=2, batch_size=64)
+    sizes = {"subset": 640, "eval_subset": 200, "log": lambda line: None}
+    reference = setups.prepare(setup, tmp_path / "reference", 0, **sizes)
+
+    real_fit = setups.fit
+
+    def killed_in_the_second_epoch(model, loader, **options):
+        return real_fit(model, BreakingLoader(loader, 15), **options)
+
+    monkeypatch.setattr(setups, "fit", killed_in_the_second_epoch)
+    with pytest.raises(Interrupted):
+        setups.prepare(setup, tmp_path / "run", 0, **sizes)
+    assert len(list((tmp_path / "run").glob("base-training-*.pt"))) == 1
+    monkeypatch.setattr(setups, "fit", real_fit)
+    resumed = setups.prepare(setup, tmp_path / "run", 0, **sizes)
+    assert not list((tmp_path / "run").glob("base-training-*.pt"))  # removed once trained
+    for (name, a), b in zip(
+        reference.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
