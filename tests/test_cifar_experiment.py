@@ -51,7 +51,9 @@ def test_toy_cifar_experiment_writes_rows_report_and_loadable_networks(tmp_path,
     header = (tmp_path / "figures" / "cifar.csv").read_text().splitlines()[0].split(",")
     for column in ("model", "criterion", "allocation", "budget", "widths", "params", "macs"):
         assert column in header
-    assert "JPEG copy" in (tmp_path / "figures" / "cifar.md").read_text()
+    report = (tmp_path / "figures" / "cifar.md").read_text()
+    assert "JPEG copy" in report
+    assert "| 2x (" in report and "x fewer MACs) |" in report  # the ratio each row reached
 
     shipped = cifar.ship(tmp_path / "runs", tmp_path / "shipped")
     assert [p.name for p in shipped] == ["resnet20-dirichlet-own.pt"]

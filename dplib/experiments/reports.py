@@ -354,8 +354,11 @@ def cifar_markdown(results: dict[str, dict[str, Any]]) -> str:
         ]
         for row in cifar_rows({name: result}):
             speed = f"{row['speedup']:.2f}x" if row["speedup"] else "-"
+            # fixed widths are the reference code's: too long for a cell, they are in cifar.csv
+            budget = "reference widths" if row["allocation"] == "fixed" else row["budget"]
+            budget += f" ({base['macs'] / row['macs']:.2f}x fewer MACs)"
             lines.append(
-                f"| {row['criterion']} | {row['allocation']} | {row['budget']} | "
+                f"| {row['criterion']} | {row['allocation']} | {budget} | "
                 f"{row['params']:,} | {row['macs']:,} | {row['test_accuracy_pruned']:.2f} | "
                 f"{row['val_accuracy_finetuned']:.2f} / {row['test_accuracy_finetuned']:.2f} | "
                 f"{speed} |"
