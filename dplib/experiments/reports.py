@@ -200,7 +200,8 @@ def summary_table(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
             )
         finals = entry["finals"]
         if finals:
-            widths = list(finals[0]["pruned"])
+            # mild to aggressive (the stored JSON has its keys sorted as text)
+            widths = sorted(finals[0]["pruned"], key=lambda w: -sum(map(int, w.split("-"))))
             lines += [
                 "",
                 "Finals: validation accuracy right after pruning / after fine-tuning "
