@@ -17,7 +17,7 @@ import torch
 
 from ..files import atomic_write_text, read_json
 from ..importance import Importance
-from . import cifar, compare, figures, paths, profiles, reports, synthetic
+from . import cifar, compare, figures, paths, profiles, reports, study, synthetic
 
 
 def collect(profile: str) -> dict[str, dict[str, Any]]:
@@ -111,6 +111,9 @@ def write_cifar(source: str | Path, folder: str | Path) -> list[Path]:
 def write_study(results: dict[str, Any], folder: str | Path) -> list[Path]:
     """``study.md``, ``study_factors.png`` and ``study_finals.png`` of the study's results."""
     folder = Path(folder)
+    # one order whoever calls (make study, 05_study), so a redraw leaves the files unchanged
+    order = {name: index for index, name in enumerate(study.SETUPS)}
+    results = {name: results[name] for name in sorted(results, key=lambda n: order.get(n, 99))}
     written = [atomic_write_text(folder / "study.md", reports.summary_table(results))]
     for name, draw in (
         ("study_factors", figures.study_factors),
