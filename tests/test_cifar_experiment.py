@@ -73,6 +73,10 @@ def test_the_reference_widths_fit_their_networks():
         assert len(dplib.parse_widths(widths, units)) == len(units)
     with pytest.raises(ValueError, match="unknown CIFAR setup"):
         cifar.run(["cifar10-resnet9000"], "nowhere")
+    with pytest.raises(ValueError, match="unknown criteria"):
+        cifar.run(["cifar10-resnet20"], "nowhere", criteria=("dirichlett",))
+    with pytest.raises(ValueError, match="ratio"):
+        cifar.run(["cifar10-resnet20"], "nowhere", budgets=("half",))
 
 
 def test_the_gpu_script_runs_at_toy_size_on_the_cpu(tmp_path, monkeypatch):

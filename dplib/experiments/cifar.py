@@ -18,7 +18,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .. import criteria as dplib_criteria
 from .. import data
+from ..budget import parse_budget
 from ..files import atomic_write, write_json
 from ..pruned import load_pruned
 from ..train import evaluate
@@ -84,6 +86,8 @@ def run(
     unknown = [name for name in names if isinstance(name, str) and name not in SETUPS]
     if unknown:
         raise ValueError(f"unknown CIFAR setup(s) {unknown}; available: {', '.join(SETUPS)}")
+    criteria, budgets = tuple(criteria), tuple(budgets)
+    _check_criteria_and_budgets(criteria, budgets)  # before hours of pretraining
     results = Path(results) if results is not None else committed_results()
     done = {}
     for name in names:
@@ -101,6 +105,17 @@ def run(
         ) | (note or {})
         write_json(results / f"{setup.name}.json", done[setup.name])
     return done
+
+
+def _check_criteria_and_budgets(criteria: tuple[str, ...], budgets: tuple[str, ...]) -> None:
+    """Unknown criteria or malformed budgets raise ValueError, naming what is accepted."""
+    unknown = [name for name in criteria if name not in dplib_criteria.names()]
+    if unknown:
+        raise ValueError(
+            f"unknown criteria {unknown}; registered: {', '.join(dplib_criteria.names())}"
+        )
+    for budget in budgets:
+        parse_budget(budget, 10**9)  # the syntax only: a ratio string such as '2x'
 
 
 # The pruned networks shipped in figures/cifar/ ---------------------------------------------------
