@@ -38,7 +38,7 @@ CRITERIA = ("dirichlet", "l1", "tp_l2")
 
 def setups(device: str, toy: bool) -> dict[str, cifar.Setup]:
     """The GPU setups: the CPU ones of dplib.experiments.cifar, images held on ``device``."""
-    wrn = cifar._setup("wrn28_10", 10, 1)
+    wrn = cifar.cifar_setup("wrn28_10", 10, 1)
     chosen = {
         "cifar10-resnet56": cifar.SETUPS["cifar10-resnet56"],
         "cifar10-vgg16": cifar.SETUPS["cifar10-vgg16"],

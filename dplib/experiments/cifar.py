@@ -48,14 +48,26 @@ TRAINING: dict[str, Any] = {
 }
 
 
-def _setup(model: str, pretrain: float, finetune: float, widths: tuple[str, ...] = ()) -> Setup:
-    return Setup(model, "cifar10", pretrain, finetune_epochs=finetune, widths=widths, **TRAINING)
+def cifar_setup(
+    model: str, pretrain_epochs: float, finetune_epochs: float, widths: tuple[str, ...] = ()
+) -> Setup:
+    """A CIFAR-10 setup of ``model`` with the one :data:`TRAINING` schedule of every network:
+    ``pretrain_epochs`` of one-cycle pretraining, ``finetune_epochs`` of fine-tuning, and the
+    fixed ``widths`` pruned besides the budgets (e.g. the reference code's)."""
+    return Setup(
+        model,
+        "cifar10",
+        pretrain_epochs,
+        finetune_epochs=finetune_epochs,
+        widths=widths,
+        **TRAINING,
+    )
 
 
 SETUPS: dict[str, Setup] = {
-    "cifar10-resnet20": _setup("resnet20", 30, 2),
-    "cifar10-resnet56": _setup("resnet56", 20, 2, (RESNET56_REFERENCE,)),
-    "cifar10-vgg16": _setup("vgg16", 20, 2, (VGG16_REFERENCE,)),
+    "cifar10-resnet20": cifar_setup("resnet20", 30, 2),
+    "cifar10-resnet56": cifar_setup("resnet56", 20, 2, (RESNET56_REFERENCE,)),
+    "cifar10-vgg16": cifar_setup("vgg16", 20, 2, (VGG16_REFERENCE,)),
 }
 
 
