@@ -95,3 +95,22 @@ def test_the_gpu_script_runs_at_toy_size_on_the_cpu(tmp_path, monkeypatch):
         result = read_json(tmp_path / "rows" / f"{name}.json")
         assert result["device"] == "CPU" and result["rows"]
         assert {r["allocation"] for r in result["rows"]} >= {"own", "same"}
+
+
+def test_the_shipped_networks_are_the_committed_rows():
+    """Each network in figures/cifar/ loads with no other argument, has the widths and the
+    parameter count of its row in bench/results/cifar/ and claims that row's test accuracy."""
+    import dplib
+
+    for model, (setup, criterion, allocation, _) in cifar.SHIPPED.items():
+        network = dplib.load_pruned(cifar.shipped_dir() / f"{model}-{criterion}-{allocation}.pt")
+        extra = network.dplib_extra
+        (row,) = [
+            r
+            for r in read_json(cifar.committed_results() / f"{setup}.json")["rows"]
+            if (r["criterion"], r["allocation"], r["seed"]) == (criterion, allocation, 0)
+            and r["widths"] == extra["widths"]
+        ]
+        assert sum(p.numel() for p in network.parameters()) == row["params"]
+        assert extra["finetuned_test"] == row["finetuned_test"]
+        assert dplib.count(network, (1, 3, 32, 32)).macs == row["macs"]
