@@ -1,3 +1,6 @@
+import math
+import warnings
+
 import pytest
 import torch
 
@@ -44,6 +47,14 @@ def test_rank_correlations():
     assert dplib.measure.kendall(a, a.flip(0)) == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="differ in length"):
         dplib.measure.spearman(a, a[:2])
+
+
+def test_rank_correlations_of_one_unit_are_nan_without_a_warning():
+    one = torch.tensor([0.5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy warns on too small samples
+        assert math.isnan(dplib.measure.kendall(one, one))
+        assert math.isnan(dplib.measure.spearman(one, one))
 
 
 def test_for_inference_folds_batchnorm_and_keeps_outputs():
