@@ -95,6 +95,7 @@ def write_cifar(source: str | Path, folder: str | Path) -> list[Path]:
     if not results:
         return []
     folder = Path(folder)
+    figures.style()  # the same look from make figures and from bench/cifar.py
     frame = pd.DataFrame(reports.cifar_rows(results), columns=reports.CIFAR_COLUMNS)
     written = [
         atomic_write_text(folder / "cifar.md", reports.cifar_markdown(results)),
@@ -102,7 +103,7 @@ def write_cifar(source: str | Path, folder: str | Path) -> list[Path]:
     ]
     for name, result in results.items():
         model = name.split("-", 1)[1]
-        title = f"{model} on CIFAR-10 ({result['bases'][0].get('data_source', '')})"
+        title = f"{model} on {result['bases'][0].get('data_source') or 'CIFAR-10'}"
         figure = figures.plot_comparison(compare.summarise(result["rows"]), title)
         written += _emit(figure, folder, f"cifar_{model}")
     return written
