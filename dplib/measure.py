@@ -15,7 +15,8 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from scipy import stats
@@ -176,18 +177,18 @@ def speedup(
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two score vectors of one layer."""
-    if a.numel() != b.numel():
-        raise ValueError(f"score vectors differ in length: {a.numel()} vs {b.numel()}")
-    if a.numel() < 2:
-        return float("nan")
-    return float(stats.spearmanr(a.detach().cpu().numpy(), b.detach().cpu().numpy()).statistic)
+    """Spearman rank correlation of two score vectors of one layer (NaN for one unit)."""
+    return _rank_correlation(stats.spearmanr, a, b)
 
 
 def kendall(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Kendall's tau rank correlation of two score vectors of one layer."""
+    """Kendall's tau rank correlation of two score vectors of one layer (NaN for one unit)."""
+    return _rank_correlation(stats.kendalltau, a, b)
+
+
+def _rank_correlation(statistic: Callable[..., Any], a: torch.Tensor, b: torch.Tensor) -> float:
     if a.numel() != b.numel():
         raise ValueError(f"score vectors differ in length: {a.numel()} vs {b.numel()}")
     if a.numel() < 2:  # undefined: NaN, without scipy's warning (a one-unit layer at toy size)
         return float("nan")
-    return float(stats.kendalltau(a.detach().cpu().numpy(), b.detach().cpu().numpy()).statistic)
+    return float(statistic(a.detach().cpu().numpy(), b.detach().cpu().numpy()).statistic)
