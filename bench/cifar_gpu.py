@@ -6,12 +6,14 @@
 The experiment of ``make cifar`` (dplib.experiments.cifar) with the paper's networks and the
 schedules one GPU allows: the images and their augmentation on the GPU, bfloat16 autocast,
 channels-last. It is sized by measurement, not by guess: for each network a few timed SGD steps
-give the seconds per training epoch, and the pretraining epochs are chosen so that pretraining
-takes at most ``PRETRAIN_SHARE`` of the network's share of ``--budget`` seconds (the rest is
-importance learning and the fine-tuning of every criterion at 2x fewer MACs and at the
-reference widths, at a tenth of the pretraining epochs each). The rows go to
-bench/results/cifar_gpu/<setup>.json with the device named; figures/cifar.md reads
-bench/results/cifar/ only, so CPU and GPU numbers are never mixed.
+give the seconds per training epoch, and the pretraining epochs E are the most for which the
+network's whole run fits its share of ``--budget`` seconds: E epochs of pretraining, one epoch
+of importance learning and, for every criterion, a fine-tuning of E/10 epochs (at least half an
+epoch) at 2x fewer MACs in both allocations and at the reference widths. A fine-tuning epoch of
+a pruned network is counted as one of the full network, since small layers do not run
+proportionally faster on a GPU. The rows go to bench/results/cifar_gpu/<setup>.json with the
+device named; figures/cifar.md reads bench/results/cifar/ only, so CPU and GPU numbers are never
+mixed.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ matplotlib.use("Agg")
 
 import dplib  # noqa: E402
 from dplib.experiments import cifar  # noqa: E402
+from dplib.files import write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARES = {"cifar10-resnet56": 0.25, "cifar10-vgg16": 0.25, "cifar10-wrn28_10": 0.5}
-PRETRAIN_SHARE = 0.6
 CRITERIA = ("dirichlet", "l1", "tp_l2")
+FINETUNE_FRACTION = 0.1  # of the pretraining epochs, for each fine-tuning
 
 
 def setups(device: str, toy: bool) -> dict[str, cifar.Setup]:
@@ -73,6 +76,16 @@ def seconds_per_epoch(setup: cifar.Setup, device: str, images: int, steps: int =
     return (time.perf_counter() - started) / steps * math.ceil(images / setup.batch_size)
 
 
+def pretraining_epochs(seconds: float, epoch_seconds: float, finetunings: int) -> int:
+    """The most pretraining epochs E (at least one) for which E + 1 importance epoch +
+    ``finetunings`` x max(0.5, E/10) fine-tuning epochs take at most ``seconds``."""
+    epochs = seconds / epoch_seconds - 1
+    scaled = epochs / (1 + FINETUNE_FRACTION * finetunings)
+    if FINETUNE_FRACTION * scaled < 0.5:  # each fine-tuning's half-epoch floor applies
+        scaled = epochs - 0.5 * finetunings
+    return max(1, math.floor(scaled))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=480.0, help="seconds for all networks")
@@ -83,27 +96,35 @@ def main() -> None:
     args = parser.parse_args()
     subset = 512 if args.toy else None
     images = subset or 45000
+    budgets = ("1.5x",) if args.toy else ("2x",)  # toy widths cannot reach 2x
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     plan = {}
     for name, setup in setups(args.device, args.toy).items():
         epoch = seconds_per_epoch(setup, args.device, images)
-        epochs = max(1, math.floor(PRETRAIN_SHARE * SHARES[name] * args.budget / epoch))
-        plan[name] = dataclasses.replace(
-            setup, pretrain_epochs=epochs, finetune_epochs=max(0.5, epochs / 10)
+        finetunings = len(CRITERIA) * (2 * len(budgets) + len(setup.widths))
+        epochs = pretraining_epochs(SHARES[name] * args.budget, epoch, finetunings)
+        finetune = max(0.5, FINETUNE_FRACTION * epochs)
+        plan[name] = (
+            dataclasses.replace(setup, pretrain_epochs=epochs, finetune_epochs=finetune),
+            epoch,
         )
         print(f"{name}: {epoch:.1f} s per epoch measured -> {epochs} pretraining epochs")
-    started = time.perf_counter()
-    cifar.run(
-        list(plan.values()),
-        args.root,
-        criteria=CRITERIA,
-        budgets=("1.5x",) if args.toy else ("2x",),  # toy widths cannot reach 2x
-        subset=subset,
-        eval_subset=subset,
-        results=args.out,
-        note={"device": device_name, "budget_seconds": args.budget},
-    )
-    print(f"done in {time.perf_counter() - started:.0f} s on {device_name}")
+    for name, (setup, epoch) in plan.items():
+        started = time.perf_counter()
+        note = {"device": device_name, "budget_seconds": args.budget, "epoch_seconds": epoch}
+        done = cifar.run(
+            [setup],
+            args.root,
+            criteria=CRITERIA,
+            budgets=budgets,
+            subset=subset,
+            eval_subset=subset,
+            results=args.out,
+            note=note,
+        )[setup.name]
+        done["seconds"] = time.perf_counter() - started  # the whole setup, as run
+        write_json(args.out / f"{setup.name}.json", done)
+        print(f"{name}: done in {done['seconds']:.0f} s on {device_name}")
 
 
 if __name__ == "__main__":

@@ -312,7 +312,9 @@ def _train_epoch(
     run: _Run, loader: DataLoader, *, lr: float, schedule: str, augment: bool, bar: Any
 ) -> float:
     """SGD over one pass of ``loader`` (or what is left of the run); the mean training loss."""
-    running, seen = 0.0, 0
+    # summed on the device and read once per epoch: reading it every step would make a GPU
+    # wait for the host between batches
+    running, seen = torch.zeros((), dtype=torch.float64, device=run.device), 0
     for images, labels in loader:
         step = run.state["step"]
         if step >= run.total_steps:
@@ -332,11 +334,11 @@ def _train_epoch(
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
-        running += loss.item() * labels.numel()
+        running += loss.detach().double() * labels.numel()
         seen += labels.numel()
         run.state["step"] = step + 1
         bar.update(1)
-    return running / max(seen, 1)
+    return running.item() / max(seen, 1)
 
 
 def _end_epoch(

@@ -94,7 +94,27 @@ def test_the_gpu_script_runs_at_toy_size_on_the_cpu(tmp_path, monkeypatch):
     for name in ("cifar10-resnet56", "cifar10-vgg16", "cifar10-wrn28_10"):
         result = read_json(tmp_path / "rows" / f"{name}.json")
         assert result["device"] == "CPU" and result["rows"]
+        assert result["seconds"] > 0 and result["epoch_seconds"] > 0
         assert {r["allocation"] for r in result["rows"]} >= {"own", "same"}
+
+
+def test_the_gpu_script_fits_every_phase_in_its_share_of_the_budget():
+    """Pretraining, one importance epoch and every fine-tuning (a tenth of the pretraining
+    epochs, at least half an epoch) fit the seconds given; one more epoch would not."""
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "cifar_gpu.py"
+    epochs_for = runpy.run_path(str(script))["pretraining_epochs"]
+
+    def seconds(epochs: int, epoch_seconds: float, finetunings: int) -> float:
+        return epoch_seconds * (epochs + 1 + finetunings * max(0.5, epochs / 10))
+
+    for budget, epoch_seconds, finetunings in [(100, 1.0, 9), (10, 1.0, 9), (300, 7.5, 6)]:
+        epochs = epochs_for(budget, epoch_seconds, finetunings)
+        assert seconds(epochs, epoch_seconds, finetunings) <= budget
+        assert seconds(epochs + 1, epoch_seconds, finetunings) > budget
+    assert epochs_for(1, 10.0, 9) == 1  # at least one epoch, even over budget
 
 
 def test_the_shipped_networks_are_the_committed_rows():
