@@ -5,15 +5,20 @@
 
 The experiment of ``make cifar`` (dplib.experiments.cifar) with the paper's networks and the
 schedules one GPU allows: the images and their augmentation on the GPU, bfloat16 autocast,
-channels-last. It is sized by measurement, not by guess: for each network a few timed SGD steps
-give the seconds per training epoch, and the pretraining epochs E are the most for which the
-network's whole run fits its share of ``--budget`` seconds: E epochs of pretraining, one epoch
-of importance learning and, for every criterion, a fine-tuning of E/10 epochs (at least half an
-epoch) at 2x fewer MACs in both allocations and at the reference widths. A fine-tuning epoch of
-a pruned network is counted as one of the full network, since small layers do not run
-proportionally faster on a GPU. The rows go to bench/results/cifar_gpu/<setup>.json with the
-device named; figures/cifar.md reads bench/results/cifar/ only, so CPU and GPU numbers are never
-mixed.
+channels-last, and batches of ``BATCH_SIZE`` images. Small networks leave a GPU waiting on the
+host for each kernel (on the H200 this kit was run on, ResNet-56 at batch 128 took 12 s per
+epoch), so the batch is 4x the CPU's 128 with the learning rates scaled linearly (the usual
+rule), and importance learning runs 4 epochs: the same number of steps of the gates' optimiser
+as the method's one epoch at batch 128.
+
+It is sized by measurement, not by guess: for each network a few timed SGD steps give the
+seconds per training epoch, and the pretraining epochs E are the most for which the network's
+whole run fits its share of ``--budget`` seconds: E epochs of pretraining, the importance
+epochs and, for every criterion, a fine-tuning of E/10 epochs (at least half an epoch) at 2x
+fewer MACs in both allocations and at the reference widths. A fine-tuning epoch of a pruned
+network is counted as one of the full network, since small layers do not run proportionally
+faster on a GPU. The rows go to bench/results/cifar_gpu/<setup>.json with the device named;
+figures/cifar.md reads bench/results/cifar/ only, so CPU and GPU numbers are never mixed.
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ from dplib.experiments import cifar  # noqa: E402
 from dplib.files import write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARES = {"cifar10-resnet56": 0.25, "cifar10-vgg16": 0.25, "cifar10-wrn28_10": 0.5}
+SHARES = {"cifar10-resnet56": 0.35, "cifar10-vgg16": 0.2, "cifar10-wrn28_10": 0.45}
 CRITERIA = ("dirichlet", "l1", "tp_l2")
 FINETUNE_FRACTION = 0.1  # of the pretraining epochs, for each fine-tuning
+BATCH_SIZE = 512
+SCALE = BATCH_SIZE / 128  # of the CPU setups' learning rates and importance epochs
 
 
 def setups(device: str, toy: bool) -> dict[str, cifar.Setup]:
@@ -50,7 +57,20 @@ def setups(device: str, toy: bool) -> dict[str, cifar.Setup]:
     changes = {"data_device": device, "speedup_batch": None, "keep_pruned": False}
     if toy:
         changes |= {"width_multiplier": 0.0625, "batch_size": 32, "widths": ()}
-    return {name: dataclasses.replace(setup, **changes) for name, setup in chosen.items()}
+    return {
+        name: dataclasses.replace(setup, **(_scaled(setup) | changes))
+        for name, setup in chosen.items()
+    }
+
+
+def _scaled(setup: cifar.Setup) -> dict[str, float]:
+    """Batch ``BATCH_SIZE``: learning rates x ``SCALE``, importance epochs x ``SCALE``."""
+    return {
+        "batch_size": BATCH_SIZE,
+        "pretrain_lr": setup.pretrain_lr * SCALE,
+        "finetune_lr": setup.finetune_lr * SCALE,
+        "importance_epochs": setup.importance_epochs * SCALE,
+    }
 
 
 def seconds_per_epoch(setup: cifar.Setup, device: str, images: int, steps: int = 5) -> float:
@@ -76,10 +96,12 @@ def seconds_per_epoch(setup: cifar.Setup, device: str, images: int, steps: int =
     return (time.perf_counter() - started) / steps * math.ceil(images / setup.batch_size)
 
 
-def pretraining_epochs(seconds: float, epoch_seconds: float, finetunings: int) -> int:
-    """The most pretraining epochs E (at least one) for which E + 1 importance epoch +
+def pretraining_epochs(
+    seconds: float, epoch_seconds: float, finetunings: int, importance_epochs: float = 1.0
+) -> int:
+    """The most pretraining epochs E (at least one) for which E + ``importance_epochs`` +
     ``finetunings`` x max(0.5, E/10) fine-tuning epochs take at most ``seconds``."""
-    epochs = seconds / epoch_seconds - 1
+    epochs = seconds / epoch_seconds - importance_epochs
     scaled = epochs / (1 + FINETUNE_FRACTION * finetunings)
     if FINETUNE_FRACTION * scaled < 0.5:  # each fine-tuning's half-epoch floor applies
         scaled = epochs - 0.5 * finetunings
@@ -102,7 +124,8 @@ def main() -> None:
     for name, setup in setups(args.device, args.toy).items():
         epoch = seconds_per_epoch(setup, args.device, images)
         finetunings = len(CRITERIA) * (2 * len(budgets) + len(setup.widths))
-        epochs = pretraining_epochs(SHARES[name] * args.budget, epoch, finetunings)
+        share = SHARES[name] * args.budget
+        epochs = pretraining_epochs(share, epoch, finetunings, setup.importance_epochs)
         finetune = max(0.5, FINETUNE_FRACTION * epochs)
         plan[name] = (
             dataclasses.replace(setup, pretrain_epochs=epochs, finetune_epochs=finetune),

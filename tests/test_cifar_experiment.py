@@ -107,13 +107,14 @@ def test_the_gpu_script_fits_every_phase_in_its_share_of_the_budget():
     script = Path(__file__).resolve().parent.parent / "bench" / "cifar_gpu.py"
     epochs_for = runpy.run_path(str(script))["pretraining_epochs"]
 
-    def seconds(epochs: int, epoch_seconds: float, finetunings: int) -> float:
-        return epoch_seconds * (epochs + 1 + finetunings * max(0.5, epochs / 10))
+    def seconds(epochs: int, epoch_seconds: float, finetunings: int, importance: float) -> float:
+        return epoch_seconds * (epochs + importance + finetunings * max(0.5, epochs / 10))
 
-    for budget, epoch_seconds, finetunings in [(100, 1.0, 9), (10, 1.0, 9), (300, 7.5, 6)]:
-        epochs = epochs_for(budget, epoch_seconds, finetunings)
-        assert seconds(epochs, epoch_seconds, finetunings) <= budget
-        assert seconds(epochs + 1, epoch_seconds, finetunings) > budget
+    for case in [(100, 1.0, 9, 1.0), (10, 1.0, 9, 1.0), (300, 7.5, 6, 1.0), (126, 3.0, 9, 4.0)]:
+        budget, epoch_seconds, finetunings, importance = case
+        epochs = epochs_for(budget, epoch_seconds, finetunings, importance)
+        assert seconds(epochs, epoch_seconds, finetunings, importance) <= budget
+        assert seconds(epochs + 1, epoch_seconds, finetunings, importance) > budget
     assert epochs_for(1, 10.0, 9) == 1  # at least one epoch, even over budget
 
 
