@@ -17,8 +17,9 @@ whole run fits its share of ``--budget`` seconds: E epochs of pretraining, the i
 epochs and, for every criterion, a fine-tuning of E/10 epochs (at least half an epoch) at 2x
 fewer MACs in both allocations and at the reference widths. A fine-tuning epoch of a pruned
 network is counted as one of the full network, since small layers do not run proportionally
-faster on a GPU. The rows go to bench/results/cifar_gpu/<setup>.json with the device named;
-figures/cifar.md reads bench/results/cifar/ only, so CPU and GPU numbers are never mixed.
+faster on a GPU. The rows go to bench/results/cifar_gpu/<setup>.json with the device named,
+and ``make figures`` draws figures/cifar_gpu.md, .csv and cifar_gpu_<model>.png from them, apart
+from figures/cifar.* (the CPU's rows), so CPU and GPU numbers are never mixed.
 """
 
 from __future__ import annotations

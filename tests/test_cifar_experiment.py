@@ -96,6 +96,11 @@ def test_the_gpu_script_runs_at_toy_size_on_the_cpu(tmp_path, monkeypatch):
         assert result["device"] == "CPU" and result["rows"]
         assert result["seconds"] > 0 and result["epoch_seconds"] > 0
         assert {r["allocation"] for r in result["rows"]} >= {"own", "same"}
+    written = publish.write_cifar(tmp_path / "rows", tmp_path / "figures", "cifar_gpu", "one GPU")
+    assert {p.name for p in written} >= {"cifar_gpu.md", "cifar_gpu.csv", "cifar_gpu_vgg16.png"}
+    report = (tmp_path / "figures" / "cifar_gpu.md").read_text()
+    assert report.startswith("# CIFAR-10: the paper's networks pruned on one GPU")
+    assert "s per training epoch on CPU." in report  # the device each network was trained on
 
 
 def test_the_gpu_script_fits_every_phase_in_its_share_of_the_budget():

@@ -77,6 +77,12 @@ def committed_results() -> Path:
     return paths.kit_root() / "bench" / "results" / "cifar"
 
 
+def gpu_results() -> Path:
+    """``bench/results/cifar_gpu/``: the rows of ``bench/cifar_gpu.py`` on one GPU, each with
+    its device, kept apart from the CPU's; ``make figures`` redraws ``figures/cifar_gpu.*``."""
+    return paths.kit_root() / "bench" / "results" / "cifar_gpu"
+
+
 def run(
     names: Iterable[str | Setup],
     root: str | Path,

@@ -88,9 +88,12 @@ def write_comparison(
     return [*written, target]
 
 
-def write_cifar(source: str | Path, folder: str | Path) -> list[Path]:
-    """``cifar.md``, ``cifar.csv`` and ``cifar_<model>`` (PNG and PDF) from the rows in
-    ``source`` (``<setup>.json`` each, see :mod:`dplib.experiments.cifar`); none without rows."""
+def write_cifar(
+    source: str | Path, folder: str | Path, name: str = "cifar", where: str = "the CPU"
+) -> list[Path]:
+    """``<name>.md``, ``<name>.csv`` and ``<name>_<model>`` (PNG and PDF) from the rows in
+    ``source`` (``<setup>.json`` each, see :mod:`dplib.experiments.cifar`), trained on
+    ``where``; none without rows."""
     results = {path.stem: read_json(path) for path in sorted(Path(source).glob("*.json"))}
     if not results:
         return []
@@ -98,14 +101,16 @@ def write_cifar(source: str | Path, folder: str | Path) -> list[Path]:
     figures.style()  # the same look from make figures and from bench/cifar.py
     frame = pd.DataFrame(reports.cifar_rows(results), columns=reports.CIFAR_COLUMNS)
     written = [
-        atomic_write_text(folder / "cifar.md", reports.cifar_markdown(results)),
-        atomic_write_text(folder / "cifar.csv", frame.to_csv(index=False, float_format="%.2f")),
+        atomic_write_text(folder / f"{name}.md", reports.cifar_markdown(results, where)),
+        atomic_write_text(folder / f"{name}.csv", frame.to_csv(index=False, float_format="%.2f")),
     ]
-    for name, result in results.items():
-        model = name.split("-", 1)[1]
+    for setup, result in results.items():
+        model = setup.split("-", 1)[1]
         title = f"{model} on {result['bases'][0].get('data_source') or 'CIFAR-10'}"
+        if result.get("device"):
+            title += f", {result['device']}"
         figure = figures.plot_comparison(compare.summarise(result["rows"]), title)
-        written += _emit(figure, folder, f"cifar_{model}")
+        written += _emit(figure, folder, f"{name}_{model}")
     return written
 
 
@@ -189,6 +194,7 @@ def write_all(profile: str, folder: str | os.PathLike | None = None) -> list[Pat
     written.extend(write_comparison(compare.root_for(profile), folder, extra))
     if profile == "cpu":  # CIFAR-10's committed rows (make cifar), redrawn without training
         written.extend(write_cifar(cifar.committed_results(), folder))
+        written.extend(write_cifar(cifar.gpu_results(), folder, "cifar_gpu", "one GPU"))
     return written
 
 

@@ -336,9 +336,10 @@ def cifar_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def cifar_markdown(results: dict[str, dict[str, Any]]) -> str:
-    """``cifar.md``: per network, its base network and every pruned network's row."""
-    lines = ["# CIFAR-10: the paper's networks pruned on the CPU", ""]
+def cifar_markdown(results: dict[str, dict[str, Any]], where: str = "the CPU") -> str:
+    """``cifar.md``: per network, its base network and every pruned network's row; ``where``
+    the networks were trained (the title)."""
+    lines = [f"# CIFAR-10: the paper's networks pruned on {where}", ""]
     for name, result in results.items():
         base = result["bases"][0]
         lines += [
@@ -346,7 +347,8 @@ def cifar_markdown(results: dict[str, dict[str, Any]]) -> str:
             "",
             f"Base network: {100 * base['test']:.2f}% test, {100 * base['val']:.2f}% validation "
             f"accuracy, {base['params']:,} params, {base['macs']:,} MACs, "
-            f"{base.get('seconds_per_epoch', 0):.0f} s per training epoch. "
+            f"{base.get('seconds_per_epoch', 0):.1f} s per training epoch"
+            + (f" on {result['device']}. " if result.get("device") else ". ")
             + _importance_cost(result, base),
             "",
             "| criterion | allocation | budget | params | MACs | test after pruning | val / test "
@@ -375,4 +377,4 @@ def _importance_cost(result: dict[str, Any], base: dict[str, Any]) -> str:
     if not seconds or not base.get("seconds_per_epoch"):
         return ""
     fraction = statistics.mean(seconds) / base["seconds_per_epoch"]
-    return f"Dirichlet importance (one epoch): {fraction:.2f} of a training epoch."
+    return f"Dirichlet importance: {fraction:.2f} of a training epoch."
