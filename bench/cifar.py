@@ -4,6 +4,8 @@
     python bench/cifar.py --setups cifar10-resnet20  # one network
     python bench/cifar.py --setups cifar10-vgg16 --budgets  # the reference widths only
     python bench/cifar.py --evaluate                 # the shipped networks on the test split
+    python bench/cifar.py --setups cifar10-vgg16 --budgets --criteria dirichlet l1 \
+        --finetune-epochs 20                         # a longer fine-tuning, on the side
 
 Results are cached under runs/cifar/ (a rerun continues where it stopped); each network's rows
 go to bench/results/cifar/<setup>.json (committed), from which make figures redraws
@@ -11,12 +13,18 @@ figures/cifar.md, figures/cifar.csv and figures/cifar_<model>.png. The fine-tune
 Dirichlet-pruned networks are copied into figures/cifar/ (dplib.load_pruned reads them). The
 data: CIFAR-10's original batches in data/, or its JPEG copy (data/cifar10-jpeg.tar.xz, or a
 path in $DPLIB_CIFAR10).
+
+``--finetune-epochs N`` fine-tunes the same pruned networks for N epochs instead of the setup's
+own: a probe kept apart from the table. It reuses the pretrained networks and importances cached
+under ``--root``, caches under runs/cifar-finetune<N>/, writes its rows to
+bench/results/cifar_finetune<N>/ and leaves figures/ and the shipped networks alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -39,7 +47,12 @@ def main() -> None:
     )
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "cifar")
     parser.add_argument("--evaluate", action="store_true", help="evaluate figures/cifar/*.pt")
+    parser.add_argument(
+        "--finetune-epochs", type=float, help="a longer fine-tuning, kept apart (see above)"
+    )
     args = parser.parse_args()
+    if args.finetune_epochs is not None and args.finetune_epochs <= 0:
+        parser.error(f"--finetune-epochs must be positive, got {args.finetune_epochs}")
     if args.evaluate:
         for row in cifar.evaluate_shipped():
             print(
@@ -47,20 +60,48 @@ def main() -> None:
                 f"(the table: {100 * row['recorded']:.2f}%)"
             )
         return
+    probe = args.finetune_epochs is not None
+    root, changes = args.root, {}
+    if probe:
+        label = f"{args.finetune_epochs:g}"
+        root = args.root.parent / f"cifar-finetune{label}"
+        changes = {
+            "results": ROOT / "bench" / "results" / f"cifar_finetune{label}",
+            "finetune_epochs": args.finetune_epochs,
+        }
+        reuse_pretraining(args.root, root, args.setups, args.seeds)
     for name in args.setups:
         started = time.perf_counter()
         cifar.run(
             [name],
-            args.root,
+            root,
             seeds=args.seeds,
             criteria=args.criteria,
             budgets=args.budgets,
             log=lambda line: print(line, flush=True),
+            **changes,
         )
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
+    if probe:
+        print(f"rows: {changes['results']}; figures/ and the shipped networks left as they were")
+        return
     shipped = cifar.ship(args.root)
     written = publish.write_cifar(cifar.committed_results(), ROOT / "figures")
     print(json.dumps({"written": [str(p) for p in written + shipped]}, indent=1))
+
+
+def reuse_pretraining(source: Path, target: Path, setups: list[str], seeds: list[int]) -> None:
+    """Copy each seed's cached pretrained network and importances from ``source`` into
+    ``target`` (those not there yet), so a probe fine-tunes the very same pruned networks."""
+    for name in setups:
+        for seed in seeds:
+            folder = source / name / f"seed{seed}"
+            for path in [*folder.glob("base.*"), *folder.glob("importance-*")]:
+                copy = target / name / f"seed{seed}" / path.name
+                if not copy.exists():
+                    copy.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(path, copy.with_suffix(copy.suffix + ".tmp"))
+                    copy.with_suffix(copy.suffix + ".tmp").replace(copy)
 
 
 if __name__ == "__main__":

@@ -140,3 +140,27 @@ def test_the_shipped_networks_are_the_committed_rows():
         assert sum(p.numel() for p in network.parameters()) == row["params"]
         assert extra["finetuned_test"] == row["finetuned_test"]
         assert dplib.count(network, (1, 3, 32, 32)).macs == row["macs"]
+
+
+def test_a_longer_finetuning_probe_reuses_the_pretrained_networks(tmp_path, monkeypatch):
+    """bench/cifar.py --finetune-epochs copies each seed's base network and importances into
+    the probe's own cache (nothing retrained, the table's cache untouched) and refuses a
+    non-positive number of epochs before any work."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "cifar.py"
+    module = runpy.run_path(str(script))
+    folder = tmp_path / "cifar" / "cifar10-vgg16" / "seed0"
+    (folder / "results").mkdir(parents=True)
+    for name in ("base.pt", "base.json", "importance-l1.pt", "results/l1-own-2x.json"):
+        (folder / name).write_text(name)
+    module["reuse_pretraining"](tmp_path / "cifar", tmp_path / "probe", ["cifar10-vgg16"], [0])
+    copied = tmp_path / "probe" / "cifar10-vgg16" / "seed0"
+    assert sorted(p.name for p in copied.iterdir()) == ["base.json", "base.pt", "importance-l1.pt"]
+    assert (copied / "base.pt").read_text() == "base.pt"
+
+    monkeypatch.setattr(sys, "argv", ["cifar.py", "--finetune-epochs", "0"])
+    with pytest.raises(SystemExit):
+        module["main"]()
