@@ -118,13 +118,13 @@ class DirichletGate(nn.Module):
     def sample(self, num_samples: int = 1) -> torch.Tensor:
         """Reparameterised samples s ~ q, shape (num_samples, K); gradients reach theta.
 
-        Off the CPU the samples are drawn in float64: torch's gradient of a Dirichlet sample
-        runs in float32 on CUDA and returns NaN for concentrations summing to tens of
-        thousands (pytorch/pytorch issue 57447), as a 512-channel layer with phi_init = 100
-        has; on the CPU it runs in float64 already.
+        On CUDA the samples are drawn in float64: torch's gradient of a Dirichlet sample runs
+        in float32 there and returns NaN for concentrations summing to tens of thousands
+        (pytorch/pytorch issue 57447), as a 512-channel layer with phi_init = 100 has; on the
+        CPU it runs in float64 already.
         """
         phi = self.concentration()
-        if phi.device.type == "cpu":
+        if phi.device.type != "cuda":
             return Dirichlet(phi).rsample((num_samples,))
         return Dirichlet(phi.double()).rsample((num_samples,)).to(phi.dtype)
 

@@ -313,8 +313,9 @@ def _train_epoch(
 ) -> float:
     """SGD over one pass of ``loader`` (or what is left of the run); the mean training loss."""
     # summed on the device and read once per epoch: reading it every step would make a GPU
-    # wait for the host between batches
-    running, seen = torch.zeros((), dtype=torch.float64, device=run.device), 0
+    # wait for the host between batches (float64 as Python's float; Apple's MPS has none)
+    total_dtype = torch.float32 if run.device.type == "mps" else torch.float64
+    running, seen = torch.zeros((), dtype=total_dtype, device=run.device), 0
     for images, labels in loader:
         step = run.state["step"]
         if step >= run.total_steps:
@@ -334,7 +335,7 @@ def _train_epoch(
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
-        running += loss.detach().double() * labels.numel()
+        running += loss.detach().to(total_dtype) * labels.numel()
         seen += labels.numel()
         run.state["step"] = step + 1
         bar.update(1)
