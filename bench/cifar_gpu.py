@@ -117,6 +117,13 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "cifar_gpu")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cifar_gpu")
     args = parser.parse_args()
+    if args.budget <= 0:
+        parser.error(f"--budget is in seconds and must be positive, got {args.budget}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(
+            "--device cuda, but torch sees no CUDA GPU here; on a CPU try it at toy "
+            "size: --toy --device cpu"
+        )
     subset = 512 if args.toy else None
     images = subset or 45000
     budgets = ("1.5x",) if args.toy else ("2x",)  # toy widths cannot reach 2x

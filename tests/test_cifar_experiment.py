@@ -103,6 +103,25 @@ def test_the_gpu_script_runs_at_toy_size_on_the_cpu(tmp_path, monkeypatch):
     assert "s per training epoch on CPU." in report  # the device each network was trained on
 
 
+def test_the_gpu_script_refuses_a_bad_budget_or_a_missing_gpu_before_any_work(monkeypatch, capsys):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    script = str(Path(__file__).resolve().parent.parent / "bench" / "cifar_gpu.py")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv, message in [
+        (["--budget", "0", "--device", "cpu"], "must be positive"),
+        (["--device", "cuda"], "sees no CUDA GPU"),
+    ]:
+        monkeypatch.setattr(sys, "argv", ["cifar_gpu.py", *argv])
+        with pytest.raises(SystemExit):
+            runpy.run_path(script, run_name="__main__")
+        assert message in capsys.readouterr().err
+
+
 def test_the_gpu_script_fits_every_phase_in_its_share_of_the_budget():
     """Pretraining, one importance epoch and every fine-tuning (a tenth of the pretraining
     epochs, at least half an epoch) fit the seconds given; one more epoch would not."""
