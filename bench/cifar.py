@@ -16,15 +16,14 @@ path in $DPLIB_CIFAR10).
 
 ``--finetune-epochs N`` fine-tunes the same pruned networks for N epochs instead of the setup's
 own: a probe kept apart from the table. It reuses the pretrained networks and importances cached
-under ``--root``, caches under runs/cifar-finetune<N>/, writes its rows to
-bench/results/cifar_finetune<N>/ and leaves figures/ and the shipped networks alone.
+under ``--root`` (its results are cached beside the table's, under their own names), writes its
+rows to bench/results/cifar_finetune<N>/ and leaves figures/ and the shipped networks alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 from dplib.experiments import cifar, publish  # noqa: E402
+from dplib.experiments.experiment import Experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,48 +60,35 @@ def main() -> None:
                 f"(the table: {100 * row['recorded']:.2f}%)"
             )
         return
-    probe = args.finetune_epochs is not None
-    root, changes = args.root, {}
-    if probe:
-        label = f"{args.finetune_epochs:g}"
-        root = args.root.parent / f"cifar-finetune{label}"
-        changes = {
-            "results": ROOT / "bench" / "results" / f"cifar_finetune{label}",
-            "finetune_epochs": args.finetune_epochs,
-        }
-        reuse_pretraining(args.root, root, args.setups, args.seeds)
-    for name in args.setups:
+    experiments = [cifar.SETUPS[name] for name in args.setups]
+    results = None
+    if args.finetune_epochs is not None:
+        results = ROOT / "bench" / "results" / f"cifar_finetune{args.finetune_epochs:g}"
+        experiments = [probe(experiment, args.finetune_epochs) for experiment in experiments]
+    for experiment in experiments:
         started = time.perf_counter()
         cifar.run(
-            [name],
-            root,
+            [experiment],
+            args.root,
             seeds=args.seeds,
             criteria=args.criteria,
             budgets=args.budgets,
+            results=results,
             log=lambda line: print(line, flush=True),
-            **changes,
         )
-        print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
-    if probe:
-        print(f"rows: {changes['results']}; figures/ and the shipped networks left as they were")
+        print(f"{experiment.name}: {time.perf_counter() - started:.0f} s", flush=True)
+    if results is not None:
+        print(f"rows: {results}; figures/ and the shipped networks left as they were")
         return
     shipped = cifar.ship(args.root)
     written = publish.write_cifar(cifar.committed_results(), ROOT / "figures")
     print(json.dumps({"written": [str(p) for p in written + shipped]}, indent=1))
 
 
-def reuse_pretraining(source: Path, target: Path, setups: list[str], seeds: list[int]) -> None:
-    """Copy each seed's cached pretrained network and importances from ``source`` into
-    ``target`` (those not there yet), so a probe fine-tunes the very same pruned networks."""
-    for name in setups:
-        for seed in seeds:
-            folder = source / name / f"seed{seed}"
-            for path in [*folder.glob("base.*"), *folder.glob("importance-*")]:
-                copy = target / name / f"seed{seed}" / path.name
-                if not copy.exists():
-                    copy.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(path, copy.with_suffix(copy.suffix + ".tmp"))
-                    copy.with_suffix(copy.suffix + ".tmp").replace(copy)
+def probe(experiment: Experiment, epochs: float) -> Experiment:
+    """The experiment with a fine-tuning of ``epochs`` epochs: the same pretrained networks and
+    importances (their cache keys do not hold the fine-tuning), new rows."""
+    return experiment.replace(finetuning=experiment.finetuning.replace(epochs=epochs))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from figures/cifar.* (the CPU's rows), so CPU and GPU numbers are never mixed.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ matplotlib.use("Agg")
 
 import dplib  # noqa: E402
 from dplib.experiments import cifar  # noqa: E402
+from dplib.experiments.experiment import Experiment  # noqa: E402
 from dplib.files import write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,34 +47,31 @@ BATCH_SIZE = 512
 SCALE = BATCH_SIZE / 128  # of the CPU setups' learning rates and importance epochs
 
 
-def setups(device: str, toy: bool) -> dict[str, cifar.Setup]:
+def setups(device: str, toy: bool) -> dict[str, Experiment]:
     """The GPU setups: the CPU ones of dplib.experiments.cifar, images held on ``device``."""
-    wrn = cifar.cifar_setup("wrn28_10", 10, 1)
     chosen = {
         "cifar10-resnet56": cifar.SETUPS["cifar10-resnet56"],
         "cifar10-vgg16": cifar.SETUPS["cifar10-vgg16"],
-        "cifar10-wrn28_10": wrn,
+        "cifar10-wrn28_10": cifar.cifar_setup("wrn28_10", 10, 1),
     }
     changes = {"data_device": device, "speedup_batch": None, "keep_pruned": False}
     if toy:
         changes |= {"width_multiplier": 0.0625, "batch_size": 32, "widths": ()}
-    return {
-        name: dataclasses.replace(setup, **(_scaled(setup) | changes))
-        for name, setup in chosen.items()
-    }
+        changes |= {"subset": 512, "eval_subset": 512}
+    return {name: _scaled(setup).replace(**changes) for name, setup in chosen.items()}
 
 
-def _scaled(setup: cifar.Setup) -> dict[str, float]:
+def _scaled(setup: Experiment) -> Experiment:
     """Batch ``BATCH_SIZE``: learning rates x ``SCALE``, importance epochs x ``SCALE``."""
-    return {
-        "batch_size": BATCH_SIZE,
-        "pretrain_lr": setup.pretrain_lr * SCALE,
-        "finetune_lr": setup.finetune_lr * SCALE,
-        "importance_epochs": setup.importance_epochs * SCALE,
-    }
+    return setup.replace(
+        batch_size=BATCH_SIZE,
+        pretraining=setup.pretraining.replace(lr=setup.pretraining.lr * SCALE),
+        finetuning=setup.finetuning.replace(lr=setup.finetuning.lr * SCALE),
+        importance=setup.importance.replace(epochs=setup.importance.epochs * SCALE),
+    )
 
 
-def seconds_per_epoch(setup: cifar.Setup, device: str, images: int, steps: int = 5) -> float:
+def seconds_per_epoch(setup: Experiment, device: str, images: int, steps: int = 5) -> float:
     """Time ``steps`` SGD steps of the setup's network (after one warm-up step)."""
     model = dplib.models.build(setup.model, width_multiplier=setup.width_multiplier).to(device)
     model.to(memory_format=torch.channels_last)
@@ -124,8 +121,7 @@ def main() -> None:
             "--device cuda, but torch sees no CUDA GPU here; on a CPU try it at toy "
             "size: --toy --device cpu"
         )
-    subset = 512 if args.toy else None
-    images = subset or 45000
+    images = 512 if args.toy else 45000
     budgets = ("1.5x",) if args.toy else ("2x",)  # toy widths cannot reach 2x
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     plan = {}
@@ -133,12 +129,13 @@ def main() -> None:
         epoch = seconds_per_epoch(setup, args.device, images)
         finetunings = len(CRITERIA) * (2 * len(budgets) + len(setup.widths))
         share = SHARES[name] * args.budget
-        epochs = pretraining_epochs(share, epoch, finetunings, setup.importance_epochs)
+        epochs = pretraining_epochs(share, epoch, finetunings, setup.importance.epochs)
         finetune = max(0.5, FINETUNE_FRACTION * epochs)
-        plan[name] = (
-            dataclasses.replace(setup, pretrain_epochs=epochs, finetune_epochs=finetune),
-            epoch,
+        setup = setup.replace(
+            pretraining=setup.pretraining.replace(epochs=epochs),
+            finetuning=setup.finetuning.replace(epochs=finetune),
         )
+        plan[name] = (setup, epoch)
         print(f"{name}: {epoch:.1f} s per epoch measured -> {epochs} pretraining epochs")
     for name, (setup, epoch) in plan.items():
         started = time.perf_counter()
@@ -148,8 +145,6 @@ def main() -> None:
             args.root,
             criteria=CRITERIA,
             budgets=budgets,
-            subset=subset,
-            eval_subset=subset,
             results=args.out,
             note=note,
         )[setup.name]

@@ -30,19 +30,10 @@ def main() -> None:
     rows = []
     for mode, options in MODES.items():
         model = dplib.models.build("resnet20", seed=0)
-        history = dplib.fit(
-            model,
-            loaders.train,
-            epochs=EPOCHS,
-            lr=0.1,
-            schedule="onecycle",
-            augment=True,
-            val_loader=loaders.val,
-            device="cpu",
-            seed=0,
-            show_progress=False,
-            **options,
+        settings = dplib.TrainSettings(
+            epochs=EPOCHS, lr=0.1, schedule="onecycle", augment=True, **options
         )
+        history = dplib.fit(model, loaders.train, settings, val_loader=loaders.val, device="cpu")
         rows.append(
             {
                 "mode": mode,

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import dplib
+from dplib.files import atomic_write_text, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 VGG_REFERENCE = "39-39-63-48-55-88-87-52-62-22-42-47-47-47"
@@ -102,16 +103,14 @@ def main() -> None:
         print(json.dumps(row, indent=1))
     out = ROOT / "figures" / "bench"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cifar_speedup.json").write_text(
-        json.dumps(
-            {
-                "command": "python bench/cifar_speedup.py",
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "rows": rows,
-            },
-            indent=1,
-        )
+    write_json(
+        out / "cifar_speedup.json",
+        {
+            "command": "python bench/cifar_speedup.py",
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "rows": rows,
+        },
     )
     lines = [
         "# Measured CPU speed-up of pruned CIFAR networks",
@@ -136,7 +135,7 @@ def main() -> None:
                 f"{b1['pruned_ms']:.2f}, {b1['speedup']:.2f}x | "
                 f"{row[f'{mode}: speedup / mac ratio, batch 64']:.2f} |"
             )
-    (out / "cifar_speedup.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "cifar_speedup.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -4,9 +4,9 @@
     python bench/compare.py --setups fashion_mnist32-resnet20 # resnet20 (about 90 minutes)
     python bench/compare.py --setups mnist5k-lenet300 --seeds 0
 
-Results are cached under runs/cpu/compare/<dataset>-<model>/seed<k>/ (a rerun continues where
-it stopped; 03_prune with compare=True shares this cache), the raw rows in
-runs/cpu/compare/<dataset>-<model>/rows.json and in bench/results/compare/<setup>.json, which is
+Results are cached under runs/cpu/<dataset>-<model>/seed<k>/ (a rerun continues where it
+stopped; the notebooks of the cpu profile share this cache), the raw rows in
+runs/cpu/<dataset>-<model>/rows.json and in bench/results/compare/<setup>.json, which is
 committed: make figures does not rerun the comparison, it redraws these rows. The figures
 (compare_<model>_<dataset>, settling_<dataset>-<model>, PNG and PDF) and the table (compare.md)
 go to figures/.
@@ -37,14 +37,13 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budgets", nargs="+", default=list(compare.BUDGETS))
     parser.add_argument("--criteria", nargs="+", default=None)
-    parser.add_argument("--root", type=Path, default=ROOT / "runs" / "cpu" / "compare")
+    parser.add_argument("--root", type=Path, default=ROOT / "runs" / "cpu")
     parser.add_argument("--out", type=Path, default=ROOT / "figures")
     args = parser.parse_args()
     for name in args.setups:
         started = time.perf_counter()
-        setup = compare.SETUPS[name]
         result = compare.run_setup(
-            setup,
+            compare.SETUPS[name],
             args.root,
             seeds=args.seeds,
             budgets=args.budgets,

@@ -21,38 +21,27 @@ from pathlib import Path
 
 import dplib
 from dplib.experiments import cifar, compare
+from dplib.experiments.experiment import Base, pretrain, prune_and_finetune, score
 from dplib.files import atomic_write_text, read_json, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 # (name, setup, budget, cache root)
 ROWS = {
-    "lenet5": (compare.SETUPS["fashion_mnist-lenet5"], "4x", ROOT / "runs" / "cpu" / "compare"),
+    "lenet5": (compare.SETUPS["fashion_mnist-lenet5"], "4x", ROOT / "runs" / "cpu"),
     "vgg16": (cifar.SETUPS["cifar10-vgg16"], "8x", ROOT / "runs" / "cifar"),
     "resnet56": (cifar.SETUPS["cifar10-resnet56"], "2x", ROOT / "runs" / "cifar"),
 }
 GRID = 8
 
 
-def measure(context: compare.Context, importance: dplib.Importance, budget: str, grid: int):
+def measure(base: Base, importance: dplib.Importance, budget: str, grid: int) -> dict:
     """One pruned network: widths, MACs, deployed speed-up, accuracy before/after fine-tuning."""
     widths = dplib.choose_widths(
-        context.model,
-        importance,
-        target_macs=budget,
-        input_shape=context.input_shape,
-        multiple_of=grid,
+        base.model, importance, target_macs=budget, input_shape=base.input_shape, multiple_of=grid
     )
-    setup = dataclasses.replace(context.setup, speedup_batch=64, keep_pruned=False)
-    context = dataclasses.replace(context, setup=setup)
-    row = compare.prune_and_finetune(
-        context,
-        "dirichlet",
-        importance,
-        dplib.format_widths(widths),
-        compare.FIXED,
-        setup.finetune_epochs,
-    )
-    row.pop("network")
+    experiment = base.experiment.replace(speedup_batch=64, keep_pruned=False)
+    base = dataclasses.replace(base, experiment=experiment)
+    row = prune_and_finetune(base, "dirichlet", importance, dplib.format_widths(widths))
     return row | {"multiple_of": grid}
 
 
@@ -63,10 +52,10 @@ def main() -> None:
     results = []
     for name in args.rows:
         setup, budget, root = ROWS[name]
-        context = compare.prepare_seed(setup, root, 0)
-        importance = compare.compute_importance(context, "dirichlet")
+        base = pretrain(setup, root, 0)
+        importance = score(base, "dirichlet")
         for grid in (1, GRID):
-            row = measure(context, importance, budget, grid)
+            row = measure(base, importance, budget, grid)
             results.append(row | {"network": name, "budget": budget})
             print(
                 f"{name} {budget} multiple_of={grid}: {row['widths']} {row['macs']:,} MACs, "

@@ -17,8 +17,7 @@ figures/bench/lenet_pipeline.{json,md,png} (a --quick run's stay under runs/benc
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -29,6 +28,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import dplib  # noqa: E402
+from dplib.experiments import compare  # noqa: E402
+from dplib.experiments.cache import cached  # noqa: E402
+from dplib.experiments.experiment import pretrain, prune_and_finetune, score  # noqa: E402
+from dplib.experiments.figures import save_png  # noqa: E402
+from dplib.files import atomic_write_text, write_json  # noqa: E402
 from dplib.measure import spearman  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,183 +47,73 @@ WIDTHS = {
 # The Dirichlet settings measured: the method as specified (notebooks/METHOD.md sections 2-3), the
 # reference code's gate without the factor K (notebooks/METHOD.md section 7), and the kit's defaults
 # (chosen by the study, notebooks/05_study).
-SPECIFIED = {"alpha0": 1.0, "kl_weight": 1.0, "kl_divided_by_n": True, "phi_init": 1.0}
 DIRICHLET = {
-    "dirichlet": {**SPECIFIED, "scale": "K"},
-    "dirichlet_noK": {**SPECIFIED, "scale": "none"},
-    "dirichlet_kit": {},
+    "dirichlet": dplib.DirichletSettings.as_specified(),
+    "dirichlet_noK": dplib.DirichletSettings.as_specified().replace(scale="none"),
+    "dirichlet_kit": dplib.DirichletSettings(),
 }
-LEARNING = {"samples": 1, "estimator": "sample", "lr": 0.1}
-GATE_OPTIONS = ("scale", "phi_init")
-
-
-def cached(path: Path, make):
-    """Load an importance from ``path`` or make and save it."""
-    if path.exists():
-        try:
-            return dplib.Importance.load(path)
-        except ValueError as error:
-            print(f"rebuilding {path}: {error}")
-    importance = make()
-    importance.save(path)
-    return importance
+# the comparison's LeNet-5 on Fashion-MNIST (its cache is the cpu profile's), speed-ups measured
+EXPERIMENT = compare.SETUPS["fashion_mnist-lenet5"].replace(speedup_batch=64, speedup_repeats=30)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small subset, for a sanity run")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pretrain-epochs", type=float, default=3)
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
-    subset = 4000 if args.quick else None
-    tag = "quick" if args.quick else "full"
-    runs = ROOT / "runs" / "bench" / f"lenet_pipeline-{tag}-seed{args.seed}"
-    # A quick run is a sanity check, not a result: it stays out of figures/.
-    out = runs if args.quick else ROOT / "figures" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    loaders = dplib.data.loaders(
-        "fashion_mnist",
-        batch_size=128,
-        subset=subset,
-        eval_subset=1000 if args.quick else None,
-        seed=args.seed,
-    )
-    print(
-        f"data: {loaders.splits.source}; sizes {loaders.splits.sizes} "
-        f"(train used: {len(loaders.train.dataset)})"
-    )
-
-    # 1. Pretrain (cached)
-    model = dplib.models.build("lenet5", seed=args.seed)
-    checkpoint = runs / "base.pt"
-    try:
-        extra = dplib.load_checkpoint(checkpoint, model)
-    except (FileNotFoundError, dplib.CheckpointError) as error:
-        print(f"pretraining ({error})")
-        history = dplib.fit(
-            model,
-            loaders.train,
-            epochs=args.pretrain_epochs,
-            lr=0.05,
-            val_loader=loaders.val,
-            seed=args.seed,
-            desc="pretrain",
+    experiment, root = EXPERIMENT, ROOT / "runs" / "cpu"
+    if args.quick:  # a sanity check, not a result: it stays out of figures/
+        experiment, root = (
+            experiment.replace(subset=4000, eval_subset=1000),
+            ROOT / "runs" / "bench",
         )
-        extra = {"seconds_per_epoch": history["seconds_per_epoch"]}
-        dplib.save_checkpoint(checkpoint, model, model_name="lenet5", **extra)
-    epoch_seconds = extra["seconds_per_epoch"]
-    base_val = dplib.evaluate(model, loaders.val)["accuracy"]
-    base_test = dplib.evaluate(model, loaders.test)["accuracy"]
-    base_count = dplib.count(model)
-    print(
-        f"base lenet5: val {base_val:.4f} test {base_test:.4f}, {base_count.params} params, "
-        f"{base_count.macs} MACs, {epoch_seconds:.1f} s per training epoch"
-    )
-
-    # 2. Importance by every criterion
-    importances: dict[str, dplib.Importance] = {}
-    for name, gate_options in DIRICHLET.items():
-
-        def learn(options=gate_options):
-            gate = {k: v for k, v in options.items() if k in GATE_OPTIONS}
-            learning = {k: v for k, v in options.items() if k not in GATE_OPTIONS}
-            gated = dplib.attach_gates(model, **gate)
-            importance = dplib.learn_importance(
-                gated, loaders.train, epochs=1, seed=args.seed, **LEARNING, **learning
-            )
-            gated.remove()
-            return importance
-
-        importances[name] = cached(runs / f"{name}.pt", learn)
-    importances["l1"] = dplib.criteria.l1_importance(model)
-    importances["taylor"] = dplib.criteria.taylor_importance(model, loaders.train, batches=20)
-    importances["random"] = dplib.criteria.random_importance(model, seed=args.seed)
-    importances["oracle"] = cached(
-        runs / "oracle.pt", lambda: dplib.criteria.oracle_importance(model, loaders.val)
-    )
-    oracle = importances["oracle"]
-    correlation = {
-        criterion: {layer: spearman(imp.scores[layer], oracle.scores[layer]) for layer in imp.names}
-        for criterion, imp in importances.items()
-        if criterion != "oracle"
-    }
-    timing = {name: importances[name].history["seconds"] / epoch_seconds for name in DIRICHLET}
-
-    # 3. Prune, measure, fine-tune
-    rows = []
-    for setting, widths in WIDTHS.items():
-        for criterion, importance in importances.items():
-            small = dplib.prune(model, importance, widths)
-            params, macs = dplib.count(small)
-            before_val = dplib.evaluate(small, loaders.val)["accuracy"]
-            before_test = dplib.evaluate(small, loaders.test)["accuracy"]
-            dplib.fit(
-                small,
-                loaders.train,
-                epochs=1,
-                lr=0.01,
-                schedule="constant",
-                seed=args.seed,
-                desc=f"fine-tune {criterion} {widths}",
-                val_loader=None,
-            )
-            after_val = dplib.evaluate(small, loaders.val)["accuracy"]
-            after_test = dplib.evaluate(small, loaders.test)["accuracy"]
-            rows.append(
-                {
-                    "setting": setting,
-                    "widths": widths,
-                    "criterion": criterion,
-                    "val_pruned": before_val,
-                    "test_pruned": before_test,
-                    "val_finetuned": after_val,
-                    "test_finetuned": after_test,
-                    "params": params,
-                    "macs": macs,
-                    "mac_ratio": base_count.macs / macs,
-                }
-            )
-            print(
-                f"{widths:>10} {criterion:>14}: val {before_val:.4f} -> {after_val:.4f}, "
-                f"test {before_test:.4f} -> {after_test:.4f}, {params} params, {macs} MACs"
-            )
-        shape = (64, 1, 28, 28)
-        measured = dplib.speedup(model, small, shape, repeats=30, rounds=3)
-        for row in rows:
-            if row["widths"] == widths:
-                row["speedup_batch64"] = measured
-        print(
-            f"{widths}: measured CPU speed-up at batch 64: {measured:.2f}x "
-            f"(MAC ratio {base_count.macs / macs:.1f}x)"
-        )
-
+    base = pretrain(experiment, root, args.seed)
+    print(f"data: {base.loaders.splits.source}; sizes {base.loaders.splits.sizes}")
+    importances = {
+        name: score(dataclasses.replace(base, experiment=experiment.replace(importance=settings)),
+                    "dirichlet")
+        for name, settings in DIRICHLET.items()
+    }  # fmt: skip
+    importances |= {name: score(base, name) for name in ("l1", "taylor", "random")}
+    oracle = cached(
+        base.folder / "oracle-validation.pt",
+        {"base": base.key},
+        lambda: (dplib.criteria.compute("oracle", base.model, base.loaders.val), {}),
+        save=lambda importance, path: importance.save(path),
+        load=lambda path, _: dplib.Importance.load(path),
+    ).value
+    rows = [
+        prune_and_finetune(base, criterion, importance, widths) | {"setting": setting}
+        for setting, widths in WIDTHS.items()
+        for criterion, importance in {**importances, "oracle": oracle}.items()
+    ]
     results = {
         "command": "python bench/lenet_pipeline.py" + (" --quick" if args.quick else ""),
-        "data": loaders.splits.source,
+        "data": base.loaders.splits.source,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "base": {
-            "val": base_val,
-            "test": base_test,
-            "params": base_count.params,
-            "macs": base_count.macs,
-            "seconds_per_epoch": epoch_seconds,
+        "base": base.metrics,
+        "importance_fraction_of_epoch": {
+            name: importances[name].history["seconds"] / base.metrics["seconds_per_epoch"]
+            for name in DIRICHLET
         },
-        "importance_seconds": {n: importances[n].history["seconds"] for n in DIRICHLET},
-        "importance_fraction_of_epoch": timing,
-        "learning": LEARNING,
-        "dirichlet_settings": DIRICHLET,
-        "spearman_with_oracle": correlation,
+        "dirichlet_settings": {name: s.to_dict() for name, s in DIRICHLET.items()},
+        "spearman_with_oracle": {
+            criterion: {name: spearman(imp.scores[name], oracle.scores[name]) for name in imp.names}
+            for criterion, imp in importances.items()
+        },
         "rows": rows,
     }
-    stem = out / "lenet_pipeline"
-    temporary = stem.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(results, indent=1))
-    temporary.replace(stem.with_suffix(".json"))
-    write_markdown(results, stem.with_suffix(".md"))
-    plot(results, stem.with_suffix(".png"))
-    print((stem.with_suffix(".md")).read_text())
+    out = runs_folder(root, args) if args.quick else ROOT / "figures" / "bench"
+    write_json(out / "lenet_pipeline.json", results)
+    write_markdown(results, out / "lenet_pipeline.md")
+    plot(results, out / "lenet_pipeline.png")
+    print((out / "lenet_pipeline.md").read_text())
+
+
+def runs_folder(root: Path, args: argparse.Namespace) -> Path:
+    """Where a quick run's results go (under runs/, never figures/)."""
+    return root / f"lenet_pipeline-quick-seed{args.seed}"
 
 
 def write_markdown(results: dict, path: Path) -> None:
@@ -246,13 +140,15 @@ def write_markdown(results: dict, path: Path) -> None:
         rows = {r["criterion"]: r for r in results["rows"] if r["widths"] == widths}
         first = next(iter(rows.values()))
         cells = [
-            f"{100 * rows[c]['val_pruned']:.1f} / {100 * rows[c]['val_finetuned']:.2f} "
-            f"[{100 * rows[c]['test_finetuned']:.2f}]"
+            f"{100 * rows[c]['pruned_val']:.1f} / {100 * rows[c]['finetuned_val']:.2f} "
+            f"[{100 * rows[c]['finetuned_test']:.2f}]"
             for c in criteria
         ]
         lines.append(
-            f"| {widths} | {first['params']:,} | {first['macs']:,} ({first['mac_ratio']:.1f}x) | "
-            f"{first['speedup_batch64']:.2f}x | " + " | ".join(cells) + " |"
+            f"| {widths} | {first['params']:,} | {first['macs']:,} "
+            f"({first['base_macs'] / first['macs']:.1f}x) | {first['speedup']:.2f}x | "
+            + " | ".join(cells)
+            + " |"
         )
     lines += ["", "Spearman correlation with the oracle (validation loss increase), per layer:", ""]
     layers = list(next(iter(results["spearman_with_oracle"].values())))
@@ -260,7 +156,7 @@ def write_markdown(results: dict, path: Path) -> None:
     lines.append("|---" * (1 + len(layers)) + "|")
     for criterion, values in results["spearman_with_oracle"].items():
         lines.append(f"| {criterion} | " + " | ".join(f"{values[k]:.2f}" for k in layers) + " |")
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def plot(results: dict, path: Path) -> None:
@@ -272,7 +168,7 @@ def plot(results: dict, path: Path) -> None:
     rows = sorted(results["rows"], key=lambda r: r["macs"])
     for criterion in dict.fromkeys(r["criterion"] for r in rows):
         mine = [r for r in rows if r["criterion"] == criterion]
-        for axis, key in zip(axes, ("val_pruned", "val_finetuned"), strict=True):
+        for axis, key in zip(axes, ("pruned_val", "finetuned_val"), strict=True):
             axis.plot(
                 [r["macs"] for r in mine], [100 * r[key] for r in mine], marker="o", label=criterion
             )
@@ -285,8 +181,7 @@ def plot(results: dict, path: Path) -> None:
         axis.set_title(f"LeNet-5 / Fashion-MNIST, {title}")
     axes[1].legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_png(figure, path)
 
 
 if __name__ == "__main__":

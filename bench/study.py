@@ -11,7 +11,6 @@ draws without recomputing; the summary table and figures go to figures/study/.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -37,15 +36,13 @@ def main() -> None:
     for name, entry in results.items():  # 05_study draws from these without recomputing
         write_json(study.committed_results() / f"{name}.json", entry)
     publish.write_study(results, args.out)
-    (args.out / "study.json").write_text(
-        json.dumps(
-            {
-                "command": "python bench/study.py",
-                "seconds_this_run": seconds,
-                "setup_seconds": {k: v["seconds"] for k, v in summary.items()},
-            },
-            indent=1,
-        )
+    write_json(
+        args.out / "study.json",
+        {
+            "command": "python bench/study.py",
+            "seconds_this_run": seconds,
+            "setup_seconds": {k: v["seconds"] for k, v in summary.items()},
+        },
     )
     print((args.out / "study.md").read_text())
 

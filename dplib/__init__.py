@@ -5,7 +5,7 @@ The pipeline, one module per step::
     import dplib
     model = dplib.models.build("lenet5")                       # models
     loaders = dplib.data.loaders("fashion_mnist")              # data
-    dplib.fit(model, loaders.train, epochs=3, val_loader=loaders.val)   # train
+    dplib.fit(model, loaders.train, epochs=3, val_loader=loaders.val)   # train (loop)
     gated = dplib.attach_gates(model)                          # gates, attach
     imp = dplib.learn_importance(gated, loaders.train)         # vi: the ELBO
     small = dplib.prune(model, imp, "5-10-76")                 # surgery
@@ -15,23 +15,15 @@ The pipeline, one module per step::
 from . import budget, criteria, data, measure, models
 from .attach import GatedModel, attach_gates, detach_gates
 from .budget import BudgetError, choose_widths
-from .criteria import baseline_importance
 from .gates import DirichletGate, dirichlet_kl
 from .graph import UnsupportedModelError, find_prunable_layers
 from .importance import Importance, WidthsError, format_widths, parse_widths
+from .loop import resolve_device, set_seed
 from .measure import count, latency, speedup
 from .pruned import load_pruned, save_pruned
-from .settings import DirichletSettings
+from .settings import DirichletSettings, TrainSettings
 from .surgery import ImportanceMismatchError, prune, unit_mask, widths_of
-from .train import (
-    CheckpointError,
-    evaluate,
-    fit,
-    load_checkpoint,
-    resolve_device,
-    save_checkpoint,
-    set_seed,
-)
+from .train import CheckpointError, evaluate, fit, load_checkpoint, save_checkpoint
 from .vi import learn_importance
 
 __version__ = "0.1.0"
@@ -47,7 +39,6 @@ __all__ = [
     "WidthsError",
     "attach_gates",
     "DirichletSettings",
-    "baseline_importance",
     "budget",
     "criteria",
     "choose_widths",
@@ -72,6 +63,7 @@ __all__ = [
     "save_pruned",
     "set_seed",
     "speedup",
+    "TrainSettings",
     "unit_mask",
     "widths_of",
 ]

@@ -13,18 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .models import input_shape
-
-
-def expected_input(model: nn.Module) -> tuple[int, int, int] | None:
-    """(channels, height, width) a network built by :func:`dplib.models.build` takes."""
-    network = getattr(model, "model", model)  # a GatedModel holds the network
-    preset = getattr(network, "dplib_preset", None)
-    if preset is None:
-        return None
-    channels, height, width = input_shape(preset["name"])
-    size = preset.get("image_size", height)
-    return (preset.get("in_channels", channels), size, size)
+from .models import input_shape_of
 
 
 def check_data(model: nn.Module, loader: DataLoader, what: str) -> None:
@@ -32,7 +21,7 @@ def check_data(model: nn.Module, loader: DataLoader, what: str) -> None:
     if len(loader) == 0:
         raise ValueError(f"{what}: the loader is empty")
     images, labels = _first_example(loader)
-    expected = expected_input(model)
+    expected = input_shape_of(model)
     if expected is not None and tuple(images.shape) != expected:
         raise ValueError(
             f"{what}: the network takes images of shape {_shape(expected)} but the data set's "

@@ -8,9 +8,10 @@ unit k of a layer:
   :func:`dplib.learn_importance` (the method; its knobs: :class:`dplib.DirichletSettings`).
 - ``random``: a uniform random number (seeded): the floor every criterion should beat.
 - ``l1``: :math:`\sum |W_k|`, the L1 norm of the unit's weights (its output row; no bias).
-- ``taylor``: first-order Taylor expansion of the loss (Molchanov et al. 2017): per image,
-  :math:`|\sum_{\text{positions}} a_k\, \partial L / \partial a_k|`, summed over the images of
-  ``batches`` mini-batches; :math:`a_k` is the unit's output (after its BatchNorm).
+- ``taylor``: the first-order Taylor estimate of the loss change when the unit is removed
+  (Molchanov et al., ICLR 2017): per image, :math:`|\sum_{\text{positions}} a_k\, \partial L /
+  \partial a_k|`, summed over the images of ``batches`` mini-batches; :math:`a_k` is the unit's
+  output (after its BatchNorm).
 - ``bn_scale``: :math:`|\gamma_k|` of the BatchNorm after the layer (network slimming); a layer
   without BatchNorm falls back to ``l1``, recorded in ``config["fallback"]``.
 - ``oracle``: the increase of the mean cross-entropy on the given data when that unit alone is
@@ -18,17 +19,20 @@ unit k of a layer:
 - ``tp_l1``, ``tp_l2``, ``tp_taylor``: Torch-Pruning's group criteria (:mod:`dplib.torch_pruning`),
   where the optional package ``torch-pruning`` is installed.
 
-A criterion is a function ``f(model, loader=None, *, seed, batches, device, coupled, **options)
--> Importance``; it ignores the options it does not use. :func:`register` adds one (your own
-included), :func:`compute` runs one by name, :func:`names` and :func:`defaults` list them: every
-list of criteria in the kit (profiles, comparison, notebooks, error messages) reads this registry.
+A criterion is a function ``f(model, loader=None, *, <its options>) -> Importance``, registered
+as it is written with :func:`register`. :func:`compute` runs one by name: an option the function
+does not take is a ``TypeError`` that names it and the options it takes. :func:`names` and
+:func:`defaults` list them: every list of criteria in the kit reads this registry.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,11 +42,12 @@ from torch.utils.data import DataLoader
 from . import torch_pruning
 from .attach import GatedModel, attach_gates
 from .checks import check_data
+from .gates import DirichletGate
 from .graph import find_prunable_layers
 from .importance import Importance
+from .loop import resolve_device
 from .progress import progress
 from .settings import DirichletSettings
-from .train import resolve_device
 from .vi import learn_importance
 
 ImportanceFunction = Callable[..., Importance]
@@ -53,6 +58,7 @@ class Criterion:
     """A registered criterion: its name, its function and what it needs.
 
     Attributes:
+        options: the keyword options its function takes (all but ``model`` and ``loader``).
         needs_data: the function reads a data loader (training data; the oracle: validation).
         applies_to: the networks it makes sense for (None: every network).
         requires: an optional package it needs (None: none); without it the criterion is left
@@ -63,6 +69,7 @@ class Criterion:
 
     name: str
     function: ImportanceFunction
+    options: tuple[str, ...]
     description: str = ""
     needs_data: bool = False
     applies_to: Callable[[nn.Module], bool] | None = None
@@ -77,6 +84,11 @@ class Criterion:
     def applies(self, model: nn.Module) -> bool:
         """Whether it makes sense for ``model``."""
         return self.applies_to is None or self.applies_to(_unwrap(model))
+
+    def taking(self, **offered: Any) -> dict[str, Any]:
+        """Those of the ``offered`` options this criterion takes (the kit offers its context:
+        seed, device, batches, ... to every criterion it compares)."""
+        return {name: value for name, value in offered.items() if name in self.options}
 
 
 REGISTRY: dict[str, Criterion] = {}
@@ -93,11 +105,14 @@ def register(
     in_defaults: bool = True,
     replace: bool = False,
 ) -> Callable[[ImportanceFunction], ImportanceFunction]:
-    """Decorator: register ``function`` as criterion ``name`` (the function is returned as is).
+    """Decorator: register ``function(model, loader=None, *, options)`` as criterion ``name``
+    (the function is returned as it is).
 
     Registering a name again raises, unless ``replace=True`` or it is the same function defined
     again (a notebook cell run twice).
     """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a criterion's name must be a non-empty string, got {name!r}")
 
     def decorator(function: ImportanceFunction) -> ImportanceFunction:
         held = REGISTRY.get(name)
@@ -106,14 +121,25 @@ def register(
                 f"criterion {name!r} is already registered (by {_origin(held.function)}); pick "
                 "another name or pass replace=True"
             )
+        options = _options_of(name, function)
         REGISTRY[name] = Criterion(
-            name, function, description, needs_data, applies_to, requires, peer, in_defaults
-        )
+            name, function, options, description, needs_data, applies_to, requires, peer,
+            in_defaults,
+        )  # fmt: skip
         return function
 
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a criterion's name must be a non-empty string, got {name!r}")
     return decorator
+
+
+def _options_of(name: str, function: ImportanceFunction) -> tuple[str, ...]:
+    """The keyword options of a criterion's function, checked to start (model, loader)."""
+    parameters = list(inspect.signature(function).parameters.values())
+    if len(parameters) < 2 or [p.name for p in parameters[:2]] != ["model", "loader"]:
+        raise TypeError(
+            f"criterion {name!r}: its function must start with (model, loader=None, ...), got "
+            f"{inspect.signature(function)}"
+        )
+    return tuple(p.name for p in parameters[2:] if p.kind is not inspect.Parameter.VAR_KEYWORD)
 
 
 def unregister(name: str) -> None:
@@ -158,28 +184,25 @@ def defaults(model: nn.Module | None = None, *, peers: bool = False) -> tuple[st
 
 
 def compute(
-    criterion: str,
-    model: nn.Module,
-    loader: DataLoader | None = None,
-    *,
-    seed: int = 0,
-    batches: int | None = None,
-    device: str | torch.device = "auto",
-    coupled: bool = False,
-    **options,
+    criterion: str, model: nn.Module, loader: DataLoader | None = None, **options: Any
 ) -> Importance:
     """Score the units of ``model`` by ``criterion`` (a name of :func:`names`).
 
     Args:
-        loader: the data of criteria that need it (``needs_data``).
-        seed: seeds what the criterion draws (random scores, Dirichlet samples).
-        batches: mini-batches read by data-driven criteria (None: the criterion's default).
-        coupled: also score the residual-coupled groups of layers.
-        options: passed on (e.g. ``settings=DirichletSettings(...)`` for ``dirichlet``).
+        loader: the data of criteria that need it (``needs_data``); the others ignore it.
+        options: the criterion's own (``seed``, ``batches``, ``device``, ``coupled``,
+            ``settings=DirichletSettings(...)`` for ``dirichlet``, ...): one it does not take is
+            a TypeError that lists those it takes.
     """
     entry = get(criterion)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    unknown = sorted(set(options) - set(entry.options))
+    if unknown and not _takes_any_option(entry.function):
+        raise TypeError(
+            f"criterion {criterion!r} takes no option {', '.join(map(repr, unknown))}; its "
+            f"options are {', '.join(entry.options) or 'none'}"
+        )
     if not entry.available():
         raise ImportError(
             f"criterion {criterion!r} needs the optional package {entry.requires}: "
@@ -187,39 +210,57 @@ def compute(
         )
     if entry.needs_data and loader is None:
         raise ValueError(f"criterion {criterion!r} needs a data loader")
-    if loader is not None:
+    if loader is not None and entry.needs_data:
         check_data(model, loader, f"criterion {criterion!r}")
-    return entry.function(
-        model, loader, seed=seed, batches=batches, device=device, coupled=coupled, **options
-    )
+    return entry.function(model, loader if entry.needs_data else None, **options)
 
 
-def baseline_importance(
-    criterion: str,
-    model: nn.Module,
-    loader: DataLoader | None = None,
-    **options,
-) -> Importance:
-    """Any criterion by name (the kit's first name for :func:`compute`, kept for the API)."""
-    return compute(criterion, model, loader, **options)
+def _takes_any_option(function: ImportanceFunction) -> bool:
+    parameters = inspect.signature(function).parameters.values()
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.model if isinstance(model, GatedModel) else model
 
 
-def random_importance(model: nn.Module, seed: int = 0, *, coupled: bool = False) -> Importance:
-    """Uniform random scores (seeded): the floor every criterion should beat.
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
-    ``coupled=True`` also scores the residual-coupled groups (as for every criterion here).
-    """
+
+# The criteria, in the order of every list of them (tables, comparisons) -----------------------
+@register("dirichlet", description="posterior mean E[s] of the Dirichlet gates", needs_data=True)
+def dirichlet_importance(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    coupled: bool = False,
+    settings: DirichletSettings | None = None,
+) -> Importance:
+    """Attach gates with ``settings``, learn their posteriors, remove the gates."""
+    settings = settings or DirichletSettings()
+    gated = attach_gates(_unwrap(model), settings=settings, coupled=coupled)
+    try:
+        return learn_importance(gated, loader, settings, device=device, seed=seed)
+    finally:
+        gated.remove()
+
+
+@register("random", description="uniform random scores (seeded)")
+def random_importance(
+    model: nn.Module, loader: None = None, *, seed: int = 0, coupled: bool = False
+) -> Importance:
+    """Uniform random scores (seeded): the floor every criterion should beat."""
     generator = torch.Generator().manual_seed(seed)
     layers = find_prunable_layers(_unwrap(model), coupled=coupled).layers
     scores = {layer.name: torch.rand(layer.units, generator=generator) for layer in layers}
     return Importance(scores, criterion="random", config={"seed": seed})
 
 
-def l1_importance(model: nn.Module, *, coupled: bool = False) -> Importance:
+@register("l1", description="L1 norm of each unit's weights")
+def l1_importance(model: nn.Module, loader: None = None, *, coupled: bool = False) -> Importance:
     """L1 norm of each unit's weights (its output rows of W, summed over a group's layers)."""
     model = _unwrap(model)
     modules = dict(model.named_modules())
@@ -230,7 +271,71 @@ def l1_importance(model: nn.Module, *, coupled: bool = False) -> Importance:
     return Importance(scores, criterion="l1")
 
 
-def bn_scale_importance(model: nn.Module, *, coupled: bool = False) -> Importance:
+@register("taylor", description="first-order Taylor |a dL/da|", needs_data=True)
+def taylor_importance(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    batches: int = 10,
+    device: str | torch.device = "auto",
+    coupled: bool = False,
+) -> Importance:
+    """First-order Taylor scores |a * dL/da| per unit, over ``batches`` mini-batches.
+
+    For a residual group the per-image contributions of its layers are summed before the
+    absolute value: that is the derivative of the loss with respect to one shared unit scale.
+    """
+    if batches < 1:
+        raise ValueError(f"batches must be at least 1, got {batches}")
+    model = _unwrap(model)
+    device = resolve_device(device)
+    original_device = next(model.parameters()).device
+    graph = find_prunable_layers(model, coupled=coupled)
+    outputs: dict[str, list[torch.Tensor]] = {}
+    handles = _keep_outputs(model, graph.layers, outputs)
+    scores = {layer.name: torch.zeros(layer.units) for layer in graph.layers}
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        for index, (images, labels) in enumerate(loader):
+            if index >= batches:
+                break
+            # Input that requires grad makes every activation require grad, frozen weights or not.
+            images = images.to(device).requires_grad_(True)
+            with torch.enable_grad():
+                F.cross_entropy(model(images), labels.to(device), reduction="sum").backward()
+            for name, tensors in outputs.items():
+                products = [(out * out.grad).detach() for out in tensors]
+                per_image = sum(p.flatten(2).sum(2) if p.dim() > 2 else p for p in products)
+                scores[name] += per_image.abs().sum(0).cpu()
+            outputs.clear()
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training).to(original_device)
+    return Importance(scores, criterion="taylor", config={"batches": batches})
+
+
+def _keep_outputs(model: nn.Module, layers: list, outputs: dict[str, list[torch.Tensor]]) -> list:
+    """Hooks that keep (with their gradients) the outputs every layer's gate would multiply."""
+    modules = dict(model.named_modules())
+    handles = []
+    for layer in layers:
+
+        def keep(module, inputs, output, name=layer.name):
+            output.retain_grad()
+            outputs.setdefault(name, []).append(output)
+
+        for target in layer.gate_targets():
+            handles.append(modules[target].register_forward_hook(keep))
+    return handles
+
+
+@register("bn_scale", description="|gamma| of the BatchNorm", applies_to=_has_batchnorm)
+def bn_scale_importance(
+    model: nn.Module, loader: None = None, *, coupled: bool = False
+) -> Importance:
     """|gamma| of each unit's BatchNorm (mean over a group's layers); else the L1 norm."""
     model = _unwrap(model)
     modules = dict(model.named_modules())
@@ -254,73 +359,16 @@ def bn_scale_importance(model: nn.Module, *, coupled: bool = False) -> Importanc
     )
 
 
-def taylor_importance(
-    model: nn.Module,
-    loader: DataLoader,
-    *,
-    batches: int = 10,
-    device: str = "auto",
-    coupled: bool = False,
-) -> Importance:
-    """First-order Taylor scores |a * dL/da| per unit, over ``batches`` mini-batches.
-
-    For a residual group the per-image contributions of its layers are summed before the
-    absolute value: that is the derivative of the loss with respect to one shared unit scale.
-    """
-    if batches < 1:
-        raise ValueError(f"batches must be at least 1, got {batches}")
-    model = _unwrap(model)
-    device = resolve_device(device)
-    original_device = next(model.parameters()).device
-    graph = find_prunable_layers(model, coupled=coupled)
-    modules = dict(model.named_modules())
-    outputs: dict[str, list[torch.Tensor]] = {}
-    handles = []
-    for layer in graph.layers:
-
-        def keep(module, inputs, output, name=layer.name):
-            output.retain_grad()
-            outputs.setdefault(name, []).append(output)
-
-        for target in layer.gate_targets():
-            handles.append(modules[target].register_forward_hook(keep))
-    scores = {layer.name: torch.zeros(layer.units) for layer in graph.layers}
-    was_training = model.training
-    model.to(device).eval()
-    try:
-        for index, (images, labels) in enumerate(loader):
-            if index >= batches:
-                break
-            # Input that requires grad makes every activation require grad, frozen weights or not.
-            images = images.to(device).requires_grad_(True)
-            with torch.enable_grad():
-                loss = F.cross_entropy(model(images), labels.to(device), reduction="sum")
-                loss.backward()
-            for name, tensors in outputs.items():
-                contribution = 0
-                for output in tensors:
-                    product = (output * output.grad).detach()
-                    contribution = contribution + (
-                        product.flatten(2).sum(2) if product.dim() > 2 else product
-                    )
-                scores[name] += contribution.abs().sum(0).cpu()
-            outputs.clear()
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.zero_grad(set_to_none=True)
-        model.train(was_training).to(original_device)
-    return Importance(scores, criterion="taylor", config={"batches": batches})
-
-
+@register(
+    "oracle", description="loss increase of removing one unit", needs_data=True, in_defaults=False
+)
 def oracle_importance(
     model: nn.Module,
     loader: DataLoader,
     *,
     batches: int | None = None,
     chunk: int = 16,
-    device: str = "auto",
-    show_progress: bool = True,
+    device: str | torch.device = "auto",
     coupled: bool = False,
 ) -> Importance:
     """Loss increase when one unit alone is removed, on the data of ``loader``.
@@ -332,38 +380,20 @@ def oracle_importance(
     model = _unwrap(model)
     device = resolve_device(device)
     original_device = next(model.parameters()).device
+    data = [(x.to(device), y.to(device)) for x, y in itertools.islice(loader, batches)]
+    total = sum(len(labels) for _, labels in data)
     gated = attach_gates(model, coupled=coupled)
     was_training = model.training
-    data = []
-    for index, (images, labels) in enumerate(loader):
-        if batches is not None and index >= batches:
-            break
-        data.append((images.to(device), labels.to(device)))
-    total = sum(len(labels) for _, labels in data)
     gated.to(device).eval()
     gated.set_mode("identity")
-    scores = {}
     try:
         with torch.no_grad():
             base = sum(F.cross_entropy(model(x), y, reduction="sum").item() for x, y in data)
-            units = sum(gate.num_units for _, gate in gated.named_gates())
-            bar = progress(total=units, desc="oracle", enabled=show_progress)
-            for name, gate in gated.named_gates():
-                increase = torch.zeros(gate.num_units)
-                for start in range(0, gate.num_units, chunk):
-                    removed = torch.arange(start, min(start + chunk, gate.num_units))
-                    masks = torch.ones(len(removed), gate.num_units, device=device)
-                    masks[torch.arange(len(removed)), removed] = 0.0
-                    gate.set_mode("fixed", masks)
-                    for images, labels in data:
-                        stacked = images.repeat(len(removed), *([1] * (images.dim() - 1)))
-                        losses = F.cross_entropy(
-                            model(stacked), labels.repeat(len(removed)), reduction="none"
-                        )
-                        increase[removed] += losses.view(len(removed), -1).sum(1).cpu()
-                    bar.update(len(removed))
-                gate.set_mode("identity")
-                scores[name] = (increase - base) / total
+            bar = progress(total=sum(g.num_units for _, g in gated.named_gates()), desc="oracle")
+            scores = {
+                name: (_removal_losses(model, gate, data, chunk, bar) - base) / total
+                for name, gate in gated.named_gates()
+            }
             bar.close()
     finally:
         gated.remove()
@@ -371,99 +401,52 @@ def oracle_importance(
     return Importance(scores, criterion="oracle", config={"images": total})
 
 
-# The registry ---------------------------------------------------------------------------------
-# Registration order is the order of every list of criteria (tables, comparisons).
-def _has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+def _removal_losses(
+    model: nn.Module, gate: DirichletGate, data: list, chunk: int, bar: Any
+) -> torch.Tensor:
+    """The summed cross-entropy of ``data`` with each of the gate's units removed in turn."""
+    losses = torch.zeros(gate.num_units)
+    device = data[0][0].device
+    for start in range(0, gate.num_units, chunk):
+        removed = torch.arange(start, min(start + chunk, gate.num_units))
+        masks = torch.ones(len(removed), gate.num_units, device=device)
+        masks[torch.arange(len(removed)), removed] = 0.0
+        gate.set_mode("fixed", masks)
+        for images, labels in data:
+            stacked = images.repeat(len(removed), *([1] * (images.dim() - 1)))
+            each = F.cross_entropy(model(stacked), labels.repeat(len(removed)), reduction="none")
+            losses[removed] += each.view(len(removed), -1).sum(1).cpu()
+        bar.update(len(removed))
+    gate.set_mode("identity")
+    return losses
 
 
-@register("dirichlet", description="posterior mean E[s] of the Dirichlet gates", needs_data=True)
-def dirichlet_importance(
-    model: nn.Module,
-    loader: DataLoader,
-    *,
-    seed: int = 0,
-    device: str | torch.device = "auto",
-    coupled: bool = False,
-    settings: DirichletSettings | None = None,
-    amp: bool | str = False,
-    channels_last: bool = False,
-    show_progress: bool = True,
-    **_: object,
-) -> Importance:
-    """Attach gates with ``settings``, learn their posteriors, remove the gates (``amp``,
-    ``channels_last``: the precision and memory format of :func:`dplib.learn_importance`)."""
-    settings = settings or DirichletSettings()
-    gated = attach_gates(_unwrap(model), settings=settings, coupled=coupled)
-    try:
-        return learn_importance(
-            gated,
-            loader,
-            settings=settings,
-            device=device,
-            seed=seed,
-            amp=amp,
-            channels_last=channels_last,
-            show_progress=show_progress,
-        )
-    finally:
-        gated.remove()
+def _torch_pruning(name: str, description: str, *, needs_data: bool = False, **flags: Any):
+    """Register Torch-Pruning's group criterion ``name`` (see :mod:`dplib.torch_pruning`)."""
 
-
-@register("random", description="uniform random scores (seeded)")
-def _random(model: nn.Module, loader=None, *, seed: int = 0, coupled: bool = False, **_):
-    return random_importance(model, seed, coupled=coupled)
-
-
-@register("l1", description="L1 norm of each unit's weights")
-def _l1(model: nn.Module, loader=None, *, coupled: bool = False, **_):
-    return l1_importance(model, coupled=coupled)
-
-
-@register("taylor", description="first-order Taylor |a dL/da|", needs_data=True)
-def _taylor(model, loader, *, batches=None, device="auto", coupled=False, **_):
-    return taylor_importance(model, loader, batches=batches or 10, device=device, coupled=coupled)
-
-
-@register("bn_scale", description="|gamma| of the BatchNorm", applies_to=_has_batchnorm)
-def _bn_scale(model: nn.Module, loader=None, *, coupled: bool = False, **_):
-    return bn_scale_importance(model, coupled=coupled)
-
-
-@register(
-    "oracle", description="loss increase of removing one unit", needs_data=True, in_defaults=False
-)
-def _oracle(model, loader, *, batches=None, device="auto", coupled=False, **options):
-    show = options.get("show_progress", True)
-    return oracle_importance(
-        model, loader, batches=batches, device=device, coupled=coupled, show_progress=show
-    )
-
-
-def _register_torch_pruning(name: str, description: str, *, needs_data: bool = False, **flags):
-    @register(
-        name,
-        description=description,
-        needs_data=needs_data,
-        requires="torch_pruning",
-        peer=True,
-        **flags,
-    )
-    def criterion(model, loader=None, *, batches=None, device="auto", coupled=False, **options):
+    def criterion(
+        model: nn.Module,
+        loader: DataLoader | None = None,
+        *,
+        batches: int = 10,
+        device: str | torch.device = "auto",
+        coupled: bool = False,
+        input_shape: tuple[int, ...] | None = None,
+    ) -> Importance:
         return torch_pruning.tp_importance(
-            model,
-            name,
-            loader,
-            batches=batches or 10,
-            input_shape=options.get("input_shape"),
-            coupled=coupled,
+            model, name, loader, batches=batches, input_shape=input_shape, coupled=coupled,
             device=device,
-        )
+        )  # fmt: skip
 
     criterion.__qualname__ = f"torch_pruning_{name}"
+    criterion.__doc__ = description
+    register(
+        name, description=description, needs_data=needs_data, requires="torch_pruning",
+        peer=True, **flags,
+    )(criterion)  # fmt: skip
 
 
 # tp_l1 is Torch-Pruning's version of l1: selectable by name, left out of the defaults.
-_register_torch_pruning("tp_l1", "Torch-Pruning's group L1 magnitude", in_defaults=False)
-_register_torch_pruning("tp_l2", "Torch-Pruning's group L2 magnitude (its default)")
-_register_torch_pruning("tp_taylor", "Torch-Pruning's group Taylor", needs_data=True)
+_torch_pruning("tp_l1", "Torch-Pruning's group L1 magnitude", in_defaults=False)
+_torch_pruning("tp_l2", "Torch-Pruning's group L2 magnitude (its default)")
+_torch_pruning("tp_taylor", "Torch-Pruning's group Taylor", needs_data=True)

@@ -149,10 +149,20 @@ class Importance:
         return self._pick(stds, layer)
 
     def relative(self, layer: str | None = None):
-        """Scores comparable across layers: K_l * E[s] (1.0 = the layer's average unit)."""
-        relative = {
-            name: score * score.numel() / score.sum() for name, score in self.mean().items()
-        }
+        """Scores comparable across layers: each layer's scores over their mean, so 1.0 is the
+        layer's average unit (K_l E[s] for the posterior mean; the statistic of
+        :meth:`ranked_by` where one was chosen). A layer with a negative score (the oracle's loss
+        change can be negative) is shifted by its minimum first; one whose scores sum to zero
+        gets 1.0 everywhere. Float64: :func:`dplib.choose_widths` compares them across layers.
+        """
+        relative = {}
+        for name, score in self.scores.items():
+            score = score.detach().double().cpu()
+            if (score < 0).any():
+                score = score - score.min()
+            total = score.sum()
+            usable = total > 0 and torch.isfinite(total)
+            relative[name] = score * score.numel() / total if usable else torch.ones_like(score)
         return self._pick(relative, layer)
 
     def ranked_by(self, statistic: str) -> Importance:

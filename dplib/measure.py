@@ -1,4 +1,4 @@
-"""Measure networks: exact parameters, MACs, wall-clock latency, rank agreement.
+"""Measure networks: exact parameters and MACs, the cost of any widths, latency, rank agreement.
 
 Conventions (stated once, used everywhere):
 
@@ -8,6 +8,12 @@ Conventions (stated once, used everywhere):
   ``torch.utils.flop_counter`` (which counts 2 FLOPs per multiply-add in convolutions and matrix
   products); one multiply-add = 1 MAC. Bias additions, BatchNorm, activations and pooling are
   not counted.
+
+:class:`CostModel` gives both for the network pruned to any widths without building it: each is
+a quadratic in the widths w, cost(w) = c + a.w + w'Qw (a layer's weight count is out-units x
+in-units), whose coefficients come from the layer graph and the number of output positions of
+each layer, measured once with forward hooks; it equals :func:`count` of the pruned network
+(tested, and checked by :func:`dplib.choose_widths`).
 """
 
 from __future__ import annotations
@@ -16,15 +22,20 @@ import copy
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from scipy import stats
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 from torch.utils.flop_counter import FlopCounterMode
 
-from .train import resolve_device
+from .attach import GatedModel
+from .graph import PrunableLayer, find_prunable_layers, flatten_factor
+from .loop import resolve_device
+from .surgery import ImportanceMismatchError
 
 
 class Count(NamedTuple):
@@ -60,6 +71,174 @@ def count(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> Co
     finally:
         model.train(was_training)
     return Count(params=params, macs=counter.get_total_flops() // 2)
+
+
+# The cost of any widths, without building the network ---------------------------------------
+_Affine = tuple[int, dict[int, int]]  # c + sum_l coefficient_l * w_l
+
+
+@dataclass
+class Quadratic:
+    """cost(w) = const + linear . w + w' quadratic w, exact in integers (w: widths vector)."""
+
+    const: int
+    linear: np.ndarray  # (L,)
+    quadratic: np.ndarray  # (L, L), entry [p, c]: producer p feeds consumer c
+
+    def __call__(self, widths: np.ndarray) -> int:
+        return int(self.const + self.linear @ widths + widths @ self.quadratic @ widths)
+
+    def removal_savings(self, widths: np.ndarray, steps: np.ndarray | int = 1) -> np.ndarray:
+        """cost(w) - cost(w - d_l e_l) for every layer l, d = ``steps`` (exact integers)."""
+        gradient = self.linear + (self.quadratic + self.quadratic.T) @ widths
+        return steps * gradient - steps**2 * self.quadratic.diagonal()
+
+    def addition_costs(self, widths: np.ndarray, steps: np.ndarray | int = 1) -> np.ndarray:
+        """cost(w + d_l e_l) - cost(w) for every layer l, d = ``steps`` (exact integers)."""
+        gradient = self.linear + (self.quadratic + self.quadratic.T) @ widths
+        return steps * gradient + steps**2 * self.quadratic.diagonal()
+
+    def add_product(self, scale: int, left: _Affine, right: _Affine) -> None:
+        """Add scale * left(w) * right(w), both affine in the widths."""
+        (left_const, left_terms), (right_const, right_terms) = left, right
+        self.const += scale * left_const * right_const
+        for layer, coefficient in left_terms.items():
+            self.linear[layer] += scale * coefficient * right_const
+        for layer, coefficient in right_terms.items():
+            self.linear[layer] += scale * left_const * coefficient
+        for layer_a, coefficient_a in left_terms.items():
+            for layer_b, coefficient_b in right_terms.items():
+                self.quadratic[layer_a, layer_b] += scale * coefficient_a * coefficient_b
+
+
+class CostModel:
+    """Parameters and MACs of ``model`` pruned to any widths, without building it.
+
+    Built once per (model, input shape): one trace of the layer graph and one forward pass with
+    hooks that record how many output positions each Conv2d / Linear computes. ``layers`` are
+    the prunable layers (or residual-coupled groups) whose widths vary, by default every plain
+    prunable layer (``find_prunable_layers(model)``); the others keep all their units, as
+    :func:`dplib.prune` does for layers its importance does not score.
+    """
+
+    def __init__(
+        self, model: nn.Module, input_shape: tuple[int, ...], layers: list[str] | None = None
+    ):
+        if isinstance(model, GatedModel):
+            model = model.model
+        if len(input_shape) < 2:
+            raise ValueError(f"input_shape must include the batch axis, got {input_shape}")
+        self.model = model
+        self.input_shape = tuple(input_shape)
+        graph = find_prunable_layers(model, coupled=True)
+        if layers is None:
+            layers = find_prunable_layers(model).names
+        available = set(graph.names)
+        unknown = [name for name in layers if name not in available]
+        if unknown:
+            raise ImportanceMismatchError(
+                f"{unknown} are not prunable layers of this {type(model).__name__}; prunable "
+                f"layers and groups: {graph.names}"
+            )
+        self.layers: list[PrunableLayer] = [graph[name] for name in layers]
+        self.names = [layer.name for layer in self.layers]
+        self.units = np.array([layer.units for layer in self.layers], dtype=np.int64)
+        try:
+            self.full = count(model, self.input_shape)
+            positions = _output_positions(model, self.input_shape)
+        except RuntimeError as error:
+            raise ValueError(
+                f"{type(model).__name__} does not run on an input of shape {self.input_shape} "
+                f"({error}); pass the input_shape it takes, batch axis included"
+            ) from error
+        self.params, self.macs = self._quadratics(positions)
+        # Whatever the quadratic leaves out (other parameterised modules, matmuls outside any
+        # Conv2d / Linear) does not change with the widths: a constant measured on the full model.
+        self.params.const += self.full.params - self.params(self.units)
+        self.macs.const += self.full.macs - self.macs(self.units)
+
+    def _quadratics(self, positions: dict[str, int]) -> tuple[Quadratic, Quadratic]:
+        modules = dict(self.model.named_modules())
+        size = len(self.names)
+        params = Quadratic(0, np.zeros(size, np.int64), np.zeros((size, size), np.int64))
+        macs = Quadratic(0, np.zeros(size, np.int64), np.zeros((size, size), np.int64))
+        produced_by: dict[str, int] = {}  # module -> index of the layer its outputs belong to
+        feeds: dict[str, list[tuple[int, int]]] = {}  # consumer -> [(layer, inputs per unit)]
+        for index, layer in enumerate(self.layers):
+            for producer in layer.producers:
+                produced_by[producer] = index
+            first = modules[layer.producers[0]]
+            for consumer in layer.consumers:
+                feeds.setdefault(consumer, []).append(
+                    (index, flatten_factor(first, modules[consumer]))
+                )
+            for bn in layer.batchnorms:
+                if modules[bn].affine:
+                    params.linear[index] += 2  # gamma and beta per unit
+        for name, module in modules.items():
+            if not isinstance(module, (nn.Conv2d, nn.Linear)):
+                continue
+            if isinstance(module, nn.Conv2d):
+                inputs, outputs = module.in_channels, module.out_channels
+                per_pair = int(np.prod(module.kernel_size)) // module.groups
+            else:
+                inputs, outputs = module.in_features, module.out_features
+                per_pair = 1
+            # inputs and outputs as affine functions of the widths: (constant, {layer: coef})
+            in_const, in_terms = inputs, {}
+            for index, factor in feeds.get(name, []):
+                in_const -= factor * int(self.units[index])
+                in_terms[index] = in_terms.get(index, 0) + factor
+            if name in produced_by:
+                out_affine: _Affine = (0, {produced_by[name]: 1})
+            else:
+                out_affine = (outputs, {})
+            weights_per_out = (
+                per_pair * in_const + (module.bias is not None),
+                {index: per_pair * coefficient for index, coefficient in in_terms.items()},
+            )
+            params.add_product(1, out_affine, weights_per_out)
+            macs.add_product(positions.get(name, 0) * per_pair, out_affine, (in_const, in_terms))
+        return params, macs
+
+    def vector(self, widths: dict[str, int]) -> np.ndarray:
+        """Widths dict -> vector in layer order (layers left out keep all their units)."""
+        return np.array(
+            [widths.get(name, int(k)) for name, k in zip(self.names, self.units)], np.int64
+        )
+
+    def cost(self, widths: dict[str, int]) -> Count:
+        """Exact (params, MACs) of the model pruned to ``widths``, as :func:`dplib.count`."""
+        vector = self.vector(widths)
+        return Count(params=self.params(vector), macs=self.macs(vector))
+
+
+def _output_positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Outputs per output unit (batch x spatial positions) of every Conv2d / Linear."""
+    positions: dict[str, int] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            units = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+            def record(module, inputs, output, name=name, units=units):
+                # a module called twice (shared weights) computes twice
+                positions[name] = positions.get(name, 0) + output.numel() // units
+
+            handles.append(module.register_forward_hook(record))
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    dtype = parameter.dtype if parameter is not None else torch.float32
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(input_shape, device=device, dtype=dtype))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return positions
 
 
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")

@@ -93,26 +93,7 @@ class LeNet5BN(nn.Module):
         return self.fc3(x)
 
 
-VGG16_LAYOUT = (
-    64,
-    64,
-    "M",
-    128,
-    128,
-    "M",
-    256,
-    256,
-    256,
-    "M",
-    512,
-    512,
-    512,
-    "M",
-    512,
-    512,
-    512,
-    "M",
-)
+VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M") + (512, 512, 512, "M") * 2
 
 
 def _scaled(channels: int, width_multiplier: float) -> int:
@@ -376,3 +357,15 @@ def build(
 def input_shape(name: str) -> tuple[int, int, int]:
     """The (channels, height, width) of one input image of preset ``name``."""
     return check_model_name(name).input_shape
+
+
+def input_shape_of(model: nn.Module) -> tuple[int, int, int] | None:
+    """(channels, height, width) of one input image of a network built by :func:`build`, read
+    from the record it keeps (its preset, input channels and image size); None for others."""
+    network = getattr(model, "model", model)  # a GatedModel holds the network
+    preset = getattr(network, "dplib_preset", None)
+    if preset is None:
+        return None
+    channels, height, _ = input_shape(preset["name"])
+    size = preset.get("image_size", height)
+    return (preset.get("in_channels", channels), size, size)

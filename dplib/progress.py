@@ -2,18 +2,32 @@
 
 In a Jupyter kernel the bar is a widget (no stderr box in JupyterLab). Elsewhere, or when
 ``DPLIB_PROGRESS=text`` (the Makefile sets it for papermill runs), it is plain text on stdout,
-redrawn at most every few seconds so a log stays short. ``DPLIB_PROGRESS=off`` hides it.
+redrawn at most every few seconds so a log stays short. ``DPLIB_PROGRESS=off`` hides every bar;
+``with hidden():`` hides those of a block (a bench that logs one line per result instead).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from tqdm import tqdm
 
 PROGRESS_ENV = "DPLIB_PROGRESS"
+_hidden = False
+
+
+@contextmanager
+def hidden() -> Iterator[None]:
+    """No progress bar inside the block."""
+    global _hidden
+    saved, _hidden = _hidden, True
+    try:
+        yield
+    finally:
+        _hidden = saved
 
 
 def _in_kernel() -> bool:
@@ -34,7 +48,7 @@ def progress(
 ) -> tqdm:
     """A tqdm bar suited to where the code runs (see the module docstring)."""
     style = os.environ.get(PROGRESS_ENV, "auto")
-    disable = not enabled or style == "off"
+    disable = not enabled or style == "off" or _hidden
     if style == "auto" and _in_kernel():
         try:
             from tqdm.notebook import tqdm as notebook_tqdm

@@ -1,16 +1,20 @@
-r"""The Dirichlet settings: every knob of importance learning, and its default, in one place.
+r"""The knobs of the two loops, each with its default written once: training and importance.
 
-:class:`DirichletSettings` is taken by :func:`dplib.attach_gates` (the gate's knobs) and
-:func:`dplib.learn_importance` (the ELBO's and the optimiser's), held by the kit's profiles,
-varied by its study and hashed by its stages. Each default below is written nowhere else.
+:class:`TrainSettings` is what :func:`dplib.fit` takes (pretraining and fine-tuning);
+:class:`DirichletSettings` what :func:`dplib.attach_gates` (the gate's knobs) and
+:func:`dplib.learn_importance` (the ELBO's and the optimiser's) take. Both are frozen, checked
+when made, and hashed by the kit's experiments to name their cached results. Either function
+also takes single knobs as keywords, which override its settings (``fit(model, loader,
+epochs=3)``); a knob that does not exist is a ``TypeError`` that lists those that do.
 
-The defaults are not the ELBO proper but what the kit's study measured best (``notebooks/05_study``,
-``figures/study/``; the method page ``notebooks/METHOD.md``, section 7): gates :math:`K s`
-created at :math:`\varphi_{\text{init}} = 100`, a sparse prior :math:`\alpha_0 = 0.1` whose KL
-is *not* divided by :math:`N`, weighted by :math:`\beta = 0.01`, the ``sample`` estimator with
-:math:`M = 1`, Adam at learning rate 0.1 for one epoch. :meth:`DirichletSettings.as_specified`
-gives the method as first specified (:math:`\varphi_{\text{init}} = 1`, :math:`\alpha_0 = 1`,
-:math:`\beta = 1`, KL divided by :math:`N`).
+The Dirichlet defaults are not the negative ELBO of the method as specified but what the kit's
+study measured best (``notebooks/05_study``; the method page ``notebooks/METHOD.md``, section
+7): gates :math:`K s` created at :math:`\varphi_{\text{init}} = 100`, a sparse prior
+:math:`\alpha_0 = 0.1` whose KL is weighted by :math:`\beta = 0.01` and *not* divided by
+:math:`N`, the ``sample`` estimator with :math:`M = 1`, Adam at learning rate 0.1 for one epoch.
+:meth:`DirichletSettings.as_specified` gives the method as first specified
+(:math:`\varphi_{\text{init}} = 1`, :math:`\alpha_0 = 1`, :math:`\beta = 1`, KL divided by
+:math:`N`).
 """
 
 from __future__ import annotations
@@ -24,10 +28,81 @@ from .gates import GATE_SCALES
 ESTIMATORS = ("sample", "point")
 GATE_POSITIONS = ("after_bn", "before_bn")
 BATCHNORM_MODES = ("eval", "train")
+SCHEDULES = ("cosine", "onecycle", "constant")
+AMP_CHOICES = (True, False, "auto", "bfloat16")
+
+
+class _Settings:
+    """What both settings classes share: checked copies, a plain dict, their knobs' names."""
+
+    @classmethod
+    def knobs(cls) -> tuple[str, ...]:
+        """The names of the knobs, in field order."""
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    def replace(self, **changes: Any) -> Any:
+        """A checked copy with some knobs changed; an unknown knob is a TypeError naming it."""
+        unknown = sorted(set(changes) - set(self.knobs()))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} has no knob {', '.join(map(repr, unknown))}; "
+                f"its knobs are {', '.join(self.knobs())}"
+            )
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every knob, in field order (JSON-ready)."""
+        return dataclasses.asdict(self)
+
+    def _check_common(self) -> None:
+        _check_positive("epochs", self.epochs)
+        _check_positive("lr", self.lr)
+        for name in ("epochs", "lr"):  # 3 and 3.0 are one setting (and hash alike)
+            object.__setattr__(self, name, float(getattr(self, name)))
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"amp must be True, False, 'auto' or 'bfloat16', got {self.amp!r}")
 
 
 @dataclass(frozen=True)
-class DirichletSettings:
+class TrainSettings(_Settings):
+    """The knobs of :func:`dplib.fit`: SGD with momentum and weight decay, a schedule.
+
+    Attributes:
+        epochs: passes over the training data (a fraction trains on part of one pass).
+        lr: the peak learning rate.
+        momentum, weight_decay: SGD's.
+        schedule: ``"cosine"`` (decay to 0 over the run), ``"onecycle"`` (a linear warm-up from
+            lr/25 to lr over the first 30% of the steps, then cosine decay to 0), ``"constant"``.
+        keep_best: restore the weights of the epoch with the best *validation* accuracy at the
+            end (when a validation loader is given).
+        augment: random crops (4-pixel padding) and horizontal flips, for CIFAR-like images.
+        amp: autocast: ``"auto"`` is float16 on CUDA and none on the CPU; ``"bfloat16"`` (or
+            True on the CPU) runs the forward pass in bfloat16; False: none.
+        channels_last: the model and the images in the channels-last memory format while the
+            loop runs (faster convolutions on CPUs); the model is returned in the usual format.
+    """
+
+    epochs: float = 1.0
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    keep_best: bool = True
+    augment: bool = False
+    amp: bool | str = "auto"
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        self._check_common()
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise ValueError(
+                f"momentum and weight_decay must be >= 0, got {self.momentum}, {self.weight_decay}"
+            )
+
+
+@dataclass(frozen=True)
+class DirichletSettings(_Settings):
     """The knobs of Dirichlet importance (symbols of ``notebooks/METHOD.md``, sections 2-3).
 
     Attributes:
@@ -36,10 +111,10 @@ class DirichletSettings:
         position: ``"after_bn"`` (the gate multiplies a layer's BatchNorm output) or
             ``"before_bn"`` (the layer's raw output).
         phi_init: :math:`\\varphi_{\\text{init}}`, the initial concentration of every unit.
-        alpha0: :math:`\\alpha_0`, the symmetric prior's concentration (< 1: sparse).
+        alpha0: :math:`\\alpha_0`, the symmetric prior's concentration per unit (< 1: sparse).
         kl_weight: :math:`\\beta`, the weight of the KL term (0: no prior).
-        kl_divided_by_n: divide the KL by the data set size N, as the ELBO of one mini-batch
-            does (the method as specified), or not (the kit's default: the prior then matters).
+        kl_divided_by_n: divide the KL by the data set size N, as the negative ELBO of one
+            mini-batch does (the method as specified), or not (the kit's default).
         estimator: ``"sample"`` (reparameterised samples) or ``"point"`` (the posterior mean).
         samples: M, samples per mini-batch (``sample`` estimator).
         lr: Adam's learning rate on the gates' parameters :math:`\\theta`.
@@ -47,6 +122,7 @@ class DirichletSettings:
         batchnorm: ``"eval"`` (the method: running statistics) or ``"train"`` (batch
             statistics, as the reference code).
         weights_lr: 0 freezes the weights (the method); > 0 trains them jointly by SGD.
+        amp, channels_last: the loop's precision and memory format, as in :class:`TrainSettings`.
     """
 
     scale: str = "K"
@@ -61,16 +137,17 @@ class DirichletSettings:
     epochs: float = 1.0
     batchnorm: str = "eval"
     weights_lr: float = 0.0
+    amp: bool | str = False
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
+        self._check_common()
         _check_choice("gate scale", self.scale, GATE_SCALES)
         _check_choice("gate position", self.position, GATE_POSITIONS)
         _check_choice("estimator", self.estimator, ESTIMATORS)
         _check_choice("batchnorm mode", self.batchnorm, BATCHNORM_MODES)
         _check_positive("phi_init", self.phi_init)
         _check_positive("alpha0", self.alpha0)
-        _check_positive("lr", self.lr)
-        _check_positive("epochs", self.epochs)
         if self.kl_weight < 0 or self.weights_lr < 0:
             raise ValueError(
                 f"kl_weight and weights_lr must be >= 0, got {self.kl_weight}, {self.weights_lr}"
@@ -83,19 +160,8 @@ class DirichletSettings:
         """The method as first specified: phi_init 1, alpha0 1, beta 1, KL divided by N."""
         return cls(phi_init=1.0, alpha0=1.0, kl_weight=1.0, kl_divided_by_n=True)
 
-    def replace(self, **changes: Any) -> DirichletSettings:
-        """A checked copy with some knobs changed; an unknown knob is a ValueError."""
-        unknown = sorted(set(changes) - set(knobs()))
-        if unknown:
-            raise ValueError(f"unknown Dirichlet setting(s) {unknown}; the knobs are {knobs()}")
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every knob, in the order of the fields (JSON-ready)."""
-        return dataclasses.asdict(self)
-
     def describe(self) -> str:
-        """One line naming every knob (printed by the notebooks)."""
+        """One line naming the knobs of the objective (printed by the notebooks)."""
         kl = "KL/N" if self.kl_divided_by_n else "KL not divided by N"
         return (
             f"gate scale {self.scale}, phi_init {self.phi_init:g}, alpha0 {self.alpha0:g}, "
@@ -104,9 +170,12 @@ class DirichletSettings:
         )
 
 
-def knobs() -> tuple[str, ...]:
-    """The names of the knobs of :class:`DirichletSettings`, in field order."""
-    return tuple(field.name for field in dataclasses.fields(DirichletSettings))
+def with_knobs(settings: _Settings | None, default: type, knobs: dict[str, Any]) -> Any:
+    """``settings`` (or ``default()``) with the single ``knobs`` given as keywords applied."""
+    chosen = settings if settings is not None else default()
+    if not isinstance(chosen, default):
+        raise TypeError(f"settings must be a dplib.{default.__name__}, got {chosen!r}")
+    return chosen.replace(**knobs) if knobs else chosen
 
 
 def _check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:

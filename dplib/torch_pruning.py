@@ -9,7 +9,7 @@ after a flatten). This module turns it into dplib's vocabulary:
   prunable layers. The score of a unit is Torch-Pruning's *group* score: its criterion applied
   to every weight the unit's group removes (the layer's output row, its BatchNorm scale, the
   consumers' input columns), reduced by the mean over the group's layers, left unnormalised
-  (dplib normalises per layer when it compares layers, :func:`dplib.budget.relative_scores`).
+  (dplib normalises per layer when it compares layers, :meth:`dplib.Importance.relative`).
 
   ``tp_l1`` / ``tp_l2`` (``tp_magnitude`` = ``tp_l2``, Torch-Pruning's default): group
   magnitude, :math:`\sum |w|^p`; ``tp_taylor``: :math:`\sum |w \, \partial L / \partial w|`
@@ -31,10 +31,10 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from .attach import GatedModel
-from .budget import default_input_shape
+from .budget import input_shape_for
 from .graph import PrunableLayer, find_prunable_layers
 from .importance import Importance, Widths, parse_widths
-from .train import resolve_device
+from .loop import resolve_device
 
 CRITERIA = ("tp_l1", "tp_l2", "tp_magnitude", "tp_taylor")
 
@@ -59,7 +59,7 @@ def dependency_graph(model: nn.Module, input_shape: tuple[int, ...] | None = Non
     """Torch-Pruning's DependencyGraph of ``model``, traced on zeros of ``input_shape``."""
     tp = require_torch_pruning()
     model = _unwrap(model)
-    shape = tuple(input_shape) if input_shape is not None else default_input_shape(model)
+    shape = input_shape_for(model, input_shape)
     parameter = next(model.parameters())
     example = torch.zeros(shape, device=parameter.device, dtype=parameter.dtype)
     return tp.DependencyGraph().build_dependency(model, example_inputs=example)
@@ -175,7 +175,7 @@ def tp_global_prune(
     layers = find_prunable_layers(pruned, coupled=coupled).layers
     ignored = _layers_left_alone(pruned, layers)
     scorer = _global_scorer(tp, pruned, criterion, loader, batches)
-    shape = tuple(input_shape) if input_shape is not None else default_input_shape(pruned)
+    shape = input_shape_for(pruned, input_shape)
     pruner = tp.pruner.BasePruner(
         pruned,
         torch.zeros(shape),

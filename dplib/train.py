@@ -1,9 +1,10 @@
-"""Training, evaluation, seeds, devices and checkpoints.
+"""Training, evaluation and checkpoints.
 
-``fit`` trains with SGD (momentum, weight decay, cosine learning rate) and keeps the weights of
-the epoch with the best *validation* accuracy, never the test accuracy. Checkpoints are written
-atomically and carry the architecture they belong to, so loading one into another network fails
-with a message that says so.
+:func:`fit` trains with SGD (momentum, weight decay, a learning-rate schedule: the knobs of
+:class:`dplib.TrainSettings`) on :class:`dplib.loop.Loop`, and keeps the weights of the epoch with
+the best *validation* accuracy, never the test accuracy. Checkpoints are written atomically and
+carry the architecture they belong to, so loading one into another network fails with a message
+that says so.
 """
 
 from __future__ import annotations
@@ -24,34 +25,18 @@ from torch.utils.data import DataLoader
 
 from . import distributed
 from .checks import check_data
-from .data import random_crop_flip, reseed
+from .data import random_crop_flip
 from .files import atomic_torch_save, read_torch_file
-from .progress import progress
+from .loop import Loop, resolve_device, set_seed, total_dtype
+from .settings import TrainSettings, with_knobs
 
 CHECKPOINT_FORMAT = "dplib-checkpoint-1"
+TRAINING_STATE_FORMAT = "dplib-training-state-2"
+ONECYCLE_WARMUP = 0.3  # share of the steps over which "onecycle" warms up
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used (corrupt, or of another architecture)."""
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to torch.device."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from error
-
-
-def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def evaluate(
@@ -59,23 +44,27 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean cross-entropy ``loss`` and ``accuracy`` (0..1) of ``model`` over ``loader``.
 
-    The model is put in eval mode for the pass and its mode restored afterwards.
+    The model is put in eval mode for the pass and its mode restored afterwards. The sums stay
+    on the device and are read once, at the end.
     """
     device = resolve_device(device)
     was_training = model.training
     model.eval()
-    total_loss, correct, count = 0.0, 0, 0
+    total_loss = torch.zeros((), dtype=total_dtype(device), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    count = 0
     with torch.no_grad():
         for images, labels in loader:
             images, labels = images.to(device), labels.to(device)
             logits = model(images)
-            total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-            correct += (logits.argmax(1) == labels).sum().item()
+            loss = F.cross_entropy(logits, labels, reduction="sum")
+            total_loss += loss.to(total_loss.dtype)
+            correct += (logits.argmax(1) == labels).sum()
             count += labels.numel()
     model.train(was_training)
     if count == 0:
         raise ValueError("the loader is empty: nothing to evaluate")
-    return {"loss": total_loss / count, "accuracy": correct / count}
+    return {"loss": total_loss.item() / count, "accuracy": correct.item() / count}
 
 
 @torch.no_grad()
@@ -116,106 +105,6 @@ def copy_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().clone() for key, value in module.state_dict().items()}
 
 
-def fit(
-    model: nn.Module,
-    train_loader: DataLoader,
-    *,
-    epochs: float = 1,
-    lr: float = 0.05,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    schedule: str = "cosine",
-    val_loader: DataLoader | None = None,
-    keep_best: bool = True,
-    device: str | torch.device = "auto",
-    seed: int = 0,
-    augment: bool = False,
-    amp: bool | str = "auto",
-    channels_last: bool = False,
-    checkpoint: str | os.PathLike | None = None,
-    show_progress: bool = True,
-    desc: str = "train",
-) -> dict[str, Any]:
-    """Train ``model`` in place with SGD and return its history.
-
-    Args:
-        epochs: passes over ``train_loader`` (a fraction trains on part of one pass).
-        schedule: ``"cosine"`` (decay to 0 over the run), ``"onecycle"`` (a linear warm-up
-            from lr/25 to lr over the first 30% of the steps, then cosine decay to 0) or
-            ``"constant"``.
-        val_loader: evaluated after each epoch; with ``keep_best`` the weights of the epoch with
-            the best validation accuracy are restored at the end.
-        seed: seeds the weights' updates and the data order (epoch e is shuffled with
-            seed + e, so a resumed run sees the same batches as an uninterrupted one).
-        augment: random crops (4-pixel padding) and horizontal flips, for CIFAR-like images.
-        amp: mixed precision, see :func:`autocast_dtype`: ``"auto"`` is float16 autocast with a
-            gradient scaler on CUDA and none on the CPU; ``"bfloat16"`` (or True on the CPU)
-            runs the forward pass in bfloat16 autocast, fast on CPUs with bfloat16 support.
-        channels_last: the model and the images in the channels-last memory format during
-            training (faster convolutions on CPUs); the model is returned in the usual format.
-        checkpoint: a file where the training state (weights, optimiser, random generators,
-            history) is written after every completed epoch. When it exists at the start, the
-            run resumes from it and ends with the same weights as an uninterrupted run.
-
-    Under ``torchrun`` (see :mod:`dplib.distributed`) the loader is sharded, gradients are
-    averaged by DistributedDataParallel, and rank 0 writes the checkpoint.
-
-    Returns:
-        ``{"epochs": [...], "val_accuracy": [...], "train_loss": [...], "seconds": ...,
-        "seconds_per_epoch": ...}``.
-    """
-    _check_schedule(epochs, schedule)
-    check_data(model, train_loader, "fit")
-    device = resolve_device(device)
-    set_seed(seed)
-    loader = distributed.shard(train_loader, seed)
-    sgd = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
-    run = _start_run(model, loader, device, epochs, amp, channels_last, checkpoint, sgd)
-    main = distributed.is_main()
-    bar = progress(total=run.total_steps, desc=desc, enabled=show_progress and main)
-    steps = {"lr": lr, "schedule": schedule, "augment": augment}
-    saving = checkpoint if main else None
-    seconds = _train_epochs(run, loader, seed, steps, val_loader, keep_best, saving, bar)
-    return _finish(run, seconds)
-
-
-def _start_run(
-    model: nn.Module,
-    loader: DataLoader,
-    device: torch.device,
-    epochs: float,
-    amp: bool | str,
-    channels_last: bool,
-    checkpoint: str | os.PathLike | None,
-    sgd: dict[str, float],
-) -> _Run:
-    """The model on its device (and memory format), its SGD optimiser, and the state of a
-    resumed run when ``checkpoint`` exists."""
-    precision = autocast_dtype(device, amp)
-    model.to(device).train()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(trainable, **sgd)
-    network = _parallel(model, device)
-    run = _Run(model, network, optimizer, device, precision, epochs, len(loader), channels_last)
-    if checkpoint is not None and Path(checkpoint).exists():
-        run.state, run.history = _resume(checkpoint, model, run.optimizer, run.scaler)
-    return run
-
-
-SCHEDULES = ("cosine", "onecycle", "constant")
-ONECYCLE_WARMUP = 0.3  # share of the steps over which "onecycle" warms up
-
-
-def _check_schedule(epochs: float, schedule: str) -> None:
-    """A ValueError for a schedule :func:`fit` cannot run."""
-    if epochs <= 0:
-        raise ValueError(f"epochs must be positive, got {epochs}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
-
-
 def learning_rate(schedule: str, lr: float, step: int, total: int) -> float:
     """The learning rate of ``schedule`` at ``step`` of ``total`` (peak ``lr``)."""
     if schedule == "constant":
@@ -228,76 +117,148 @@ def learning_rate(schedule: str, lr: float, step: int, total: int) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * step / total))
 
 
-def autocast_dtype(device: torch.device, amp: bool | str) -> torch.dtype | None:
-    """The autocast dtype of ``amp`` on ``device`` (None: full precision).
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    settings: TrainSettings | None = None,
+    *,
+    val_loader: DataLoader | None = None,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    checkpoint: str | os.PathLike | None = None,
+    **knobs: Any,
+) -> dict[str, Any]:
+    """Train ``model`` in place with SGD and return its history.
 
-    ``"auto"``: float16 on CUDA, none on the CPU; ``"bfloat16"``: bfloat16 on either; True:
-    float16 on CUDA, bfloat16 on the CPU; False: none.
+    Args:
+        settings: the knobs (:class:`dplib.TrainSettings`: epochs, lr, schedule, ...); single
+            ``knobs`` given as keywords override them (``fit(model, loader, epochs=3)``).
+        val_loader: evaluated after each epoch; with ``keep_best`` the weights of the epoch with
+            the best validation accuracy are restored at the end.
+        seed: seeds the weights' updates and the data order (epoch e is shuffled with
+            seed + e, so a resumed run sees the same batches as an uninterrupted one).
+        checkpoint: a file where the training state (weights, optimiser, random generators,
+            history) is written after every completed epoch. When it exists at the start, the
+            run resumes from it and ends with the same weights as an uninterrupted run.
+
+    Under ``torchrun`` (see :mod:`dplib.distributed`) the loader is sharded, gradients are
+    averaged by DistributedDataParallel, and rank 0 writes the checkpoint.
+
+    Returns:
+        ``{"epochs": [...], "val_accuracy": [...], "train_loss": [...], "seconds": ...,
+        "seconds_per_epoch": ...}``.
     """
-    if amp not in (True, False, "auto", "bfloat16"):
-        raise ValueError(f"amp must be True, False, 'auto' or 'bfloat16', got {amp!r}")
-    if amp == "bfloat16" or (amp is True and device.type == "cpu"):
-        return torch.bfloat16
-    if device.type == "cuda" and amp in (True, "auto"):
-        return torch.float16
-    return None
-
-
-def _train_epochs(
-    run: _Run,
-    loader: DataLoader,
-    seed: int,
-    steps: dict[str, Any],
-    val_loader: DataLoader | None,
-    keep_best: bool,
-    checkpoint: str | os.PathLike | None,
-    bar: Any,
-) -> float:
-    """Train epoch after epoch until the run's steps are done; the seconds it took in all
-    (a resumed run's earlier seconds included). The training state is saved after each."""
-    started = time.perf_counter() - run.state["seconds"]
-    bar.update(run.state["step"])
-    while run.state["step"] < run.total_steps:
-        reseed(loader, seed + run.state["epoch"])
-        distributed.set_epoch(loader, run.state["epoch"])
-        train_loss = _train_epoch(run, loader, bar=bar, **steps)
-        _end_epoch(run, train_loss, val_loader, keep_best, bar)
-        run.state["seconds"] = time.perf_counter() - started
-        if checkpoint is not None:
-            _save_training_state(checkpoint, run)
-    bar.close()
-    return time.perf_counter() - started
+    settings = with_knobs(settings, TrainSettings, knobs)
+    check_data(model, train_loader, "fit")
+    set_seed(seed)
+    loader = distributed.shard(train_loader, seed)
+    training = _Training.start(model, Loop.plan(loader, settings, device), settings, checkpoint)
+    saving = checkpoint if distributed.is_main() else None
+    started = time.perf_counter() - training.seconds
+    training.loop.run(
+        loader, seed, training.step, lambda: training.end_epoch(val_loader, saving, started), "fit"
+    )
+    return training.finish(time.perf_counter() - started)
 
 
 @dataclass
-class _Run:
-    """What one call of :func:`fit` carries from step to step (and to its checkpoint)."""
+class _Training:
+    """What one call of :func:`fit` carries from step to step (and to its training state)."""
 
     model: nn.Module
     network: nn.Module  # the model, or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer
-    device: torch.device
-    autocast: torch.dtype | None  # the forward pass's autocast dtype (None: float32)
-    epochs: float
-    steps_per_epoch: int
-    channels_last: bool = False
-    state: dict[str, Any] = field(
-        default_factory=lambda: {
-            "epoch": 0,
-            "step": 0,
-            "best_accuracy": -1.0,
-            "best_state": None,
-            "seconds": 0.0,
-        }
-    )
-    history: dict[str, Any] = field(
+    loop: Loop
+    settings: TrainSettings
+    best_accuracy: float = -1.0
+    best_state: dict[str, torch.Tensor] | None = None
+    seconds: float = 0.0
+    history: dict[str, list[float]] = field(
         default_factory=lambda: {"epochs": [], "val_accuracy": [], "train_loss": []}
     )
 
     def __post_init__(self) -> None:
-        self.total_steps = max(1, math.ceil(self.epochs * self.steps_per_epoch))
         # float16 needs its gradients scaled; bfloat16 has float32's range and does not
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast == torch.float16)
+        enabled = self.loop.precision == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=enabled)
+        # the epoch's loss, summed on the device and read once at the epoch's end
+        self.running = torch.zeros((), dtype=total_dtype(self.loop.device), device=self.loop.device)
+        self.seen = 0
+
+    @classmethod
+    def start(
+        cls,
+        model: nn.Module,
+        loop: Loop,
+        settings: TrainSettings,
+        checkpoint: str | os.PathLike | None,
+    ) -> _Training:
+        """The model on its device and format, its optimiser, and a resumed state if any."""
+        model.to(loop.device).train()
+        if loop.channels_last:
+            model.to(memory_format=torch.channels_last)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(
+            trainable,
+            lr=settings.lr,
+            momentum=settings.momentum,
+            weight_decay=settings.weight_decay,
+        )
+        training = cls(model, _parallel(model, loop.device), optimizer, loop, settings)
+        if checkpoint is not None and Path(checkpoint).exists():
+            _resume(checkpoint, training)
+        return training
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """One SGD step on a batch (the schedule's learning rate, augmentation, precision)."""
+        settings, loop = self.settings, self.loop
+        if settings.schedule != "constant":
+            rate = learning_rate(settings.schedule, settings.lr, loop.step, loop.total_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = rate
+        if settings.augment:
+            images = random_crop_flip(images)
+        with loop.autocast():
+            loss = F.cross_entropy(self.network(loop.formatted(images)), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.running += loss.detach().to(self.running.dtype) * labels.numel()
+        self.seen += labels.numel()
+
+    def end_epoch(
+        self, val_loader: DataLoader | None, checkpoint: str | os.PathLike | None, started: float
+    ) -> dict[str, str] | None:
+        """Record the epoch (the one read of its loss), evaluate on validation data and keep
+        the best weights, save the training state; the progress bar's postfix."""
+        self.history["epochs"].append(self.loop.step / self.loop.steps_per_epoch)
+        self.history["train_loss"].append(self.running.item() / max(self.seen, 1))
+        self.running.zero_()
+        self.seen = 0
+        postfix = None
+        if val_loader is not None:
+            accuracy = evaluate(self.model, val_loader, self.loop.device)["accuracy"]
+            self.history["val_accuracy"].append(accuracy)
+            postfix = {"val_acc": f"{accuracy:.4f}"}
+            if self.settings.keep_best and accuracy > self.best_accuracy:
+                self.best_accuracy, self.best_state = accuracy, copy_state(self.model)
+            self.model.train()
+        self.seconds = time.perf_counter() - started
+        if checkpoint is not None:
+            _save_training_state(checkpoint, self)
+        return postfix
+
+    def finish(self, seconds: float) -> dict[str, Any]:
+        """Restore the best weights (if kept), eval mode, the usual memory format; the history."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        epochs = self.loop.total_steps / self.loop.steps_per_epoch
+        history = {**self.history, "seconds": seconds, "seconds_per_epoch": seconds / epochs}
+        if self.loop.channels_last:
+            self.model.to(memory_format=torch.contiguous_format)
+        self.model.eval()
+        return history
 
 
 def _parallel(model: nn.Module, device: torch.device) -> nn.Module:
@@ -308,80 +269,22 @@ def _parallel(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def _train_epoch(
-    run: _Run, loader: DataLoader, *, lr: float, schedule: str, augment: bool, bar: Any
-) -> float:
-    """SGD over one pass of ``loader`` (or what is left of the run); the mean training loss."""
-    # summed on the device and read once per epoch: reading it every step would make a GPU
-    # wait for the host between batches (float64 as Python's float; Apple's MPS has none)
-    total_dtype = torch.float32 if run.device.type == "mps" else torch.float64
-    running, seen = torch.zeros((), dtype=total_dtype, device=run.device), 0
-    for images, labels in loader:
-        step = run.state["step"]
-        if step >= run.total_steps:
-            break
-        if schedule != "constant":
-            for group in run.optimizer.param_groups:
-                group["lr"] = learning_rate(schedule, lr, step, run.total_steps)
-        images, labels = images.to(run.device), labels.to(run.device)
-        if augment:
-            images = random_crop_flip(images)
-        if run.channels_last and images.dim() == 4:
-            images = images.contiguous(memory_format=torch.channels_last)
-        enabled = run.autocast is not None
-        with torch.autocast(run.device.type, dtype=run.autocast, enabled=enabled):
-            loss = F.cross_entropy(run.network(images), labels)
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        running += loss.detach().to(total_dtype) * labels.numel()
-        seen += labels.numel()
-        run.state["step"] = step + 1
-        bar.update(1)
-    return running.item() / max(seen, 1)
-
-
-def _end_epoch(
-    run: _Run, train_loss: float, val_loader: DataLoader | None, keep_best: bool, bar: Any
-) -> None:
-    """Record the epoch; evaluate on validation data and keep the best weights."""
-    run.state["epoch"] += 1
-    run.history["epochs"].append(run.state["step"] / run.steps_per_epoch)
-    run.history["train_loss"].append(train_loss)
-    if val_loader is None:
-        return
-    accuracy = evaluate(run.model, val_loader, run.device)["accuracy"]
-    run.history["val_accuracy"].append(accuracy)
-    bar.set_postfix(val_acc=f"{accuracy:.4f}")
-    if keep_best and accuracy > run.state["best_accuracy"]:
-        run.state["best_accuracy"] = accuracy
-        run.state["best_state"] = copy_state(run.model)
-    run.model.train()
-
-
-def _finish(run: _Run, seconds: float) -> dict[str, Any]:
-    """Restore the best weights (if kept), put the model in eval mode, close the history."""
-    if run.state["best_state"] is not None:
-        run.model.load_state_dict(run.state["best_state"])
-    run.history["seconds"] = seconds
-    run.history["seconds_per_epoch"] = seconds / (run.total_steps / run.steps_per_epoch)
-    if run.channels_last:
-        run.model.to(memory_format=torch.contiguous_format)
-    run.model.eval()
-    return run.history
-
-
-def _save_training_state(path: str | os.PathLike, run: _Run) -> None:
-    """Write the training state of ``run`` (resumable by :func:`_resume`), atomically."""
+def _save_training_state(path: str | os.PathLike, training: _Training) -> None:
+    """Write what :func:`_resume` needs to continue ``training``, atomically."""
     payload = {
-        "format": "dplib-training-state-1",
-        "architecture": architecture(run.model),
-        "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
-        "optimizer": run.optimizer.state_dict(),
-        "scaler": run.scaler.state_dict(),
-        "state": run.state,
-        "history": run.history,
+        "format": TRAINING_STATE_FORMAT,
+        "architecture": architecture(training.model),
+        "model": {k: v.detach().cpu() for k, v in training.model.state_dict().items()},
+        "optimizer": training.optimizer.state_dict(),
+        "scaler": training.scaler.state_dict(),
+        "progress": {
+            "step": training.loop.step,
+            "epoch": training.loop.epoch,
+            "best_accuracy": training.best_accuracy,
+            "best_state": training.best_state,
+            "seconds": training.seconds,
+        },
+        "history": training.history,
         "rng": {
             "torch": torch.get_rng_state(),
             "python": random.getstate(),
@@ -393,29 +296,29 @@ def _save_training_state(path: str | os.PathLike, run: _Run) -> None:
     atomic_torch_save(payload, path)
 
 
-def _resume(path, model, optimizer, scaler) -> tuple[dict, dict]:
+def _resume(path: str | os.PathLike, training: _Training) -> None:
+    """Continue ``training`` from the state at ``path`` (weights, optimiser, generators)."""
     # not weights_only: the state holds Python's and NumPy's random generator states
     payload = read_torch_file(
-        path,
-        "dplib-training-state-1",
-        "training state",
-        error=CheckpointError,
-        weights_only=False,
+        path, TRAINING_STATE_FORMAT, "training state", error=CheckpointError, weights_only=False
     )
-    if [tuple(x) for x in payload["architecture"]] != architecture(model):
+    if [tuple(x) for x in payload["architecture"]] != architecture(training.model):
         raise CheckpointError(
             f"{path} is the training state of another architecture; delete it or use the "
             "model it was written for"
         )
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    scaler.load_state_dict(payload["scaler"])
+    training.model.load_state_dict(payload["model"])
+    training.optimizer.load_state_dict(payload["optimizer"])
+    training.scaler.load_state_dict(payload["scaler"])
+    done = payload["progress"]
+    training.loop.step, training.loop.epoch = done["step"], done["epoch"]
+    training.best_accuracy, training.best_state = done["best_accuracy"], done["best_state"]
+    training.seconds, training.history = done["seconds"], payload["history"]
     torch.set_rng_state(payload["rng"]["torch"])
     random.setstate(payload["rng"]["python"])
     np.random.set_state(payload["rng"]["numpy"])
     if "cuda" in payload["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
-    return payload["state"], payload["history"]
 
 
 # Checkpoints -------------------------------------------------------------------------------

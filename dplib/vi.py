@@ -1,37 +1,39 @@
-r"""Learning the Dirichlet posteriors: the ELBO with the network's weights frozen.
+r"""Learning the Dirichlet posteriors: the negative ELBO, with the network's weights frozen.
 
-For a data set of :math:`N` examples, a mini-batch :math:`(x_B, y_B)`, :math:`M` samples and
-gates on layers :math:`l = 1..L`, each step minimises
+The model: a frozen network :math:`f(x; W, K \odot s)` whose unit outputs are multiplied by the
+importance vectors :math:`s_l` of its layers, a prior :math:`p(s_l) = \mathrm{Dir}(\alpha_0
+\mathbf{1}_{K_l})`, and the likelihood :math:`p(y \mid x, s) = \mathrm{softmax}(f(x; W, K \odot
+s))_y`. Variational inference fits :math:`q(s_l) = \mathrm{Dir}(\varphi_l)` by maximising the
+evidence lower bound :math:`\sum_{i=1}^N E_q[\ln p(y_i \mid x_i, s)] - \sum_l \mathrm{KL}(q(s_l)
+\,\|\, p(s_l))`. Divided by :math:`N` and estimated on a mini-batch :math:`(x_B, y_B)` with
+:math:`M` samples, its negative is the loss each step minimises over the gates' parameters
+:math:`\theta` (Adam):
 
 .. math::
 
-    \mathcal{L}(\theta) = \frac{1}{M} \sum_{m=1}^{M}
-        \mathrm{CE}\big(f(x_B;\, W,\, K \odot s^{(m)}),\, y_B\big)
-      + \beta\, \frac{1}{N} \sum_l
-        \mathrm{KL}\big(\mathrm{Dir}(\varphi_l)\,\|\,\mathrm{Dir}(\alpha_0)\big)
+    \mathcal{L}(\theta) = \underbrace{\frac{1}{M} \sum_{m=1}^{M}
+        \mathrm{CE}\big(f(x_B;\, W,\, K \odot s^{(m)}),\, y_B\big)}_{\text{cross\_entropy}}
+      + \beta\, \frac{1}{Z} \underbrace{\sum_l
+        \mathrm{KL}\big(\mathrm{Dir}(\varphi_l)\,\|\,\mathrm{Dir}(\alpha_0)\big)}_{\text{kl}},
+    \qquad s^{(m)} \sim q .
 
-over the gate parameters :math:`\theta` only, with Adam. :math:`W` are the frozen weights (no
-gradient, no weight decay), the network is in eval mode (BatchNorm uses its running statistics,
-dropout is off). Code symbols: ``samples`` = M, ``kl_weight`` = :math:`\beta`, ``alpha0`` =
-:math:`\alpha_0`, ``dataset_size`` = N.
+The method as specified has :math:`\beta = 1` and :math:`Z = N` (the negative ELBO proper, per
+example). The kit's defaults (:class:`dplib.DirichletSettings`) keep :math:`Z = 1` and
+:math:`\beta = 0.01`, so that the sparse prior competes with the data term. Code symbols:
+``samples`` = M, ``kl_weight`` = :math:`\beta`, ``alpha0`` = :math:`\alpha_0`,
+``kl_normalizer`` = Z (N with ``kl_divided_by_n``, else 1). The weights W get no gradient; the
+network is in eval mode (BatchNorm uses its running statistics, dropout is off).
 
-The knobs and their defaults are :class:`dplib.DirichletSettings` (``dplib/settings.py``). The
-defaults are not the ELBO proper (:math:`\beta = 1`, :math:`\alpha_0 = 1`, KL divided by N) but
-what the kit's study measured best: a sparse prior :math:`\alpha_0 = 0.1` whose KL is *not*
-divided by N, weighted by :math:`\beta = 0.01`, so that the prior competes with the data term
-and the units compete for the posterior mass; ``DirichletSettings.as_specified()`` is the
-method as specified (the method page ``notebooks/METHOD.md``, sections 3 and 7).
-
-- ``estimator="sample"``: :math:`s^{(m)} \sim q` by reparameterised sampling. The M copies of the
-  mini-batch are stacked on the batch axis, copy m gated by sample m, and the cross-entropy of
-  every image under every sample is averaged (the logits are never averaged).
+- ``estimator="sample"``: :math:`s^{(m)}` are reparameterised samples (their gradient reaches
+  :math:`\theta`, see :mod:`dplib.gates`). The M copies of the mini-batch are stacked on the
+  batch axis, copy m gated by sample m, and the cross-entropy of every image under every sample
+  is averaged (the logits are never averaged).
 - ``estimator="point"``: :math:`s` is the posterior mean :math:`\varphi / \varphi_0`; only the KL
   term sees the distribution.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,114 +47,89 @@ from torch.utils.data import DataLoader
 from . import distributed
 from .attach import GatedModel
 from .checks import check_data
-from .data import reseed
 from .importance import Importance
-from .progress import progress
-from .settings import ESTIMATORS, DirichletSettings
-from .train import autocast_dtype, copy_state, resolve_device, set_seed
+from .loop import Loop, set_seed
+from .settings import DirichletSettings, with_knobs
+from .train import copy_state
 
-__all__ = ["ESTIMATORS", "elbo_loss", "learn_importance", "phi_init_of"]
+__all__ = ["SNAPSHOTS", "elbo_loss", "learn_importance"]
+
+SNAPSHOTS = 40  # how many times the posterior means are recorded (how fast the ranking settles)
 
 
 def elbo_loss(
     gated: GatedModel,
     images: torch.Tensor,
     labels: torch.Tensor,
-    *,
-    samples: int,
-    estimator: str,
-    alpha0: float,
-    kl_weight: float,
-    dataset_size: int,
+    settings: DirichletSettings,
+    kl_normalizer: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One mini-batch of the negative ELBO: (loss, cross-entropy, summed KL)."""
-    if estimator == "sample":
+    """The negative ELBO of one mini-batch: (loss, cross_entropy, kl), as in the docstring."""
+    if settings.estimator == "sample":
         for _, gate in gated.named_gates():
-            gate.resample(samples)
-        stacked = images.repeat(samples, *([1] * (images.dim() - 1)))
-        targets = labels.repeat(samples)
+            gate.resample(settings.samples)  # s^(m) ~ q, reparameterised
+        stacked = images.repeat(settings.samples, *([1] * (images.dim() - 1)))
+        targets = labels.repeat(settings.samples)
     else:
-        gated.set_mode("mean")
+        gated.set_mode("mean")  # s = E_q[s]
         stacked, targets = images, labels
-    cross_entropy = F.cross_entropy(gated(stacked), targets)
-    kl = torch.stack([gate.kl(alpha0) for _, gate in gated.named_gates()]).sum()
-    return cross_entropy + kl_weight * kl / dataset_size, cross_entropy, kl
-
-
-def phi_init_of(gated: GatedModel) -> float | None:
-    """The initial concentration the gates were created with (None if unknown)."""
-    return next(gate.phi_init for _, gate in gated.named_gates())
+    cross_entropy = F.cross_entropy(gated(stacked), targets)  # mean over the M copies
+    kl = torch.stack([gate.kl(settings.alpha0) for _, gate in gated.named_gates()]).sum()
+    return cross_entropy + settings.kl_weight * kl / kl_normalizer, cross_entropy, kl
 
 
 def learn_importance(
     gated: GatedModel,
     loader: DataLoader,
-    epochs: float | None = None,
-    *,
     settings: DirichletSettings | None = None,
+    *,
     device: str | torch.device = "auto",
     seed: int = 0,
-    dataset_size: int | None = None,
-    snapshots: int = 40,
-    amp: bool | str = False,
-    channels_last: bool = False,
-    show_progress: bool = True,
     **knobs: Any,
 ) -> Importance:
-    """Learn each gate's Dirichlet posterior by maximising the ELBO with the weights frozen.
+    """Learn each gate's Dirichlet posterior by minimising the negative ELBO, weights frozen.
 
     Args:
         gated: the network from :func:`dplib.attach_gates`.
-        loader: training data (labels needed); its data set size is N unless ``dataset_size``.
-            Under ``torchrun`` it is sharded over the processes and the gate gradients are
-            averaged (:mod:`dplib.distributed`): the result equals a single process's.
-        epochs: passes over ``loader`` (fractions allowed; the paper: one); overrides
-            ``settings.epochs``.
-        settings: the knobs (:class:`dplib.DirichletSettings`; default: the kit's defaults).
-            When given, its gate knobs must be those ``gated`` was attached with.
-        knobs: single knobs of :class:`dplib.DirichletSettings` that override ``settings``
-            (``alpha0``, ``kl_weight``, ``samples``, ``lr``, ``batchnorm``, ``weights_lr``, ...;
-            BatchNorm's running statistics are restored in every mode).
+        loader: training data (labels needed); its data set size is N. Under ``torchrun`` it
+            is sharded over the processes and the gate gradients are averaged
+            (:mod:`dplib.distributed`): the result equals a single process's.
+        settings: the knobs (:class:`dplib.DirichletSettings`; default: the kit's defaults);
+            single ``knobs`` given as keywords override them (``epochs=0.5``, ``alpha0=1``).
+            The gate's knobs (``phi_init``, ``scale``, ``position``) are those ``gated`` was
+            attached with.
         seed: seeds the samples (and anything else drawn from torch's global generator).
-        snapshots: how many times the posterior means are recorded (how fast ranking settles).
-        amp, channels_last: autocast and the channels-last format, as for :func:`dplib.fit`.
 
     Returns:
         An :class:`~dplib.Importance` (criterion ``"dirichlet"``) keyed by the layers' module
         names in the original model, with ``history`` holding the per-step ``loss``,
-        ``cross_entropy`` and ``kl``, the ``snapshots`` of the means with their ``steps``, and
-        ``seconds``. The weights' ``requires_grad``, every module's train/eval mode and the gates'
-        modes are restored; the gates end in ``"mean"`` mode holding the learned posterior.
+        ``cross_entropy`` and ``kl``, :data:`SNAPSHOTS` ``snapshots`` of the means with their
+        ``steps``, and ``seconds``. The weights' ``requires_grad``, every module's mode and
+        BatchNorm's statistics are restored; the gates end in ``"mean"`` mode.
     """
-    settings = _settings_for(gated, settings, epochs, knobs)
+    settings = _settings_for(gated, settings, knobs)
     check_data(gated, loader, "learn_importance")
-    device = resolve_device(device)
-    dataset_size = dataset_size or len(loader.dataset)
+    kl_normalizer = len(loader.dataset) if settings.kl_divided_by_n else 1
     loader = distributed.shard(loader, seed)
-    total_steps = max(1, math.ceil(settings.epochs * len(loader)))
+    loop = Loop.plan(loader, settings, device)
     set_seed(seed)
-    with _learning_mode(gated, settings, device, channels_last):
-        history = _optimise(
-            gated,
-            loader,
-            settings,
-            device=device,
-            precision=(autocast_dtype(device, amp), channels_last),
-            seed=seed,
-            total_steps=total_steps,
-            kl_normalizer=dataset_size if settings.kl_divided_by_n else 1,
-            snapshot_every=max(1, total_steps // max(1, snapshots)),
-            show_progress=show_progress,
-        )
-    history["epochs"] = total_steps / len(loader)
-    return _importance_of(gated, settings, history, seed=seed, dataset_size=dataset_size)
+    with _learning_mode(gated, settings, loop):
+        history = _optimise(gated, loader, settings, loop, seed, kl_normalizer)
+    history["epochs"] = loop.total_steps / loop.steps_per_epoch
+    config = {**settings.to_dict(), "seed": seed, "dataset_size": len(loader.dataset)}
+    return Importance(
+        scores={name: gate.mean().detach().cpu() for name, gate in gated.named_gates()},
+        criterion="dirichlet",
+        concentration={
+            name: gate.concentration().detach().cpu() for name, gate in gated.named_gates()
+        },
+        history=history,
+        config=config,
+    )
 
 
 def _settings_for(
-    gated: GatedModel,
-    settings: DirichletSettings | None,
-    epochs: float | None,
-    knobs: dict[str, Any],
+    gated: GatedModel, settings: DirichletSettings | None, knobs: dict[str, Any]
 ) -> DirichletSettings:
     """The settings of this run, checked against the gates (before any work starts)."""
     if not isinstance(gated, GatedModel):
@@ -162,10 +139,7 @@ def _settings_for(
         raise ValueError(
             f"{sorted(gate_knobs)} are knobs of the gates: give them to dplib.attach_gates"
         )
-    chosen = settings or DirichletSettings()
-    if epochs is not None:
-        knobs = {**knobs, "epochs": epochs}
-    chosen = chosen.replace(**{k: v for k, v in knobs.items() if v is not None})
+    chosen = with_knobs(settings, DirichletSettings, knobs)
     gate = next(gate for _, gate in gated.named_gates())
     attached = {"phi_init": gate.phi_init, "scale": gate.scale, "position": gated.position}
     wanted = {knob: getattr(chosen, knob) for knob in attached}
@@ -178,29 +152,25 @@ def _settings_for(
 
 
 @contextmanager
-def _learning_mode(
-    gated: GatedModel, settings: DirichletSettings, device: torch.device, channels_last: bool
-) -> Iterator[None]:
+def _learning_mode(gated: GatedModel, settings: DirichletSettings, loop: Loop) -> Iterator[None]:
     """Freeze the weights (or not, for joint training), eval mode, gates trainable; restore
     the weights' flags, every module's mode, BatchNorm statistics and the device afterwards."""
     weights = _weights(gated)
-    thetas = [gate.theta for _, gate in gated.named_gates()]
     saved_requires_grad = [p.requires_grad for p in weights]
     saved_modes = {module: module.training for module in gated.modules()}
     norms = [m for m in gated.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved_statistics = [copy_state(norm) for norm in norms]
-    original_device = thetas[0].device
+    original_device = next(gate.theta for _, gate in gated.named_gates()).device
     try:
         for parameter in weights:
             parameter.requires_grad_(settings.weights_lr > 0)
-        gated.to(device).eval()
-        if channels_last:
+        gated.to(loop.device).eval()
+        if loop.channels_last:
             gated.to(memory_format=torch.channels_last)
-        if settings.batchnorm == "train":
-            for norm in norms:
-                norm.train()
-        for theta in thetas:
-            theta.requires_grad_(True)
+        for norm in norms if settings.batchnorm == "train" else []:
+            norm.train()
+        for _, gate in gated.named_gates():
+            gate.theta.requires_grad_(True)
         yield
     finally:
         for parameter, requires_grad in zip(weights, saved_requires_grad):
@@ -212,7 +182,7 @@ def _learning_mode(
         if settings.weights_lr > 0:
             gated.zero_grad(set_to_none=True)
         gated.to(original_device)
-        if channels_last:
+        if loop.channels_last:
             gated.to(memory_format=torch.contiguous_format)
         gated.set_mode("mean")
 
@@ -225,139 +195,65 @@ def _optimise(
     gated: GatedModel,
     loader: DataLoader,
     settings: DirichletSettings,
-    *,
-    device: torch.device,
-    precision: tuple[torch.dtype | None, bool],
+    loop: Loop,
     seed: int,
-    total_steps: int,
-    kl_normalizer: int,
-    snapshot_every: int,
-    show_progress: bool,
+    kl_normalizer: float,
 ) -> dict[str, Any]:
-    """Adam on the gates (and SGD on the weights when joint) for ``total_steps`` mini-batches."""
+    """Adam on the gates (and SGD on the weights when joint) for the loop's steps."""
     thetas = [gate.theta for _, gate in gated.named_gates()]
-    weights = _weights(gated)
-    optimizer = torch.optim.Adam(thetas, lr=settings.lr)
-    weight_optimizer = None
+    optimizers = [torch.optim.Adam(thetas, lr=settings.lr)]
     if settings.weights_lr > 0:
-        weight_optimizer = torch.optim.SGD(weights, lr=settings.weights_lr, momentum=0.9)
-    history: dict[str, Any] = {k: [] for k in ("loss", "cross_entropy", "kl", "steps")}
-    history["snapshots"] = []
-    step, epoch, started = 0, 0, time.perf_counter()
-    bar = progress(
-        total=total_steps, desc="importance", enabled=show_progress and distributed.is_main()
-    )
-    while step < total_steps:
-        # Epoch e is shuffled with seed + e, on one process or many (DistributedSampler).
-        reseed(loader, seed + epoch)
-        distributed.set_epoch(loader, epoch)
-        epoch += 1
-        for images, labels in loader:
-            if step >= total_steps:
-                break
-            loss, cross_entropy, kl = _batch_loss(
-                gated, images, labels, settings, device, precision, kl_normalizer
+        optimizers.append(torch.optim.SGD(_weights(gated), lr=settings.weights_lr, momentum=0.9))
+    record = _Record(gated, max(1, loop.total_steps // SNAPSHOTS), loop.total_steps)
+
+    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
+        with loop.autocast():
+            terms = elbo_loss(gated, loop.formatted(images), labels, settings, kl_normalizer)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        terms[0].backward()
+        for optimizer in optimizers:
+            distributed.average_gradients(
+                [p for group in optimizer.param_groups for p in group["params"]]
             )
-            _update(loss, (optimizer, thetas), (weight_optimizer, weights))
-            step += 1
-            _record(
-                history,
-                gated,
-                step,
-                (loss, cross_entropy, kl),
-                snapshot=step % snapshot_every == 0 or step == total_steps,
+            optimizer.step()
+        record.step(loop.step + 1, terms)
+
+    started = time.perf_counter()
+    loop.run(loader, seed, step, record.read, "importance")
+    return record.history | {"seconds": time.perf_counter() - started}
+
+
+class _Record:
+    """The loss terms of every step and the posterior means at the snapshot steps, kept on the
+    device and read back once per epoch: reading them every step would make a GPU wait."""
+
+    def __init__(self, gated: GatedModel, every: int, last: int) -> None:
+        self.gated, self.every, self.last = gated, every, last
+        self.sizes = [gate.num_units for _, gate in gated.named_gates()]
+        self.terms: list[torch.Tensor] = []
+        self.means: list[torch.Tensor] = []
+        self.history: dict[str, list[Any]] = {
+            key: [] for key in ("loss", "cross_entropy", "kl", "steps", "snapshots")
+        }
+
+    def step(self, step: int, terms: tuple[torch.Tensor, ...]) -> None:
+        """Keep one step's (loss, cross_entropy, kl), and the means at a snapshot step."""
+        self.terms.append(torch.stack([term.detach().float() for term in terms]))
+        if step % self.every == 0 or step == self.last:
+            self.history["steps"].append(step)
+            self.means.append(
+                torch.cat([gate.mean().detach() for _, gate in self.gated.named_gates()])
             )
-            bar.update(1)
-            if step % 20 == 0:
-                bar.set_postfix(ce=f"{cross_entropy.item():.3f}")
-    bar.close()
-    history["seconds"] = time.perf_counter() - started
-    return history
 
-
-def _batch_loss(
-    gated: GatedModel,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    settings: DirichletSettings,
-    device: torch.device,
-    precision: tuple[torch.dtype | None, bool],
-    kl_normalizer: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`elbo_loss` of one mini-batch on ``device``, in the run's precision and format."""
-    autocast, channels_last = precision
-    images = images.to(device)
-    if channels_last and images.dim() == 4:
-        images = images.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-        return elbo_loss(
-            gated,
-            images,
-            labels.to(device),
-            samples=settings.samples,
-            estimator=settings.estimator,
-            alpha0=settings.alpha0,
-            kl_weight=settings.kl_weight,
-            dataset_size=kl_normalizer,
-        )
-
-
-def _update(
-    loss: torch.Tensor,
-    gates: tuple[torch.optim.Optimizer, list[nn.Parameter]],
-    weights: tuple[torch.optim.Optimizer | None, list[nn.Parameter]],
-) -> None:
-    """One step: gradients averaged over the processes, then Adam on the gates (and SGD on
-    the weights when they are trained jointly)."""
-    (optimizer, thetas), (weight_optimizer, weight_list) = gates, weights
-    optimizer.zero_grad(set_to_none=True)
-    if weight_optimizer is not None:
-        weight_optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    distributed.average_gradients(thetas)
-    optimizer.step()
-    if weight_optimizer is not None:
-        distributed.average_gradients(weight_list)
-        weight_optimizer.step()
-
-
-def _record(
-    history: dict[str, Any],
-    gated: GatedModel,
-    step: int,
-    terms: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    *,
-    snapshot: bool,
-) -> None:
-    """Append one step's loss terms; every ``snapshot`` step, the posterior means too."""
-    for key, value in zip(("loss", "cross_entropy", "kl"), terms):
-        history[key].append(value.item())
-    if snapshot:
-        history["steps"].append(step)
-        history["snapshots"].append(
-            {name: gate.mean().detach().cpu() for name, gate in gated.named_gates()}
-        )
-
-
-def _importance_of(
-    gated: GatedModel,
-    settings: DirichletSettings,
-    history: dict[str, Any],
-    *,
-    seed: int,
-    dataset_size: int,
-) -> Importance:
-    """The learned posteriors as an :class:`Importance`, with the run's settings."""
-    return Importance(
-        scores={name: gate.mean().detach().cpu() for name, gate in gated.named_gates()},
-        criterion="dirichlet",
-        concentration={
-            name: gate.concentration().detach().cpu() for name, gate in gated.named_gates()
-        },
-        history=history,
-        config={
-            **settings.to_dict(),
-            "seed": seed,
-            "dataset_size": dataset_size,
-        },
-    )
+    def read(self) -> dict[str, str]:
+        """The epoch's one read: its loss terms and snapshots; the progress bar's postfix."""
+        terms = torch.stack(self.terms).cpu().tolist()
+        for key, values in zip(("loss", "cross_entropy", "kl"), zip(*terms)):
+            self.history[key].extend(values)
+        if self.means:
+            for means in torch.stack(self.means).cpu():
+                parts = [part.clone() for part in means.split(self.sizes)]
+                self.history["snapshots"].append(dict(zip(self.gated.layers, parts)))
+        self.terms, self.means = [], []
+        return {"ce": f"{self.history['cross_entropy'][-1]:.3f}"}

@@ -48,9 +48,7 @@ def test_oracle_is_the_loss_increase_of_removing_one_unit(tiny_loader):
     model = trained_like(dplib.models.build("lenet300", seed=0))
     fixed = torch.utils.data.TensorDataset(*tiny_loader.dataset.tensors)
     loader = dplib.data.make_loader(fixed, 64, shuffle=False)
-    importance = dplib.criteria.oracle_importance(
-        model, loader, chunk=7, device="cpu", show_progress=False
-    )
+    importance = dplib.criteria.oracle_importance(model, loader, chunk=7, device="cpu")
     x, y = fixed.tensors
     with torch.no_grad():
         base = torch.nn.functional.cross_entropy(model(x), y)
@@ -62,10 +60,10 @@ def test_oracle_is_the_loss_increase_of_removing_one_unit(tiny_loader):
     assert importance.names == ["fc1", "fc2"]
 
 
-def test_baseline_importance_by_name(tiny_loader):
+def test_criteria_by_name(tiny_loader):
     model = dplib.models.build("lenet300")
-    assert dplib.baseline_importance("l1", model).criterion == "l1"
+    assert dplib.criteria.compute("l1", model).criterion == "l1"
     with pytest.raises(ValueError, match="unknown criterion 'l2'"):
-        dplib.baseline_importance("l2", model)
+        dplib.criteria.compute("l2", model)
     with pytest.raises(ValueError, match="needs a data loader"):
-        dplib.baseline_importance("taylor", model)
+        dplib.criteria.compute("taylor", model)

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 import dplib
-from dplib.budget import CostModel, default_input_shape
+from dplib.budget import input_shape_for
+from dplib.measure import CostModel
 
 RATIOS = ("2x", "4x", "10x", "20x")
 
@@ -21,7 +22,7 @@ def setup(name: str):
     """The preset, an L1 importance over its layers and residual groups, and its cost model."""
     model = dplib.models.build(name, seed=0).eval()
     importance = dplib.criteria.l1_importance(model, coupled=True)
-    costs = CostModel(model, default_input_shape(model), importance.names)
+    costs = CostModel(model, input_shape_for(model), importance.names)
     return model, importance, costs
 
 
@@ -35,11 +36,8 @@ def _targets(costs: CostModel, what: str) -> list[int | str]:
 
 @pytest.mark.parametrize("name", list(dplib.models.MODELS))
 @pytest.mark.parametrize("what", ["macs", "params"])
-@pytest.mark.parametrize(
-    "allocation, order",
-    [("importance", "score"), ("importance", "score_per_cost"), ("uniform", "score")],
-)
-def test_budget_met_within_two_percent_under(name, what, allocation, order):
+@pytest.mark.parametrize("allocation", ["importance", "uniform"])
+def test_budget_met_within_two_percent_under(name, what, allocation):
     model, importance, costs = setup(name)
     quadratic = costs.macs if what == "macs" else costs.params
     full = quadratic(costs.units)
@@ -55,7 +53,6 @@ def test_budget_met_within_two_percent_under(name, what, allocation, order):
             importance,
             **{f"target_{what}": target},
             allocation=allocation,
-            order=order,
             costs=costs,
             verify=target == "4x",  # dplib.count of the pruned network, once per case
         )
@@ -82,8 +79,10 @@ def test_default_layers_and_input_shape_of_a_preset():
     model = dplib.models.build("lenet5_bn", seed=0)
     widths = dplib.choose_widths(model, None, target_params="4x", allocation="uniform")
     assert list(widths) == list(dplib.widths_of(model)) == ["conv1", "conv2", "fc1", "fc2"]
-    assert default_input_shape(model) == (1, 1, 28, 28)
-    assert default_input_shape(dplib.models.build("resnet20", in_channels=1)) == (1, 1, 32, 32)
+    assert input_shape_for(model) == (1, 1, 28, 28)
+    assert input_shape_for(dplib.models.build("resnet20", in_channels=1)) == (1, 1, 32, 32)
+    assert input_shape_for(dplib.models.build("lenet5", image_size=32)) == (1, 1, 32, 32)
+    assert input_shape_for(model, (4, 1, 28, 28)) == (4, 1, 28, 28)
 
 
 def test_one_unit_stays_in_every_layer():
@@ -140,8 +139,8 @@ def test_other_arguments_are_checked():
     model, importance, _ = setup("lenet5")
     with pytest.raises(ValueError, match="allocation"):
         dplib.choose_widths(model, importance, target_macs="4x", allocation="greedy")
-    with pytest.raises(ValueError, match="order"):
-        dplib.choose_widths(model, importance, target_macs="4x", order="cost")
+    with pytest.raises(TypeError, match="order"):  # a removed option is no longer taken
+        dplib.choose_widths(model, importance, target_macs="4x", order="score")
     with pytest.raises(ValueError, match="needs an importance"):
         dplib.choose_widths(model, None, target_macs="4x")
     other = dplib.criteria.l1_importance(dplib.models.build("lenet5_bn"))
@@ -201,8 +200,8 @@ def test_dirichlet_scores_are_compared_on_k_times_the_posterior_mean():
         {"fc1": torch.full((300,), 1 / 300), "fc2": phi_fc2 / phi_fc2.sum()},
         concentration={"fc1": torch.full((300,), 5.0), "fc2": phi_fc2},
     )
-    relative = dplib.budget.relative_scores(importance)
-    assert torch.allclose(relative["fc2"], importance.relative("fc2").double())
+    relative = importance.relative()
+    assert torch.allclose(relative["fc2"][:20], torch.tensor(4 / 1.6, dtype=torch.float64))
     widths = dplib.choose_widths(model, importance, target_macs="4x")
     # fc2's 80 weak units (K E[s] = 0.625 < 1) go before fc1's (K E[s] = 1); a few come back
     # in the add-back step, where they are the only units that still fit
@@ -211,10 +210,22 @@ def test_dirichlet_scores_are_compared_on_k_times_the_posterior_mean():
 
 def test_negative_scores_are_shifted_per_layer():
     importance = dplib.Importance({"a": torch.tensor([-1.0, 0.0, 1.0])}, criterion="oracle")
-    relative = dplib.budget.relative_scores(importance)["a"]
+    relative = importance.relative("a")
     assert relative.tolist() == pytest.approx([0.0, 1.0, 2.0])
     flat = dplib.Importance({"a": torch.zeros(4)}, criterion="random")
-    assert dplib.budget.relative_scores(flat)["a"].tolist() == [1.0] * 4
+    assert flat.relative("a").tolist() == [1.0] * 4
+
+
+def test_the_allocation_compares_the_chosen_statistic():
+    # two units of one layer with equal means: the risk-aware statistic tells them apart, and
+    # the values the allocation compares follow it (not the posterior mean)
+    phi = {"a": torch.tensor([50.0, 50.0, 1.0, 1.0]), "b": torch.tensor([2.0, 2.0])}
+    importance = dplib.Importance({n: p / p.sum() for n, p in phi.items()}, concentration=phi)
+    risky = importance.ranked_by("mean-2std")
+    assert not torch.allclose(risky.relative("a"), importance.relative("a"))
+    scores = risky.scores["a"].double()
+    shifted = scores - scores.min()  # the uncertain units' mean - 2 std is negative
+    torch.testing.assert_close(risky.relative("a"), shifted * 4 / shifted.sum())
 
 
 def test_uniform_allocation_keeps_even_fractions():
@@ -249,7 +260,7 @@ def grid_setup(name: str) -> tuple[nn.Module, dplib.Importance, CostModel]:
     """A small preset, its coupled L1 importance and its cost model."""
     model = dplib.models.build(name, seed=0, **GRID_PRESETS[name]).eval()
     importance = dplib.criteria.l1_importance(model, coupled=True)
-    costs = CostModel(model, default_input_shape(model), importance.names)
+    costs = CostModel(model, input_shape_for(model), importance.names)
     return model, importance, costs
 
 
@@ -382,7 +393,7 @@ def test_blocks_are_ranked_by_their_mean_score():
     units = {"fc1": 300, "fc2": 100}
     importance = _hand_made("fc2", units, 10)
     grid = dplib.budget._Grid(costs.units, 8)
-    rank = dplib.budget._ImportanceRank(importance, costs.names, use_cost=False)
+    rank = dplib.budget._ImportanceRank(importance, costs.names)
     widths = np.array([300, 20])
     lower, upper = grid.lower(widths), grid.upper(widths)  # [296, 16], [300, 24]
     removal = rank.removal(widths, lower, np.ones(2))
@@ -401,13 +412,9 @@ def test_blocks_are_ranked_by_their_mean_score():
 @pytest.mark.parametrize("name", ["lenet5", "lenet5_bn", "vgg16", "resnet20"])
 def test_multiple_of_one_is_the_default(name):
     model, importance, costs = grid_setup(name)
-    for allocation, order in [
-        ("importance", "score"),
-        ("importance", "score_per_cost"),
-        ("uniform", "score"),
-    ]:
+    for allocation in ["importance", "uniform"]:
         for budget in ({"target_macs": "4x"}, {"target_params": "10x"}):
-            options = dict(allocation=allocation, order=order, costs=costs, verify=False)
+            options = dict(allocation=allocation, costs=costs, verify=False)
             default = dplib.choose_widths(model, importance, **budget, **options)
             ones = dplib.choose_widths(model, importance, **budget, **options, multiple_of=1)
             assert ones == default

@@ -13,14 +13,18 @@ from dplib import data  # noqa: E402
 from dplib.experiments import cifar, publish  # noqa: E402
 from dplib.files import read_json  # noqa: E402
 
-TOY = {
-    "width_multiplier": 0.125,
-    "pretrain_epochs": 0.5,
-    "importance_epochs": 0.5,
-    "finetune_epochs": 0.5,
-    "speedup_batch": 4,
-    "batch_size": 16,
-}
+
+def toy(name: str) -> cifar.Experiment:
+    """A CIFAR setup at toy size: 1/8 width, half an epoch of each schedule, batches of 16."""
+    setup = cifar.SETUPS[name]
+    return setup.replace(
+        width_multiplier=0.125,
+        batch_size=16,
+        speedup_batch=4,
+        pretraining=setup.pretraining.replace(epochs=0.5),
+        importance=setup.importance.replace(epochs=0.5),
+        finetuning=setup.finetuning.replace(epochs=0.5),
+    )
 
 
 def test_toy_cifar_experiment_writes_rows_report_and_loadable_networks(tmp_path, monkeypatch):
@@ -28,13 +32,11 @@ def test_toy_cifar_experiment_writes_rows_report_and_loadable_networks(tmp_path,
     monkeypatch.setenv("DPLIB_CIFAR10", str(write_jpeg_copy(tmp_path / "copy.tar.xz", 4)))
     results = tmp_path / "results"
     done = cifar.run(
-        ["cifar10-resnet20"],
+        [toy("cifar10-resnet20")],
         tmp_path / "runs",
         criteria=("dirichlet", "l1"),
         budgets=("2x",),
         results=results,
-        log=print,
-        **TOY,
     )
     rows = done["cifar10-resnet20"]["rows"]
     assert {(r["criterion"], r["allocation"]) for r in rows} == {
@@ -71,12 +73,11 @@ def test_the_reference_widths_fit_their_networks():
         network = dplib.models.build(model, width_multiplier=1.0)
         units = dplib.widths_of(network)
         assert len(dplib.parse_widths(widths, units)) == len(units)
-    with pytest.raises(ValueError, match="unknown CIFAR setup"):
-        cifar.run(["cifar10-resnet9000"], "nowhere")
+    setup = cifar.SETUPS["cifar10-resnet20"]
     with pytest.raises(ValueError, match="unknown criteria"):
-        cifar.run(["cifar10-resnet20"], "nowhere", criteria=("dirichlett",))
+        cifar.run([setup], "nowhere", criteria=("dirichlett",))
     with pytest.raises(ValueError, match="ratio"):
-        cifar.run(["cifar10-resnet20"], "nowhere", budgets=("half",))
+        cifar.run([setup], "nowhere", budgets=("half",))
 
 
 def test_the_gpu_script_runs_at_toy_size_on_the_cpu(tmp_path, monkeypatch):
@@ -161,24 +162,23 @@ def test_the_shipped_networks_are_the_committed_rows():
         assert dplib.count(network, (1, 3, 32, 32)).macs == row["macs"]
 
 
-def test_a_longer_finetuning_probe_reuses_the_pretrained_networks(tmp_path, monkeypatch):
-    """bench/cifar.py --finetune-epochs copies each seed's base network and importances into
-    the probe's own cache (nothing retrained, the table's cache untouched) and refuses a
-    non-positive number of epochs before any work."""
+def test_a_longer_finetuning_probe_reuses_the_pretrained_networks(monkeypatch):
+    """bench/cifar.py --finetune-epochs changes the fine-tuning alone: the pretrained networks'
+    and the importances' cache keys are the table's (nothing retrained); a non-positive number
+    of epochs is refused before any work."""
     import runpy
     import sys
     from pathlib import Path
 
+    from dplib.experiments.experiment import pretraining_key
+
     script = Path(__file__).resolve().parent.parent / "bench" / "cifar.py"
     module = runpy.run_path(str(script))
-    folder = tmp_path / "cifar" / "cifar10-vgg16" / "seed0"
-    (folder / "results").mkdir(parents=True)
-    for name in ("base.pt", "base.json", "importance-l1.pt", "results/l1-own-2x.json"):
-        (folder / name).write_text(name)
-    module["reuse_pretraining"](tmp_path / "cifar", tmp_path / "probe", ["cifar10-vgg16"], [0])
-    copied = tmp_path / "probe" / "cifar10-vgg16" / "seed0"
-    assert sorted(p.name for p in copied.iterdir()) == ["base.json", "base.pt", "importance-l1.pt"]
-    assert (copied / "base.pt").read_text() == "base.pt"
+    setup = cifar.SETUPS["cifar10-vgg16"]
+    probe = module["probe"](setup, 20)
+    assert probe.finetuning.epochs == 20 and setup.finetuning.epochs == 2
+    assert pretraining_key(probe, 0) == pretraining_key(setup, 0)
+    assert probe.importance == setup.importance
 
     monkeypatch.setattr(sys, "argv", ["cifar.py", "--finetune-epochs", "0"])
     with pytest.raises(SystemExit):

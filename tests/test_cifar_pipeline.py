@@ -6,6 +6,7 @@ from test_data import write_tiny_cifar
 
 from dplib.experiments import profiles, stages
 from dplib.experiments.cache import config_hash
+from dplib.experiments.experiment import pretraining_key, training_state
 
 
 @pytest.fixture
@@ -22,21 +23,23 @@ def test_every_stage_runs_on_each_cifar_network(tiny_cifar, model):
     config = profiles.resolve(
         "smoke", "cifar10", model, criteria=["dirichlet", "l1"], widths=widths
     )
-    assert config.width_multiplier == 0.125  # the smoke profile's width for CPU runs
-    comparison = stages.run_all(config, log=lambda message: None)
-    base, *rows = comparison.rows
+    assert config.experiment.width_multiplier == 0.125  # the smoke profile's width for CPU runs
+    assert config.experiment.pretraining.augment  # crops and flips on CIFAR-10
+    table = stages.table(config, log=lambda message: None)
+    base, rows = table["base"], table["rows"]
     assert {row["criterion"] for row in rows} == {"dirichlet", "l1"}
+    assert len(rows) == 2 * len(widths)
     for row in rows:
         assert row["params"] < base["params"] and row["macs"] < base["macs"]
-        assert 0.0 <= row["accuracy"] <= 1.0
-        if row["budget"] is not None:  # each criterion's own allocation, within 2% under
+        if row["allocation"] == "own":  # each criterion's own allocation, within 2% under
             assert 0.98 * base["macs"] / 2 <= row["macs"] <= base["macs"] / 2
-    folder = stages.run_dir(config)
-    assert not list(folder.glob(".*training-state*"))  # removed once pretraining completed
+    folder = stages.pretrain(config).folder
+    assert not list(folder.glob(".*.training.pt"))  # removed once pretraining completed
     maps = torch.load(stages.feature_maps(config, log=lambda m: None), weights_only=True)
     assert maps["images"].shape[1] == 3
-    again = stages.run_all(config, log=lambda message: None)  # everything reused
-    assert again.reused
+    written = {path: path.stat().st_mtime_ns for path in folder.glob("results/*.json")}
+    assert stages.table(config, log=lambda message: None)["rows"] == rows  # everything reused
+    assert {path: path.stat().st_mtime_ns for path in folder.glob("results/*.json")} == written
 
 
 def test_cifar_data_and_lenet_are_refused_together():
@@ -54,19 +57,22 @@ def test_budget_widths_are_validated_at_once():
 
 
 def test_paper_profile_uses_cifar_schedules():
-    config = profiles.resolve("paper", "cifar10", "resnet56")
-    assert (config.pretrain_epochs, config.pretrain_lr, config.finetune_epochs) == (160, 0.1, 20)
-    assert config.width_multiplier is None
+    experiment = profiles.resolve("paper", "cifar10", "resnet56").experiment
+    pretraining, finetuning = experiment.pretraining, experiment.finetuning
+    assert (pretraining.epochs, pretraining.lr, finetuning.epochs) == (160, 0.1, 20)
+    assert experiment.width_multiplier is None
 
 
 def test_a_damaged_training_state_is_reported_and_pretraining_restarts(tiny_cifar):
     config = profiles.resolve("smoke", "cifar10", "resnet20", criteria=["l1"], widths=["0.5"])
-    folder = stages.run_dir(config)
-    folder.mkdir(parents=True)
-    key = config_hash(stages.pretrain_key(config))
-    (folder / f".base-{key}.training-state.pt").write_bytes(b"not a torch file")
+    experiment = config.experiment
+    key = config_hash(pretraining_key(experiment, config.seed))
+    folder = tiny_cifar / "runs" / "smoke" / experiment.name / "seed0"
+    state = training_state(folder / f"base-{key}.pt")
+    state.parent.mkdir(parents=True)
+    state.write_bytes(b"not a torch file")
     messages = []
     pretrained = stages.pretrain(config, log=messages.append)
-    assert any("training-state" in m and "truncated or corrupt" in m for m in messages), messages
+    assert any("cannot resume" in m and "truncated or corrupt" in m for m in messages), messages
     assert pretrained.metrics["params"] > 0
-    assert not (folder / f".base-{key}.training-state.pt").exists()
+    assert not state.exists()

@@ -9,17 +9,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from dplib.experiments import compare, figures, publish, reports  # noqa: E402
+from dplib.experiments.experiment import pretraining_key  # noqa: E402
 from dplib.files import read_json, write_json  # noqa: E402
 
-SETUP = compare.Setup("lenet300", "mnist5k", 1, 0.5, 0.25)
+SETUP = compare.lenet_setup("lenet300", "mnist5k", (1, 0.5, 0.25), subset=1000)
 BUDGETS = ("4x", "10x")
 CRITERIA = ("dirichlet", "l1", "random")
 
 
 def test_comparison_rows_meet_budgets_and_cache(tmp_path):
-    result = compare.run_setup(
-        SETUP, tmp_path, seeds=[0], budgets=BUDGETS, criteria=CRITERIA, subset=1000, log=print
-    )
+    result = compare.run_setup(SETUP, tmp_path, seeds=[0], budgets=BUDGETS, criteria=CRITERIA)
     rows = result["rows"]
     assert len(rows) == len(BUDGETS) * len(CRITERIA) * 2
     assert {r["allocation"] for r in rows} == {"own", "same"}
@@ -27,16 +26,12 @@ def test_comparison_rows_meet_budgets_and_cache(tmp_path):
     for row in rows:
         target = base_macs // int(row["budget"].rstrip("x"))
         assert 0.98 * target <= row["macs"] <= target, row
-        for metric in ("pruned_val", "finetuned_val", "finetuned_test"):
-            assert 0.0 <= row[metric] <= 1.0
     # the same widths for every criterion under the uniform allocation
     for budget in BUDGETS:
         same = {r["widths"] for r in rows if r["budget"] == budget and r["allocation"] == "same"}
         assert len(same) == 1
     # a second run reads every result from the cache
-    again = compare.run_setup(
-        SETUP, tmp_path, seeds=[0], budgets=BUDGETS, criteria=CRITERIA, subset=1000, log=print
-    )
+    again = compare.run_setup(SETUP, tmp_path, seeds=[0], budgets=BUDGETS, criteria=CRITERIA)
     assert again["rows"] == rows
 
     summary = compare.summarise(rows)
@@ -63,7 +58,8 @@ def test_notebook_experiment_runs_writes_rows_and_report(tmp_path, monkeypatch):
     )
     assert config.compare and config.compare_seeds == (0,) and config.compare_budgets == ("4x",)
     result = compare.run_experiment(config, log=print)
-    rows_file = compare.root_for("smoke") / "fashion_mnist-lenet5" / "rows.json"
+    root = tmp_path / "runs" / "smoke"
+    rows_file = root / "fashion_mnist-lenet5" / "rows.json"
     assert rows_file.exists() and read_json(rows_file)["rows"] == result["rows"]
     assert {r["criterion"] for r in result["rows"]} == set(config.compare_criteria)
     # the evaluation subset is used: accuracies are multiples of 1/200
@@ -71,7 +67,7 @@ def test_notebook_experiment_runs_writes_rows_and_report(tmp_path, monkeypatch):
         abs(200 * r["pruned_val"] - round(200 * r["pruned_val"])) < 1e-6 for r in result["rows"]
     )
 
-    written = publish.write_comparison(compare.root_for("smoke"), tmp_path / "figures")
+    written = publish.write_comparison(root, tmp_path / "figures")
     names = {path.name for path in written}
     assert {"compare_lenet5_fashion_mnist.png", "compare_lenet5_fashion_mnist.pdf"} <= names
     assert "settling_fashion_mnist-lenet5.png" in names
@@ -85,10 +81,10 @@ def test_notebook_experiment_runs_writes_rows_and_report(tmp_path, monkeypatch):
     extra = tmp_path / "extra"
     write_json(extra / "fashion_mnist32-resnet20.json", result)
     write_json(extra / "fashion_mnist-lenet5.json", {"rows": [], "stale": True})
-    both = compare.load_results(compare.root_for("smoke"), extra)
+    both = compare.load_results(root, extra)
     assert list(both) == ["fashion_mnist-lenet5", "fashion_mnist32-resnet20"]
     assert "stale" not in both["fashion_mnist-lenet5"]
-    written = publish.write_comparison(compare.root_for("smoke"), tmp_path / "figures", extra)
+    written = publish.write_comparison(root, tmp_path / "figures", extra)
     assert "compare_resnet20_fashion_mnist32.png" in {path.name for path in written}
 
     # an experiment the profile does not compare is skipped, and says so by returning None
@@ -104,11 +100,14 @@ def test_cpu_profile_compares_the_lenets_with_the_bench_setups():
         config = profiles.resolve("cpu", dataset, model, compare=True)
         assert config.compare and config.compare_seeds == (0, 1, 2)
         assert config.compare_budgets == compare.BUDGETS
-        # the same setup as bench/compare.py, so the two share one cache
-        assert compare.SETUPS[config.name] == compare.setup_for(config)
+        # the same experiment as bench/compare.py, so the two share one cache, and the same
+        # pretraining as the notebooks' table: seed 0 is pretrained once
+        assert compare.SETUPS[config.name] == compare.experiment_for(config)
+        key = pretraining_key(config.experiment, 0)
+        assert key == pretraining_key(compare.SETUPS[config.name], 0)
         assert not profiles.resolve("cpu", dataset, model).compare
         committed = compare.committed_result(config)
-        assert committed is not None and committed["setup"] == compare.setup_for(config).name
+        assert committed is not None and committed["setup"] == config.name
         assert len({row["seed"] for row in committed["rows"]}) == 3
     assert not profiles.resolve("cpu", "mnist", "lenet5_bn").compare
 

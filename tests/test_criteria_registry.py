@@ -12,7 +12,7 @@ from dplib.experiments import compare, profiles
 def test_a_user_criterion_runs_through_choose_widths_and_prune():
     # the README's example, as a user would write it
     @dplib.criteria.register("l2", description="L2 norm of each unit's weights")
-    def l2_importance(model, loader=None, *, seed=0, coupled=False, **options):
+    def l2_importance(model, loader=None, *, coupled=False):
         modules = dict(model.named_modules())
         scores = {}
         for layer in dplib.find_prunable_layers(model, coupled=coupled).layers:
@@ -56,7 +56,19 @@ def test_names_and_arguments_are_checked():
     with pytest.raises(ValueError, match="unknown criterion 'magic'; choose one of dirichlet"):
         dplib.criteria.compute("magic", model)
     with pytest.raises(TypeError, match="name comes first"):
-        dplib.baseline_importance(model, "l1")
+        dplib.criteria.compute(model, "l1")
+    # an option a criterion does not take is named, with those it takes
+    with pytest.raises(
+        TypeError, match="'l1' takes no option 'no_such_option'; its options are coupled"
+    ):
+        dplib.criteria.compute("l1", model, no_such_option=1)
+    with pytest.raises(
+        TypeError, match="'taylor' takes no option 'seed'.*batches, device, coupled"
+    ):
+        dplib.criteria.compute("taylor", model, seed=0)
+    # a criterion's function must take (model, loader, ...)
+    with pytest.raises(TypeError, match=r"must start with \(model, loader"):
+        dplib.criteria.register("bad")(lambda model: None)
     with pytest.raises(ValueError, match="needs a data loader"):
         dplib.criteria.compute("dirichlet", model)
 
@@ -64,8 +76,6 @@ def test_names_and_arguments_are_checked():
 def test_dirichlet_through_the_registry_uses_the_settings(tiny_loader):
     model = dplib.models.build("lenet300", seed=0)
     settings = dplib.DirichletSettings(epochs=0.25, alpha0=0.5)
-    imp = dplib.criteria.compute(
-        "dirichlet", model, tiny_loader, settings=settings, device="cpu", show_progress=False
-    )
+    imp = dplib.criteria.compute("dirichlet", model, tiny_loader, settings=settings, device="cpu")
     assert imp.config["alpha0"] == 0.5 and imp.config["phi_init"] == settings.phi_init
     assert not hasattr(model, "gates")  # the gates are removed again

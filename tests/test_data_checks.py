@@ -19,9 +19,9 @@ def _loader(shape=(1, 28, 28), labels_up_to=9, count=64):
 
 
 def _every_entry_point(model, loader):
-    yield lambda: dplib.fit(model, loader, epochs=1, device="cpu", show_progress=False)
+    yield lambda: dplib.fit(model, loader, epochs=1, device="cpu")
     gated = dplib.attach_gates(model)
-    yield lambda: dplib.learn_importance(gated, loader, device="cpu", show_progress=False)
+    yield lambda: dplib.learn_importance(gated, loader, device="cpu")
     gated.remove()
     yield lambda: dplib.criteria.compute("taylor", model, loader, device="cpu")
 

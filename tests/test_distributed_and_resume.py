@@ -40,7 +40,7 @@ def small_loaders():
 
 
 def test_resumed_fit_ends_with_the_same_weights(tmp_path):
-    options = {"epochs": 3, "lr": 0.05, "device": "cpu", "seed": 1, "show_progress": False}
+    options = {"epochs": 3, "lr": 0.05, "device": "cpu", "seed": 1}
     reference = dplib.models.build("lenet5_bn", seed=0)
     loaders = small_loaders()
     dplib.fit(reference, loaders.train, val_loader=loaders.val, **options)
@@ -76,7 +76,6 @@ def test_training_state_of_another_architecture_is_refused(tmp_path):
         epochs=1,
         checkpoint=state,
         device="cpu",
-        show_progress=False,
     )
     with pytest.raises(dplib.CheckpointError, match="another architecture"):
         dplib.fit(
@@ -85,7 +84,6 @@ def test_training_state_of_another_architecture_is_refused(tmp_path):
             epochs=2,
             checkpoint=state,
             device="cpu",
-            show_progress=False,
         )
 
 
@@ -129,25 +127,29 @@ def test_two_processes_learn_the_same_importance_as_one(tmp_path):
         )
 
 
-def test_interrupted_pretraining_of_a_setup_resumes_to_the_same_network(tmp_path, monkeypatch):
-    from dplib.experiments import setups
+def test_interrupted_pretraining_resumes_to_the_same_network(tmp_path, monkeypatch):
+    from dplib.experiments import experiment
 
-    setup = setups.Setup("lenet5_bn", "mnist5k", pretrain_epochs=2, batch_size=64)
-    sizes = {"subset": 640, "eval_subset": 200, "log": lambda line: None}
-    reference = setups.prepare(setup, tmp_path / "reference", 0, **sizes)
+    setup = experiment.Experiment(
+        "lenet5_bn", "mnist5k", dplib.TrainSettings(epochs=2), batch_size=64, subset=640,
+        eval_subset=200,
+    )  # fmt: skip
+    quiet = {"log": lambda line: None}
+    reference = experiment.pretrain(setup, tmp_path / "reference", **quiet)
 
-    real_fit = setups.fit
+    real_fit = experiment.fit
 
-    def killed_in_the_second_epoch(model, loader, **options):
-        return real_fit(model, BreakingLoader(loader, 15), **options)
+    def killed_in_the_second_epoch(model, loader, *arguments, **options):
+        return real_fit(model, BreakingLoader(loader, 15), *arguments, **options)
 
-    monkeypatch.setattr(setups, "fit", killed_in_the_second_epoch)
+    monkeypatch.setattr(experiment, "fit", killed_in_the_second_epoch)
     with pytest.raises(Interrupted):
-        setups.prepare(setup, tmp_path / "run", 0, **sizes)
-    assert len(list((tmp_path / "run").glob("base-training-*.pt"))) == 1
-    monkeypatch.setattr(setups, "fit", real_fit)
-    resumed = setups.prepare(setup, tmp_path / "run", 0, **sizes)
-    assert not list((tmp_path / "run").glob("base-training-*.pt"))  # removed once trained
+        experiment.pretrain(setup, tmp_path / "run", **quiet)
+    folder = tmp_path / "run" / setup.name / "seed0"
+    assert len(list(folder.glob(".base-*.training.pt"))) == 1
+    monkeypatch.setattr(experiment, "fit", real_fit)
+    resumed = experiment.pretrain(setup, tmp_path / "run", **quiet)
+    assert not list(folder.glob("*.training.pt"))  # removed once trained
     for (name, a), b in zip(
         reference.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):

@@ -20,10 +20,12 @@ def _load(name: str) -> nbformat.NotebookNode:
     return nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
 
 
-def test_notebook_list():
+def test_notebook_list_and_the_main_jobs_plan():
     found = sorted(path.stem for path in NOTEBOOK_DIR.glob("*.ipynb"))
     assert found == EXPECTED
-    assert list(runner.NOTEBOOKS) == MAIN_JOB
+    steps = [name for name, _, _ in runner.plan("cpu")]
+    experiments = len(profiles.experiments("cpu"))
+    assert steps == ["00_primer", *MAIN_JOB[1:4] * experiments, "04_figures"]
 
 
 @pytest.mark.parametrize("name", EXPECTED)

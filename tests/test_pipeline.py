@@ -24,9 +24,7 @@ KIT = Path(__file__).resolve().parent.parent
 def runs(tmp_path, monkeypatch):
     monkeypatch.setenv("DPLIB_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("DPLIB_PROGRESS", "off")
-    stages._MEMO.clear()
-    yield tmp_path / "runs"
-    stages._MEMO.clear()
+    return tmp_path / "runs"
 
 
 def _tiny(**overrides) -> profiles.Config:
@@ -39,33 +37,31 @@ def test_stage_is_reused_and_config_change_rebuilds(runs):
     config = _tiny()
     first = stages.pretrain(config, log=lambda m: None)
     assert not first.reused
-    assert first.path.parent == runs / "smoke" / "fashion_mnist-lenet5"
-    stages._MEMO.clear()
+    assert first.folder == runs / "smoke" / "fashion_mnist-lenet5" / "seed0"
     messages = []
     again = stages.pretrain(config, log=messages.append)
     assert again.reused and "reusing" in messages[0]
     assert again.metrics == first.metrics
     other = stages.pretrain(_tiny(pretrain_lr=0.02), log=lambda m: None)
-    assert not other.reused and other.path != first.path
+    assert not other.reused and other.checkpoint != first.checkpoint
+    assert first.checkpoint.exists()  # another configuration's network is kept beside it
 
 
 def test_corrupt_checkpoint_is_reported_and_rebuilt(runs):
     config = _tiny()
     first = stages.pretrain(config, log=lambda m: None)
-    first.path.write_bytes(first.path.read_bytes()[:100])  # a truncated file
-    stages._MEMO.clear()
+    first.checkpoint.write_bytes(first.checkpoint.read_bytes()[:100])  # a truncated file
     messages = []
     rebuilt = stages.pretrain(config, log=messages.append)
     assert not rebuilt.reused
     assert any("cannot reuse" in m and "truncated or corrupt" in m for m in messages), messages
-    read_checkpoint(rebuilt.path)  # complete again
+    read_checkpoint(rebuilt.checkpoint)  # complete again
 
 
 def test_corrupt_json_is_rebuilt(runs):
     config = _tiny()
     first = stages.pretrain(config, log=lambda m: None)
-    first.path.with_suffix(".json").write_text('{"metrics": ')
-    stages._MEMO.clear()
+    first.checkpoint.with_suffix(".json").write_text('{"metrics": ')
     messages = []
     assert not stages.pretrain(config, log=messages.append).reused
     assert any("not valid JSON" in m for m in messages)
@@ -74,61 +70,50 @@ def test_corrupt_json_is_rebuilt(runs):
 def _check_artefacts(folder: Path) -> list[str]:
     """Every visible artefact reads back completely; returns the finished row files."""
     rows = []
-    for path in folder.iterdir():
-        if path.name.startswith("."):
+    for path in [*folder.iterdir(), *folder.glob("results/*")]:
+        if path.name.startswith(".") or path.is_dir():
             continue  # a temporary file of an interrupted write: never read
         if path.suffix == ".json":
             json.loads(path.read_text())
-            if path.name.startswith("pruned-"):
+            if path.parent.name == "results":
                 rows.append(path.name)
         elif path.suffix == ".pt":
             torch.load(path, map_location="cpu", weights_only=True)
     return rows
 
 
+TABLE = (
+    "from dplib.experiments import profiles, stages; stages.table(profiles.resolve('smoke', "
+    "widths=['10-25-250', '5-10-76', '3-6-30'], criteria=['l1', 'random', 'taylor']))"
+)
+
+
 def test_killed_run_resumes_from_the_last_completed_stage(runs):
-    command = [
-        sys.executable,
-        "-m",
-        "dplib.experiments.stages",
-        "--profile",
-        "smoke",
-        "--stage",
-        "compare",
-        "--widths",
-        "10-25-250",
-        "5-10-76",
-        "3-6-30",
-        "--criteria",
-        "l1",
-        "random",
-        "taylor",
-    ]
+    command = [sys.executable, "-c", TABLE]
     env = dict(os.environ, DPLIB_RUNS=str(runs), DPLIB_PROGRESS="off")
-    folder = runs / "smoke" / "fashion_mnist-lenet5"
+    folder = runs / "smoke" / "fashion_mnist-lenet5" / "seed0"
     process = subprocess.Popen(command, cwd=KIT, env=env, stdout=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not list(folder.glob("pruned-*.json")):
+    while time.time() < deadline and not list(folder.glob("results/*.json")):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
     finished = _check_artefacts(folder)
     assert 1 <= len(finished) < 9, "the run should have been killed part-way"
-    assert not list(folder.glob("results-*.json"))
+    assert not (folder / "table.json").exists()
+    written = {name: (folder / "results" / name).stat().st_mtime_ns for name in finished}
 
     resumed = subprocess.run(command, cwd=KIT, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert "pretrain: reusing" in resumed.stdout
-    assert "pretrain: training" not in resumed.stdout
-    rows = _check_artefacts(folder)
-    assert len(rows) == 9
-    results = read_json(next(folder.glob("results-*.json")))["result"]["rows"]
-    assert len(results) == 1 + 9
-    assert {(r["criterion"], r["widths"]) for r in results[1:]} == {
+    assert "reusing base-" in resumed.stdout
+    assert "pretraining" not in resumed.stdout
+    assert len(_check_artefacts(folder)) == 9
+    rows = read_json(folder / "table.json")["rows"]
+    assert {(r["criterion"], r["widths"]) for r in rows} == {
         (c, w) for c in ("l1", "random", "taylor") for w in ("10-25-250", "5-10-76", "3-6-30")
     }
     # the rows computed before the kill were reused, not recomputed
-    assert resumed.stdout.count("after fine-tuning") == 9 - len(finished)
+    assert {name: (folder / "results" / name).stat().st_mtime_ns for name in finished} == written
 
 
 def test_architecture_table_matches_the_notebook_numbers():

@@ -29,7 +29,7 @@ def test_dependency_graph_prunes_the_same_units_as_dplib(name, coupled):
     widths = _half(importance)
     ours = dplib.prune(model, importance, widths).eval()
     theirs = dtp.prune_like_dplib(model, importance, widths).eval()
-    shape = dplib.budget.default_input_shape(model)
+    shape = dplib.budget.input_shape_for(model)
     assert dplib.count(theirs, shape) == dplib.count(ours, shape)
     assert {k: v.shape for k, v in theirs.state_dict().items()} == {
         k: v.shape for k, v in ours.state_dict().items()
@@ -74,7 +74,7 @@ def test_global_pruning_reports_dplib_widths(name):
     assert all(1 <= widths[n] <= k for n, k in full.items())
     assert sum(widths.values()) == int(sum(full.values()) * (1 - 0.5))  # what it keeps
     assert widths == dplib.widths_of(pruned)
-    shape = dplib.budget.default_input_shape(model)
+    shape = dplib.budget.input_shape_for(model)
     rebuilt = dplib.models.build(name, widths=widths)
     assert dplib.count(pruned, shape) == dplib.count(rebuilt, shape)
     assert dplib.widths_of(model) == full  # the original is untouched

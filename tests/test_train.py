@@ -10,13 +10,7 @@ def test_fit_learns_and_is_deterministic():
     for _ in range(2):
         model = dplib.models.build("lenet300", seed=0)
         history = dplib.fit(
-            model,
-            loaders.train,
-            epochs=2,
-            lr=0.05,
-            val_loader=loaders.val,
-            device="cpu",
-            show_progress=False,
+            model, loaders.train, epochs=2, lr=0.05, val_loader=loaders.val, device="cpu"
         )
         results.append((model, history))
     accuracy = dplib.evaluate(results[0][0], loaders.val)["accuracy"]
@@ -97,7 +91,8 @@ def test_recalibrate_batchnorm_matches_the_batch_statistics_and_keeps_weights():
 
 
 def test_bfloat16_channels_last_and_onecycle_train_and_restore_the_format(tiny_loader):
-    from dplib.train import autocast_dtype, learning_rate
+    from dplib.loop import autocast_dtype
+    from dplib.train import learning_rate
 
     model = dplib.models.build("lenet5", seed=0)
     history = dplib.fit(
@@ -108,14 +103,15 @@ def test_bfloat16_channels_last_and_onecycle_train_and_restore_the_format(tiny_l
         channels_last=True,
         schedule="onecycle",
         device="cpu",
-        show_progress=False,
     )
     assert history["train_loss"][0] > 0
     assert model.conv1.weight.is_contiguous()  # the usual format again
     assert autocast_dtype(torch.device("cpu"), "auto") is None
     assert autocast_dtype(torch.device("cpu"), True) == torch.bfloat16
     with pytest.raises(ValueError, match="amp must be"):
-        autocast_dtype(torch.device("cpu"), "fp8")
+        dplib.TrainSettings(amp="fp8")
+    with pytest.raises(TypeError, match="TrainSettings has no knob 'epoch'.*epochs, lr"):
+        dplib.fit(model, tiny_loader, epoch=2)
     assert learning_rate("onecycle", 0.1, 0, 100) == pytest.approx(0.004)
     assert learning_rate("onecycle", 0.1, 30, 100) == pytest.approx(0.1)
     assert learning_rate("onecycle", 0.1, 100, 100) == pytest.approx(0.0)

@@ -11,8 +11,8 @@ profiles        the ``smoke`` / ``cpu`` / ``paper`` presets; ``resolve`` checks 
                 parameters before anything runs
 paths           where ``runs/``, ``figures/`` and ``notebooks/`` are
 cache           :func:`~dplib.experiments.cache.cached`: the one caching helper of every stage
-setups          a network on a data set, pretrained once per seed (the comparison and the study)
-stages          the notebooks' stages under ``runs/<profile>/<dataset>-<model>/``
+experiment      the one path: an experiment's configuration; pretrain, score, prune-and-fine-tune
+stages          the notebooks' stages: one notebook experiment through that path
 compare         criteria compared at a MAC budget: runs the comparison and summarises it
 study           what makes Dirichlet importance work: the screen, the pairs, the finals
 synthetic       the synthetic check (a planted importance recovered)

@@ -13,7 +13,6 @@ split is reported only.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -21,50 +20,46 @@ from typing import Any
 from .. import criteria as dplib_criteria
 from .. import data
 from ..budget import parse_budget
-from ..files import atomic_write, write_json
+from ..files import atomic_write, read_json, write_json
 from ..pruned import load_pruned
+from ..settings import DirichletSettings, TrainSettings
 from ..train import evaluate
 from . import compare, paths
+from .experiment import FIXED, Experiment
 from .profiles import WIDTHS
-from .setups import Setup
 
 VGG16_REFERENCE = WIDTHS["vgg16"][0]
 # the reference code's ResNet-56: inner widths 11, 18, 30 in every block of stages 1, 2, 3
 RESNET56_REFERENCE = "-".join([str(width) for width in (11, 18, 30) for _ in range(9)])
 BUDGETS = ("2x", "4x")
 CRITERIA = ("dirichlet", "l1", "taylor", "random", "tp_l2")
-# One fixed schedule per phase for every network and criterion.
-TRAINING: dict[str, Any] = {
-    "importance_epochs": 1.0,
-    "pretrain_lr": 0.1,
-    "schedule": "onecycle",
-    "finetune_lr": 0.01,
-    "finetune_schedule": "cosine",
-    "augment": True,
-    "amp": "bfloat16",
-    "channels_last": True,
-    "speedup_batch": 64,
-    "keep_pruned": True,
-}
+PRECISION: dict[str, Any] = {"amp": "bfloat16", "channels_last": True}  # fast on this CPU
 
 
 def cifar_setup(
     model: str, pretrain_epochs: float, finetune_epochs: float, widths: tuple[str, ...] = ()
-) -> Setup:
-    """A CIFAR-10 setup of ``model`` with the one :data:`TRAINING` schedule of every network:
-    ``pretrain_epochs`` of one-cycle pretraining, ``finetune_epochs`` of fine-tuning, and the
-    fixed ``widths`` pruned besides the budgets (e.g. the reference code's)."""
-    return Setup(
+) -> Experiment:
+    """A CIFAR-10 experiment of ``model`` with the one schedule of every network:
+    ``pretrain_epochs`` of one-cycle pretraining (SGD 0.1, crops and flips), importance for one
+    epoch, ``finetune_epochs`` of cosine fine-tuning at 0.01, all in bfloat16 and channels-last;
+    the fixed ``widths`` pruned besides the budgets (e.g. the reference code's)."""
+    return Experiment(
         model,
         "cifar10",
-        pretrain_epochs,
-        finetune_epochs=finetune_epochs,
+        pretraining=TrainSettings(
+            epochs=pretrain_epochs, lr=0.1, schedule="onecycle", augment=True, **PRECISION
+        ),
+        importance=DirichletSettings(epochs=1.0, **PRECISION),
+        finetuning=TrainSettings(
+            epochs=finetune_epochs, lr=0.01, keep_best=False, augment=True, **PRECISION
+        ),
+        speedup_batch=64,
+        keep_pruned=True,
         widths=widths,
-        **TRAINING,
     )
 
 
-SETUPS: dict[str, Setup] = {
+SETUPS: dict[str, Experiment] = {
     "cifar10-resnet20": cifar_setup("resnet20", 30, 2),
     "cifar10-resnet56": cifar_setup("resnet56", 20, 2, (RESNET56_REFERENCE,)),
     "cifar10-vgg16": cifar_setup("vgg16", 20, 2, (VGG16_REFERENCE,)),
@@ -84,44 +79,29 @@ def gpu_results() -> Path:
 
 
 def run(
-    names: Iterable[str | Setup],
+    experiments: Iterable[Experiment],
     root: str | Path,
     *,
     seeds: Iterable[int] = (0,),
     criteria: Iterable[str] = CRITERIA,
     budgets: Iterable[str] = BUDGETS,
-    subset: int | None = None,
-    eval_subset: int | None = None,
     results: str | Path | None = None,
     note: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
-    **changes: Any,
 ) -> dict[str, dict[str, Any]]:
-    """Run every setup of ``names`` (names of :data:`SETUPS`, or setups; cached under ``root``,
-    resumable) and write each one's rows to ``results/<name>.json`` (default
-    :func:`committed_results`) with ``note`` (e.g. the device). ``changes`` replace fields of
-    the setups (a test's toy size: ``width_multiplier=0.125, pretrain_epochs=0.1``)."""
-    unknown = [name for name in names if isinstance(name, str) and name not in SETUPS]
-    if unknown:
-        raise ValueError(f"unknown CIFAR setup(s) {unknown}; available: {', '.join(SETUPS)}")
+    """Run every experiment (cached under ``root``, resumable) and write each one's rows to
+    ``results/<name>.json`` (default :func:`committed_results`) with ``note`` (e.g. the
+    device)."""
     criteria, budgets = tuple(criteria), tuple(budgets)
     _check_criteria_and_budgets(criteria, budgets)  # before hours of pretraining
     results = Path(results) if results is not None else committed_results()
     done = {}
-    for name in names:
-        setup = SETUPS[name] if isinstance(name, str) else name
-        setup = dataclasses.replace(setup, **changes)
-        done[setup.name] = compare.run_setup(
-            setup,
-            root,
-            seeds=seeds,
-            budgets=budgets,
-            criteria=criteria,
-            subset=subset,
-            eval_subset=eval_subset,
-            log=log,
-        ) | (note or {})
-        write_json(results / f"{setup.name}.json", done[setup.name])
+    for experiment in experiments:
+        found = compare.run_setup(
+            experiment, root, seeds=seeds, budgets=budgets, criteria=criteria, log=log
+        )
+        done[experiment.name] = found | (note or {})
+        write_json(results / f"{experiment.name}.json", done[experiment.name])
     return done
 
 
@@ -141,7 +121,7 @@ def _check_criteria_and_budgets(criteria: tuple[str, ...], budgets: tuple[str, .
 SHIPPED: dict[str, tuple[str, str, str, str]] = {
     "resnet20": ("cifar10-resnet20", "dirichlet", "own", "2x"),
     "resnet56": ("cifar10-resnet56", "dirichlet", "own", "2x"),
-    "vgg16": ("cifar10-vgg16", "dirichlet", compare.FIXED, VGG16_REFERENCE),
+    "vgg16": ("cifar10-vgg16", "dirichlet", FIXED, VGG16_REFERENCE),
 }
 
 
@@ -155,12 +135,14 @@ def ship(root: str | Path, folder: str | Path | None = None) -> list[Path]:
     folder = Path(folder) if folder is not None else shipped_dir()
     written = []
     for model, (name, criterion, allocation, budget) in SHIPPED.items():
-        found = compare.result_path(Path(root) / name / "seed0", criterion, allocation, budget)
-        source = found.with_suffix(".pt")
-        if source.exists():
-            target = folder / f"{model}-{criterion}-{allocation}.pt"
-            atomic_write(target, lambda stream, source=source: stream.write(source.read_bytes()))
-            written.append(target)
+        wanted = {"criterion": criterion, "allocation": allocation, "budget": budget}
+        for found in sorted((Path(root) / name / "seed0" / "results").glob("*.json")):
+            row = read_json(found).get("result", {})
+            source = found.with_suffix(".pt")
+            if all(row.get(k) == v for k, v in wanted.items()) and source.exists():
+                target = folder / f"{model}-{criterion}-{allocation}.pt"
+                atomic_write(target, lambda stream, s=source: stream.write(s.read_bytes()))
+                written.append(target)
     return written
 
 

@@ -178,7 +178,9 @@ def importance_learning(importance: Importance, title: str = "") -> plt.Figure:
         return np.convolve(values, np.ones(window) / window, mode="valid")
 
     left.plot(steps[window - 1 :], smooth(history["cross_entropy"]), label="cross-entropy")
-    left.plot(steps[window - 1 :], smooth(history["loss"]), label="loss (CE + KL/N)", ls="--")
+    left.plot(
+        steps[window - 1 :], smooth(history["loss"]), label=r"loss (CE + $\beta$ KL / Z)", ls="--"
+    )
     left.set_xlabel("step")
     left.set_ylabel("per batch")
     left.set_title(f"negative ELBO (moving average of {window})")
@@ -228,10 +230,9 @@ def feature_maps(payload: dict[str, Any], classes: list[str], title: str = "", t
 
 
 # Compression ---------------------------------------------------------------------------------
-def accuracy_vs_compression(rows: list[dict[str, Any]], title: str = "") -> plt.Figure:
+def accuracy_vs_compression(frame: pd.DataFrame, title: str = "") -> plt.Figure:
     """Figure 5: test accuracy against params and MACs, per criterion, right after
-    pruning (dashed, open) and after fine-tuning (solid)."""
-    frame = pd.DataFrame(rows)
+    pruning (dashed, open) and after fine-tuning (solid); ``frame`` is a results table."""
     base = frame[frame["criterion"].str.startswith("base")]
     pruned = frame[~frame["criterion"].str.startswith("base")]
     figure, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import functools
 import io
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -34,10 +35,11 @@ from .. import criteria as criteria_registry
 from ..budget import split_budget_widths
 from ..data import DATASETS, DataNotFoundError, check_dataset_name, load_splits
 from ..importance import format_widths, parse_widths
-from ..models import MODELS, build, check_model_name, input_shape
-from ..settings import DirichletSettings, knobs
+from ..loop import resolve_device
+from ..models import MODELS, check_model_name, input_shape
+from ..settings import DirichletSettings, TrainSettings
 from ..surgery import widths_of
-from ..train import resolve_device
+from .experiment import Experiment
 
 PROFILE_ENV = "DPLIB_PROFILE"
 OFFLINE_ENV = "DPLIB_OFFLINE"
@@ -177,30 +179,16 @@ CIFAR_SCHEDULES: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class Config:
-    """Every setting of one experiment (a data set and a network under one profile)."""
+    """One notebook experiment: its :class:`Experiment` under a profile, and what the notebooks
+    compare on it."""
 
     profile: str
-    dataset: str  # the data set actually used (after an offline fallback)
     requested_dataset: str
     dataset_label: str  # what tables and titles print, e.g. "mnist5k (offline MNIST subset)"
     dataset_note: str
-    model: str
     seed: int
-    device: str
-    subset: int | None
-    eval_subset: int | None
-    batch_size: int
-    pretrain_epochs: float
-    pretrain_lr: float
-    dirichlet: DirichletSettings  # importance learning: its epochs, lr and every knob
-    finetune_epochs: float
-    finetune_lr: float
-    taylor_batches: int
-    width_multiplier: float | None
-    speedup_batch: int
-    speedup_repeats: int
-    speedup_rounds: int
-    widths: tuple[str, ...]
+    experiment: Experiment  # the network, data, schedules and measurements
+    widths: tuple[str, ...]  # the results table's widths (or budgets such as "macs:2x")
     criteria: tuple[str, ...]
     compare: bool
     compare_seeds: tuple[int, ...]
@@ -208,14 +196,23 @@ class Config:
     compare_criteria: tuple[str, ...] | None
 
     @property
+    def model(self) -> str:
+        """The network's preset name."""
+        return self.experiment.model
+
+    @property
+    def dataset(self) -> str:
+        """The data set actually used (after an offline fallback)."""
+        return self.experiment.dataset
+
+    @property
     def name(self) -> str:
         """``<dataset>-<model>``: the folder of this experiment under ``runs/<profile>/``."""
-        return f"{self.dataset}-{self.model}"
+        return self.experiment.name
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every field (JSON-ready; the Dirichlet settings as a dict)."""
-        plain = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items()}
-        return plain | {"dirichlet": self.dirichlet.to_dict()}
+        """Plain dict of every field (JSON-ready)."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (no validation: use :func:`resolve` for that)."""
@@ -314,28 +311,55 @@ def resolve(
     _apply_cifar_defaults(settings, profile, model, given)
     used, label, note = resolve_dataset(dataset)
     note = _apply_small_data_factor(settings, used, given, note)
-    settings["dirichlet"] = _dirichlet_settings(settings, given)
-    network = build(model, width_multiplier=settings["width_multiplier"])
+    experiment = _experiment(settings, given, model, used)
+    network = experiment.network()
     settings["criteria"] = _criteria(settings["criteria"], network)
     settings["widths"] = _widths(settings["widths"], model, network)
     _resolve_comparison(settings, dataset, model)
     names = {f.name for f in dataclasses.fields(Config)}
-    fixed = {"profile", "dataset", "requested_dataset", "dataset_label", "dataset_note", "model"}
+    fixed = {"profile", "requested_dataset", "dataset_label", "dataset_note", "experiment"}
     return Config(
         profile=profile,
-        dataset=used,
         requested_dataset=dataset,
         dataset_label=label,
         dataset_note=note.strip(),
-        model=model,
+        experiment=experiment,
         **{k: settings[k] for k in names - fixed},
+    )
+
+
+def _experiment(
+    settings: dict[str, Any], given: dict[str, Any], model: str, dataset: str
+) -> Experiment:
+    """The :class:`Experiment` of the resolved settings: CIFAR-10 trains with crops and flips."""
+    cifar = dataset == "cifar10"
+    return Experiment(
+        model,
+        dataset,
+        pretraining=TrainSettings(
+            epochs=settings["pretrain_epochs"], lr=settings["pretrain_lr"], augment=cifar
+        ),
+        importance=_dirichlet_settings(settings, given),
+        finetuning=TrainSettings(
+            epochs=settings["finetune_epochs"], lr=settings["finetune_lr"], augment=cifar
+        ),
+        batch_size=settings["batch_size"],
+        width_multiplier=settings["width_multiplier"],
+        subset=settings["subset"],
+        eval_subset=settings["eval_subset"],
+        taylor_batches=settings["taylor_batches"],
+        speedup_batch=settings["speedup_batch"],
+        speedup_repeats=settings["speedup_repeats"],
+        speedup_rounds=settings["speedup_rounds"],
+        device=settings["device"],
     )
 
 
 def _check_override_names(given: dict[str, Any], settings: dict[str, Any]) -> None:
     """A ValueError naming the overrides that are no setting at all."""
     known = {f.name for f in dataclasses.fields(Config)} | set(settings)
-    known |= set(knobs()) | set(DIRICHLET_PARAMETERS)
+    known |= set(DirichletSettings.knobs()) | set(DIRICHLET_PARAMETERS)
+    known -= {"experiment", "profile", "requested_dataset", "dataset_label", "dataset_note"}
     unknown = sorted(k for k in given if k not in known)
     if unknown:
         raise ValueError(f"unknown setting(s) {unknown}; known settings: {sorted(known)}")
@@ -392,7 +416,7 @@ def _dirichlet_settings(settings: dict[str, Any], given: dict[str, Any]) -> Diri
     chosen = {"epochs": settings["importance_epochs"]} if "dirichlet" not in given else {}
     for name, value in given.items():
         knob = DIRICHLET_PARAMETERS.get(name, name)
-        if knob in knobs():
+        if knob in DirichletSettings.knobs():
             chosen[knob] = value
     return base.replace(**chosen)
 
@@ -456,12 +480,15 @@ def _normalise_widths(widths: str | list[int], units: dict[str, int]) -> str:
 
 def describe(config: Config) -> str:
     """A few lines that say what this run will do (printed by the notebooks)."""
+    experiment = config.experiment
+    pretraining, finetuning = experiment.pretraining, experiment.finetuning
     lines = [
         f"profile {config.profile}: {config.model} on {config.dataset_label}, seed {config.seed}, "
-        f"device {config.device}",
-        f"  pretrain {config.pretrain_epochs:g} epochs (lr {config.pretrain_lr:g}); importance "
-        f"{config.dirichlet.epochs:g} epochs; fine-tune {config.finetune_epochs:g} epochs",
-        f"  Dirichlet: {config.dirichlet.describe()}",
+        f"device {experiment.device}",
+        f"  pretrain {pretraining.epochs:g} epochs (lr {pretraining.lr:g}); importance "
+        f"{experiment.importance.epochs:g} epochs; fine-tune {finetuning.epochs:g} epochs "
+        f"(lr {finetuning.lr:g})",
+        f"  Dirichlet: {experiment.importance.describe()}",
         f"  widths {', '.join(config.widths)}; criteria {', '.join(config.criteria)}",
     ]
     if config.compare:
@@ -469,8 +496,10 @@ def describe(config: Config) -> str:
             f"  compared at {', '.join(config.compare_budgets)} fewer MACs over seeds "
             f"{', '.join(map(str, config.compare_seeds))} (03_prune)"
         )
-    if config.subset or config.eval_subset:
-        lines.append(f"  subsets: {config.subset} train, {config.eval_subset} evaluation images")
+    if experiment.subset or experiment.eval_subset:
+        lines.append(
+            f"  subsets: {experiment.subset} train, {experiment.eval_subset} evaluation images"
+        )
     if config.dataset_note:
         lines.append(f"  NOTE: {config.dataset_note}")
     return "\n".join(lines)

@@ -23,30 +23,35 @@ from . import cifar, compare, figures, paths, profiles, reports, study, syntheti
 def collect(profile: str) -> dict[str, dict[str, Any]]:
     """Everything ``04_figures`` draws, per experiment folder of ``runs/<profile>/``.
 
-    For each ``<dataset>-<model>`` folder: ``rows`` (the newest complete results file), the
-    Dirichlet ``importance`` and the ``feature_maps`` payload with its ``classes``, each present
-    only when its stage has finished.
+    For each ``<dataset>-<model>`` folder, from its seed folder with the newest results table:
+    ``table`` (:func:`~dplib.experiments.stages.table`), the newest Dirichlet ``importance`` and
+    ``feature_maps`` payload with its ``classes``, each present only when its stage has run.
     """
     found: dict[str, dict[str, Any]] = {}
-    root = paths.profile_dir(profile)
-    for folder in sorted(p for p in root.glob("*-*") if p.is_dir()):
+    for folder in sorted(p for p in paths.profile_dir(profile).glob("*-*") if p.is_dir()):
+        seeds = [p for p in folder.glob("seed*") if p.is_dir()]
+        if not seeds:
+            continue
+        seed = max(seeds, key=lambda p: _newest(p, "table.json", default=p).stat().st_mtime)
         entry: dict[str, Any] = {}
-        results = sorted(folder.glob("results-*.json"), key=lambda p: p.stat().st_mtime)
-        if results:
-            entry["rows"] = read_json(results[-1])["result"]["rows"]
-        learned = sorted(folder.glob("importance-dirichlet-*.pt"), key=lambda p: p.stat().st_mtime)
-        if learned:
-            entry["importance"] = Importance.load(learned[-1])
-        maps = sorted(folder.glob("feature-maps-*.json"), key=lambda p: p.stat().st_mtime)
-        if maps:
-            meta = read_json(maps[-1])
+        if (seed / "table.json").exists():
+            entry["table"] = read_json(seed / "table.json")
+        if (learned := _newest(seed, "importance-dirichlet-*.pt")) is not None:
+            entry["importance"] = Importance.load(learned)
+        if (maps := _newest(seed, "feature-maps-*.json")) is not None:
             entry["feature_maps"] = torch.load(
-                maps[-1].with_suffix(".pt"), map_location="cpu", weights_only=True
+                maps.with_suffix(".pt"), map_location="cpu", weights_only=True
             )
-            entry["classes"] = meta["classes"]
+            entry["classes"] = read_json(maps)["classes"]
         if entry:
             found[folder.name] = entry
     return found
+
+
+def _newest(folder: Path, pattern: str, default: Path | None = None) -> Path | None:
+    """The most recently written file of ``folder`` matching ``pattern`` (else ``default``)."""
+    files = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime)
+    return files[-1] if files else default
 
 
 def write_results(frame: Any, folder: str | os.PathLike) -> list[Path]:
@@ -159,16 +164,14 @@ def write_all(profile: str, folder: str | os.PathLike | None = None) -> list[Pat
     synthetic_results = synthetic.load_results(profile)
     if synthetic_results:
         emit(figures.synthetic(synthetic_results), "synthetic_check")
-    all_rows: list[dict[str, Any]] = []
+    tables: list[dict[str, Any]] = []
     found = collect(profile)
     # the table and figures follow the profile's order of experiments (networks, then data)
     order = [f"{d}-{m}" for d, m in profiles.experiments(profile)]
-    ranked = sorted(found, key=lambda n: (_model_rank(n, order), n))
-    for name in ranked:
+    for name in sorted(found, key=lambda n: (_model_rank(n, order), n)):
         entry = found[name]
-        label = name
-        if "rows" in entry:
-            label = f"{entry['rows'][0]['network']} on {entry['rows'][0]['dataset']}"
+        table = entry.get("table")
+        label = f"{table['network']} on {table['dataset']}" if table else name
         if "importance" in entry:
             emit(figures.importance_bars(entry["importance"], label), f"importance_{name}")
             emit(
@@ -180,18 +183,16 @@ def write_all(profile: str, folder: str | os.PathLike | None = None) -> list[Pat
                 figures.feature_maps(entry["feature_maps"], entry["classes"], label),
                 f"interpretability_{name}",
             )
-        if "rows" in entry:
-            emit(
-                figures.accuracy_vs_compression(entry["rows"], label),
-                f"accuracy_vs_compression_{name}",
-            )
-            all_rows.extend(entry["rows"])
-    if all_rows:
-        written.extend(write_results(reports.results_table(all_rows), folder))
+        if table:
+            frame = reports.results_table([table])
+            emit(figures.accuracy_vs_compression(frame, label), f"accuracy_vs_compression_{name}")
+            tables.append(table)
+    if tables:
+        written.extend(write_results(reports.results_table(tables), folder))
     # the comparison at a MAC budget (03_prune, or bench/compare.py with the same cache)
     # (the cpu profile also redraws the committed resnet20 rows of bench/compare.py)
     extra = compare.committed_results() if profile == "cpu" else None
-    written.extend(write_comparison(compare.root_for(profile), folder, extra))
+    written.extend(write_comparison(paths.profile_dir(profile), folder, extra))
     if profile == "cpu":  # CIFAR-10's committed rows (make cifar), redrawn without training
         written.extend(write_cifar(cifar.committed_results(), folder))
         written.extend(write_cifar(cifar.gpu_results(), folder, "cifar_gpu", "one GPU"))

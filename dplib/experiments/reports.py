@@ -12,28 +12,69 @@ from typing import Any
 
 import pandas as pd
 
-from . import compare, study
+from . import compare, stages, study
 from .compare import dirichlet_margins, settling_summary, summarise
-
+from .experiment import FIXED
 
 # The notebooks' results table ---------------------------------------------------------------
-def results_table(rows: list[dict[str, Any]]):
-    """The rows as a pandas DataFrame with the table's columns first."""
-    columns = [
-        "network",
-        "dataset",
-        "widths",
-        "criterion",
-        "error",
-        "error_pruned",
-        "params",
-        "macs",
-        "speedup",
-        "params_ratio",
-        "macs_ratio",
-    ]
-    frame = pd.DataFrame(rows)
-    return frame[columns + [c for c in frame.columns if c not in columns]]
+RESULTS_COLUMNS = (
+    "network",
+    "dataset",
+    "widths",
+    "criterion",
+    "error",
+    "error_pruned",
+    "params",
+    "macs",
+    "speedup",
+    "params_ratio",
+    "macs_ratio",
+    "accuracy",
+    "accuracy_pruned",
+    "profile",
+    "budget",
+    "seconds",
+)
+
+
+def results_table(tables: list[dict[str, Any]]) -> pd.DataFrame:
+    """The results table of the notebooks' ``table.json`` files (:func:`stages.table`): per
+    experiment its base network, then every pruned network; test error in %."""
+    records = []
+    for table in tables:
+        base = table["base"]
+        unpruned = {
+            "criterion": stages.BASE_CRITERION,
+            "allocation": FIXED,
+            "widths": base["widths"],
+            "pruned_test": base["test"],
+            "finetuned_test": base["test"],
+            "params": base["params"],
+            "macs": base["macs"],
+            "speedup": 1.0,
+        }
+        for row in [unpruned, *table["rows"]]:
+            records.append(
+                {
+                    "network": table["network"],
+                    "dataset": table["dataset"],
+                    "widths": row["widths"],
+                    "criterion": row["criterion"],
+                    "error": 100 * (1 - row["finetuned_test"]),
+                    "error_pruned": 100 * (1 - row["pruned_test"]),
+                    "params": row["params"],
+                    "macs": row["macs"],
+                    "speedup": row.get("speedup"),
+                    "params_ratio": base["params"] / row["params"],
+                    "macs_ratio": base["macs"] / row["macs"],
+                    "accuracy": row["finetuned_test"],
+                    "accuracy_pruned": row["pruned_test"],
+                    "profile": table["profile"],
+                    "budget": None if row["allocation"] == FIXED else f"macs {row['budget']} fewer",
+                    "seconds": row.get("seconds"),
+                }
+            )
+    return pd.DataFrame(records, columns=RESULTS_COLUMNS)
 
 
 def results_markdown(frame) -> str:
@@ -100,7 +141,8 @@ def setup_section(name: str, result: dict[str, Any]) -> str:
     section += (
         f"\nBase network: {100 * statistics.mean(val):.2f}% validation accuracy (mean over "
         f"seeds), {result['bases'][0]['params']:,} params, {result['bases'][0]['macs']:,} MACs; "
-        f"fine-tuning {epochs:g} epoch(s) at lr {compare.FINETUNE_LR}, constant.\n\n"
+        f"fine-tuning {epochs:g} epoch(s) at lr {compare.FINETUNING.lr:g}, "
+        f"{compare.FINETUNING.schedule}.\n\n"
         "Dirichlet (own allocation) minus the best other criterion, validation, points:\n\n"
     )
     for m in dirichlet_margins(summary):

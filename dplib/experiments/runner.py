@@ -27,7 +27,6 @@ from ..data import DataNotFoundError, load_splits
 from ..files import read_json, write_json
 from . import paths, profiles
 
-NOTEBOOKS = ("00_primer", "01_pretrain", "02_importance", "03_prune", "04_figures")
 PER_EXPERIMENT = ("01_pretrain", "02_importance", "03_prune")
 DEFAULT_SECONDS = 60.0  # a notebook's duration before any has run (for the first estimate)
 

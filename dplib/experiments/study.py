@@ -24,6 +24,7 @@ figures drawn by :mod:`dplib.experiments.figures`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import statistics
 import time
@@ -32,19 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .. import criteria as criteria_registry
-from .. import data, models
+from .. import data
 from ..files import read_json
 from ..importance import Importance
 from ..measure import spearman
-from ..settings import DirichletSettings
-from ..surgery import prune
-from ..train import evaluate, fit
-from . import paths
+from ..progress import hidden
+from ..settings import DirichletSettings, TrainSettings
+from . import compare, paths
 from .cache import cached
-from .setups import Context, Setup, prepare
+from .experiment import Base, Experiment, pretrain, prune_and_finetune, score
 
 # The method as first specified (notebooks/METHOD.md, sections 2-3), the centre of the
 # one-factor grid: every knob of dplib.DirichletSettings, and the ranking statistic.
@@ -103,37 +101,38 @@ ORACLE_IMAGES = 1000  # validation images the oracle is measured on
 
 LENET5_WIDTHS = ("10-25-250", "5-10-76", "3-6-30")
 LENET300_WIDTHS = ("100-30", "40-15", "15-8")
-SETUPS: dict[str, Setup] = {
-    "fashion_mnist-lenet5": Setup(
-        "lenet5", "fashion_mnist", 3, finetune_epochs=1, widths=LENET5_WIDTHS
-    ),
-    "fashion_mnist-lenet300": Setup(
-        "lenet300", "fashion_mnist", 3, finetune_epochs=1, widths=LENET300_WIDTHS
-    ),
-    "mnist5k-lenet5": Setup("lenet5", "mnist5k", 15, finetune_epochs=3, widths=LENET5_WIDTHS),
-    "mnist5k-lenet300": Setup("lenet300", "mnist5k", 15, finetune_epochs=3, widths=LENET300_WIDTHS),
-    "mnist5k-lenet5_bn": Setup(
-        "lenet5_bn",
-        "mnist5k",
-        15,
-        finetune_epochs=3,
-        widths=("7-14-70-20", "5-8-45-15", "3-5-20-8"),
-    ),
+BN_WIDTHS = ("7-14-70-20", "5-8-45-15", "3-5-20-8")
+
+
+def _setup(model: str, dataset: str, epochs: float, finetune: float, widths: tuple) -> Experiment:
+    """A studied network: ``epochs`` of pretraining, the comparison's fine-tuning schedule for
+    ``finetune`` epochs, and three width settings (mild, medium, aggressive)."""
+    finetuning = compare.FINETUNING.replace(epochs=finetune)
+    pretraining = TrainSettings(epochs=epochs)
+    return Experiment(model, dataset, pretraining, finetuning=finetuning, widths=widths)
+
+
+SETUPS: dict[str, Experiment] = {
+    "fashion_mnist-lenet5": _setup("lenet5", "fashion_mnist", 3, 1, LENET5_WIDTHS),
+    "fashion_mnist-lenet300": _setup("lenet300", "fashion_mnist", 3, 1, LENET300_WIDTHS),
+    "mnist5k-lenet5": _setup("lenet5", "mnist5k", 15, 3, LENET5_WIDTHS),
+    "mnist5k-lenet300": _setup("lenet300", "mnist5k", 15, 3, LENET300_WIDTHS),
+    "mnist5k-lenet5_bn": _setup("lenet5_bn", "mnist5k", 15, 3, BN_WIDTHS),
 }
 
 
 @dataclass
 class StudyContext:
-    """A setup's pretrained network (:class:`~dplib.experiments.setups.Context`) and its
-    oracle importance, loaded once."""
+    """A studied network's base (:class:`~dplib.experiments.experiment.Base`) and its oracle
+    importance, loaded once."""
 
-    context: Context
+    base: Base
     oracle: Importance
 
     @property
-    def setup(self) -> Setup:
-        """The setup studied."""
-        return self.context.setup
+    def setup(self) -> Experiment:
+        """The experiment studied."""
+        return self.base.experiment
 
 
 def config_key(config: dict[str, Any]) -> str:
@@ -146,63 +145,47 @@ def config_key(config: dict[str, Any]) -> str:
 
 
 def prepare_study(
-    setup: Setup, root: Path, *, subset: int | None = None, seed: int = 0
+    setup: Experiment, root: Path, *, subset: int | None = None, seed: int = 0
 ) -> StudyContext:
-    """Load the data, pretrain the network (cached) and compute the oracle (cached)."""
-    context = prepare(setup, root / setup.name, seed, subset=subset)
-    val = context.loaders.splits.val
+    """Pretrain the network (cached) and compute the oracle on validation images (cached)."""
+    base = pretrain(setup.replace(subset=subset), root, seed)
+    val = base.loaders.splits.val
     oracle_loader = data.make_loader(
         data.random_subset(val, ORACLE_IMAGES, seed), 500, shuffle=False
     )
     oracle = cached(
-        context.folder / "oracle.pt",
-        {"images": ORACLE_IMAGES, "seed": seed, "subset": subset},
-        lambda: (
-            criteria_registry.oracle_importance(context.model, oracle_loader, show_progress=False),
-            {},
-        ),
+        base.folder / "oracle.pt",
+        {"images": ORACLE_IMAGES, "seed": seed, "base": base.key},
+        lambda: (criteria_registry.compute("oracle", base.model, oracle_loader), {}),
         save=lambda importance, path: importance.save(path),
         load=lambda path, _: Importance.load(path),
     ).value
-    return StudyContext(context, oracle)
+    return StudyContext(base, oracle)
 
 
-def learn(
-    study: StudyContext, config: dict[str, Any], seed: int = 0
-) -> tuple[Importance, torch.nn.Module]:
+def learn(study: StudyContext, config: dict[str, Any]) -> tuple[Importance, Base]:
     """Learn Dirichlet importance with the switches of ``config``.
 
-    Returns the importance and the network to prune: the setup's network, or for joint training
-    (``weights_lr > 0``) a copy whose weights were trained with the gates.
+    Returns the importance and the base to prune: the study's, or for joint training
+    (``weights_lr > 0``) one whose network is a copy with weights trained with the gates.
     """
     settings = DirichletSettings(**{k: v for k, v in config.items() if k != "statistic"})
-    model = study.context.model
+    base = study.base
     if settings.weights_lr > 0:
-        model = models.build(study.setup.model)
-        model.load_state_dict(study.context.model.state_dict())
+        model = base.experiment.network()
+        model.load_state_dict(base.model.state_dict())
+        base = dataclasses.replace(base, model=model)
     importance = criteria_registry.compute(
-        "dirichlet",
-        model,
-        study.context.loaders.train,
-        seed=seed,
-        settings=settings,
-        show_progress=False,
+        "dirichlet", base.model, base.loaders.train, seed=base.seed, settings=settings
     )
-    return importance.ranked_by(config["statistic"]), model
+    return importance.ranked_by(config["statistic"]), base
 
 
-def score(
-    study: StudyContext,
-    importance: Importance,
-    *,
-    finetune: bool,
-    seed: int = 0,
-    network: torch.nn.Module | None = None,
+def evaluated(
+    study: StudyContext, importance: Importance, base: Base, *, finetune: bool
 ) -> dict[str, Any]:
-    """Validation metrics of one importance: Spearman with the oracle, accuracy after pruning
-    (and after the setup's fixed fine-tuning when ``finetune``) at each width setting."""
-    context = study.context
-    network = network if network is not None else context.model
+    """Validation metrics of one importance: Spearman with the oracle per layer, accuracy right
+    after pruning (and after the setup's fine-tuning when ``finetune``) at each width setting."""
     result: dict[str, Any] = {
         "spearman": {
             layer: spearman(importance.scores[layer], study.oracle.scores[layer])
@@ -212,53 +195,39 @@ def score(
         "finetuned": {},
         "finetuned_test": {},
     }
-    for widths in context.setup.widths:
-        small = prune(network, importance, widths)
-        result["pruned"][widths] = evaluate(small, context.loaders.val)["accuracy"]
+    for widths in study.setup.widths:
+        row = prune_and_finetune(base, importance.criterion, importance, widths, finetune=finetune)
+        result["pruned"][widths] = row["pruned_val"]
         if finetune:
-            fit(
-                small,
-                context.loaders.train,
-                epochs=context.setup.finetune_epochs,
-                lr=0.01,
-                schedule="constant",
-                seed=seed,
-                show_progress=False,
-            )
-            result["finetuned"][widths] = evaluate(small, context.loaders.val)["accuracy"]
-            result["finetuned_test"][widths] = evaluate(small, context.loaders.test)["accuracy"]
+            result["finetuned"][widths] = row["finetuned_val"]
+            result["finetuned_test"][widths] = row["finetuned_test"]
     return result
 
 
-def run_config(
-    study: StudyContext, config: dict[str, Any], *, finetune: bool, seed: int = 0
-) -> dict[str, Any]:
+def run_config(study: StudyContext, config: dict[str, Any], *, finetune: bool) -> dict[str, Any]:
     """Learn and score one configuration, or read its cached result."""
     key = config_key(config)
 
     def build() -> tuple[None, dict[str, Any]]:
         started = time.perf_counter()
-        importance, network = learn(study, config, seed)
+        importance, base = learn(study, config)
         seconds = time.perf_counter() - started
-        result = score(study, importance, finetune=finetune, seed=seed, network=network)
+        result = evaluated(study, importance, base, finetune=finetune)
         result.update(
             criterion="dirichlet", key=key, config=config, seconds=seconds, setup=study.setup.name
         )
         return None, result
 
-    return cached(_result_path(study, finetune, seed, key), config, build).value
+    return cached(_result_path(study, finetune, key), config, build).value
 
 
-def run_baseline(study: StudyContext, criterion: str, *, seed: int = 0) -> dict[str, Any]:
+def run_baseline(study: StudyContext, criterion: str) -> dict[str, Any]:
     """Score a baseline criterion with fine-tuning (cached)."""
 
     def build() -> tuple[None, dict[str, Any]]:
-        started = time.perf_counter()
-        importance = criteria_registry.compute(
-            criterion, study.context.model, study.context.loaders.train, seed=seed, batches=20
-        )
-        seconds = time.perf_counter() - started
-        result = score(study, importance, finetune=True, seed=seed)
+        importance = score(study.base, criterion)
+        result = evaluated(study, importance, study.base, finetune=True)
+        seconds = importance.history["seconds_total"]
         result.update(
             criterion=criterion,
             key=f"baseline-{criterion}",
@@ -268,13 +237,12 @@ def run_baseline(study: StudyContext, criterion: str, *, seed: int = 0) -> dict[
         )
         return None, result
 
-    path = _result_path(study, True, seed, f"baseline-{criterion}")
-    return cached(path, {"criterion": criterion, "batches": 20, "seed": seed}, build).value
+    path = _result_path(study, True, f"baseline-{criterion}")
+    return cached(path, {"criterion": criterion, "base": study.base.key}, build).value
 
 
-def _result_path(study: StudyContext, finetune: bool, seed: int, key: str) -> Path:
-    stage = "finetune" if finetune else "screen"
-    return study.context.folder / f"{stage}-seed{seed}" / f"{key}.json"
+def _result_path(study: StudyContext, finetune: bool, key: str) -> Path:
+    return study.base.folder / ("finetune" if finetune else "screen") / f"{key}.json"
 
 
 def screen_value(result: dict[str, Any]) -> float:
@@ -287,7 +255,7 @@ def finetuned_value(result: dict[str, Any]) -> float:
     return statistics.mean(result["finetuned"].values())
 
 
-def grid(setup: Setup) -> list[dict[str, Any]]:
+def grid(setup: Experiment) -> list[dict[str, Any]]:
     """The configurations screened on a setup: one factor at a time around the specified
     method (the BatchNorm switches only where the network has BatchNorm), then
     :data:`HYPOTHESES`."""
@@ -329,7 +297,7 @@ def run_study(
     root: Path,
     *,
     subset: int | None = None,
-    configs: Callable[[Setup], list[dict[str, Any]]] = grid,
+    configs: Callable[[Experiment], list[dict[str, Any]]] = grid,
     finalists: int = 3,
     shared_finalists: int = 3,
     criteria: tuple[str, ...] = ("l1", "taylor", "random"),
@@ -346,11 +314,12 @@ def run_study(
         if name not in SETUPS:
             raise ValueError(f"unknown study setup {name!r}; available: {', '.join(SETUPS)}")
     contexts, screened, seconds = {}, {}, {}
-    for name in setup_names:
-        started = time.perf_counter()
-        contexts[name] = prepare_study(SETUPS[name], root, subset=subset, seed=seed)
-        screened[name] = _screen(contexts[name], configs, seed, log)
-        seconds[name] = time.perf_counter() - started
+    with hidden():
+        for name in setup_names:
+            started = time.perf_counter()
+            contexts[name] = prepare_study(SETUPS[name], root, subset=subset, seed=seed)
+            screened[name] = _screen(contexts[name], configs, log)
+            seconds[name] = time.perf_counter() - started
     ranking = shared_ranking(screened)
     # the best overall, and the best of those that cost at most one epoch of learning
     shared = (
@@ -365,13 +334,13 @@ def run_study(
         ranked = sorted(screened[name], key=screen_value, reverse=True)
         chosen = [dict(SPECIFIED)] + [r["config"] for r in ranked[:finalists]] + shared
         unique = list({config_key(c): c for c in chosen}.values())
-        finals = [run_config(study, c, finetune=True, seed=seed) for c in unique]
-        finals += [run_baseline(study, criterion, seed=seed) for criterion in criteria]
+        with hidden():
+            finals = [run_config(study, c, finetune=True) for c in unique]
+            finals += [run_baseline(study, criterion) for criterion in criteria]
         for result in finals:
             log(f"[{name}] fine-tuned {label(result)}: {finetuned_value(result):.4f}")
         summary[name] = {
-            "setup": study.setup.__dict__,
-            "base": study.context.base,
+            "base": study.base.metrics,
             "screened": screened[name],
             "finals": finals,
             "seconds": seconds[name] + time.perf_counter() - started,
@@ -381,15 +350,14 @@ def run_study(
 
 def _screen(
     study: StudyContext,
-    configs: Callable[[Setup], list[dict[str, Any]]],
-    seed: int,
+    configs: Callable[[Experiment], list[dict[str, Any]]],
     log: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     """Screen a setup's grid, then the pairs of its most helpful factors (no fine-tuning)."""
     name = study.setup.name
-    log(f"[{name}] base validation accuracy {study.context.base['val']:.4f}")
-    results = [run_config(study, c, finetune=False, seed=seed) for c in configs(study.setup)]
-    combined = [run_config(study, c, finetune=False, seed=seed) for c in pairs(results)]
+    log(f"[{name}] base validation accuracy {study.base.metrics['val']:.4f}")
+    results = [run_config(study, c, finetune=False) for c in configs(study.setup)]
+    combined = [run_config(study, c, finetune=False) for c in pairs(results)]
     results += [r for r in combined if r["key"] not in {s["key"] for s in results}]
     for result in sorted(results, key=screen_value, reverse=True)[:5]:
         log(f"[{name}] screen {label(result)}: pruned {screen_value(result):.4f}")
@@ -420,7 +388,7 @@ def load_results(root: Path, seed: int = 0) -> dict[str, dict[str, list[dict[str
     for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
         entry = {}
         for stage, label in (("screen", "screened"), ("finetune", "finals")):
-            files = sorted((folder / f"{stage}-seed{seed}").glob("*.json"))
+            files = sorted((folder / f"seed{seed}" / stage).glob("*.json"))
             entry[label] = [r for r in (_cached_result(f) for f in files) if r is not None]
         results[folder.name] = entry
     return results
@@ -483,10 +451,7 @@ def label(result: dict[str, Any]) -> str:
     return "dirichlet " + (", ".join(changed) if changed else "(as specified)")
 
 
-_label = label
-
-
-def smoke_grid(setup: Setup) -> list[dict[str, Any]]:
+def smoke_grid(setup: Experiment) -> list[dict[str, Any]]:
     """A tiny grid for the smoke profile: the specified method and two of the studied changes."""
     return [
         dict(SPECIFIED),

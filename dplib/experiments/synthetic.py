@@ -89,9 +89,8 @@ def recover(
         epochs=steps / len(loader), estimator=estimator, lr=lr, alpha0=alpha0
     )
     gated = attach_gates(net, settings=settings)
-    learned = learn_importance(
-        gated, loader, settings=settings, device="cpu", seed=seed, show_progress=False
-    )
+    with hidden():
+        learned = learn_importance(gated, loader, settings, device="cpu", seed=seed)
     gated.remove()
     mean, std = learned.mean("fc1"), learned.std("fc1")
     return {

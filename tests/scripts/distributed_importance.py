@@ -21,7 +21,7 @@ def main(out: str) -> None:
     model = dplib.models.build("lenet300", seed=0)
     gated = dplib.attach_gates(model, phi_init=10.0)
     importance = dplib.learn_importance(
-        gated, loader, epochs=2, samples=2, lr=0.05, device=device, seed=3, show_progress=False
+        gated, loader, epochs=2, samples=2, lr=0.05, device=device, seed=3
     )
     if distributed.is_main():
         importance.save(out)

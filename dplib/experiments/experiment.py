@@ -1,0 +1,402 @@
+"""The one experiment path: pretrain once, score the units, prune, fine-tune, measure.
+
+An :class:`Experiment` is a network on a data set with its three schedules (pretraining and
+fine-tuning: :class:`dplib.TrainSettings`; importance: :class:`dplib.DirichletSettings`) and how
+results are measured. Everything the kit runs goes through three functions:
+
+==========================  ========================================================================
+:func:`pretrain`            the base network of one seed: ``<root>/<name>/seed<k>/base-<h>.pt``
+:func:`score`               one criterion's importance of it: ``importance-<criterion>-<h>.pt``
+:func:`prune_and_finetune`  one pruned network's row: ``results/<criterion>-<allocation>-<h>.json``
+==========================  ========================================================================
+
+``<h>`` hashes the configuration a result depends on, so the same configuration gives the same
+artefact and another one a new file beside it. Every artefact goes through
+:func:`~dplib.experiments.cache.cached`: written atomically (the JSON last), reused when it
+reads back, rebuilt (with a line in the log) when it is damaged; a killed run resumes after its
+last complete artefact, an interrupted pretraining from its last complete epoch.
+
+A row (the one result schema): ``setup``, ``seed``, ``criterion``, ``allocation`` (``fixed``:
+widths given; ``own``: the criterion's allocation of a budget; ``same``: the uniform one),
+``budget``, ``widths``, ``params``, ``macs``, ``base_macs``, validation and test accuracy
+``pruned_val``, ``pruned_test`` (right after pruning, BatchNorm statistics re-estimated on
+fixed training batches) and ``finetuned_val``, ``finetuned_test``, ``finetune_epochs``,
+``speedup`` (deployed, CPU), ``seconds``. Decisions read validation accuracy; test accuracy is
+reported only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from .. import criteria, data, measure, models
+from ..budget import choose_widths
+from ..importance import Importance, format_widths, parse_widths
+from ..pruned import save_pruned
+from ..settings import DirichletSettings, TrainSettings
+from ..surgery import prune, widths_of
+from ..train import (
+    CheckpointError,
+    evaluate,
+    fit,
+    load_checkpoint,
+    recalibrate_batchnorm,
+    save_checkpoint,
+)
+from .cache import Log, cached, config_hash, log_line
+
+ALLOCATIONS = {"own": "importance", "same": "uniform"}  # a budget's allocations
+FIXED = "fixed"  # widths given by hand (the reference code's, the notebooks' settings)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A network on a data set, its schedules, and how its pruned networks are measured."""
+
+    model: str
+    dataset: str
+    pretraining: TrainSettings = TrainSettings(epochs=3.0)
+    importance: DirichletSettings = DirichletSettings()
+    finetuning: TrainSettings = TrainSettings(lr=0.01, schedule="constant", keep_best=False)
+    batch_size: int = 128
+    pad_to: int | None = None  # pad the images (28x28) to this size, e.g. 32 for resnet20
+    width_multiplier: float | None = None  # CIFAR networks only
+    coupled: bool = False  # also prune the residual-coupled groups, as one unit set each
+    subset: int | None = None  # training images used (None: all)
+    eval_subset: int | None = None  # validation and test images used (None: all)
+    taylor_batches: int = 20  # mini-batches read by the data-driven criteria
+    recalibration_batches: int = 20  # BatchNorm re-estimation after surgery
+    speedup_batch: int | None = None  # measure each pruned network's deployed CPU speed-up
+    speedup_repeats: int = 10
+    speedup_rounds: int = 3
+    keep_pruned: bool = False  # save each fine-tuned pruned network (dplib.save_pruned)
+    device: str = "cpu"
+    data_device: str | None = None  # hold the images there (e.g. "cuda": no copies per batch)
+    widths: tuple[str, ...] = ()  # fixed widths compared besides the budgets
+
+    @property
+    def name(self) -> str:
+        """``<dataset>-<model>``, the dataset suffixed by the padded size (``32``)."""
+        return f"{self.dataset}{self.pad_to or ''}-{self.model}"
+
+    def replace(self, **changes: Any) -> Experiment:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def network(self, seed: int | None = None, widths: str | None = None) -> nn.Module:
+        """The experiment's network, freshly initialised (with ``seed``), or its architecture
+        pruned to ``widths``."""
+        options: dict[str, Any] = {"width_multiplier": self.width_multiplier}
+        if self.pad_to:  # a CIFAR network on grey images
+            options["in_channels"] = 1
+        return models.build(self.model, seed=seed, widths=widths, **options)
+
+
+@dataclass
+class Base:
+    """One seed of an experiment: its data, pretrained network, folder and measurements."""
+
+    experiment: Experiment
+    seed: int
+    folder: Path
+    loaders: data.Loaders
+    model: nn.Module
+    metrics: dict[str, Any]
+    key: str  # the hash of the pretraining's configuration
+    reused: bool = False
+    input_shape: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.input_shape = (1, *self.loaders.splits.train.tensors[0].shape[1:])
+
+    @property
+    def checkpoint(self) -> Path:
+        """The base network's file."""
+        return self.folder / f"base-{self.key}.pt"
+
+
+def loaders(experiment: Experiment, seed: int) -> data.Loaders:
+    """The experiment's data for ``seed``: its subsets, padded, on its data device."""
+    found = data.loaders(
+        experiment.dataset,
+        batch_size=experiment.batch_size,
+        subset=experiment.subset,
+        eval_subset=experiment.eval_subset,
+        seed=seed,
+    )
+    splits = found.splits
+    for split in ("train", "val", "test") if experiment.pad_to or experiment.data_device else ():
+        images, labels = getattr(splits, split).tensors
+        if experiment.pad_to:
+            margin = (experiment.pad_to - images.shape[-1]) // 2
+            images = F.pad(images, (margin,) * 4, value=float(images.min()))
+        if experiment.data_device:
+            images, labels = images.to(experiment.data_device), labels.to(experiment.data_device)
+        setattr(splits, split, TensorDataset(images, labels))
+    return data.Loaders(
+        train=data.make_loader(splits.train, experiment.batch_size, shuffle=True, seed=seed),
+        val=data.make_loader(splits.val, 1000, shuffle=False),
+        test=data.make_loader(splits.test, 1000, shuffle=False),
+        splits=splits,
+    )
+
+
+def pretraining_key(experiment: Experiment, seed: int) -> dict[str, Any]:
+    """What the base network depends on (its hash names the checkpoint)."""
+    return {
+        "model": experiment.model,
+        "dataset": experiment.name,
+        "width_multiplier": experiment.width_multiplier,
+        "pretraining": experiment.pretraining.to_dict(),
+        "batch_size": experiment.batch_size,
+        "seed": seed,
+        "subset": experiment.subset,
+        "eval_subset": experiment.eval_subset,
+    }
+
+
+def pretrain(
+    experiment: Experiment, root: str | Path, seed: int = 0, *, log: Log = log_line
+) -> Base:
+    """Train the base network of ``seed`` (or reuse it) and measure it.
+
+    Its training state is saved after every epoch, so an interrupted pretraining resumes from
+    its last complete epoch (a damaged state starts afresh, said in the log).
+    """
+    folder = Path(root) / experiment.name / f"seed{seed}"
+    found = loaders(experiment, seed)
+    key = config_hash(pretraining_key(experiment, seed))
+    path = folder / f"base-{key}.pt"
+    result = cached(
+        path,
+        pretraining_key(experiment, seed),
+        lambda: _train_base(experiment, found, seed, training_state(path), log),
+        save=lambda model, target: save_checkpoint(target, model, model_name=experiment.model),
+        load=lambda source, _: _load_base(experiment, source),
+        log=log,
+    )
+    if result.reused:
+        log(f"{experiment.name} seed {seed}: reusing {path.name}")
+    training_state(path).unlink(missing_ok=True)  # a stale one, once the network exists
+    return Base(experiment, seed, folder, found, result.value, result.meta["metrics"], key,
+                result.reused)  # fmt: skip
+
+
+def training_state(checkpoint: Path) -> Path:
+    """Where the pretraining of ``checkpoint`` keeps its state between epochs (hidden: it is
+    not an artefact, and it is removed once the network is trained)."""
+    return checkpoint.with_name(f".{checkpoint.stem}.training.pt")
+
+
+def _load_base(experiment: Experiment, path: Path) -> nn.Module:
+    model = experiment.network()
+    load_checkpoint(path, model)
+    return model.eval()
+
+
+def _train_base(
+    experiment: Experiment, found: data.Loaders, seed: int, state: Path, log: Log
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The pretraining itself, resumable from ``state``; the base network's measurements."""
+    log(f"{experiment.name} seed {seed}: pretraining {experiment.pretraining.epochs:g} epochs")
+    options = {"val_loader": found.val, "device": experiment.device, "seed": seed}
+    model = experiment.network(seed)
+    try:
+        history = fit(model, found.train, experiment.pretraining, checkpoint=state, **options)
+    except CheckpointError as error:
+        log(f"cannot resume from {state.name} ({error}): pretraining afresh")
+        state.unlink(missing_ok=True)
+        model = experiment.network(seed)
+        history = fit(model, found.train, experiment.pretraining, checkpoint=state, **options)
+    state.unlink(missing_ok=True)
+    model.cpu().eval()
+    counted = measure.count(model, (1, *found.splits.train.tensors[0].shape[1:]))
+    metrics = {
+        "val": evaluate(model, found.val, "cpu")["accuracy"],
+        "test": evaluate(model, found.test, "cpu")["accuracy"],
+        "params": counted.params,
+        "macs": counted.macs,
+        "widths": format_widths(widths_of(model)),
+        "seconds": history["seconds"],
+        "seconds_per_epoch": history["seconds_per_epoch"],
+        "data_source": found.splits.source,
+        "data_sizes": found.splits.sizes,
+    }
+    log(f"{experiment.name} seed {seed}: test accuracy {metrics['test']:.4f}")
+    return model, {"metrics": metrics, "history": history}
+
+
+def criterion_options(base: Base, criterion: str) -> dict[str, Any]:
+    """What the experiment gives ``criterion``: those of its options the criterion takes."""
+    experiment = base.experiment
+    return criteria.get(criterion).taking(
+        seed=base.seed,
+        device=experiment.device,
+        coupled=experiment.coupled,
+        batches=experiment.taylor_batches,
+        settings=experiment.importance,
+        input_shape=base.input_shape,
+    )
+
+
+def score(base: Base, criterion: str, *, log: Log = log_line) -> Importance:
+    """``criterion``'s importance of the base network (cached), with its cost in seconds in
+    ``history["seconds_total"]``."""
+    options = criterion_options(base, criterion)
+    key = {"base": base.key, "criterion": criterion, **_plain(options)}
+
+    def build() -> tuple[Importance, dict[str, Any]]:
+        started = time.perf_counter()
+        needs = criteria.get(criterion).needs_data
+        importance = criteria.compute(
+            criterion, base.model, base.loaders.train if needs else None, **options
+        )
+        importance.history["seconds_total"] = time.perf_counter() - started
+        return importance, {"seconds": importance.history["seconds_total"]}
+
+    result = cached(
+        base.folder / f"importance-{criterion}-{config_hash(key)}.pt",
+        key,
+        build,
+        save=lambda importance, path: importance.save(path),
+        load=lambda path, _: Importance.load(path),
+        log=log,
+    )
+    return result.value
+
+
+def _plain(options: dict[str, Any]) -> dict[str, Any]:
+    """Options as JSON-able values (the Dirichlet settings as a dict)."""
+    return {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in options.items()}
+
+
+def widths_for(base: Base, importance: Importance, budget: str, allocation: str) -> dict:
+    """The widths of ``allocation``: ``fixed`` reads ``budget`` as the widths themselves; ``own``
+    and ``same`` allocate ``budget`` ("4x": four times fewer MACs; "params:4x": parameters)."""
+    if allocation == FIXED:
+        return parse_widths(budget, importance.units)
+    what, _, target = budget.rpartition(":")
+    return choose_widths(
+        base.model,
+        importance,  # names the layers; the uniform allocation ignores its scores
+        input_shape=base.input_shape,
+        allocation=ALLOCATIONS[allocation],
+        **{f"target_{what or 'macs'}": target},
+    )
+
+
+def prune_and_finetune(
+    base: Base,
+    criterion: str,
+    importance: Importance,
+    budget: str,
+    allocation: str = FIXED,
+    *,
+    finetune: bool = True,
+) -> dict[str, Any]:
+    """The row of one pruned network: pruned to ``budget`` (widths, or a budget allocated by
+    ``allocation``), measured right after pruning and after the experiment's fine-tuning
+    (``finetune=False``: not fine-tuned). Cached; the module docstring gives the row's keys."""
+    experiment = base.experiment
+    key = {
+        "base": base.key,
+        "criterion": criterion,
+        "importance": fingerprint(importance),
+        "budget": budget,
+        "allocation": allocation,
+        "finetuning": experiment.finetuning.to_dict() if finetune else None,
+        "measure": [experiment.recalibration_batches, experiment.speedup_batch],
+    }
+    name = f"{criterion}-{allocation}-{config_hash(key)}.json"
+    path = base.folder / "results" / name
+
+    def build() -> tuple[None, dict[str, Any]]:
+        started = time.perf_counter()
+        row, small = _pruned_row(base, criterion, importance, budget, allocation)
+        if finetune:
+            row |= _finetuned(base, small)
+        if experiment.speedup_batch:
+            shape = (experiment.speedup_batch, *base.input_shape[1:])
+            row["speedup"] = measure.speedup(
+                base.model, small, shape, repeats=experiment.speedup_repeats,
+                rounds=experiment.speedup_rounds, optimize=True,
+            )  # fmt: skip
+        row["seconds"] = time.perf_counter() - started
+        if experiment.keep_pruned:
+            save_pruned(path.with_suffix(".pt"), small, **row)
+        return None, row
+
+    return cached(path, key, build).value
+
+
+def _pruned_row(
+    base: Base, criterion: str, importance: Importance, budget: str, allocation: str
+) -> tuple[dict[str, Any], nn.Module]:
+    """Prune, re-estimate BatchNorm's statistics, count and evaluate: the row so far."""
+    widths = widths_for(base, importance, budget, allocation)
+    small = prune(base.model, importance, widths)
+    batches = base.experiment.recalibration_batches
+    recalibrated = batches and recalibrate_batchnorm(small, recalibration_loader(base), batches)
+    counted = measure.count(small, base.input_shape)
+    row = {
+        "setup": base.experiment.name,
+        "seed": base.seed,
+        "criterion": criterion,
+        "budget": budget,
+        "allocation": allocation,
+        "widths": format_widths(widths),
+        "params": counted.params,
+        "macs": counted.macs,
+        "base_macs": base.metrics["macs"],
+        "pruned_val": evaluate(small, base.loaders.val)["accuracy"],
+        "pruned_test": evaluate(small, base.loaders.test)["accuracy"],
+        "batchnorm_recalibrated": bool(recalibrated),
+    }
+    return row, small
+
+
+def _finetuned(base: Base, small: nn.Module) -> dict[str, Any]:
+    """Fine-tune a pruned network by the experiment's schedule; its accuracies afterwards."""
+    experiment = base.experiment
+    started = time.perf_counter()
+    fit(
+        small,
+        base.loaders.train,
+        experiment.finetuning,
+        val_loader=base.loaders.val if experiment.finetuning.keep_best else None,
+        device=experiment.device,
+        seed=base.seed,
+    )
+    small.cpu().eval()
+    return {
+        "finetune_epochs": experiment.finetuning.epochs,
+        "finetune_seconds": time.perf_counter() - started,
+        "finetuned_val": evaluate(small, base.loaders.val, "cpu")["accuracy"],
+        "finetuned_test": evaluate(small, base.loaders.test, "cpu")["accuracy"],
+    }
+
+
+def recalibration_loader(base: Base) -> torch.utils.data.DataLoader:
+    """The fixed training images on which a pruned network's BatchNorm statistics are
+    re-estimated (the same for every criterion)."""
+    batches, size = base.experiment.recalibration_batches, base.experiment.batch_size
+    images = data.random_subset(base.loaders.splits.train, batches * size, base.seed)
+    return data.make_loader(images, size, shuffle=False)
+
+
+def fingerprint(importance: Importance) -> str:
+    """A short hash of the scores: a result is rebuilt when its importance changed."""
+    digest = hashlib.sha256()
+    for name in importance.names:
+        digest.update(name.encode() + importance.scores[name].double().numpy().tobytes())
+    return digest.hexdigest()[:12]

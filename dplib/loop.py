@@ -1,0 +1,132 @@
+"""The one step loop of the kit: :func:`dplib.fit` and :func:`dplib.learn_importance` run on it.
+
+A run is ``ceil(epochs * batches per epoch)`` steps over a loader made by
+:func:`dplib.data.make_loader`. What both loops need is written here once:
+
+- epoch e is shuffled with ``seed + e``, on one process or sharded over several
+  (:mod:`dplib.distributed`), so a resumed or repeated run sees the same batches;
+- the batches go to the device (and to the channels-last format with :meth:`Loop.formatted`);
+- the forward pass runs under autocast in the run's precision (:meth:`Loop.autocast`);
+- one progress bar, updated every step; its postfix is what the end of each epoch returns.
+
+The loop reads nothing back from the device. A caller keeps its losses on the device and reads
+them once per epoch, in its ``end_epoch``: a GPU then never waits for the host between batches.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from . import distributed
+from .data import reseed
+from .progress import progress
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to torch.device."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from error
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast_dtype(device: torch.device, amp: bool | str) -> torch.dtype | None:
+    """The autocast dtype of ``amp`` on ``device`` (None: full precision).
+
+    ``"auto"``: float16 on CUDA, none on the CPU; ``"bfloat16"``: bfloat16 on either; True:
+    float16 on CUDA, bfloat16 on the CPU; False: none.
+    """
+    if amp == "bfloat16" or (amp is True and device.type == "cpu"):
+        return torch.bfloat16
+    if device.type == "cuda" and amp in (True, "auto"):
+        return torch.float16
+    return None
+
+
+def total_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of a sum kept on ``device``: float64 (Python's float), float32 on Apple's
+    MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+@dataclass
+class Loop:
+    """Where a run is: its device, precision and length, and the step and epoch it has reached."""
+
+    device: torch.device
+    precision: torch.dtype | None  # the forward pass's autocast dtype (None: float32)
+    channels_last: bool
+    steps_per_epoch: int
+    total_steps: int
+    step: int = 0
+    epoch: int = 0
+
+    @classmethod
+    def plan(cls, loader: DataLoader, settings: Any, device: str | torch.device) -> Loop:
+        """The loop of ``settings.epochs`` passes over ``loader`` in ``settings``' precision."""
+        device = resolve_device(device)
+        steps = len(loader)
+        total = max(1, math.ceil(settings.epochs * steps))
+        return cls(
+            device, autocast_dtype(device, settings.amp), settings.channels_last, steps, total
+        )
+
+    def autocast(self) -> torch.autocast:
+        """The context of a forward pass in the run's precision."""
+        enabled = self.precision is not None
+        return torch.autocast(self.device.type, dtype=self.precision, enabled=enabled)
+
+    def formatted(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` in the run's memory format (channels-last applies to 4-D batches only)."""
+        if self.channels_last and images.dim() == 4:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def run(
+        self,
+        loader: DataLoader,
+        seed: int,
+        step: Callable[[torch.Tensor, torch.Tensor], None],
+        end_epoch: Callable[[], dict[str, str] | None],
+        label: str,
+    ) -> None:
+        """Call ``step(images, labels)`` on each batch until the run is done, and
+        ``end_epoch()`` after each pass (a partial last pass included)."""
+        bar = progress(total=self.total_steps, desc=label, enabled=distributed.is_main())
+        bar.update(self.step)
+        while self.step < self.total_steps:
+            reseed(loader, seed + self.epoch)
+            distributed.set_epoch(loader, self.epoch)
+            started = self.step
+            for images, labels in loader:
+                if self.step >= self.total_steps:
+                    break
+                step(images.to(self.device), labels.to(self.device))
+                self.step += 1
+                bar.update(1)
+            if self.step == started:
+                raise ValueError("the loader gave no batch: nothing to train on")
+            self.epoch += 1
+            postfix = end_epoch()
+            if postfix:
+                bar.set_postfix(postfix)
+        bar.close()
