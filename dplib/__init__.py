@@ -17,12 +17,18 @@ from .attach import GatedModel, attach_gates, detach_gates
 from .budget import BudgetError, choose_widths
 from .gates import DirichletGate, dirichlet_kl
 from .graph import UnsupportedModelError, find_prunable_layers
-from .importance import Importance, WidthsError, format_widths, parse_widths
+from .importance import (
+    Importance,
+    ImportanceMismatchError,
+    WidthsError,
+    format_widths,
+    parse_widths,
+)
 from .loop import resolve_device, set_seed
 from .measure import count, latency, speedup
 from .pruned import load_pruned, save_pruned
 from .settings import DirichletSettings, TrainSettings
-from .surgery import ImportanceMismatchError, prune, unit_mask, widths_of
+from .surgery import prune, unit_mask, widths_of
 from .train import CheckpointError, evaluate, fit, load_checkpoint, save_checkpoint
 from .vi import learn_importance
 

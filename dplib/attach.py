@@ -10,13 +10,14 @@ same model object.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from .gates import DirichletGate
 from .graph import LayerGraph, find_prunable_layers
-from .settings import DirichletSettings
+from .settings import DirichletSettings, with_knobs
 
 
 def _gate_key(name: str) -> str:
@@ -79,9 +80,10 @@ class GatedModel(nn.Module):
         self._handles.clear()
         return self.model
 
-    def widths_order(self) -> str:
-        """The widths notation of this network: gated layer names joined by '-'."""
-        return "-".join(self.layers)
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside a :class:`GatedModel`, or ``model`` itself."""
+    return model.model if isinstance(model, GatedModel) else model
 
 
 def _make_hook(gate: DirichletGate):
@@ -93,25 +95,21 @@ def _make_hook(gate: DirichletGate):
 
 def attach_gates(
     model: nn.Module,
-    *,
     settings: DirichletSettings | None = None,
-    phi_init: float | None = None,
-    scale: str | None = None,
-    position: str | None = None,
+    *,
     coupled: bool = False,
+    **knobs: Any,
 ) -> GatedModel:
     """Place a Dirichlet gate after every prunable layer of ``model``.
 
     Args:
         model: any ``torch.fx``-traceable network; it is not copied or modified.
-        settings: the gate's knobs (``phi_init``, ``scale``, ``position``) come from here;
-            default :class:`dplib.DirichletSettings` (phi_init 100, scale "K", after BatchNorm).
-        phi_init: initial concentration of every gate (equal across units, so the posterior
-            mean starts uniform); overrides ``settings``. The method as first specified uses 1.
-        scale: ``"K"`` (gate multiplies by K*s: the identity at the start, the kit's
-            mathematics) or ``"none"`` (by s, as the reference code: every unit shrunk by 1/K).
-        position: ``"after_bn"`` (the gate multiplies the BatchNorm's output where a layer has
-            one) or ``"before_bn"`` (the layer's raw output).
+        settings: the gate's knobs come from here (:class:`dplib.DirichletSettings`; default
+            phi_init 100, scale "K", after BatchNorm); single ``knobs`` given as keywords
+            override them: ``phi_init`` (every unit's initial concentration; the method as
+            first specified uses 1), ``scale`` (``"K"``: the gate multiplies by K*s, the
+            identity at the start; ``"none"``: by s, as the reference code), ``position``
+            (``"after_bn"``: the BatchNorm's output where a layer has one; ``"before_bn"``).
         coupled: also gate the groups of layers tied by residual additions (one gate per group,
             multiplying every tied layer's output); by default only layers whose units are free
             (for residual networks: the inner channels of each block).
@@ -123,10 +121,7 @@ def attach_gates(
     """
     if isinstance(model, GatedModel):
         raise ValueError("this model already has gates; call .remove() first")
-    overrides = {"phi_init": phi_init, "scale": scale, "position": position}
-    settings = (settings or DirichletSettings()).replace(
-        **{knob: value for knob, value in overrides.items() if value is not None}
-    )
+    settings = with_knobs(settings, DirichletSettings, knobs)
     graph = find_prunable_layers(model, coupled=coupled)
     parameter = next(model.parameters(), None)
     gates = {}

@@ -32,14 +32,13 @@ import re
 from collections.abc import Iterator
 
 import numpy as np
-import torch
 from torch import nn
 
-from .attach import GatedModel
+from .attach import unwrap
 from .importance import Importance
 from .measure import CostModel, Quadratic, count
 from .models import input_shape_of
-from .surgery import ImportanceMismatchError, prune
+from .surgery import prune
 
 ALLOCATIONS = ("importance", "uniform")
 TOLERANCE = 0.02  # the answer lands in [(1 - TOLERANCE) * target, target]
@@ -152,7 +151,7 @@ def choose_widths(
     """
     what, target = _requested_budget(importance, target_macs, target_params, allocation)
     _check_multiple_of(multiple_of)
-    model = model.model if isinstance(model, GatedModel) else model
+    model = unwrap(model)
     costs = _cost_model_for(model, importance, input_shape, costs)
     quadratic = costs.macs if what == "macs" else costs.params
     target = _target_in_range(model, quadratic, costs.units, target, what)
@@ -266,7 +265,7 @@ def _allocate(
     """Widths on ``grid`` under the budget (target, what) by the chosen allocation, then
     add-back and exchanges."""
     if importance is not None:
-        _check_importance(importance, costs)
+        importance.check_fits(dict(zip(costs.names, map(int, costs.units))), "model")
     target, what = budget
     _check_grid_reaches(quadratic, grid, target, what)
     rank: _ImportanceRank | _UniformRank
@@ -307,20 +306,6 @@ def _check_within_tolerance(cost: int, target: int, what: str, multiple_of: int 
             f"no widths found within {TOLERANCE:.0%} under target_{what} {target:,}{where} "
             f"(best: {cost:,}); the units of this network are too coarse for this budget, try a "
             f"nearby target{other}"
-        )
-
-
-def _check_importance(importance: Importance, costs: CostModel) -> None:
-    """Refuse an importance whose layers' numbers of scores differ from their units."""
-    wrong = {
-        name: (importance.units.get(name), int(k))
-        for name, k in zip(costs.names, costs.units)
-        if importance.units.get(name) != int(k)
-    }
-    if wrong:
-        raise ImportanceMismatchError(
-            f"the {importance.criterion!r} importance does not fit this model: layers whose "
-            f"number of scores differs from their units (scores, units): {wrong}"
         )
 
 
@@ -501,14 +486,8 @@ def _exchanges(grid: _Grid, widths: np.ndarray) -> Iterator[tuple[np.ndarray, np
 
 def _verify(model: nn.Module, costs: CostModel, widths: dict[str, int]) -> None:
     """Build the pruned network and compare :func:`dplib.count` with the analytic cost."""
-    first_units = Importance(
-        {
-            name: -torch.arange(int(k), dtype=torch.float)
-            for name, k in zip(costs.names, costs.units)
-        },
-        criterion="first",
-    )
-    measured = count(prune(model, first_units, widths), costs.input_shape)
+    first = Importance.in_order(dict(zip(costs.names, map(int, costs.units))))
+    measured = count(prune(model, first, widths), costs.input_shape)
     predicted = costs.cost(widths)
     if measured != predicted:
         raise RuntimeError(

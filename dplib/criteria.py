@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from . import torch_pruning
-from .attach import GatedModel, attach_gates
+from .attach import attach_gates, unwrap
 from .checks import check_data
 from .gates import DirichletGate
 from .graph import find_prunable_layers
@@ -83,7 +83,7 @@ class Criterion:
 
     def applies(self, model: nn.Module) -> bool:
         """Whether it makes sense for ``model``."""
-        return self.applies_to is None or self.applies_to(_unwrap(model))
+        return self.applies_to is None or self.applies_to(unwrap(model))
 
     def taking(self, **offered: Any) -> dict[str, Any]:
         """Those of the ``offered`` options this criterion takes (the kit offers its context:
@@ -220,10 +220,6 @@ def _takes_any_option(function: ImportanceFunction) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.model if isinstance(model, GatedModel) else model
-
-
 def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
@@ -241,7 +237,7 @@ def dirichlet_importance(
 ) -> Importance:
     """Attach gates with ``settings``, learn their posteriors, remove the gates."""
     settings = settings or DirichletSettings()
-    gated = attach_gates(_unwrap(model), settings=settings, coupled=coupled)
+    gated = attach_gates(unwrap(model), settings=settings, coupled=coupled)
     try:
         return learn_importance(gated, loader, settings, device=device, seed=seed)
     finally:
@@ -254,7 +250,7 @@ def random_importance(
 ) -> Importance:
     """Uniform random scores (seeded): the floor every criterion should beat."""
     generator = torch.Generator().manual_seed(seed)
-    layers = find_prunable_layers(_unwrap(model), coupled=coupled).layers
+    layers = find_prunable_layers(unwrap(model), coupled=coupled).layers
     scores = {layer.name: torch.rand(layer.units, generator=generator) for layer in layers}
     return Importance(scores, criterion="random", config={"seed": seed})
 
@@ -262,7 +258,7 @@ def random_importance(
 @register("l1", description="L1 norm of each unit's weights")
 def l1_importance(model: nn.Module, loader: None = None, *, coupled: bool = False) -> Importance:
     """L1 norm of each unit's weights (its output rows of W, summed over a group's layers)."""
-    model = _unwrap(model)
+    model = unwrap(model)
     modules = dict(model.named_modules())
     scores = {}
     for layer in find_prunable_layers(model, coupled=coupled).layers:
@@ -287,7 +283,7 @@ def taylor_importance(
     """
     if batches < 1:
         raise ValueError(f"batches must be at least 1, got {batches}")
-    model = _unwrap(model)
+    model = unwrap(model)
     device = resolve_device(device)
     original_device = next(model.parameters()).device
     graph = find_prunable_layers(model, coupled=coupled)
@@ -337,7 +333,7 @@ def bn_scale_importance(
     model: nn.Module, loader: None = None, *, coupled: bool = False
 ) -> Importance:
     """|gamma| of each unit's BatchNorm (mean over a group's layers); else the L1 norm."""
-    model = _unwrap(model)
+    model = unwrap(model)
     modules = dict(model.named_modules())
     l1 = l1_importance(model, coupled=coupled).scores
     scores, fallback = {}, []
@@ -377,7 +373,7 @@ def oracle_importance(
     block mechanism), so a layer of K units costs K forward passes of the data, in K / chunk
     calls. Use validation data, never the test split.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     device = resolve_device(device)
     original_device = next(model.parameters()).device
     data = [(x.to(device), y.to(device)) for x, y in itertools.islice(loader, batches)]

@@ -49,10 +49,9 @@ from .files import atomic_write
 DATA_ENV = "DPLIB_DATA"
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 MNIST_FILES = [
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
+    f"{split}-{kind}-ubyte"
+    for split in ("train", "t10k")
+    for kind in ("images-idx3", "labels-idx1")
 ]
 CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
@@ -72,25 +71,12 @@ class DatasetSpec:
     classes: tuple[str, ...] = tuple(str(digit) for digit in range(10))
 
 
+FASHION_CLASSES = "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot"
+CIFAR10_CLASSES = "airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck"
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec((1, 28, 28), (0.1307,), (0.3081,), 5000),
     "fashion_mnist": DatasetSpec(
-        (1, 28, 28),
-        (0.2860,),
-        (0.3530,),
-        5000,
-        (
-            "T-shirt/top",
-            "Trouser",
-            "Pullover",
-            "Dress",
-            "Coat",
-            "Sandal",
-            "Shirt",
-            "Sneaker",
-            "Bag",
-            "Ankle boot",
-        ),
+        (1, 28, 28), (0.2860,), (0.3530,), 5000, tuple(FASHION_CLASSES.split(","))
     ),
     "mnist5k": DatasetSpec((1, 28, 28), (0.1307,), (0.3081,), 500),
     "cifar10": DatasetSpec(
@@ -98,19 +84,8 @@ DATASETS: dict[str, DatasetSpec] = {
         (0.4914, 0.4822, 0.4465),
         (0.2470, 0.2435, 0.2616),
         5000,
-        (
-            "airplane",
-            "automobile",
-            "bird",
-            "cat",
-            "deer",
-            "dog",
-            "frog",
-            "horse",
-            "ship",
-            "truck",
-        ),
-    ),
+        tuple(CIFAR10_CLASSES.split(",")),
+    ),  # fmt: skip
 }
 MNIST5K_TEST_SIZE = 1000
 
@@ -199,22 +174,24 @@ def _download(name: str, root: Path) -> None:
         datasets[name](root, train=train, download=True)
 
 
+def _fetched(name: str, root: Path, folder: Path, files: list[str], download: bool) -> str:
+    """Download the missing files with torchvision where asked; why that failed, or ''."""
+    if not (download and _missing(folder, files)):
+        return ""
+    try:
+        _download(name, root)
+    except Exception as error:  # offline: URLError, socket errors, checksum errors
+        return f" (download failed: {error})"
+    return ""
+
+
 def _mnist_like(name: str, root: Path, download: bool) -> tuple[tuple, tuple, str]:
     folder = root / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw"
     source = str(folder)
-    if _missing(folder, MNIST_FILES) and name == "fashion_mnist":
+    if name == "fashion_mnist" and _missing(folder, MNIST_FILES):
         if _unpack_system_fashion_mnist(folder):
             source = f"{FASHION_MNIST_SYSTEM_DIR} (Debian package dataset-fashion-mnist)"
-    if _missing(folder, MNIST_FILES) and download:
-        try:
-            _download(name, root)
-            source = f"downloaded by torchvision into {folder}"
-        except Exception as error:  # offline: URLError, socket errors, checksum errors
-            download_error = error
-        else:
-            download_error = None
-    else:
-        download_error = None
+    reason = _fetched(name, root, folder, MNIST_FILES, download)
     missing = _missing(folder, MNIST_FILES)
     if missing:
         hint = (
@@ -222,7 +199,6 @@ def _mnist_like(name: str, root: Path, download: bool) -> tuple[tuple, tuple, st
             if name == "fashion_mnist"
             else "or use the offline subset dataset='mnist5k', "
         )
-        reason = f" (download failed: {download_error})" if download_error else ""
         raise DataNotFoundError(
             f"{name} is not on this machine{reason}: missing {', '.join(missing)} in {folder}. "
             f"Put the gunzipped IDX files there, {hint}or set {DATA_ENV} to a folder that has "
@@ -266,15 +242,9 @@ def _cifar10(root: Path, download: bool, copy: str | os.PathLike | None = None):
     if jpeg is not None:
         classes = DATASETS["cifar10"].classes
         return image_folder.load_copy(jpeg, classes, root / "cifar10-jpeg.pt")
-    download_error = None
-    if _missing(folder, CIFAR10_FILES) and download:
-        try:
-            _download("cifar10", root)
-        except Exception as error:  # offline: URLError, socket errors, checksum errors
-            download_error = error
+    reason = _fetched("cifar10", root, folder, CIFAR10_FILES, download)
     missing = _missing(folder, CIFAR10_FILES)
     if missing:
-        reason = f" (download failed: {download_error})" if download_error else ""
         raise DataNotFoundError(
             f"cifar10 is not on this machine{reason}: missing {', '.join(missing)} in {folder}. "
             "Either put CIFAR-10's python batches there (torchvision downloads them when the "
@@ -454,12 +424,3 @@ def reseed(loader: DataLoader, seed: int) -> None:
     generator = getattr(getattr(batches, "sampler", None), "generator", None)
     if generator is not None:
         generator.manual_seed(seed)
-
-
-def available(name: str, root: str | os.PathLike | None = None, download: bool = True) -> bool:
-    """True when data set ``name`` can be loaded here (its files exist or can be fetched)."""
-    try:
-        load_splits(name, root, download=download)
-    except DataNotFoundError:
-        return False
-    return True

@@ -28,6 +28,10 @@ class WidthsError(ValueError):
     """Widths that do not fit the network."""
 
 
+class ImportanceMismatchError(ValueError):
+    """The importance was computed for another network."""
+
+
 def parse_widths(widths: Widths, units: dict[str, int]) -> dict[str, int]:
     """Turn any widths notation into ``{layer name: kept units}`` and check it.
 
@@ -208,6 +212,26 @@ class Importance:
             history=self.history,
             config={**self.config, "statistic": statistic},
         )
+
+    @classmethod
+    def in_order(cls, units: dict[str, int]) -> Importance:
+        """Scores that keep each layer's first units (to build an architecture of given
+        widths; the weights are not the point)."""
+        scores = {name: -torch.arange(k, dtype=torch.float) for name, k in units.items()}
+        return cls(scores, criterion="first")
+
+    def check_fits(self, units: dict[str, int], network: str) -> None:
+        """An :class:`ImportanceMismatchError` unless every scored layer is among ``units``
+        (``{layer: units}``, the prunable layers of ``network``) with as many units."""
+        unknown = [name for name in self.names if name not in units]
+        wrong = {n: (k, units[n]) for n, k in self.units.items() if n in units and units[n] != k}
+        if unknown or wrong:
+            raise ImportanceMismatchError(
+                f"the {self.criterion!r} importance does not fit this {network}: scores for "
+                f"layers it cannot prune {unknown}, layers whose number of scores differs from "
+                f"their units (scores, units) {wrong}. Prunable layers: {list(units)}. Compute "
+                "the importance for this model."
+            )
 
     def ranking(self, layer: str) -> torch.Tensor:
         """Unit indices of ``layer`` from most to least important (ties keep index order)."""

@@ -32,10 +32,10 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 from torch.utils.flop_counter import FlopCounterMode
 
-from .attach import GatedModel
+from .attach import unwrap
 from .graph import PrunableLayer, find_prunable_layers, flatten_factor
+from .importance import ImportanceMismatchError
 from .loop import resolve_device
-from .surgery import ImportanceMismatchError
 
 
 class Count(NamedTuple):
@@ -124,8 +124,7 @@ class CostModel:
     def __init__(
         self, model: nn.Module, input_shape: tuple[int, ...], layers: list[str] | None = None
     ):
-        if isinstance(model, GatedModel):
-            model = model.model
+        model = unwrap(model)
         if len(input_shape) < 2:
             raise ValueError(f"input_shape must include the batch axis, got {input_shape}")
         self.model = model

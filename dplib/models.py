@@ -341,14 +341,7 @@ def build(
         options["width_multiplier"] = width_multiplier
     model = spec.builder(**options)
     if widths is not None:
-        full = widths_of(model, coupled=True)
-        order = Importance(
-            scores={
-                layer: -torch.arange(units, dtype=torch.float) for layer, units in full.items()
-            },
-            criterion="first",
-        )
-        model = prune(model, order, widths)
+        model = prune(model, Importance.in_order(widths_of(model, coupled=True)), widths)
     # what dplib.save_pruned records so that dplib.load_pruned rebuilds this network alone
     model.dplib_preset = {"name": name, **options}
     return model

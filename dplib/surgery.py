@@ -19,13 +19,9 @@ import copy
 import torch
 from torch import nn
 
-from .attach import GatedModel
+from .attach import unwrap
 from .graph import find_prunable_layers, flatten_factor
 from .importance import Importance, Widths, parse_widths
-
-
-class ImportanceMismatchError(ValueError):
-    """The importance was computed for another network."""
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -117,23 +113,9 @@ def prune(model: nn.Module, importance: Importance, widths: Widths) -> nn.Module
         ImportanceMismatchError: the importance does not cover the model's prunable layers.
         WidthsError: impossible widths (wrong count, zero, larger than a layer).
     """
-    if isinstance(model, GatedModel):
-        model = model.model
+    model = unwrap(model)
     graph = find_prunable_layers(model, coupled=True)
-    available = {layer.name: layer.units for layer in graph.layers}
-    unknown = [name for name in importance.names if name not in available]
-    wrong = {
-        name: (k, available[name])
-        for name, k in importance.units.items()
-        if name in available and available[name] != k
-    }
-    if unknown or wrong:
-        raise ImportanceMismatchError(
-            f"the {importance.criterion!r} importance does not fit this "
-            f"{type(model).__name__}: scores for layers it cannot prune {unknown}, layers whose "
-            f"number of scores differs from their units (scores, units) {wrong}. Prunable "
-            f"layers: {list(available)}. Compute the importance for this model."
-        )
+    importance.check_fits({layer.name: layer.units for layer in graph.layers}, type(model).__name__)
     kept = importance.keep_indices(parse_widths(widths, importance.units))
     pruned = copy.deepcopy(model)
     modules = dict(pruned.named_modules())
@@ -171,7 +153,6 @@ def unit_mask(importance: Importance, widths: Widths) -> dict[str, torch.Tensor]
 
 def widths_of(model: nn.Module, *, coupled: bool = False) -> dict[str, int]:
     """The current number of units of each prunable layer (and group, if ``coupled``)."""
-    if isinstance(model, GatedModel):
-        model = model.model
+    model = unwrap(model)
     graph = find_prunable_layers(model, coupled=coupled)
     return {layer.name: layer.units for layer in graph.layers}

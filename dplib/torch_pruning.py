@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from .attach import GatedModel
+from .attach import unwrap
 from .budget import input_shape_for
 from .graph import PrunableLayer, find_prunable_layers
 from .importance import Importance, Widths, parse_widths
@@ -51,14 +51,10 @@ def require_torch_pruning() -> ModuleType:
     return torch_pruning
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.model if isinstance(model, GatedModel) else model
-
-
 def dependency_graph(model: nn.Module, input_shape: tuple[int, ...] | None = None):
     """Torch-Pruning's DependencyGraph of ``model``, traced on zeros of ``input_shape``."""
     tp = require_torch_pruning()
-    model = _unwrap(model)
+    model = unwrap(model)
     shape = input_shape_for(model, input_shape)
     parameter = next(model.parameters())
     example = torch.zeros(shape, device=parameter.device, dtype=parameter.dtype)
@@ -103,7 +99,7 @@ def tp_importance(
         coupled: also score dplib's residual-coupled groups.
     """
     scorer = _criterion(criterion)
-    model = _unwrap(model)
+    model = unwrap(model)
     if criterion == "tp_taylor":
         if loader is None:
             raise ValueError("criterion 'tp_taylor' needs a data loader (training data)")
@@ -139,7 +135,7 @@ def prune_like_dplib(
     """A copy of ``model`` pruned by Torch-Pruning's DependencyGraph to the units of
     :func:`dplib.prune`: per layer, all but the top-``width`` units of ``importance``."""
     require_torch_pruning()
-    pruned = copy.deepcopy(_unwrap(model))
+    pruned = copy.deepcopy(unwrap(model))
     graph = dependency_graph(pruned, input_shape)
     layers = find_prunable_layers(pruned, coupled=True)
     kept = importance.keep_indices(parse_widths(widths, importance.units))
@@ -171,7 +167,7 @@ def tp_global_prune(
     tp = require_torch_pruning()
     if not 0 <= pruning_ratio < 1:
         raise ValueError(f"pruning_ratio must be in [0, 1), got {pruning_ratio}")
-    pruned = copy.deepcopy(_unwrap(model)).eval()
+    pruned = copy.deepcopy(unwrap(model)).eval()
     layers = find_prunable_layers(pruned, coupled=coupled).layers
     ignored = _layers_left_alone(pruned, layers)
     scorer = _global_scorer(tp, pruned, criterion, loader, batches)

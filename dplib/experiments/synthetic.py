@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.distributions import Dirichlet
 
+from .. import progress
 from ..attach import attach_gates
 from ..data import make_loader
 from ..files import atomic_torch_save
@@ -89,7 +90,7 @@ def recover(
         epochs=steps / len(loader), estimator=estimator, lr=lr, alpha0=alpha0
     )
     gated = attach_gates(net, settings=settings)
-    with hidden():
+    with progress.hidden():
         learned = learn_importance(gated, loader, settings, device="cpu", seed=seed)
     gated.remove()
     mean, std = learned.mean("fc1"), learned.std("fc1")
