@@ -1,6 +1,7 @@
 # The kit's commands. Every target sets up what it needs first.
 #   make figures   the main job: every figure and the results table of $(PROFILE) (default cpu)
 #   make test      lint + unit tests + every notebook through nbval (smoke profile)
+#   make quick     lint + the fast tests, for day-to-day work
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 PROFILE ?= cpu
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup data test lint format lab figures bench study compare cifar cifar-evaluate clean-runs
+.PHONY: setup data test quick lint format lab figures bench study compare cifar cifar-evaluate clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,9 @@ format: setup
 
 test: setup data lint  ## lint, unit tests, notebooks (smoke profile) through nbval
 	DPLIB_PROFILE=smoke DPLIB_PROGRESS=off $(BIN)/pytest
+
+quick: setup lint  ## the fast tests for day-to-day work (under a minute); CI runs them all
+	DPLIB_PROFILE=smoke DPLIB_PROGRESS=off $(BIN)/pytest -m "not slow" -q
 
 figures: setup data  ## the main job: the notebooks of every $(PROFILE) experiment via papermill, then 04_figures
 	DPLIB_PROGRESS=text $(BIN)/python -m dplib.experiments.runner --profile $(PROFILE)

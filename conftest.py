@@ -12,3 +12,12 @@ import tempfile
 os.environ.setdefault("DPLIB_PROFILE", "smoke")
 os.environ.setdefault("DPLIB_PROGRESS", "off")
 os.environ.setdefault("DPLIB_RUNS", tempfile.mkdtemp(prefix="dplib-test-runs-"))
+
+
+def pytest_collection_modifyitems(items):
+    """The notebooks (nbval) are slow tests: ``make quick`` leaves them out."""
+    import pytest
+
+    for item in items:
+        if item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.slow)

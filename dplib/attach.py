@@ -1,10 +1,8 @@
 """Attach Dirichlet gates to a network without editing its class.
 
-``attach_gates(model)`` finds the prunable layers (:mod:`dplib.graph`), creates one
-:class:`~dplib.gates.DirichletGate` per layer and registers a forward hook that multiplies the
-output of the layer (or of the BatchNorm right after it) by the gate. The model's own modules
-and weights are untouched: :meth:`GatedModel.remove` takes the hooks away and returns the very
-same model object.
+One :class:`~dplib.gates.DirichletGate` per prunable layer (:mod:`dplib.graph`), applied by a
+forward hook on the layer (or the BatchNorm right after it). The model's modules and weights are
+untouched: :meth:`GatedModel.remove` takes the hooks away and returns the same model object.
 """
 
 from __future__ import annotations
@@ -26,12 +24,8 @@ def _gate_key(name: str) -> str:
 
 
 class GatedModel(nn.Module):
-    """A network with one Dirichlet gate per prunable layer.
-
-    ``gated(x)`` runs the wrapped model; the hooks apply the gates. ``gated.model`` is the
-    original model (the same object), ``gated.layers`` the prunable layers in execution order.
-    While the gates are attached, calling ``gated.model`` directly also runs them.
-    """
+    """A network with one Dirichlet gate per prunable layer; ``gated.model`` is the original
+    model (the same object), which runs the gates too while they are attached."""
 
     def __init__(
         self, model: nn.Module, graph: LayerGraph, gates: dict[str, DirichletGate], position: str
@@ -44,9 +38,10 @@ class GatedModel(nn.Module):
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         modules = dict(model.named_modules())
         for layer in graph.layers:
-            for target in layer.gate_targets(position):
-                hook = _make_hook(gates[layer.name])
-                self._handles.append(modules[target].register_forward_hook(hook))
+            gate = gates[layer.name]
+            for target in layer.gate_targets(position):  # a hook's result replaces the output
+                hook = modules[target].register_forward_hook(lambda _m, _i, out, g=gate: g(out))
+                self._handles.append(hook)
 
     @property
     def layers(self) -> list[str]:
@@ -86,38 +81,20 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.model if isinstance(model, GatedModel) else model
 
 
-def _make_hook(gate: DirichletGate):
-    def hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
-        return gate(output)
-
-    return hook
-
-
 def attach_gates(
-    model: nn.Module,
-    settings: DirichletSettings | None = None,
-    *,
-    coupled: bool = False,
+    model: nn.Module, settings: DirichletSettings | None = None, *, coupled: bool = False,
     **knobs: Any,
-) -> GatedModel:
+) -> GatedModel:  # fmt: skip
     """Place a Dirichlet gate after every prunable layer of ``model``.
 
     Args:
         model: any ``torch.fx``-traceable network; it is not copied or modified.
-        settings: the gate's knobs come from here (:class:`dplib.DirichletSettings`; default
-            phi_init 100, scale "K", after BatchNorm); single ``knobs`` given as keywords
-            override them: ``phi_init`` (every unit's initial concentration; the method as
-            first specified uses 1), ``scale`` (``"K"``: the gate multiplies by K*s, the
-            identity at the start; ``"none"``: by s, as the reference code), ``position``
-            (``"after_bn"``: the BatchNorm's output where a layer has one; ``"before_bn"``).
-        coupled: also gate the groups of layers tied by residual additions (one gate per group,
-            multiplying every tied layer's output); by default only layers whose units are free
-            (for residual networks: the inner channels of each block).
+        settings: the gate's knobs ``phi_init``, ``scale`` and ``position``
+            (:class:`dplib.DirichletSettings`); single ``knobs`` given as keywords override them.
+        coupled: also gate the groups of layers tied by residual additions (one gate per group);
+            by default only free layers (for residual networks: each block's inner channels).
 
-    Returns:
-        A :class:`GatedModel` whose gates multiply by their posterior mean (``"mean"`` mode).
-        With ``scale="K"`` that is the identity at the start: the predictions equal the
-        model's.
+    Returns a :class:`GatedModel` in ``"mean"`` mode (with ``scale="K"``: the model's outputs).
     """
     if isinstance(model, GatedModel):
         raise ValueError("this model already has gates; call .remove() first")

@@ -1,28 +1,20 @@
 """Choose per-layer widths that meet a budget of parameters or MACs.
 
-The rule. Every unit k of prunable layer l has a score comparable across layers,
-r_lk = ``importance.relative()``: the layer's scores over their mean, so 1.0 is the layer's
-average unit (K_l E[s_lk] for the Dirichlet posterior mean; the method page notebooks/METHOD.md,
-section 4). Removing a unit saves its weights, bias and BatchNorm entries, the inputs it feeds to
-its consumers (H*W of them per channel for a Linear after ``flatten``) and the MACs of all those:
-:class:`dplib.measure.CostModel` gives the cost of any widths exactly. Starting from the full
-network, the importance allocation removes one unit at a time, the one with the lowest r_lk among
-each layer's lowest-ranked kept unit, until the cost is at most the target. It then adds back,
-highest rank first, removed units that still fit; if the result is still more than 2% under the
-target (coarse units leave a gap), it exchanges units: force one more unit into a layer, remove
-the lowest-ranked units elsewhere to make room, refill, keep the exchange that lands highest.
-The result lies in [0.98 * target, target]; every layer keeps at least one unit.
+Unit k of layer l has a score comparable across layers, r_lk = ``importance.relative()`` (K_l
+E[s_lk] for the Dirichlet posterior mean; notebooks/METHOD.md, section 4), and
+:class:`dplib.measure.CostModel` gives the exact cost of any widths. The importance allocation
+removes the lowest-ranked kept unit of all layers, one at a time, until the cost is at most the
+target, then adds back, highest rank first, removed units that still fit. If the result is more
+than 2% under the target (coarse units leave a gap), it exchanges units (one more in a layer,
+the lowest-ranked elsewhere removed to make room, a refill) and keeps the exchange that lands
+highest: the result lies in [0.98 * target, target], with at least one unit per layer.
 
 The hardware grid (``multiple_of=m``, default 1): every kept width is a multiple of m or the
-layer's full width; a layer narrower than m keeps any width of at least one unit, a wider one at
-least m. Each greedy step then moves a layer from one allowed width to the next, removing or
-adding a whole block of units, ranked by the mean r_lk of its units; the exchanges move blocks
-too, and the uniform allocation rounds its widths down to the grid.
-
-The uniform allocation, the naive reference, keeps the same fraction f of every layer
-(``max(1, round(K_l * f))`` units, rounded down to the grid), with f the largest that fits
-(bisection); the add-back step then fills the remaining budget one unit (block) at a time, in the
-layer with the lowest kept fraction.
+layer's full width (a layer narrower than m keeps any width). Each step then moves a whole block
+of units, ranked by their mean r_lk. The uniform allocation (the naive reference) keeps the same
+fraction f of every layer (``max(1, round(K_l * f))`` units, rounded down to the grid), f the
+largest that fits (bisection), then adds back one unit (block) at a time to the layer with the
+lowest kept fraction.
 """
 
 from __future__ import annotations
@@ -42,6 +34,7 @@ from .surgery import prune
 
 ALLOCATIONS = ("importance", "uniform")
 TOLERANCE = 0.02  # the answer lands in [(1 - TOLERANCE) * target, target]
+_REPAIR_ROUNDS = 20  # at most this many exchanges when the greedy result is under the window
 _RATIO = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*[xX]\s*$")
 
 
@@ -87,11 +80,8 @@ def _check_budget_syntax(target: object, what: str) -> None:
 
 
 def split_budget_widths(widths: str) -> tuple[str, str] | None:
-    """``"macs:4x"`` -> ``("macs", "4x")``; None when ``widths`` is not a budget.
-
-    The notebooks and profiles accept such a budget wherever they accept widths; each criterion
-    then gets its own allocation from :func:`choose_widths`. A malformed budget raises.
-    """
+    """``"macs:4x"`` -> ``("macs", "4x")`` (the notebooks accept such a budget as widths); None
+    when ``widths`` is not a budget; a malformed budget raises."""
     if not isinstance(widths, str) or ":" not in widths:
         return None
     what, _, target = widths.partition(":")
@@ -111,79 +101,62 @@ def parse_budget(target: int | float | str, full: int, what: str = "macs") -> in
 
 
 def choose_widths(
-    model: nn.Module,
-    importance: Importance | None,
-    target_macs: float | str | None = None,
-    target_params: float | str | None = None,
-    input_shape: tuple[int, ...] | None = None,
-    *,
-    allocation: str = "importance",
-    verify: bool = True,
-    costs: CostModel | None = None,
+    model: nn.Module, importance: Importance | None, target_macs: float | str | None = None,
+    target_params: float | str | None = None, input_shape: tuple[int, ...] | None = None, *,
+    allocation: str = "importance", verify: bool = True, costs: CostModel | None = None,
     multiple_of: int = 1,
-) -> dict[str, int]:
-    """Kept units per prunable layer, ``{layer name: width}`` in layer order, within a budget.
+) -> dict[str, int]:  # fmt: skip
+    """Kept units per prunable layer, ``{layer name: width}`` in layer order, whose cost lies in
+    [0.98 * target, target].
 
     Args:
         model: the full network (a :class:`~dplib.GatedModel` is unwrapped).
-        importance: scores of every prunable layer (any criterion); may be None for the uniform
-            allocation.
-        target_macs: MACs of one forward pass of ``input_shape``: an int, or ``"4x"`` for four
-            times fewer than the full model. Give exactly one of target_macs and target_params.
-        target_params: parameters, likewise.
-        input_shape: the input batch shape, e.g. (1, 1, 28, 28); by default (1, C, H, W) of
-            the network's input, which a network built by :func:`dplib.models.build` records.
-        allocation: ``"importance"`` (the greedy rule of the module docstring) or
-            ``"uniform"`` (the same kept fraction in every layer).
+        importance: scores of every prunable layer (any criterion); None allowed for "uniform".
+        target_macs, target_params: MACs of one forward pass of ``input_shape``, or parameters:
+            an int, or ``"4x"`` (four times fewer than the full model); give exactly one.
+        input_shape: the input batch shape (default: that of a :func:`dplib.models.build` net).
+        allocation: ``"importance"`` (the greedy rule above) or ``"uniform"``.
         verify: check the analytic cost against :func:`dplib.count` of the pruned network.
-        costs: a :class:`CostModel` of this model, input shape and layers, to reuse across
-            calls (it costs two forward passes to build).
-        multiple_of: every width a multiple of it (e.g. 8, for tensor cores) or the layer's
-            full width; a layer narrower than it keeps any width (the module docstring).
-
-    Returns:
-        widths whose cost lies in [0.98 * target, target].
+        costs: a :class:`CostModel` of this model, input shape and layers, to reuse.
+        multiple_of: every width a multiple of it (e.g. 8, for tensor cores) or the full width.
 
     Raises:
         BudgetError (a ValueError): malformed budget, both or neither target, a target outside
-            [cost with one unit per layer, cost of the full model] (the message names it), or
-            one that no widths on the grid of ``multiple_of`` meet ("too coarse").
+            [one unit per layer, the full model], or one the grid cannot meet ("too coarse").
     """
-    what, target = _requested_budget(importance, target_macs, target_params, allocation)
-    _check_multiple_of(multiple_of)
+    what, target = _requested_budget(
+        importance, target_macs, target_params, allocation, multiple_of
+    )
     model = unwrap(model)
-    costs = _cost_model_for(model, importance, input_shape, costs)
+    layers = importance.names if importance is not None else None
+    if costs is None:
+        costs = CostModel(model, input_shape_for(model, input_shape), layers)
+    elif layers is not None and costs.names != layers:
+        raise ValueError(f"the cost model varies {costs.names}, the importance scores {layers}")
     quadratic = costs.macs if what == "macs" else costs.params
     target = _target_in_range(model, quadratic, costs.units, target, what)
     grid = _Grid(costs.units, multiple_of)
     widths = _allocate(quadratic, costs, grid, importance, (target, what), allocation)
-    _check_within_tolerance(quadratic(widths), target, what, multiple_of)
+    cost = quadratic(widths)
+    if cost < (1 - TOLERANCE) * target:  # outside the promised window
+        where, other = _grid_hint(multiple_of)
+        raise BudgetError(
+            f"no widths found within {TOLERANCE:.0%} under target_{what} {target:,}{where} "
+            f"(best: {cost:,}); the units of this network are too coarse for this budget, try a "
+            f"nearby target{other}"
+        )
     result = {name: int(w) for name, w in zip(costs.names, widths)}
     if verify:
         _verify(model, costs, result)
     return result
 
 
-def _check_multiple_of(multiple_of: object) -> None:
-    """Refuse a grid that is not a positive integer (bools included), before any forward pass."""
-    if (
-        isinstance(multiple_of, bool)
-        or not isinstance(multiple_of, (int, np.integer))
-        or multiple_of < 1
-    ):
-        raise ValueError(
-            f"multiple_of must be a positive integer (1: any width; 8: multiples of 8), got "
-            f"{multiple_of!r} ({type(multiple_of).__name__})"
-        )
-
-
 def _requested_budget(
-    importance: Importance | None,
-    target_macs: float | str | None,
-    target_params: float | str | None,
-    allocation: str,
-) -> tuple[str, int | str]:
-    """Check the options of :func:`choose_widths`; return what is budgeted and the target."""
+    importance: Importance | None, target_macs: float | str | None,
+    target_params: float | str | None, allocation: str, multiple_of: object,
+) -> tuple[str, int | str]:  # fmt: skip
+    """Check the options of :func:`choose_widths` before any forward pass; return what is
+    budgeted and the target."""
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
     if (target_macs is None) == (target_params is None):
@@ -192,22 +165,13 @@ def _requested_budget(
         raise ValueError("the importance allocation needs an importance (or use 'uniform')")
     what, target = ("macs", target_macs) if target_macs is not None else ("params", target_params)
     _check_budget_syntax(target, what)
+    integer = isinstance(multiple_of, (int, np.integer)) and not isinstance(multiple_of, bool)
+    if not integer or multiple_of < 1:
+        raise ValueError(
+            f"multiple_of must be a positive integer (1: any width; 8: multiples of 8), got "
+            f"{multiple_of!r} ({type(multiple_of).__name__})"
+        )
     return what, target
-
-
-def _cost_model_for(
-    model: nn.Module,
-    importance: Importance | None,
-    input_shape: tuple[int, ...] | None,
-    costs: CostModel | None,
-) -> CostModel:
-    """The given cost model, checked against the importance's layers, or a new one."""
-    layers = importance.names if importance is not None else None
-    if costs is None:
-        return CostModel(model, input_shape_for(model, input_shape), layers)
-    if layers is not None and costs.names != layers:
-        raise ValueError(f"the cost model varies {costs.names}, the importance scores {layers}")
-    return costs
 
 
 def _target_in_range(
@@ -227,12 +191,8 @@ def _target_in_range(
 
 
 class _Grid:
-    """The widths each layer may keep: multiples of ``multiple_of``, and its full width.
-
-    A layer narrower than ``multiple_of`` cannot hold a multiple: it may keep any width of at
-    least one unit (steps of one unit); a wider one steps by blocks of ``multiple_of`` units and
-    keeps at least one block. With ``multiple_of=1`` every width from 1 to the full one is allowed.
-    """
+    """The widths each layer may keep: multiples of ``multiple_of`` (at least one), and its full
+    width; a layer narrower than ``multiple_of`` steps by one unit instead."""
 
     def __init__(self, units: np.ndarray, multiple_of: int = 1):
         self.units = units
@@ -255,19 +215,21 @@ class _Grid:
 
 
 def _allocate(
-    quadratic: Quadratic,
-    costs: CostModel,
-    grid: _Grid,
-    importance: Importance | None,
-    budget: tuple[int, str],
-    allocation: str,
-) -> np.ndarray:
-    """Widths on ``grid`` under the budget (target, what) by the chosen allocation, then
-    add-back and exchanges."""
+    quadratic: Quadratic, costs: CostModel, grid: _Grid, importance: Importance | None,
+    budget: tuple[int, str], allocation: str,
+) -> np.ndarray:  # fmt: skip
+    """Widths on ``grid`` under the budget (target, what): allocation, add-back, exchanges."""
     if importance is not None:
         importance.check_fits(dict(zip(costs.names, map(int, costs.units))), "model")
     target, what = budget
-    _check_grid_reaches(quadratic, grid, target, what)
+    smallest = quadratic(grid.minimum)
+    if smallest > target:
+        where, other = _grid_hint(grid.multiple_of)
+        raise BudgetError(
+            f"no widths found under target_{what} {target:,}{where} (the narrowest, "
+            f"{grid.multiple_of} units in every layer at least as wide, cost {smallest:,}); the "
+            f"units of this network are too coarse for this budget, try a larger target{other}"
+        )
     rank: _ImportanceRank | _UniformRank
     if allocation == "uniform":
         rank = _UniformRank(costs.units)
@@ -284,29 +246,6 @@ def _grid_hint(multiple_of: int) -> tuple[str, str]:
     if multiple_of == 1:
         return "", ""
     return f" on the grid multiple_of={multiple_of}", " or a smaller multiple_of"
-
-
-def _check_grid_reaches(quadratic: Quadratic, grid: _Grid, target: int, what: str) -> None:
-    """Refuse a target under the cost of the narrowest widths on the grid."""
-    smallest = quadratic(grid.minimum)
-    if smallest > target:
-        where, other = _grid_hint(grid.multiple_of)
-        raise BudgetError(
-            f"no widths found under target_{what} {target:,}{where} (the narrowest, "
-            f"{grid.multiple_of} units in every layer at least as wide, cost {smallest:,}); the "
-            f"units of this network are too coarse for this budget, try a larger target{other}"
-        )
-
-
-def _check_within_tolerance(cost: int, target: int, what: str, multiple_of: int = 1) -> None:
-    """Refuse widths more than TOLERANCE under the target (the promised window)."""
-    if cost < (1 - TOLERANCE) * target:
-        where, other = _grid_hint(multiple_of)
-        raise BudgetError(
-            f"no widths found within {TOLERANCE:.0%} under target_{what} {target:,}{where} "
-            f"(best: {cost:,}); the units of this network are too coarse for this budget, try a "
-            f"nearby target{other}"
-        )
 
 
 def _block_mean(ranked: np.ndarray, start: int, stop: int) -> float:
@@ -328,40 +267,30 @@ class _ImportanceRank:
 
     def addition(self, widths: np.ndarray, upper: np.ndarray, additions: np.ndarray) -> np.ndarray:
         """Per layer: the mean score of the best removed units, up to ``upper``."""
-        return np.array(
-            [
-                _block_mean(r, w, up) if w < up else -np.inf
-                for r, w, up in zip(self.ranked, widths, upper)
-            ]
-        )
+        layers = zip(self.ranked, widths, upper)
+        return np.array([_block_mean(r, w, up) if w < up else -np.inf for r, w, up in layers])
 
 
 class _UniformRank:
-    """Keep the kept fractions w_l / K_l as equal as possible."""
+    """Keep the kept fractions w_l / K_l as equal as possible: remove from the layer that keeps
+    the largest fraction (the lowest -w_l / K_l), add to the one that keeps the smallest."""
 
     def __init__(self, units: np.ndarray):
         self.units = units
 
-    def removal(self, widths: np.ndarray, lower: np.ndarray, savings: np.ndarray) -> np.ndarray:
-        """Remove from the layer that keeps the largest fraction."""
+    def removal(self, widths: np.ndarray, *_: np.ndarray) -> np.ndarray:
         return -widths / self.units
 
-    def addition(self, widths: np.ndarray, upper: np.ndarray, additions: np.ndarray) -> np.ndarray:
-        """Add to the layer that keeps the smallest fraction."""
-        return -widths / self.units
+    addition = removal
 
 
 _Rank = _ImportanceRank | _UniformRank
 
 
 def _remove_until(
-    quadratic: Quadratic,
-    grid: _Grid,
-    target: int,
-    rank: _Rank,
-    start: np.ndarray | None = None,
+    quadratic: Quadratic, grid: _Grid, target: int, rank: _Rank, start: np.ndarray | None = None,
     frozen: np.ndarray | None = None,
-) -> np.ndarray:
+) -> np.ndarray:  # fmt: skip
     """Remove the lowest-ranked block (down to the next allowed width), one at a time, until
     the cost is at most ``target``; ``frozen`` layers keep their widths."""
     widths = grid.units.copy() if start is None else start.copy()
@@ -386,7 +315,6 @@ def _uniform(quadratic: Quadratic, grid: _Grid, target: int) -> np.ndarray:
     grid) fit ``target``."""
 
     def widths_at(fraction: float) -> np.ndarray:
-        """Every layer at round(K_l * fraction) units, rounded down to the grid."""
         return grid.floor(np.round(grid.units * fraction).astype(np.int64))
 
     low, high = 0.0, 1.0  # widths_at(low) fits (the narrowest widths, checked by the caller)
@@ -419,46 +347,28 @@ def _add_back(
 
 
 def _repair(
-    quadratic: Quadratic,
-    grid: _Grid,
-    widths: np.ndarray,
-    target: int,
-    rank: _Rank,
-    rounds: int = 20,
+    quadratic: Quadratic, grid: _Grid, widths: np.ndarray, target: int, rank: _Rank
 ) -> np.ndarray:
-    """Exchange blocks when the greedy result is more than TOLERANCE under ``target``.
-
-    Coarse units (a channel before a large Linear, a residual group, a block of the grid) can
-    leave a gap that no single removed block fits. Each round tries every exchange "one more
-    block in layer A, one fewer in layer B (or none)", makes room if needed by removing the
-    lowest-ranked blocks of layers other than A (and, once more, other than B too where B steps
-    by several units), and refills; it keeps the exchange that lands highest under the target,
-    and stops inside the window or when no exchange improves.
-    """
+    """Exchange blocks while the greedy result is more than TOLERANCE under ``target``: coarse
+    units (a channel before a large Linear, a residual group, a block of the grid) can leave a
+    gap no single removed block fits. Each round tries every exchange of :func:`_exchanges`,
+    makes room by removing the lowest-ranked blocks of the other layers, refills, and keeps the
+    exchange that lands highest under the target, until none improves."""
     cost = quadratic(widths)
-    for _ in range(rounds):
+    for _ in range(_REPAIR_ROUNDS):
         if cost >= (1 - TOLERANCE) * target:
             break
-        best, best_cost = _best_exchange(quadratic, grid, widths, target, rank)
+        best, best_cost = widths, cost
+        for candidate, frozen in _exchanges(grid, widths):
+            candidate = _remove_until(quadratic, grid, target, rank, candidate, frozen)
+            candidate = _add_back(quadratic, grid, candidate, target, rank)
+            candidate_cost = quadratic(candidate)
+            if best_cost < candidate_cost <= target:
+                best, best_cost = candidate, candidate_cost
         if best is widths:
             break
         widths, cost = best, best_cost
     return widths
-
-
-def _best_exchange(
-    quadratic: Quadratic, grid: _Grid, widths: np.ndarray, target: int, rank: _Rank
-) -> tuple[np.ndarray, int]:
-    """The exchange of :func:`_repair` that lands highest under ``target``, with its cost;
-    ``widths`` itself (the same object) when none beats it."""
-    best, best_cost = widths, quadratic(widths)
-    for candidate, frozen in _exchanges(grid, widths):
-        candidate = _remove_until(quadratic, grid, target, rank, candidate, frozen)
-        candidate = _add_back(quadratic, grid, candidate, target, rank)
-        candidate_cost = quadratic(candidate)
-        if best_cost < candidate_cost <= target:
-            best, best_cost = candidate, candidate_cost
-    return best, best_cost
 
 
 def _exchanges(grid: _Grid, widths: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:

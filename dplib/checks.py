@@ -1,10 +1,9 @@
 """Checks of data against a network, run before any long work starts.
 
-A loader whose images have the wrong shape, or whose labels exceed the classifier's outputs,
-would otherwise fail deep inside torch ("Target 19 is out of bounds", a convolution's shape
-error) after setting up a run. :func:`check_data` looks at the first example of the data set (not
-at the loader's batches, so no shuffling state moves) and runs the network on it once, in eval
-mode and without gradients, and says what was expected and what came.
+Images of the wrong shape, or labels beyond the classifier's outputs, would otherwise fail deep
+inside torch ("Target 19 is out of bounds") after a run is set up. :func:`check_data` runs the
+network once on the data set's first example (not the loader's: no shuffling state moves), in
+eval mode without gradients, and says what was expected and what came.
 """
 
 from __future__ import annotations

@@ -1,29 +1,25 @@
 r"""Pruning criteria: one registry from a criterion's name to the function that scores units.
 
-Every criterion produces the same :class:`~dplib.Importance` (one score per unit of each
-prunable layer, higher = keep), so every comparison runs through the same surgery. Score of
-unit k of a layer:
+Every criterion produces an :class:`~dplib.Importance` (one score per unit of each prunable
+layer, higher = keep), so every comparison runs through the same surgery. Score of unit k:
 
 - ``dirichlet``: the posterior mean :math:`E[s_k] = \varphi_k / \varphi_0` learnt by
   :func:`dplib.learn_importance` (the method; its knobs: :class:`dplib.DirichletSettings`).
 - ``random``: a uniform random number (seeded): the floor every criterion should beat.
 - ``l1``: :math:`\sum |W_k|`, the L1 norm of the unit's weights (its output row; no bias).
 - ``taylor``: the first-order Taylor estimate of the loss change when the unit is removed
-  (Molchanov et al., ICLR 2017): per image, :math:`|\sum_{\text{positions}} a_k\, \partial L /
-  \partial a_k|`, summed over the images of ``batches`` mini-batches; :math:`a_k` is the unit's
-  output (after its BatchNorm).
+  (Molchanov et al., ICLR 2017): :math:`|\sum_{\text{positions}} a_k\, \partial L / \partial
+  a_k|` per image (:math:`a_k`: the unit's output after its BatchNorm), summed over the images.
 - ``bn_scale``: :math:`|\gamma_k|` of the BatchNorm after the layer (network slimming); a layer
   without BatchNorm falls back to ``l1``, recorded in ``config["fallback"]``.
 - ``oracle``: the increase of the mean cross-entropy on the given data when that unit alone is
-  removed (zeroed); a costly diagnostic, the reference the others are ranked against.
+  zeroed; a costly diagnostic, the reference the others are ranked against.
 - ``tp_l1``, ``tp_l2``, ``tp_taylor``: Torch-Pruning's group criteria (:mod:`dplib.torch_pruning`),
   where the optional package ``torch-pruning`` is installed.
 
-A criterion is a function ``f(model, loader=None, *, <its options>) -> Importance``, registered
-as it is written with :func:`register`. :func:`compute` runs one by name: an option the function
-does not take is a ``TypeError`` that names it and the options it takes. :func:`names` and
-:func:`defaults` list them: every list of criteria in the kit reads this registry.
-"""
+A criterion is a function ``f(model, loader=None, *, <its options>) -> Importance`` registered
+with :func:`register`; :func:`compute` runs one by name. Every list of criteria reads this
+registry."""
 
 from __future__ import annotations
 
@@ -55,27 +51,17 @@ ImportanceFunction = Callable[..., Importance]
 
 @dataclass(frozen=True)
 class Criterion:
-    """A registered criterion: its name, its function and what it needs.
-
-    Attributes:
-        options: the keyword options its function takes (all but ``model`` and ``loader``).
-        needs_data: the function reads a data loader (training data; the oracle: validation).
-        applies_to: the networks it makes sense for (None: every network).
-        requires: an optional package it needs (None: none); without it the criterion is left
-            out of :func:`defaults` and :func:`compute` says how to install it.
-        peer: a peer library's criterion: compared at a budget, not in the notebooks' table.
-        in_defaults: listed by :func:`defaults` (False: run only when asked by name).
-    """
+    """A registered criterion: its name, its function and what it needs."""
 
     name: str
     function: ImportanceFunction
-    options: tuple[str, ...]
+    options: tuple[str, ...]  # the function's keyword options (all but model and loader)
     description: str = ""
-    needs_data: bool = False
-    applies_to: Callable[[nn.Module], bool] | None = None
-    requires: str | None = None
-    peer: bool = False
-    in_defaults: bool = True
+    needs_data: bool = False  # it reads a data loader (training data; the oracle: validation)
+    applies_to: Callable[[nn.Module], bool] | None = None  # the networks it suits (None: all)
+    requires: str | None = None  # an optional package; without it, left out of defaults()
+    peer: bool = False  # a peer library's: compared at a budget, not in the notebooks' table
+    in_defaults: bool = True  # listed by defaults() (False: run only when asked by name)
 
     def available(self) -> bool:
         """Whether the package it requires (if any) is installed."""
@@ -86,8 +72,7 @@ class Criterion:
         return self.applies_to is None or self.applies_to(unwrap(model))
 
     def taking(self, **offered: Any) -> dict[str, Any]:
-        """Those of the ``offered`` options this criterion takes (the kit offers its context:
-        seed, device, batches, ... to every criterion it compares)."""
+        """Those of the ``offered`` options (seed, device, ...) this criterion takes."""
         return {name: value for name, value in offered.items() if name in self.options}
 
 
@@ -95,22 +80,12 @@ REGISTRY: dict[str, Criterion] = {}
 
 
 def register(
-    name: str,
-    *,
-    description: str = "",
-    needs_data: bool = False,
-    applies_to: Callable[[nn.Module], bool] | None = None,
-    requires: str | None = None,
-    peer: bool = False,
-    in_defaults: bool = True,
-    replace: bool = False,
-) -> Callable[[ImportanceFunction], ImportanceFunction]:
-    """Decorator: register ``function(model, loader=None, *, options)`` as criterion ``name``
-    (the function is returned as it is).
-
-    Registering a name again raises, unless ``replace=True`` or it is the same function defined
-    again (a notebook cell run twice).
-    """
+    name: str, *, description: str = "", needs_data: bool = False,
+    applies_to: Callable[[nn.Module], bool] | None = None, requires: str | None = None,
+    peer: bool = False, in_defaults: bool = True, replace: bool = False,
+) -> Callable[[ImportanceFunction], ImportanceFunction]:  # fmt: skip
+    """Decorator: register ``function(model, loader=None, *, options)`` as criterion ``name``;
+    a name registered again raises, unless ``replace=True`` or it is the same function."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"a criterion's name must be a non-empty string, got {name!r}")
 
@@ -169,18 +144,10 @@ def names() -> tuple[str, ...]:
 
 
 def defaults(model: nn.Module | None = None, *, peers: bool = False) -> tuple[str, ...]:
-    """The criteria compared by default: those that apply to ``model`` and are installed.
-
-    ``peers=True`` adds the peer libraries' criteria (the comparison at a budget does).
-    """
-    return tuple(
-        c.name
-        for c in REGISTRY.values()
-        if c.in_defaults
-        and (peers or not c.peer)
-        and c.available()
-        and (model is None or c.applies(model))
-    )
+    """The criteria compared by default: those that apply to ``model`` and are installed;
+    ``peers=True`` adds the peer libraries' criteria."""
+    listed = [c for c in REGISTRY.values() if c.in_defaults and (peers or not c.peer)]
+    return tuple(c.name for c in listed if c.available() and (model is None or c.applies(model)))
 
 
 def compute(
@@ -190,15 +157,15 @@ def compute(
 
     Args:
         loader: the data of criteria that need it (``needs_data``); the others ignore it.
-        options: the criterion's own (``seed``, ``batches``, ``device``, ``coupled``,
-            ``settings=DirichletSettings(...)`` for ``dirichlet``, ...): one it does not take is
-            a TypeError that lists those it takes.
+        options: the criterion's own (``seed``, ``batches``, ``settings``, ...); one it does not
+            take is a TypeError.
     """
     entry = get(criterion)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     unknown = sorted(set(options) - set(entry.options))
-    if unknown and not _takes_any_option(entry.function):
+    parameters = inspect.signature(entry.function).parameters.values()
+    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         raise TypeError(
             f"criterion {criterion!r} takes no option {', '.join(map(repr, unknown))}; its "
             f"options are {', '.join(entry.options) or 'none'}"
@@ -215,11 +182,6 @@ def compute(
     return entry.function(model, loader if entry.needs_data else None, **options)
 
 
-def _takes_any_option(function: ImportanceFunction) -> bool:
-    parameters = inspect.signature(function).parameters.values()
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
-
-
 def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
@@ -227,14 +189,9 @@ def _has_batchnorm(model: nn.Module) -> bool:
 # The criteria, in the order of every list of them (tables, comparisons) -----------------------
 @register("dirichlet", description="posterior mean E[s] of the Dirichlet gates", needs_data=True)
 def dirichlet_importance(
-    model: nn.Module,
-    loader: DataLoader,
-    *,
-    seed: int = 0,
-    device: str | torch.device = "auto",
-    coupled: bool = False,
-    settings: DirichletSettings | None = None,
-) -> Importance:
+    model: nn.Module, loader: DataLoader, *, seed: int = 0, device: str | torch.device = "auto",
+    coupled: bool = False, settings: DirichletSettings | None = None,
+) -> Importance:  # fmt: skip
     """Attach gates with ``settings``, learn their posteriors, remove the gates."""
     settings = settings or DirichletSettings()
     gated = attach_gates(unwrap(model), settings=settings, coupled=coupled)
@@ -269,18 +226,11 @@ def l1_importance(model: nn.Module, loader: None = None, *, coupled: bool = Fals
 
 @register("taylor", description="first-order Taylor |a dL/da|", needs_data=True)
 def taylor_importance(
-    model: nn.Module,
-    loader: DataLoader,
-    *,
-    batches: int = 10,
-    device: str | torch.device = "auto",
+    model: nn.Module, loader: DataLoader, *, batches: int = 10, device: str | torch.device = "auto",
     coupled: bool = False,
-) -> Importance:
-    """First-order Taylor scores |a * dL/da| per unit, over ``batches`` mini-batches.
-
-    For a residual group the per-image contributions of its layers are summed before the
-    absolute value: that is the derivative of the loss with respect to one shared unit scale.
-    """
+) -> Importance:  # fmt: skip
+    """First-order Taylor scores |a * dL/da| per unit, over ``batches`` mini-batches (a group
+    sums its layers' contributions before the absolute value: one shared unit scale)."""
     if batches < 1:
         raise ValueError(f"batches must be at least 1, got {batches}")
     model = unwrap(model)
@@ -359,20 +309,11 @@ def bn_scale_importance(
     "oracle", description="loss increase of removing one unit", needs_data=True, in_defaults=False
 )
 def oracle_importance(
-    model: nn.Module,
-    loader: DataLoader,
-    *,
-    batches: int | None = None,
-    chunk: int = 16,
-    device: str | torch.device = "auto",
-    coupled: bool = False,
-) -> Importance:
-    """Loss increase when one unit alone is removed, on the data of ``loader``.
-
-    Each pass stacks ``chunk`` copies of a mini-batch, copy j with one unit zeroed (the gates'
-    block mechanism), so a layer of K units costs K forward passes of the data, in K / chunk
-    calls. Use validation data, never the test split.
-    """
+    model: nn.Module, loader: DataLoader, *, batches: int | None = None, chunk: int = 16,
+    device: str | torch.device = "auto", coupled: bool = False,
+) -> Importance:  # fmt: skip
+    """Loss increase when one unit alone is removed, on ``loader``'s data (validation data,
+    never the test split); ``chunk`` copies of a batch per pass, each without one unit."""
     model = unwrap(model)
     device = resolve_device(device)
     original_device = next(model.parameters()).device
@@ -421,14 +362,10 @@ def _torch_pruning(name: str, description: str, *, needs_data: bool = False, **f
     """Register Torch-Pruning's group criterion ``name`` (see :mod:`dplib.torch_pruning`)."""
 
     def criterion(
-        model: nn.Module,
-        loader: DataLoader | None = None,
-        *,
-        batches: int = 10,
-        device: str | torch.device = "auto",
-        coupled: bool = False,
+        model: nn.Module, loader: DataLoader | None = None, *, batches: int = 10,
+        device: str | torch.device = "auto", coupled: bool = False,
         input_shape: tuple[int, ...] | None = None,
-    ) -> Importance:
+    ) -> Importance:  # fmt: skip
         return torch_pruning.tp_importance(
             model, name, loader, batches=batches, input_shape=input_shape, coupled=coupled,
             device=device,

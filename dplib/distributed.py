@@ -2,21 +2,12 @@
 
     torchrun --standalone --nproc_per_node=4 bench/your_script.py   # one machine, 4 GPUs
 
-Inside the script, call :func:`setup` first; :func:`dplib.fit` and
-:func:`dplib.learn_importance` then notice the process group and
-
-- shard the loader with a ``DistributedSampler``: each of the W processes takes every W-th
-  image of the same seeded permutation in batches of ``batch_size / W``, so one step of W
-  processes sees exactly the images of one step of a single process;
-- average the gradients over the processes (``DistributedDataParallel`` for the weights, an
-  all-reduce for the gate parameters);
-- log, show progress and write checkpoints on rank 0 only.
-
-The numbers then equal those of one process up to the order of floating-point reductions, with
-one exception stated here once: BatchNorm layers in training mode normalise with the statistics
-of each process's share of the batch (standard DDP behaviour), so ``fit`` of a network with
-BatchNorm differs slightly from a single-process run. Importance learning runs in eval mode and
-is not affected.
+Call :func:`setup` first; :func:`dplib.fit` and :func:`dplib.learn_importance` then shard the
+loader (each of W processes takes every W-th image of the same seeded permutation, in batches
+of ``batch_size / W``), average the gradients and log, show progress and write checkpoints on
+rank 0 only. The numbers equal one process's up to the order of floating-point sums, except
+that BatchNorm in training mode normalises with each process's share of the batch (standard
+DDP behaviour); importance learning runs in eval mode.
 """
 
 from __future__ import annotations
@@ -49,11 +40,8 @@ def is_main() -> bool:
 
 
 def setup(backend: str | None = None) -> torch.device:
-    """Join the process group that ``torchrun`` describes in the environment.
-
-    Returns the device of this process (its GPU when CUDA is available, else the CPU). Without
-    ``torchrun`` (no ``RANK`` in the environment) it does nothing and returns the default device.
-    """
+    """Join the process group ``torchrun`` describes in the environment (without ``torchrun``:
+    nothing); this process's device (its GPU when CUDA is available, else the CPU)."""
     cuda = torch.cuda.is_available()
     if "RANK" not in os.environ:
         return torch.device("cuda" if cuda else "cpu")
@@ -67,23 +55,16 @@ def setup(backend: str | None = None) -> torch.device:
 
 
 def cleanup() -> None:
-    """Leave the process group (call at the end of a ``torchrun`` script).
-
-    Every rank first waits for the others: a rank that tears down its gloo connections while a
-    peer is still busy (rank 0 saving a file) can abort with "terminate called without an
-    active exception".
-    """
+    """Leave the process group once every rank is done (a rank that leaves while rank 0 still
+    saves a file can abort gloo)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 
 
 def shard(loader: DataLoader, seed: int) -> DataLoader:
-    """This process's share of a loader made by :func:`dplib.data.make_loader`.
-
-    Unchanged when not distributed. The batch size of the share is the loader's divided by the
-    number of processes (it must divide evenly).
-    """
+    """This process's share of a loader made by :func:`dplib.data.make_loader` (unchanged when
+    not distributed): batches of the loader's size over the number of processes."""
     if not is_distributed():
         return loader
     batches = loader.batch_sampler or loader.sampler

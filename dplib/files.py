@@ -1,9 +1,8 @@
 """Writing files so that a reader never sees half of one, and reading them back.
 
-Every file the kit writes (checkpoints, importances, JSON, figures, unpacked data) goes to a
-temporary name in the target's folder and is renamed onto the target only once complete; a
-rename within one folder is atomic, so a reader finds the old file or the whole new one, and a
-run killed mid-write leaves at most a hidden ``.<name>.*.tmp`` behind.
+Every file the kit writes goes to a temporary name in the target's folder, renamed onto the
+target once complete: a rename within one folder is atomic, so a reader finds the old file or
+the whole new one, and a run killed mid-write leaves at most a hidden ``.<name>.*.tmp`` behind.
 """
 
 from __future__ import annotations
@@ -21,10 +20,8 @@ import torch
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
-
-    On an exception the temporary file is removed and ``path`` is left as it was.
-    """
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on an
+    exception remove it (``path`` is left as it was)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -73,20 +70,12 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def read_torch_file(
-    path: str | os.PathLike,
-    file_format: str,
-    what: str,
-    *,
-    error: type[Exception] = ValueError,
+    path: str | os.PathLike, file_format: str, what: str, *, error: type[Exception] = ValueError,
     weights_only: bool = True,
-) -> dict:
-    """Load a dict written by ``torch.save`` whose ``"format"`` entry is ``file_format``.
-
-    Raises:
-        FileNotFoundError: nothing at ``path``.
-        error: the file is unreadable (truncated, corrupt) or of another kind; the message says
-            which and that deleting it lets the stage that writes it run again.
-    """
+) -> dict:  # fmt: skip
+    """Load a dict written by ``torch.save`` whose ``"format"`` entry is ``file_format``; a
+    FileNotFoundError, or ``error`` for a file unreadable (truncated, corrupt) or of another kind
+    (the message says deleting it lets the stage that writes it run again)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no {what} at {path}")

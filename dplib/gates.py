@@ -8,18 +8,11 @@ A layer with :math:`K` output units gets an importance vector on the simplex,
     \varphi = \mathrm{softplus}(\theta) + \epsilon ,
 
 where ``theta`` (:math:`\theta`, K numbers) is the gate's only parameter. The gate multiplies
-unit :math:`k` of the layer's output :math:`h` by :math:`K s_k` (``scale="K"``; the factor
-:math:`K` makes the uniform vector :math:`s = 1/K` the identity) or by :math:`s_k`
-(``scale="none"``, as the authors' reference code does), broadcasting over the batch and the
-spatial axes:
-
-.. math::
-
-    h \;\mapsto\; (K\, s) \odot h .
-
-The prior is the symmetric :math:`p(s) = \mathrm{Dir}(\alpha_0 \mathbf{1}_K)`. With
-:math:`\varphi_0 = \sum_k \varphi_k` and :math:`a_0 = K \alpha_0`, the KL divergence in closed
-form is
+unit :math:`k` of the layer's output :math:`h` by :math:`K s_k` (``scale="K"``: the uniform
+:math:`s = 1/K` is the identity), :math:`h \mapsto (K\, s) \odot h` over the batch and spatial
+axes, or by :math:`s_k` (``scale="none"``, as the authors' reference code). The prior is the
+symmetric :math:`p(s) = \mathrm{Dir}(\alpha_0 \mathbf{1}_K)`; with :math:`\varphi_0 = \sum_k
+\varphi_k` and :math:`a_0 = K \alpha_0` the KL divergence in closed form is
 
 .. math::
 
@@ -27,13 +20,11 @@ form is
     = \ln\Gamma(\varphi_0) - \sum_k \ln\Gamma(\varphi_k) - \ln\Gamma(a_0) + K \ln\Gamma(\alpha_0)
       + \sum_k (\varphi_k - \alpha_0)\,(\psi(\varphi_k) - \psi(\varphi_0)) .
 
-Samples are reparameterised (``torch.distributions.Dirichlet.rsample``: normalised Gamma
-samples with implicit gradients), so the cross-entropy's gradient reaches :math:`\theta`.
-
-A gate holds a *factor* of shape ``(M, K)``: row ``m`` scales the ``m``-th block of ``B``
-images of a batch of ``M * B`` images. Importance learning stacks ``M`` copies of a mini-batch
-on the batch axis and draws ``M`` samples, so each copy sees its own sample; the oracle
-criterion uses the same mechanism to remove one unit per block.
+Samples are reparameterised (``Dirichlet.rsample``: normalised Gamma samples with implicit
+gradients), so the cross-entropy's gradient reaches :math:`\theta`. A gate holds a *factor* of
+shape ``(M, K)``: row ``m`` scales the ``m``-th block of ``B`` images of a batch of ``M * B``.
+Importance learning stacks ``M`` copies of a mini-batch, each gated by its own sample; the
+oracle criterion removes one unit per block the same way.
 """
 
 from __future__ import annotations
@@ -56,11 +47,8 @@ def inverse_softplus(y: float) -> float:
 
 
 def dirichlet_kl(phi: torch.Tensor, alpha0: float) -> torch.Tensor:
-    r"""Closed-form KL( Dir(phi) || Dir(alpha0 * 1_K) ) over the last axis of ``phi``.
-
-    Implements the formula of the module docstring; agrees with
-    ``torch.distributions.kl_divergence`` to float precision (tested).
-    """
+    """Closed-form KL( Dir(phi) || Dir(alpha0 * 1_K) ) over the last axis of ``phi`` (the
+    module docstring's formula; equal to ``torch.distributions.kl_divergence``, tested)."""
     if alpha0 <= 0:
         raise ValueError(f"alpha0 must be positive (a Dirichlet prior), got {alpha0}")
     num_units = phi.shape[-1]
@@ -78,15 +66,9 @@ def dirichlet_kl(phi: torch.Tensor, alpha0: float) -> torch.Tensor:
 
 
 class DirichletGate(nn.Module):
-    """Variational Dirichlet posterior q(s) = Dir(softplus(theta) + eps) over K units.
-
-    Args:
-        num_units: K, the number of output units (channels or neurons) of the gated layer.
-        phi_init: the initial concentration of every unit (all equal, so the posterior mean
-            starts uniform and a ``scale="K"`` gate starts as the identity).
-        scale: ``"K"`` multiplies unit k by K * s_k; ``"none"`` by s_k (the reference code).
-        eps: the floor added to softplus(theta) so that phi stays positive.
-    """
+    """Variational Dirichlet posterior q(s) = Dir(softplus(theta) + eps) over the K =
+    ``num_units`` output units of a layer, each at concentration ``phi_init`` at first; ``scale``
+    ``"K"`` multiplies unit k by K * s_k, ``"none"`` by s_k (the reference code)."""
 
     def __init__(
         self, num_units: int, phi_init: float = 1.0, scale: str = "K", eps: float = 1e-6
@@ -116,13 +98,9 @@ class DirichletGate(nn.Module):
         return Dirichlet(self.concentration())
 
     def sample(self, num_samples: int = 1) -> torch.Tensor:
-        """Reparameterised samples s ~ q, shape (num_samples, K); gradients reach theta.
-
-        On CUDA the samples are drawn in float64: torch's gradient of a Dirichlet sample runs
-        in float32 there and returns NaN for concentrations summing to tens of thousands
-        (pytorch/pytorch issue 57447), as a 512-channel layer with phi_init = 100 has; on the
-        CPU it runs in float64 already.
-        """
+        """Reparameterised samples s ~ q, shape (num_samples, K), drawn in float64 on CUDA:
+        torch's float32 gradient there is NaN for concentrations summing to tens of thousands
+        (pytorch/pytorch issue 57447; 512 channels at phi_init = 100); the CPU's is float64."""
         phi = self.concentration()
         if phi.device.type != "cuda":
             return Dirichlet(phi).rsample((num_samples,))
@@ -149,12 +127,9 @@ class DirichletGate(nn.Module):
         return s * self.num_units if self.scale == "K" else s
 
     def set_mode(self, mode: str, factor: torch.Tensor | None = None) -> None:
-        """Choose what forward multiplies by.
-
-        ``identity``: nothing (the network as it was); ``mean``: the posterior mean;
-        ``sample``: the samples drawn by :meth:`resample`; ``fixed``: ``factor`` (M, K) as given,
-        used directly as the multiplier (masks for the oracle and for tests).
-        """
+        """Choose what forward multiplies by. ``identity``: nothing; ``mean``: the posterior
+        mean; ``sample``: the samples of :meth:`resample`; ``fixed``: ``factor`` (M, K) as given
+        (masks for the oracle and for tests)."""
         if mode not in GATE_MODES:
             raise ValueError(f"unknown gate mode {mode!r}; choose one of {GATE_MODES}")
         if mode == "fixed":

@@ -1,22 +1,17 @@
 """Find a network's prunable layers and everything their units touch.
 
-The model is traced once with ``torch.fx`` and every tensor of the trace is given a *channel
-space*: the output of a ``Conv2d`` / ``Linear`` opens a new space; operations that keep units
-apart (BatchNorm, activations, pooling, dropout, flatten / view, scaling by a number) pass it
-on; an addition ties the spaces of its operands into one (a residual connection: the
-convolutions whose outputs are summed must keep the same channels). Each space then lists
-
-- its *producers*: the Conv2d / Linear layers whose output units are the space's units;
-- its *BatchNorms*, pruned with the units;
-- its *consumers*: the Conv2d / Linear layers that read the units as inputs (a Linear after a
-  flatten reads H*W inputs per channel).
+The model is traced once with ``torch.fx`` and every tensor gets a *channel space*: a ``Conv2d``
+/ ``Linear`` output opens a new one; operations that keep units apart (BatchNorm, activations,
+pooling, dropout, flatten / view, scaling by a number) pass it on; an addition ties its operands'
+spaces into one (a residual connection). A space lists its *producers* (the layers whose output
+units it holds), *BatchNorms* and *consumers* (the layers that read the units; a Linear after a
+flatten reads H*W inputs per channel).
 
 A space is prunable when it has consumers and nothing fixes its units: not the network's input
 or output (the classifier), not an operation that mixes units (a concatenation, a reduction over
-channels, an unknown module). A space with one producer is a plain prunable layer; a space tied
-by residual additions (several producers) is a *coupled group*, gated and pruned as one unit set
-when asked for (``coupled=True``). Layers left out are reported with the reason, never pruned
-silently.
+channels, an unknown module). One producer: a plain prunable layer; several, tied by residual
+additions: a *coupled group*, gated and pruned as one set with ``coupled=True``. Layers left out
+are reported with the reason, never pruned silently.
 """
 
 from __future__ import annotations
@@ -53,25 +48,16 @@ class UnsupportedModelError(ValueError):
 
 @dataclass
 class PrunableLayer:
-    """A set of units pruned together: one layer's outputs, or a residual-coupled group.
+    """A set of units pruned together: one layer's outputs, or a residual-coupled group (its
+    producers, BatchNorms and consumers: the module docstring)."""
 
-    Attributes:
-        name: the name used in importances and widths: the (first) producer's module name.
-        kind: ``"conv"``, ``"linear"``, or ``"group"`` for a residual-coupled group.
-        units: K, the number of units.
-        producers: Conv2d / Linear modules whose output units these are (one unless a group).
-        batchnorms: BatchNorm modules that normalise these units (pruned with them).
-        consumers: Conv2d / Linear modules that read these units as inputs.
-        direct_batchnorms: ``{producer: BatchNorm right after it}`` where there is one.
-    """
-
-    name: str
-    kind: str
-    units: int
+    name: str  # the name in importances and widths: the (first) producer's module name
+    kind: str  # "conv", "linear", or "group" for a residual-coupled group
+    units: int  # K
     producers: list[str] = field(default_factory=list)
     batchnorms: list[str] = field(default_factory=list)
     consumers: list[str] = field(default_factory=list)
-    direct_batchnorms: dict[str, str] = field(default_factory=dict)
+    direct_batchnorms: dict[str, str] = field(default_factory=dict)  # producer -> BN right after
 
     @property
     def coupled(self) -> bool:
@@ -79,15 +65,10 @@ class PrunableLayer:
         return self.kind == "group"
 
     def gate_targets(self, position: str = "after_bn") -> list[str]:
-        """Modules whose outputs the gate multiplies.
-
-        Each producer's output (after its BatchNorm with ``position="after_bn"``), and the
-        output of every other BatchNorm on these units (pre-activation blocks read a residual
-        sum through one): a BatchNorm maps a zeroed unit to a non-zero value, so without it a
-        masked unit would not be removed everywhere. For a group, every tied layer's output is
-        multiplied by the same gate; since the summed tensors share the units, that equals
-        gating the sum.
-        """
+        """Modules whose outputs the gate multiplies: each producer's (its BatchNorm's with
+        ``position="after_bn"``), and every other BatchNorm's on these units (a BatchNorm maps a
+        zeroed unit to a non-zero value; pre-activation blocks read a residual sum through one).
+        A group's layers share one gate: as they are summed, that equals gating the sum."""
         if position == "after_bn":
             targets = [self.direct_batchnorms.get(p, p) for p in self.producers]
         else:
@@ -153,36 +134,26 @@ class _Spaces:
         self.fixed.setdefault(self.find(space), reason)
 
 
-def _trace(model: nn.Module) -> fx.GraphModule:
+def find_prunable_layers(model: nn.Module, *, coupled: bool = False) -> LayerGraph:
+    """Trace ``model`` and return its prunable layers (and groups), in execution order.
+
+    Args:
+        coupled: also return the residual-coupled groups (by default listed in ``skipped``).
+
+    Raises UnsupportedModelError when ``torch.fx`` cannot trace the model (data-dependent control
+    flow in ``forward``) or it has no prunable layer.
+    """
     try:
-        return fx.symbolic_trace(model)
+        traced = fx.symbolic_trace(model)
     except Exception as error:  # fx raises many types; all mean the same thing here
         raise UnsupportedModelError(
             f"dplib could not trace {type(model).__name__} with torch.fx ({error}). Gates and "
             "surgery need a forward() without data-dependent Python control flow."
         ) from error
-
-
-def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
-    return [arg for arg in node.all_input_nodes]
-
-
-def find_prunable_layers(model: nn.Module, *, coupled: bool = False) -> LayerGraph:
-    """Trace ``model`` and return its prunable layers (and groups), in execution order.
-
-    Args:
-        coupled: also return the groups of layers tied by residual additions (each pruned as
-            one set of units); by default they are listed in ``skipped`` with the reason.
-
-    Raises:
-        UnsupportedModelError: the model cannot be traced by ``torch.fx`` (data-dependent
-            control flow in ``forward``) or has no prunable layer.
-    """
-    traced = _trace(model)
     walk = _Walk(dict(traced.named_modules()))
     for index, node in enumerate(traced.graph.nodes):
         walk.order[node] = index
-        _visit(walk, node, [n for n in _tensor_inputs(node) if n in walk.space_of])
+        _visit(walk, node, [n for n in node.all_input_nodes if n in walk.space_of])
     return _collect(model, walk, coupled)
 
 
@@ -230,9 +201,7 @@ def _visit_module(walk: _Walk, node: fx.Node, inputs: list[fx.Node]) -> None:
             walk.batchnorms.append((node.target, walk.space_of[inputs[0]]))
         walk.space_of[node] = walk.space_of[inputs[0]]
     else:
-        _opaque(
-            node, inputs, walk.space_of, walk.spaces, f"{node.target} ({type(module).__name__})"
-        )
+        _opaque(walk, node, inputs, f"{node.target} ({type(module).__name__})")
 
 
 def _visit_layer(walk: _Walk, node: fx.Node, module: nn.Module, inputs: list[fx.Node]) -> None:
@@ -260,7 +229,7 @@ def _visit_function(walk: _Walk, node: fx.Node, inputs: list[fx.Node]) -> None:
     elif target in _ADDITIONS and len(inputs) == 2:
         walk.space_of[node] = walk.spaces.union(walk.space_of[inputs[0]], walk.space_of[inputs[1]])
     elif inputs:
-        _opaque(node, inputs, walk.space_of, walk.spaces, f"the operation {name}")
+        _opaque(walk, node, inputs, f"the operation {name}")
 
 
 def _visit_method(walk: _Walk, node: fx.Node, inputs: list[fx.Node]) -> None:
@@ -270,14 +239,15 @@ def _visit_method(walk: _Walk, node: fx.Node, inputs: list[fx.Node]) -> None:
     if node.target in _PASSTHROUGH_METHODS:
         walk.space_of[node] = walk.space_of[inputs[0]]
     else:
-        _opaque(node, inputs, walk.space_of, walk.spaces, f"the method .{node.target}()")
+        _opaque(walk, node, inputs, f"the method .{node.target}()")
 
 
-def _opaque(node, inputs, space_of, spaces: _Spaces, what: str) -> None:
+def _opaque(walk: _Walk, node: fx.Node, inputs: list[fx.Node], what: str) -> None:
+    """An operation that may mix units: its inputs' and its output's spaces are fixed."""
     for parent in inputs:
-        spaces.fix(space_of[parent], f"its output enters {what}")
-    space_of[node] = spaces.new()
-    spaces.fix(space_of[node], f"it comes out of {what}")
+        walk.spaces.fix(walk.space_of[parent], f"its output enters {what}")
+    walk.space_of[node] = walk.spaces.new()
+    walk.spaces.fix(walk.space_of[node], f"it comes out of {what}")
 
 
 def _units(module: nn.Module) -> int:
@@ -296,7 +266,7 @@ def _collect(model: nn.Module, walk: _Walk, coupled: bool) -> LayerGraph:
         if not names:
             continue
         is_group = len(names) > 1 or walk.spaces.find(root) in walk.spaces.added
-        reason = _skip_reason(walk, root, members, names, is_group, coupled)
+        reason = _skip_reason(walk, root, members, is_group, coupled)
         if reason is not None:
             for name in names:
                 skipped[name] = reason
@@ -333,16 +303,11 @@ def _members_by_space(walk: _Walk) -> dict[int, dict[str, list[str]]]:
 
 
 def _skip_reason(
-    walk: _Walk,
-    root: int,
-    members: dict[str, list[str]],
-    names: list[str],
-    is_group: bool,
-    coupled: bool,
+    walk: _Walk, root: int, members: dict[str, list[str]], is_group: bool, coupled: bool
 ) -> str | None:
     """Why the space at ``root`` cannot be pruned (the first reason found), or None."""
     reason = walk.spaces.fixed.get(walk.spaces.find(root))
-    units = {_units(walk.modules[n]) for n in names}
+    units = {_units(walk.modules[n]) for n in members["producers"]}
     if reason is None and len(units) != 1:
         reason = "the layers tied by its residual addition differ in width"
     if reason is None and not members["consumers"]:

@@ -1,11 +1,9 @@
 """CIFAR-10 from an image-folder copy: ``train/<class>/NNNN.jpg`` and ``test/<class>/NNNN.jpg``.
 
 The public repository *CIFAR-10-images* holds all 60,000 CIFAR-10 images in this layout as
-32x32 JPEG files (5,000 training and 1,000 test images per class, the class names as folder
-names); a clone of it, or an archive of it (``.tar``, ``.tar.gz``, ``.tar.xz``), works offline.
-The pixels are the original images after one lossy JPEG round trip, so every result on this copy
-says "CIFAR-10, JPEG copy". The copy is decoded once (Pillow) into a cached tensor file written
-atomically beside the data; later runs read that file in a second.
+32x32 JPEG files; a clone of it, or an archive (``.tar``, ``.tar.gz``, ``.tar.xz``), works
+offline. The pixels went through one lossy JPEG round trip, so every result on this copy says
+"CIFAR-10, JPEG copy". It is decoded once (Pillow) into a cached tensor file beside the data.
 """
 
 from __future__ import annotations

@@ -1,17 +1,15 @@
 """The ``Importance`` type shared by every criterion, and the widths notation.
 
-Every criterion (Dirichlet, random, L1, BatchNorm scale, Taylor, oracle) produces an
-:class:`Importance`: one score per unit of each prunable layer, keyed by the layer's module name
-in the original model, higher meaning more important. For the Dirichlet criterion the scores are
-the posterior means E[s_k] = phi_k / phi_0 and the concentrations phi are kept too, so the
-posterior standard deviation is available.
-
+An :class:`Importance` holds one score per unit of each prunable layer, keyed by the layer's
+module name, higher = more important. For the Dirichlet criterion the scores are the posterior
+means E[s_k] = phi_k / phi_0, and the concentrations phi are kept too (for the posterior std).
 Widths say how many units each prunable layer keeps: a dict ``{layer name: kept units}``, a list
 in layer order, or the paper's string ``"5-8-45-15"``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,17 +31,9 @@ class ImportanceMismatchError(ValueError):
 
 
 def parse_widths(widths: Widths, units: dict[str, int]) -> dict[str, int]:
-    """Turn any widths notation into ``{layer name: kept units}`` and check it.
-
-    Args:
-        widths: dict (layers left out keep all their units), list/tuple in layer order, or a
-            string such as ``"5-8-45-15"`` (numbers in layer order).
-        units: ``{layer name: number of units}`` of the prunable layers, in layer order.
-
-    Raises:
-        WidthsError: wrong count, unknown layer, a width that is not a whole number, zero, or
-            larger than the layer.
-    """
+    """Turn any widths notation (a dict whose missing layers keep all their units, a list in
+    layer order, ``"5-8-45-15"``) into ``{layer name: kept units}`` for the layers ``units``
+    (``{name: units}`` in layer order), or raise a :class:`WidthsError`."""
     order = list(units)
     notation = "-".join(order)
     if isinstance(widths, str):
@@ -72,11 +62,8 @@ def parse_widths(widths: Widths, units: dict[str, int]) -> dict[str, int]:
     result = {}
     for name in order:
         kept = widths.get(name, units[name])
-        if (
-            isinstance(kept, bool)
-            or not isinstance(kept, (int,))
-            and not (isinstance(kept, float) and kept.is_integer())
-        ):
+        whole = isinstance(kept, int) or (isinstance(kept, float) and kept.is_integer())
+        if isinstance(kept, bool) or not whole:
             raise WidthsError(f"width of layer {name!r} must be a whole number, got {kept!r}")
         kept = int(kept)
         if not 1 <= kept <= units[name]:
@@ -95,22 +82,13 @@ def format_widths(widths: dict[str, int]) -> str:
 
 @dataclass
 class Importance:
-    """Per-unit importance of every prunable layer.
+    """Per-unit importance of every prunable layer."""
 
-    Attributes:
-        scores: ``{layer name: tensor (K,)}``, higher = more important, layers in network order.
-        criterion: ``"dirichlet"``, ``"random"``, ``"l1"``, ``"bn_scale"``, ``"taylor"``,
-            ``"oracle"``, ...
-        concentration: ``{layer name: phi (K,)}`` for the Dirichlet criterion, else None.
-        history: what learning recorded (loss curve, ranking snapshots, wall time).
-        config: the settings that produced it.
-    """
-
-    scores: dict[str, torch.Tensor]
+    scores: dict[str, torch.Tensor]  # {layer: (K,)}, higher = more important, in network order
     criterion: str = "dirichlet"
-    concentration: dict[str, torch.Tensor] | None = None
-    history: dict[str, Any] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
+    concentration: dict[str, torch.Tensor] | None = None  # {layer: phi (K,)} for "dirichlet"
+    history: dict[str, Any] = field(default_factory=dict)  # loss curve, snapshots, wall time
+    config: dict[str, Any] = field(default_factory=dict)  # the settings that produced it
 
     @property
     def names(self) -> list[str]:
@@ -130,10 +108,8 @@ class Importance:
         return values[layer]
 
     def mean(self, layer: str | None = None):
-        """Posterior mean E[s] per unit (the scores for non-Dirichlet criteria).
-
-        One layer's tensor when ``layer`` is given, else a dict over layers.
-        """
+        """Posterior mean E[s] per unit (the scores for other criteria): one layer's tensor
+        when ``layer`` is given, else a dict over layers."""
         if self.concentration is None:
             return self._pick(self.scores, layer)
         means = {name: phi / phi.sum() for name, phi in self.concentration.items()}
@@ -153,12 +129,9 @@ class Importance:
         return self._pick(stds, layer)
 
     def relative(self, layer: str | None = None):
-        """Scores comparable across layers: each layer's scores over their mean, so 1.0 is the
-        layer's average unit (K_l E[s] for the posterior mean; the statistic of
-        :meth:`ranked_by` where one was chosen). A layer with a negative score (the oracle's loss
-        change can be negative) is shifted by its minimum first; one whose scores sum to zero
-        gets 1.0 everywhere. Float64: :func:`dplib.choose_widths` compares them across layers.
-        """
+        """Scores comparable across layers, in float64: each layer's scores over their mean
+        (1.0: the layer's average unit; K_l E[s] for the posterior mean). A layer with a negative
+        score (the oracle's) is shifted by its minimum first; one summing to zero gets 1.0."""
         relative = {}
         for name, score in self.scores.items():
             score = score.detach().double().cpu()
@@ -170,12 +143,9 @@ class Importance:
         return self._pick(relative, layer)
 
     def ranked_by(self, statistic: str) -> Importance:
-        """A copy whose scores are another statistic of the Dirichlet posterior.
-
-        ``"mean"``: E[s_k] (the method); ``"mean-2std"`` (any k in ``"mean-<k>std"``): a
-        risk-aware score that demotes uncertain units; ``"quantile:0.1"`` (any level): the lower
-        quantile of the marginal s_k ~ Beta(phi_k, phi_0 - phi_k).
-        """
+        """A copy whose scores are another statistic of the Dirichlet posterior: ``"mean"``
+        (the method), ``"mean-<k>std"`` (demotes uncertain units) or ``"quantile:<q>"`` (of the
+        marginal s_k ~ Beta(phi_k, phi_0 - phi_k))."""
         if self.concentration is None:
             raise ValueError(f"the {self.criterion!r} criterion has no posterior to rank by")
         if statistic == "mean":
@@ -205,12 +175,8 @@ class Importance:
             raise ValueError(
                 f"unknown statistic {statistic!r}; use 'mean', 'mean-<k>std' or 'quantile:<q>'"
             )
-        return Importance(
-            scores=scores,
-            criterion=self.criterion,
-            concentration=self.concentration,
-            history=self.history,
-            config={**self.config, "statistic": statistic},
+        return dataclasses.replace(
+            self, scores=scores, config={**self.config, "statistic": statistic}
         )
 
     @classmethod
@@ -222,7 +188,7 @@ class Importance:
 
     def check_fits(self, units: dict[str, int], network: str) -> None:
         """An :class:`ImportanceMismatchError` unless every scored layer is among ``units``
-        (``{layer: units}``, the prunable layers of ``network``) with as many units."""
+        (the prunable layers of ``network``) with as many units."""
         unknown = [name for name in self.names if name not in units]
         wrong = {n: (k, units[n]) for n, k in self.units.items() if n in units and units[n] != k}
         if unknown or wrong:
@@ -238,11 +204,8 @@ class Importance:
         return torch.argsort(self._pick(self.scores, layer), descending=True, stable=True)
 
     def widths(self, keep: float | Widths) -> dict[str, int]:
-        """Widths as ``{layer: kept units}``.
-
-        ``keep`` is a fraction in (0, 1] kept in every layer (rounded, at least one unit), or any
-        widths notation (checked against the layers).
-        """
+        """Widths as ``{layer: kept units}`` from a fraction in (0, 1] kept in every layer
+        (rounded, at least one unit) or any widths notation."""
         if isinstance(keep, float):
             if not 0 < keep <= 1:
                 raise WidthsError(f"a kept fraction must be in (0, 1], got {keep}")
@@ -276,10 +239,5 @@ class Importance:
     def load(cls, path: str | os.PathLike) -> Importance:
         """Read an importance written by :meth:`save`."""
         data = read_torch_file(path, "dplib-importance-1", "importance file")
-        return cls(
-            scores=data["scores"],
-            criterion=data["criterion"],
-            concentration=data["concentration"],
-            history=data["history"],
-            config=data["config"],
-        )
+        fields = ("scores", "criterion", "concentration", "history", "config")
+        return cls(**{name: data[name] for name in fields})

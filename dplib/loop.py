@@ -1,16 +1,10 @@
 """The one step loop of the kit: :func:`dplib.fit` and :func:`dplib.learn_importance` run on it.
 
 A run is ``ceil(epochs * batches per epoch)`` steps over a loader made by
-:func:`dplib.data.make_loader`. What both loops need is written here once:
-
-- epoch e is shuffled with ``seed + e``, on one process or sharded over several
-  (:mod:`dplib.distributed`), so a resumed or repeated run sees the same batches;
-- the batches go to the device (and to the channels-last format with :meth:`Loop.formatted`);
-- the forward pass runs under autocast in the run's precision (:meth:`Loop.autocast`);
-- one progress bar, updated every step; its postfix is what the end of each epoch returns.
-
-The loop reads nothing back from the device. A caller keeps its losses on the device and reads
-them once per epoch, in its ``end_epoch``: a GPU then never waits for the host between batches.
+:func:`dplib.data.make_loader`. Epoch e is shuffled with ``seed + e`` (also sharded,
+:mod:`dplib.distributed`), so a resumed or repeated run sees the same batches. The loop reads
+nothing back from the device: a caller keeps its losses there and reads them once per epoch, in
+its ``end_epoch``, so a GPU never waits for the host between batches.
 """
 
 from __future__ import annotations
@@ -50,11 +44,9 @@ def set_seed(seed: int) -> None:
 
 
 def autocast_dtype(device: torch.device, amp: bool | str) -> torch.dtype | None:
-    """The autocast dtype of ``amp`` on ``device`` (None: full precision).
-
-    ``"auto"``: float16 on CUDA, none on the CPU; ``"bfloat16"``: bfloat16 on either; True:
-    float16 on CUDA, bfloat16 on the CPU; False: none.
-    """
+    """The autocast dtype of ``amp`` on ``device`` (None: full precision). ``"auto"``: float16
+    on CUDA, none on the CPU; ``"bfloat16"``: bfloat16; True: float16 on CUDA, bfloat16 on the
+    CPU."""
     if amp == "bfloat16" or (amp is True and device.type == "cpu"):
         return torch.bfloat16
     if device.type == "cuda" and amp in (True, "auto"):
@@ -102,13 +94,9 @@ class Loop:
         return images
 
     def run(
-        self,
-        loader: DataLoader,
-        seed: int,
-        step: Callable[[torch.Tensor, torch.Tensor], None],
-        end_epoch: Callable[[], dict[str, str] | None],
-        label: str,
-    ) -> None:
+        self, loader: DataLoader, seed: int, step: Callable[[torch.Tensor, torch.Tensor], None],
+        end_epoch: Callable[[], dict[str, str] | None], label: str,
+    ) -> None:  # fmt: skip
         """Call ``step(images, labels)`` on each batch until the run is done, and
         ``end_epoch()`` after each pass (a partial last pass included)."""
         bar = progress(total=self.total_steps, desc=label, enabled=distributed.is_main())

@@ -1,19 +1,13 @@
 """Measure networks: exact parameters and MACs, the cost of any widths, latency, rank agreement.
 
-Conventions (stated once, used everywhere):
-
-- parameters: ``sum(p.numel())`` over the model's parameters (BatchNorm's gamma and beta count,
-  its running statistics do not);
-- MACs: multiply-accumulate operations of one forward pass for the given input shape, counted by
-  ``torch.utils.flop_counter`` (which counts 2 FLOPs per multiply-add in convolutions and matrix
-  products); one multiply-add = 1 MAC. Bias additions, BatchNorm, activations and pooling are
-  not counted.
-
-:class:`CostModel` gives both for the network pruned to any widths without building it: each is
-a quadratic in the widths w, cost(w) = c + a.w + w'Qw (a layer's weight count is out-units x
-in-units), whose coefficients come from the layer graph and the number of output positions of
-each layer, measured once with forward hooks; it equals :func:`count` of the pruned network
-(tested, and checked by :func:`dplib.choose_widths`).
+Parameters: ``sum(p.numel())`` (BatchNorm's gamma and beta count, its running statistics do
+not). MACs: the multiply-adds of one forward pass of the given input shape, as
+``torch.utils.flop_counter`` counts them in convolutions and matrix products (2 FLOPs = 1 MAC;
+bias additions, BatchNorm, activations and pooling are not counted).
+:class:`CostModel` gives both for the network pruned to any widths without building it: a
+quadratic in the widths w, cost(w) = c + a.w + w'Qw (a weight count is out-units x in-units),
+from the layer graph and each layer's output positions; it equals :func:`count` of the pruned
+network (tested, and checked by :func:`dplib.choose_widths`).
 """
 
 from __future__ import annotations
@@ -23,6 +17,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -33,7 +28,7 @@ from torch.fx.experimental.optimization import fuse
 from torch.utils.flop_counter import FlopCounterMode
 
 from .attach import unwrap
-from .graph import PrunableLayer, find_prunable_layers, flatten_factor
+from .graph import PrunableLayer, _inputs, _units, find_prunable_layers, flatten_factor
 from .importance import ImportanceMismatchError
 from .loop import resolve_device
 
@@ -46,11 +41,8 @@ class Count(NamedTuple):
 
 
 def count(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> Count:
-    """Parameters and MACs of ``model`` for one forward pass of a tensor of ``input_shape``.
-
-    ``input_shape`` includes the batch axis; (1, C, H, W) gives the MACs of one image.
-    One multiply-add counts as 1 MAC.
-    """
+    """Parameters and MACs of ``model`` for one forward pass of a tensor of ``input_shape``
+    (batch axis included: (1, C, H, W) gives the MACs of one image)."""
     if len(input_shape) < 2:
         raise ValueError(f"input_shape must include the batch axis, got {input_shape}")
     params = sum(p.numel() for p in model.parameters())
@@ -112,14 +104,8 @@ class Quadratic:
 
 
 class CostModel:
-    """Parameters and MACs of ``model`` pruned to any widths, without building it.
-
-    Built once per (model, input shape): one trace of the layer graph and one forward pass with
-    hooks that record how many output positions each Conv2d / Linear computes. ``layers`` are
-    the prunable layers (or residual-coupled groups) whose widths vary, by default every plain
-    prunable layer (``find_prunable_layers(model)``); the others keep all their units, as
-    :func:`dplib.prune` does for layers its importance does not score.
-    """
+    """Parameters and MACs of ``model`` pruned to any widths of ``layers`` (by default the plain
+    prunable layers; the others keep all their units, as in :func:`dplib.prune`)."""
 
     def __init__(
         self, model: nn.Module, input_shape: tuple[int, ...], layers: list[str] | None = None
@@ -177,21 +163,15 @@ class CostModel:
         for name, module in modules.items():
             if not isinstance(module, (nn.Conv2d, nn.Linear)):
                 continue
-            if isinstance(module, nn.Conv2d):
-                inputs, outputs = module.in_channels, module.out_channels
-                per_pair = int(np.prod(module.kernel_size)) // module.groups
-            else:
-                inputs, outputs = module.in_features, module.out_features
-                per_pair = 1
+            conv = isinstance(module, nn.Conv2d)
+            per_pair = int(np.prod(module.kernel_size)) // module.groups if conv else 1
             # inputs and outputs as affine functions of the widths: (constant, {layer: coef})
-            in_const, in_terms = inputs, {}
+            in_const, in_terms = _inputs(module), {}
             for index, factor in feeds.get(name, []):
                 in_const -= factor * int(self.units[index])
                 in_terms[index] = in_terms.get(index, 0) + factor
-            if name in produced_by:
-                out_affine: _Affine = (0, {produced_by[name]: 1})
-            else:
-                out_affine = (outputs, {})
+            owner = produced_by.get(name)
+            out_affine: _Affine = (_units(module), {}) if owner is None else (0, {owner: 1})
             weights_per_out = (
                 per_pair * in_const + (module.bias is not None),
                 {index: per_pair * coefficient for index, coefficient in in_terms.items()},
@@ -218,11 +198,10 @@ def _output_positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[st
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
-            units = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
 
-            def record(module, inputs, output, name=name, units=units):
+            def record(module, inputs, output, name=name):
                 # a module called twice (shared weights) computes twice
-                positions[name] = positions.get(name, 0) + output.numel() // units
+                positions[name] = positions.get(name, 0) + output.numel() // _units(module)
 
             handles.append(module.register_forward_hook(record))
     parameter = next(model.parameters(), None)
@@ -244,11 +223,9 @@ MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 
 
 def for_inference(model: nn.Module) -> nn.Module:
-    """An inference copy of ``model``: eval mode, BatchNorm folded into the convolution before it.
-
-    Uses ``torch.fx.experimental.optimization.fuse``; a model it cannot trace is returned as an
-    eval-mode copy without folding. The outputs equal the model's up to float rounding.
-    """
+    """An eval-mode copy of ``model`` with BatchNorm folded into the convolution before it
+    (``torch.fx``'s ``fuse``; not folded when it cannot trace the model); the same outputs up to
+    float rounding."""
     copy_ = copy.deepcopy(model).eval()
     try:
         return fuse(copy_)
@@ -257,36 +234,19 @@ def for_inference(model: nn.Module) -> nn.Module:
 
 
 def latency(
-    model: nn.Module,
-    input_shape: tuple[int, ...] = (64, 1, 28, 28),
-    *,
-    repeats: int = 50,
-    warmup: int = 5,
-    device: str | torch.device = "cpu",
-    memory_format: str = "contiguous",
-) -> float:
-    """Median wall time in seconds of one forward pass on a batch of ``input_shape``.
-
-    ``memory_format``: ``"contiguous"`` (NCHW), ``"channels_last"`` (NHWC, often much faster
-    for the odd channel counts of pruned convolutions on CPU), or ``"auto"``: the faster of the
-    two, as a deployment would choose.
-    """
+    model: nn.Module, input_shape: tuple[int, ...] = (64, 1, 28, 28), *, repeats: int = 50,
+    warmup: int = 5, device: str | torch.device = "cpu", memory_format: str = "contiguous",
+) -> float:  # fmt: skip
+    """Median wall time in seconds of one forward pass on a batch of ``input_shape``, in the
+    ``memory_format`` ``"contiguous"``, ``"channels_last"`` (often much faster for the odd channel
+    counts of pruned convolutions on CPU) or ``"auto"`` (the faster one)."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     if memory_format not in MEMORY_FORMATS:
         raise ValueError(f"unknown memory_format {memory_format!r}; use one of {MEMORY_FORMATS}")
     if memory_format == "auto":
-        return min(
-            latency(
-                model,
-                input_shape,
-                repeats=repeats,
-                warmup=warmup,
-                device=device,
-                memory_format=choice,
-            )
-            for choice in ("contiguous", "channels_last")
-        )
+        timed = partial(latency, model, input_shape, repeats=repeats, warmup=warmup, device=device)
+        return min(timed(memory_format=choice) for choice in ("contiguous", "channels_last"))
     device = resolve_device(device)
     was_training = model.training
     model.eval().to(device)
@@ -325,32 +285,19 @@ def _forward_times(
 
 
 def speedup(
-    base: nn.Module,
-    pruned: nn.Module,
-    input_shape: tuple[int, ...] = (64, 1, 28, 28),
-    *,
-    repeats: int = 50,
-    rounds: int = 3,
-    device: str | torch.device = "cpu",
-    optimize: bool = False,
-) -> float:
-    """Measured latency ratio base / pruned: the median over ``rounds`` interleaved runs.
-
-    ``optimize=True`` measures both networks as deployed: BatchNorm folded
-    (:func:`for_inference`) and each in its faster memory format (``memory_format="auto"``).
-    """
+    base: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...] = (64, 1, 28, 28), *,
+    repeats: int = 50, rounds: int = 3, device: str | torch.device = "cpu", optimize: bool = False,
+) -> float:  # fmt: skip
+    """Measured latency ratio base / pruned: the median over ``rounds`` interleaved runs;
+    ``optimize=True``: both as deployed (:func:`for_inference`, ``memory_format="auto"``)."""
     memory_format = "auto" if optimize else "contiguous"
     if optimize:
         base, pruned = for_inference(base), for_inference(pruned)
-    ratios = []
-    for _ in range(rounds):
-        slow = latency(
-            base, input_shape, repeats=repeats, device=device, memory_format=memory_format
-        )
-        fast = latency(
-            pruned, input_shape, repeats=repeats, device=device, memory_format=memory_format
-        )
-        ratios.append(slow / fast)
+    options = {"repeats": repeats, "device": device, "memory_format": memory_format}
+    ratios = [
+        latency(base, input_shape, **options) / latency(pruned, input_shape, **options)
+        for _ in range(rounds)
+    ]
     return statistics.median(ratios)
 
 

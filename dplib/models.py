@@ -15,16 +15,16 @@ name            layers                                                     width
 ``wrn28_10``    WideResNet-28-10, pre-activation, dropout 0.3              inner: 13    36,479,194
 ==============  =========================================================  ===========  =========
 
-"Widths" lists the prunable layers in the order a widths string such as ``"5-8-45-15"`` gives
-their kept units (for the residual networks: the inner channels of each block; with
-``coupled=True`` also the residual streams). The LeNets take 1x28x28 images, the CIFAR networks
-3x32x32 (their parameter counts here: 10 classes, full width).
+"Widths of": the prunable layers, in the order of a widths string such as ``"5-8-45-15"`` (for
+the residual networks: each block's inner channels; with ``coupled=True`` also the residual
+streams). The LeNets take 1x28x28 images, the CIFAR networks 3x32x32 (params: 10 classes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -101,19 +101,13 @@ def _scaled(channels: int, width_multiplier: float) -> int:
 
 
 class VGG16(nn.Module):
-    """VGG-16 for CIFAR: 13 conv3x3-BN-ReLU layers, 5 max-pools, fc 512-512 (BN, ReLU), 512-10.
-
-    14 prunable layers (13 convolutions and the hidden fc). ``width_multiplier`` scales every
-    width (for quick CPU runs).
-    """
+    """VGG-16 for CIFAR: 13 conv3x3-BN-ReLU layers, 5 max-pools, fc 512-512 (BN, ReLU), 512-10;
+    ``width_multiplier`` scales every width (for quick CPU runs)."""
 
     def __init__(
-        self,
-        num_classes: int = 10,
-        in_channels: int = 3,
-        image_size: int = 32,
+        self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
         width_multiplier: float = 1.0,
-    ):
+    ):  # fmt: skip
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
@@ -122,11 +116,8 @@ class VGG16(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 continue
             width = _scaled(item, width_multiplier)
-            layers += [
-                nn.Conv2d(channels, width, 3, padding=1),
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
-            ]
+            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width)]
+            layers.append(nn.ReLU(inplace=True))
             channels = width
         self.features = nn.Sequential(*layers)
         side = image_size // 32
@@ -143,12 +134,9 @@ class VGG16(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block: conv3x3-BN-ReLU-conv3x3-BN, plus the shortcut, then ReLU.
-
-    Where the width or the resolution changes, the shortcut is a 1x1 convolution with BatchNorm
-    (He et al.'s option B), so every residual addition ties layers that surgery can prune
-    together.
-    """
+    """ResNet basic block: conv3x3-BN-ReLU-conv3x3-BN, plus the shortcut, then ReLU. Where the
+    width or resolution changes the shortcut is a 1x1 conv with BatchNorm (He et al.'s option B),
+    so every residual addition ties layers that surgery can prune together."""
 
     def __init__(self, in_channels: int, channels: int, stride: int = 1):
         super().__init__()
@@ -169,20 +157,13 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """CIFAR ResNet (He et al. 2016): a 3x3 stem and 3 stages of ``blocks`` basic blocks.
-
-    Depth 6 * blocks + 2: ``resnet20`` has 3 blocks per stage, ``resnet56`` 9. Stage widths
-    16, 32, 64 (times ``width_multiplier``).
-    """
+    """CIFAR ResNet (He et al. 2016), depth 6 * blocks + 2: a 3x3 stem and 3 stages of
+    ``blocks`` basic blocks, 16, 32, 64 channels (times ``width_multiplier``)."""
 
     def __init__(
-        self,
-        blocks: int,
-        num_classes: int = 10,
-        in_channels: int = 3,
-        image_size: int = 32,
+        self, blocks: int, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
         width_multiplier: float = 1.0,
-    ):
+    ):  # fmt: skip
         super().__init__()
         widths = [_scaled(w, width_multiplier) for w in (16, 32, 64)]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
@@ -226,21 +207,13 @@ class WideBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WideResNet-depth-k (Zagoruyko & Komodakis 2016), pre-activation, with dropout.
-
-    ``wrn28_10``: depth 28 (4 blocks per stage), widen factor 10: stages of 160, 320, 640.
-    """
+    """WideResNet-depth-k (Zagoruyko & Komodakis 2016), pre-activation, with dropout;
+    ``wrn28_10``: depth 28 (4 blocks per stage), widen factor 10: stages of 160, 320, 640."""
 
     def __init__(
-        self,
-        depth: int = 28,
-        widen: int = 10,
-        dropout: float = 0.3,
-        num_classes: int = 10,
-        in_channels: int = 3,
-        image_size: int = 32,
-        width_multiplier: float = 1.0,
-    ):
+        self, depth: int = 28, widen: int = 10, dropout: float = 0.3, num_classes: int = 10,
+        in_channels: int = 3, image_size: int = 32, width_multiplier: float = 1.0,
+    ):  # fmt: skip
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
@@ -267,13 +240,6 @@ class WideResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def _resnet(blocks: int):
-    def build(**options) -> CifarResNet:
-        return CifarResNet(blocks, **options)
-
-    return build
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """How to build a preset and what it expects."""
@@ -290,8 +256,12 @@ MODELS: dict[str, ModelSpec] = {
         LeNet5BN, (1, 28, 28), "authors' LeNet-5 with BatchNorm (10-20-100-25-10)"
     ),
     "vgg16": ModelSpec(VGG16, (3, 32, 32), "VGG-16 for CIFAR (13 conv + fc 512), BatchNorm"),
-    "resnet20": ModelSpec(_resnet(3), (3, 32, 32), "CIFAR ResNet-20 (3x3 blocks, 16-32-64)"),
-    "resnet56": ModelSpec(_resnet(9), (3, 32, 32), "CIFAR ResNet-56 (3x9 blocks, 16-32-64)"),
+    "resnet20": ModelSpec(
+        partial(CifarResNet, 3), (3, 32, 32), "CIFAR ResNet-20 (3x3 blocks, 16-32-64)"
+    ),
+    "resnet56": ModelSpec(
+        partial(CifarResNet, 9), (3, 32, 32), "CIFAR ResNet-56 (3x9 blocks, 16-32-64)"
+    ),
     "wrn28_10": ModelSpec(WideResNet, (3, 32, 32), "WideResNet-28-10, dropout 0.3"),
 }
 
@@ -304,25 +274,16 @@ def check_model_name(name: str) -> ModelSpec:
 
 
 def build(
-    name: str,
-    num_classes: int = 10,
-    *,
-    widths=None,
-    seed: int | None = None,
-    in_channels: int | None = None,
-    image_size: int | None = None,
+    name: str, num_classes: int = 10, *, widths=None, seed: int | None = None,
+    in_channels: int | None = None, image_size: int | None = None,
     width_multiplier: float | None = None,
-) -> nn.Module:
-    """Build the preset network ``name``.
+) -> nn.Module:  # fmt: skip
+    """Build the preset network ``name`` (one of :data:`MODELS`).
 
     Args:
-        name: one of :data:`MODELS`.
-        num_classes: outputs of the classifier.
-        widths: build the architecture of a pruned network of these widths instead (weights
-            are fresh); used to load pruned checkpoints.
+        widths: build a pruned network of these widths instead (fresh weights; for loading).
         seed: seed of the weight initialisation (None leaves the global generator alone).
-        in_channels, image_size: the input, when not the preset's (e.g. 1 and 32 for
-            Fashion-MNIST padded to 32x32 in a CIFAR network).
+        in_channels, image_size: the input, when not the preset's (e.g. 1, 32: Fashion-MNIST).
         width_multiplier: scales every width of the CIFAR networks (e.g. 0.25 for CPU runs).
     """
     spec = check_model_name(name)
@@ -353,8 +314,8 @@ def input_shape(name: str) -> tuple[int, int, int]:
 
 
 def input_shape_of(model: nn.Module) -> tuple[int, int, int] | None:
-    """(channels, height, width) of one input image of a network built by :func:`build`, read
-    from the record it keeps (its preset, input channels and image size); None for others."""
+    """(channels, height, width) of one input image of a network built by :func:`build` (from
+    the preset it records); None for others."""
     network = getattr(model, "model", model)  # a GatedModel holds the network
     preset = getattr(network, "dplib_preset", None)
     if preset is None:

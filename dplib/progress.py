@@ -1,9 +1,8 @@
 """Progress bars that read well in a terminal, in JupyterLab and in papermill logs.
 
-In a Jupyter kernel the bar is a widget (no stderr box in JupyterLab). Elsewhere, or when
-``DPLIB_PROGRESS=text`` (the Makefile sets it for papermill runs), it is plain text on stdout,
-redrawn at most every few seconds so a log stays short. ``DPLIB_PROGRESS=off`` hides every bar;
-``with hidden():`` hides those of a block (a bench that logs one line per result instead).
+In a Jupyter kernel the bar is a widget (no stderr box in JupyterLab); elsewhere, or with
+``DPLIB_PROGRESS=text`` (papermill runs), plain text on stdout, redrawn at most every few
+seconds so a log stays short. ``DPLIB_PROGRESS=off`` or ``with hidden():`` hides the bars.
 """
 
 from __future__ import annotations
@@ -40,12 +39,9 @@ def _in_kernel() -> bool:
 
 
 def progress(
-    iterable: Iterable | None = None,
-    *,
-    total: int | None = None,
-    desc: str = "",
+    iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
     enabled: bool = True,
-) -> tqdm:
+) -> tqdm:  # fmt: skip
     """A tqdm bar suited to where the code runs (see the module docstring)."""
     style = os.environ.get(PROGRESS_ENV, "auto")
     disable = not enabled or style == "off" or _hidden

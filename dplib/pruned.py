@@ -1,10 +1,9 @@
 """One-file pruned networks: the weights together with everything that rebuilds the network.
 
 A network built by :func:`dplib.models.build` remembers its preset (name, classes, input,
-width multiplier); :func:`dplib.prune` keeps that record. :func:`save_pruned` writes it with the
-current widths of every prunable layer and residual group and the weights, atomically;
-:func:`load_pruned` rebuilds the architecture from the file alone and loads the weights, so a
-pruned network is shared as one file, as an unpruned one is.
+width multiplier), and :func:`dplib.prune` keeps that record: :func:`save_pruned` writes it with
+the widths of every prunable layer and group and the weights; :func:`load_pruned` rebuilds the
+network from the file alone.
 """
 
 from __future__ import annotations
@@ -25,11 +24,8 @@ PRUNED_FORMAT = "dplib-pruned-1"
 
 
 def save_pruned(path: str | os.PathLike, model: nn.Module, **extra: Any) -> Path:
-    """Write ``model`` (a dplib preset, pruned or not) to one file that rebuilds it.
-
-    ``extra`` (plain values: accuracy, criterion, ...) is stored beside it and returned by
-    :func:`load_pruned` as ``model.dplib_extra``.
-    """
+    """Write ``model`` (a dplib preset, pruned or not) to one file that rebuilds it, with
+    ``extra`` (plain values), which :func:`load_pruned` returns as ``model.dplib_extra``."""
     preset = getattr(model, "dplib_preset", None)
     if preset is None:
         raise ValueError(
@@ -49,12 +45,8 @@ def save_pruned(path: str | os.PathLike, model: nn.Module, **extra: Any) -> Path
 
 
 def load_pruned(path: str | os.PathLike) -> nn.Module:
-    """The network saved by :func:`save_pruned` at ``path``, in eval mode, on the CPU.
-
-    Raises:
-        FileNotFoundError: nothing at ``path``.
-        CheckpointError: a damaged file, or one that is not a dplib pruned network.
-    """
+    """The network saved by :func:`save_pruned` at ``path``, in eval mode, on the CPU; a
+    FileNotFoundError, or a CheckpointError for a damaged file or another kind of file."""
     payload = read_torch_file(path, PRUNED_FORMAT, "pruned network", error=CheckpointError)
     options = {k: v for k, v in payload["preset"].items() if k != "name"}
     model = build(payload["preset"]["name"], widths=payload["widths"], **options)

@@ -1,20 +1,15 @@
 r"""The knobs of the two loops, each with its default written once: training and importance.
 
-:class:`TrainSettings` is what :func:`dplib.fit` takes (pretraining and fine-tuning);
-:class:`DirichletSettings` what :func:`dplib.attach_gates` (the gate's knobs) and
-:func:`dplib.learn_importance` (the ELBO's and the optimiser's) take. Both are frozen, checked
-when made, and hashed by the kit's experiments to name their cached results. Either function
-also takes single knobs as keywords, which override its settings (``fit(model, loader,
-epochs=3)``); a knob that does not exist is a ``TypeError`` that lists those that do.
+:class:`TrainSettings` is what :func:`dplib.fit` takes; :class:`DirichletSettings` what
+:func:`dplib.attach_gates` (the gate's knobs) and :func:`dplib.learn_importance` take. Both are
+frozen, checked when made, and hashed by the kit's experiments to name cached results. Single
+knobs given as keywords override the settings (``fit(model, loader, epochs=3)``); a knob that
+does not exist is a ``TypeError`` that lists those that do.
 
-The Dirichlet defaults are not the negative ELBO of the method as specified but what the kit's
-study measured best (``notebooks/05_study``; the method page ``notebooks/METHOD.md``, section
-7): gates :math:`K s` created at :math:`\varphi_{\text{init}} = 100`, a sparse prior
-:math:`\alpha_0 = 0.1` whose KL is weighted by :math:`\beta = 0.01` and *not* divided by
-:math:`N`, the ``sample`` estimator with :math:`M = 1`, Adam at learning rate 0.1 for one epoch.
-:meth:`DirichletSettings.as_specified` gives the method as first specified
-(:math:`\varphi_{\text{init}} = 1`, :math:`\alpha_0 = 1`, :math:`\beta = 1`, KL divided by
-:math:`N`).
+The Dirichlet defaults are what the kit's study measured best (``notebooks/05_study``;
+``notebooks/METHOD.md``, section 7): a sparse prior whose KL is weighted by :math:`\beta = 0.01`
+and *not* divided by :math:`N`. :meth:`DirichletSettings.as_specified` is the method as first
+specified (:math:`\varphi_{\text{init}} = 1`, :math:`\alpha_0 = 1`, :math:`\beta = 1`, KL / N).
 """
 
 from __future__ import annotations
@@ -65,31 +60,19 @@ class _Settings:
 
 @dataclass(frozen=True)
 class TrainSettings(_Settings):
-    """The knobs of :func:`dplib.fit`: SGD with momentum and weight decay, a schedule.
+    """The knobs of :func:`dplib.fit`: SGD with momentum and weight decay, a schedule."""
 
-    Attributes:
-        epochs: passes over the training data (a fraction trains on part of one pass).
-        lr: the peak learning rate.
-        momentum, weight_decay: SGD's.
-        schedule: ``"cosine"`` (decay to 0 over the run), ``"onecycle"`` (a linear warm-up from
-            lr/25 to lr over the first 30% of the steps, then cosine decay to 0), ``"constant"``.
-        keep_best: restore the weights of the epoch with the best *validation* accuracy at the
-            end (when a validation loader is given).
-        augment: random crops (4-pixel padding) and horizontal flips, for CIFAR-like images.
-        amp: autocast: ``"auto"`` is float16 on CUDA and none on the CPU; ``"bfloat16"`` (or
-            True on the CPU) runs the forward pass in bfloat16; False: none.
-        channels_last: the model and the images in the channels-last memory format while the
-            loop runs (faster convolutions on CPUs); the model is returned in the usual format.
-    """
-
-    epochs: float = 1.0
-    lr: float = 0.05
+    epochs: float = 1.0  # passes over the training data (a fraction: part of one pass)
+    lr: float = 0.05  # the peak learning rate
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # "cosine" (decay to 0), "onecycle" (a linear warm-up from lr/25 over the first 30% of the
+    # steps, then cosine decay to 0) or "constant"
     schedule: str = "cosine"
-    keep_best: bool = True
-    augment: bool = False
-    amp: bool | str = "auto"
+    keep_best: bool = True  # restore the weights of the epoch with the best *validation* accuracy
+    augment: bool = False  # random crops (4-pixel padding) and horizontal flips (CIFAR)
+    amp: bool | str = "auto"  # autocast: "auto", "bfloat16", True, False (loop.autocast_dtype)
+    # the channels-last memory format while the loop runs (faster convolutions on CPUs)
     channels_last: bool = False
 
     def __post_init__(self) -> None:
@@ -103,41 +86,21 @@ class TrainSettings(_Settings):
 
 @dataclass(frozen=True)
 class DirichletSettings(_Settings):
-    """The knobs of Dirichlet importance (symbols of ``notebooks/METHOD.md``, sections 2-3).
+    """The knobs of Dirichlet importance (symbols of ``notebooks/METHOD.md``, sections 2-3)."""
 
-    Attributes:
-        scale: ``"K"``: the gate multiplies unit k by :math:`K s_k` (the identity at the start);
-            ``"none"``: by :math:`s_k`, as the authors' reference code.
-        position: ``"after_bn"`` (the gate multiplies a layer's BatchNorm output) or
-            ``"before_bn"`` (the layer's raw output).
-        phi_init: :math:`\\varphi_{\\text{init}}`, the initial concentration of every unit.
-        alpha0: :math:`\\alpha_0`, the symmetric prior's concentration per unit (< 1: sparse).
-        kl_weight: :math:`\\beta`, the weight of the KL term (0: no prior).
-        kl_divided_by_n: divide the KL by the data set size N, as the negative ELBO of one
-            mini-batch does (the method as specified), or not (the kit's default).
-        estimator: ``"sample"`` (reparameterised samples) or ``"point"`` (the posterior mean).
-        samples: M, samples per mini-batch (``sample`` estimator).
-        lr: Adam's learning rate on the gates' parameters :math:`\\theta`.
-        epochs: passes over the training data (fractions allowed; the paper: one).
-        batchnorm: ``"eval"`` (the method: running statistics) or ``"train"`` (batch
-            statistics, as the reference code).
-        weights_lr: 0 freezes the weights (the method); > 0 trains them jointly by SGD.
-        amp, channels_last: the loop's precision and memory format, as in :class:`TrainSettings`.
-    """
-
-    scale: str = "K"
-    position: str = "after_bn"
-    phi_init: float = 100.0
-    alpha0: float = 0.1
-    kl_weight: float = 0.01
-    kl_divided_by_n: bool = False
-    estimator: str = "sample"
-    samples: int = 1
-    lr: float = 0.1
-    epochs: float = 1.0
-    batchnorm: str = "eval"
-    weights_lr: float = 0.0
-    amp: bool | str = False
+    scale: str = "K"  # "K": unit k times K s_k (the identity at first); "none": s_k (reference)
+    position: str = "after_bn"  # the gate after a layer's BatchNorm, or "before_bn"
+    phi_init: float = 100.0  # phi_init, the initial concentration of every unit
+    alpha0: float = 0.1  # the symmetric prior's concentration per unit (< 1: sparse)
+    kl_weight: float = 0.01  # beta, the weight of the KL term (0: no prior)
+    kl_divided_by_n: bool = False  # divide the KL by the data set size N (the method as specified)
+    estimator: str = "sample"  # reparameterised samples, or "point" (the posterior mean)
+    samples: int = 1  # M, samples per mini-batch ("sample" estimator)
+    lr: float = 0.1  # Adam's learning rate on the gates' parameters theta
+    epochs: float = 1.0  # passes over the training data (fractions allowed; the paper: one)
+    batchnorm: str = "eval"  # running statistics (the method), or "train" (the reference code)
+    weights_lr: float = 0.0  # 0 freezes the weights (the method); > 0 trains them jointly (SGD)
+    amp: bool | str = False  # amp and channels_last as in TrainSettings
     channels_last: bool = False
 
     def __post_init__(self) -> None:

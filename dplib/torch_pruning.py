@@ -1,29 +1,24 @@
 r"""Torch-Pruning (Fang et al., CVPR 2023) as a second opinion: its criteria and its pruner.
 
-Torch-Pruning (the optional ``torch-pruning`` package, ``pip install dplib[compare]``) finds the
-same coupled structures as dplib, through its DependencyGraph: pruning the output units of a
-layer triggers its BatchNorm and the matching inputs of its consumers (H*W inputs per channel
-after a flatten). This module turns it into dplib's vocabulary:
+Torch-Pruning (optional: ``pip install dplib[compare]``) finds the same coupled structures as
+dplib through its DependencyGraph. In dplib's vocabulary:
 
-- :func:`tp_importance`: Torch-Pruning's criteria as a :class:`dplib.Importance` over dplib's
-  prunable layers. The score of a unit is Torch-Pruning's *group* score: its criterion applied
-  to every weight the unit's group removes (the layer's output row, its BatchNorm scale, the
-  consumers' input columns), reduced by the mean over the group's layers, left unnormalised
-  (dplib normalises per layer when it compares layers, :meth:`dplib.Importance.relative`).
-
-  ``tp_l1`` / ``tp_l2`` (``tp_magnitude`` = ``tp_l2``, Torch-Pruning's default): group
-  magnitude, :math:`\sum |w|^p`; ``tp_taylor``: :math:`\sum |w \, \partial L / \partial w|`
-  with the gradient of the cross-entropy summed over ``batches`` mini-batches (eval mode).
-- :func:`prune_like_dplib`: Torch-Pruning's DependencyGraph removes exactly the units that
-  :func:`dplib.prune` removes (a cross-check of dplib's surgery).
-- :func:`tp_global_prune`: Torch-Pruning's own global pruning to a channel ratio, reported as
-  dplib widths.
+- :func:`tp_importance`: a unit's Torch-Pruning *group* score, its criterion applied to every
+  weight the unit's group removes, reduced by the mean over the group's layers, unnormalised
+  (dplib normalises per layer, :meth:`dplib.Importance.relative`). ``tp_l1`` / ``tp_l2``
+  (``tp_magnitude`` = ``tp_l2``, Torch-Pruning's default): :math:`\sum |w|^p`; ``tp_taylor``:
+  :math:`\sum |w \, \partial L / \partial w|`, the cross-entropy's gradient summed over
+  ``batches`` mini-batches (eval mode).
+- :func:`prune_like_dplib`: Torch-Pruning removes exactly the units :func:`dplib.prune` removes
+  (a cross-check of dplib's surgery).
+- :func:`tp_global_prune`: Torch-Pruning's own global pruning to a channel ratio, as dplib widths.
 """
 
 from __future__ import annotations
 
 import copy
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from .attach import unwrap
 from .budget import input_shape_for
-from .graph import PrunableLayer, find_prunable_layers
+from .graph import PrunableLayer, _units, find_prunable_layers
 from .importance import Importance, Widths, parse_widths
 from .loop import resolve_device
 
@@ -68,37 +63,24 @@ def _group(graph, model: nn.Module, layer: PrunableLayer, idxs: list[int]):
     return graph.get_pruning_group(module, pruner.prune_out_channels, idxs=idxs)
 
 
-def _criterion(criterion: str):
+def _criterion(criterion: str, **options: Any):
+    """Torch-Pruning's scorer for ``criterion``; ``options`` go to its constructor."""
     tp = require_torch_pruning()
     if criterion not in CRITERIA:
         raise ValueError(f"unknown Torch-Pruning criterion {criterion!r}; choose one of {CRITERIA}")
     if criterion == "tp_taylor":
-        return tp.importance.TaylorImportance(normalizer=None)
-    p = 1 if criterion == "tp_l1" else 2
-    return tp.importance.MagnitudeImportance(p=p, normalizer=None)
+        return tp.importance.TaylorImportance(**options)
+    return tp.importance.MagnitudeImportance(p=1 if criterion == "tp_l1" else 2, **options)
 
 
 def tp_importance(
-    model: nn.Module,
-    criterion: str = "tp_l2",
-    loader: DataLoader | None = None,
-    *,
-    batches: int = 10,
-    input_shape: tuple[int, ...] | None = None,
-    coupled: bool = False,
+    model: nn.Module, criterion: str = "tp_l2", loader: DataLoader | None = None, *,
+    batches: int = 10, input_shape: tuple[int, ...] | None = None, coupled: bool = False,
     device: str = "auto",
-) -> Importance:
-    """Torch-Pruning's group score of every unit of dplib's prunable layers.
-
-    Args:
-        model: the network (not changed; its gradients are cleared after ``tp_taylor``).
-        criterion: ``tp_l1``, ``tp_l2`` (= ``tp_magnitude``) or ``tp_taylor``.
-        loader: training data, needed by ``tp_taylor`` only.
-        batches: mini-batches whose cross-entropy gradients ``tp_taylor`` sums.
-        input_shape: the shape traced by the DependencyGraph (defaults for dplib's presets).
-        coupled: also score dplib's residual-coupled groups.
-    """
-    scorer = _criterion(criterion)
+) -> Importance:  # fmt: skip
+    """Torch-Pruning's group score of every unit of dplib's prunable layers (the model is not
+    changed; its gradients are cleared); ``loader``: training data, for ``tp_taylor`` only."""
+    scorer = _criterion(criterion, normalizer=None)
     model = unwrap(model)
     if criterion == "tp_taylor":
         if loader is None:
@@ -148,29 +130,25 @@ def prune_like_dplib(
 
 
 def tp_global_prune(
-    model: nn.Module,
-    pruning_ratio: float,
-    criterion: str = "tp_l2",
-    loader: DataLoader | None = None,
-    *,
-    batches: int = 10,
-    input_shape: tuple[int, ...] | None = None,
-    coupled: bool = False,
-) -> tuple[nn.Module, dict[str, int]]:
-    """Torch-Pruning's global pruning of a copy of ``model``; returns it and its dplib widths.
-
-    Torch-Pruning ranks the units of all of dplib's prunable layers together (each group's
-    scores divided by their mean, its default ``normalizer``) and removes the lowest
-    ``pruning_ratio`` of them. Layers dplib does not prune (the classifier, and residual
-    groups unless ``coupled``) are left alone.
-    """
+    model: nn.Module, pruning_ratio: float, criterion: str = "tp_l2",
+    loader: DataLoader | None = None, *, batches: int = 10,
+    input_shape: tuple[int, ...] | None = None, coupled: bool = False,
+) -> tuple[nn.Module, dict[str, int]]:  # fmt: skip
+    """Torch-Pruning's global pruning of a copy of ``model`` (the lowest ``pruning_ratio`` of
+    the units of dplib's prunable layers, each group's scores over their mean); returns it and
+    its dplib widths. Layers dplib does not prune (the classifier; groups unless ``coupled``)
+    are kept."""
     tp = require_torch_pruning()
     if not 0 <= pruning_ratio < 1:
         raise ValueError(f"pruning_ratio must be in [0, 1), got {pruning_ratio}")
     pruned = copy.deepcopy(unwrap(model)).eval()
     layers = find_prunable_layers(pruned, coupled=coupled).layers
     ignored = _layers_left_alone(pruned, layers)
-    scorer = _global_scorer(tp, pruned, criterion, loader, batches)
+    if criterion == "tp_taylor" and loader is None:
+        raise ValueError("criterion 'tp_taylor' needs a data loader (training data)")
+    scorer = _criterion(criterion)
+    if criterion == "tp_taylor":
+        _backward_cross_entropy(pruned, loader, batches)
     shape = input_shape_for(pruned, input_shape)
     pruner = tp.pruner.BasePruner(
         pruned,
@@ -186,10 +164,7 @@ def tp_global_prune(
 
 
 def _backward_cross_entropy(
-    model: nn.Module,
-    loader: DataLoader,
-    batches: int,
-    device: torch.device | None = None,
+    model: nn.Module, loader: DataLoader, batches: int, device: torch.device | None = None
 ) -> None:
     """Clear the gradients, then accumulate those of the summed cross-entropy of ``batches``."""
     model.zero_grad(set_to_none=True)
@@ -211,28 +186,7 @@ def _layers_left_alone(model: nn.Module, layers: list[PrunableLayer]) -> list[nn
     ]
 
 
-def _global_scorer(
-    tp: ModuleType, model: nn.Module, criterion: str, loader: DataLoader | None, batches: int
-) -> object:
-    """Torch-Pruning's scorer for ``criterion`` (default normaliser); Taylor's needs gradients."""
-    if criterion == "tp_taylor":
-        if loader is None:
-            raise ValueError("criterion 'tp_taylor' needs a data loader (training data)")
-        scorer = tp.importance.TaylorImportance()
-        _backward_cross_entropy(model, loader, batches)
-        return scorer
-    if criterion in CRITERIA:
-        return tp.importance.MagnitudeImportance(p=1 if criterion == "tp_l1" else 2)
-    raise ValueError(f"unknown Torch-Pruning criterion {criterion!r}; choose one of {CRITERIA}")
-
-
 def _widths_of(model: nn.Module, layers: list[PrunableLayer]) -> dict[str, int]:
     """Output units of each layer's (first) producer in ``model``, by dplib layer name."""
     modules = dict(model.named_modules())
-    widths = {}
-    for layer in layers:
-        module = modules[layer.producers[0]]
-        widths[layer.name] = (
-            module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-        )
-    return widths
+    return {layer.name: _units(modules[layer.producers[0]]) for layer in layers}

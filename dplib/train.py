@@ -1,10 +1,9 @@
 """Training, evaluation and checkpoints.
 
-:func:`fit` trains with SGD (momentum, weight decay, a learning-rate schedule: the knobs of
-:class:`dplib.TrainSettings`) on :class:`dplib.loop.Loop`, and keeps the weights of the epoch with
-the best *validation* accuracy, never the test accuracy. Checkpoints are written atomically and
-carry the architecture they belong to, so loading one into another network fails with a message
-that says so.
+:func:`fit` trains with SGD (:class:`dplib.TrainSettings`) on :class:`dplib.loop.Loop` and keeps
+the weights of the epoch with the best *validation* accuracy, never the test accuracy.
+Checkpoints are written atomically and carry their architecture, so loading one into another
+network fails with a message that says so.
 """
 
 from __future__ import annotations
@@ -42,11 +41,8 @@ class CheckpointError(ValueError):
 def evaluate(
     model: nn.Module, loader: DataLoader, device: str | torch.device = "auto"
 ) -> dict[str, float]:
-    """Mean cross-entropy ``loss`` and ``accuracy`` (0..1) of ``model`` over ``loader``.
-
-    The model is put in eval mode for the pass and its mode restored afterwards. The sums stay
-    on the device and are read once, at the end.
-    """
+    """Mean cross-entropy ``loss`` and ``accuracy`` (0..1) of ``model`` over ``loader``, in eval
+    mode (restored afterwards); the sums stay on the device and are read once, at the end."""
     device = resolve_device(device)
     was_training = model.training
     model.eval()
@@ -69,15 +65,10 @@ def evaluate(
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, batches: int = 20) -> int:
-    """Re-estimate every BatchNorm's running statistics on ``batches`` batches of ``loader``.
-
-    Surgery keeps each BatchNorm's statistics for the channels it keeps, but a layer whose
-    inputs were pruned computes different outputs, so its stored statistics are stale: a
-    pruned residual network scores near chance until they are re-estimated. The weights are not
-    changed (a forward pass in train mode with a cumulative average, then eval mode), so
-    "accuracy right after pruning" stays a measure of the kept units. Returns the number of
-    BatchNorm modules reset (0: nothing to do, the model is untouched).
-    """
+    """Re-estimate every BatchNorm's running statistics on ``batches`` batches of ``loader``
+    (a pruned network's are stale: a residual one scores near chance); the weights do not
+    change, so accuracy right after pruning still measures the kept units. Returns the number
+    of BatchNorm modules reset (0: the model is untouched)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return 0
@@ -118,35 +109,21 @@ def learning_rate(schedule: str, lr: float, step: int, total: int) -> float:
 
 
 def fit(
-    model: nn.Module,
-    train_loader: DataLoader,
-    settings: TrainSettings | None = None,
-    *,
-    val_loader: DataLoader | None = None,
-    device: str | torch.device = "auto",
-    seed: int = 0,
-    checkpoint: str | os.PathLike | None = None,
-    **knobs: Any,
-) -> dict[str, Any]:
-    """Train ``model`` in place with SGD and return its history.
+    model: nn.Module, train_loader: DataLoader, settings: TrainSettings | None = None, *,
+    val_loader: DataLoader | None = None, device: str | torch.device = "auto", seed: int = 0,
+    checkpoint: str | os.PathLike | None = None, **knobs: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """Train ``model`` in place with SGD; its history: lists ``epochs``, ``val_accuracy``,
+    ``train_loss``, and ``seconds``, ``seconds_per_epoch``.
 
     Args:
-        settings: the knobs (:class:`dplib.TrainSettings`: epochs, lr, schedule, ...); single
-            ``knobs`` given as keywords override them (``fit(model, loader, epochs=3)``).
-        val_loader: evaluated after each epoch; with ``keep_best`` the weights of the epoch with
-            the best validation accuracy are restored at the end.
-        seed: seeds the weights' updates and the data order (epoch e is shuffled with
-            seed + e, so a resumed run sees the same batches as an uninterrupted one).
-        checkpoint: a file where the training state (weights, optimiser, random generators,
-            history) is written after every completed epoch. When it exists at the start, the
-            run resumes from it and ends with the same weights as an uninterrupted run.
-
-    Under ``torchrun`` (see :mod:`dplib.distributed`) the loader is sharded, gradients are
-    averaged by DistributedDataParallel, and rank 0 writes the checkpoint.
-
-    Returns:
-        ``{"epochs": [...], "val_accuracy": [...], "train_loss": [...], "seconds": ...,
-        "seconds_per_epoch": ...}``.
+        settings: the knobs (:class:`dplib.TrainSettings`); single ``knobs`` given as keywords
+            override them (``fit(model, loader, epochs=3)``).
+        val_loader: evaluated after each epoch (for ``keep_best``).
+        seed: seeds the updates and the data order (epoch e is shuffled with seed + e).
+        checkpoint: the training state, written after every epoch; a run that finds it resumes
+            and ends with the same weights as an uninterrupted run. Under ``torchrun``
+            (:mod:`dplib.distributed`) rank 0 writes it.
     """
     settings = with_knobs(settings, TrainSettings, knobs)
     check_data(model, train_loader, "fit")
@@ -187,12 +164,9 @@ class _Training:
 
     @classmethod
     def start(
-        cls,
-        model: nn.Module,
-        loop: Loop,
-        settings: TrainSettings,
+        cls, model: nn.Module, loop: Loop, settings: TrainSettings,
         checkpoint: str | os.PathLike | None,
-    ) -> _Training:
+    ) -> _Training:  # fmt: skip
         """The model on its device and format, its optimiser, and a resumed state if any."""
         model.to(loop.device).train()
         if loop.channels_last:
@@ -330,10 +304,8 @@ def architecture(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
 def save_checkpoint(
     path: str | os.PathLike, model: nn.Module, *, model_name: str, **extra: Any
 ) -> Path:
-    """Write ``model``'s weights and architecture to ``path`` atomically.
-
-    ``extra`` (plain Python values: widths, metrics, configuration) is stored beside them.
-    """
+    """Write ``model``'s weights and architecture to ``path`` atomically, ``extra`` (plain
+    values: widths, metrics, configuration) beside them."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model_name": model_name,
@@ -350,18 +322,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> dict[str, Any]:
-    """Load the weights at ``path`` into ``model``; return the stored ``extra`` dict.
-
-    Raises:
-        CheckpointError: the file is corrupt, or it belongs to another architecture (the
-            message names both and the first difference).
-    """
+    """Load the weights at ``path`` into ``model``; return the stored ``extra`` dict. A
+    corrupt file, or one of another architecture, is a :class:`CheckpointError`."""
     payload = read_checkpoint(path)
     expected = [(name, tuple(shape)) for name, shape in payload["architecture"]]
     actual = architecture(model)
     if expected != actual:
-        saved = dict(expected)
-        here = dict(actual)
+        saved, here = dict(expected), dict(actual)
         differences = [
             f"{name}: checkpoint {saved.get(name)} vs model {here.get(name)}"
             for name in list(dict.fromkeys([*saved, *here]))

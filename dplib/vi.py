@@ -1,13 +1,12 @@
 r"""Learning the Dirichlet posteriors: the negative ELBO, with the network's weights frozen.
 
-The model: a frozen network :math:`f(x; W, K \odot s)` whose unit outputs are multiplied by the
-importance vectors :math:`s_l` of its layers, a prior :math:`p(s_l) = \mathrm{Dir}(\alpha_0
-\mathbf{1}_{K_l})`, and the likelihood :math:`p(y \mid x, s) = \mathrm{softmax}(f(x; W, K \odot
-s))_y`. Variational inference fits :math:`q(s_l) = \mathrm{Dir}(\varphi_l)` by maximising the
-evidence lower bound :math:`\sum_{i=1}^N E_q[\ln p(y_i \mid x_i, s)] - \sum_l \mathrm{KL}(q(s_l)
-\,\|\, p(s_l))`. Divided by :math:`N` and estimated on a mini-batch :math:`(x_B, y_B)` with
-:math:`M` samples, its negative is the loss each step minimises over the gates' parameters
-:math:`\theta` (Adam):
+A frozen network :math:`f(x; W, K \odot s)` has its unit outputs multiplied by the importance
+vectors :math:`s_l` of its layers, with prior :math:`p(s_l) = \mathrm{Dir}(\alpha_0
+\mathbf{1}_{K_l})` and likelihood :math:`p(y \mid x, s) = \mathrm{softmax}(f(x; W, K \odot
+s))_y`. Variational inference fits :math:`q(s_l) = \mathrm{Dir}(\varphi_l)` by maximising
+:math:`\sum_{i=1}^N E_q[\ln p(y_i \mid x_i, s)] - \sum_l \mathrm{KL}(q(s_l) \,\|\, p(s_l))`;
+divided by :math:`N` and estimated on a mini-batch :math:`(x_B, y_B)` with :math:`M` samples,
+its negative is the loss each step minimises over the gates' parameters :math:`\theta` (Adam):
 
 .. math::
 
@@ -18,18 +17,12 @@ evidence lower bound :math:`\sum_{i=1}^N E_q[\ln p(y_i \mid x_i, s)] - \sum_l \m
     \qquad s^{(m)} \sim q .
 
 The method as specified has :math:`\beta = 1` and :math:`Z = N` (the negative ELBO proper, per
-example). The kit's defaults (:class:`dplib.DirichletSettings`) keep :math:`Z = 1` and
-:math:`\beta = 0.01`, so that the sparse prior competes with the data term. Code symbols:
-``samples`` = M, ``kl_weight`` = :math:`\beta`, ``alpha0`` = :math:`\alpha_0`,
-``kl_normalizer`` = Z (N with ``kl_divided_by_n``, else 1). The weights W get no gradient; the
-network is in eval mode (BatchNorm uses its running statistics, dropout is off).
-
-- ``estimator="sample"``: :math:`s^{(m)}` are reparameterised samples (their gradient reaches
-  :math:`\theta`, see :mod:`dplib.gates`). The M copies of the mini-batch are stacked on the
-  batch axis, copy m gated by sample m, and the cross-entropy of every image under every sample
-  is averaged (the logits are never averaged).
-- ``estimator="point"``: :math:`s` is the posterior mean :math:`\varphi / \varphi_0`; only the KL
-  term sees the distribution.
+example); the kit's defaults keep :math:`Z = 1` and :math:`\beta = 0.01`, so that the sparse
+prior competes with the data term (``samples`` = M, ``kl_weight`` = :math:`\beta`,
+``kl_normalizer`` = Z). The network is in eval mode. With ``estimator="sample"`` copy m of the
+stacked mini-batch is gated by sample :math:`s^{(m)}` and the cross-entropies are averaged
+(never the logits); with ``"point"``, :math:`s` is the posterior mean and only the KL term sees
+the distribution.
 """
 
 from __future__ import annotations
@@ -58,12 +51,9 @@ SNAPSHOTS = 40  # how many times the posterior means are recorded (how fast the 
 
 
 def elbo_loss(
-    gated: GatedModel,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    settings: DirichletSettings,
+    gated: GatedModel, images: torch.Tensor, labels: torch.Tensor, settings: DirichletSettings,
     kl_normalizer: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """The negative ELBO of one mini-batch: (loss, cross_entropy, kl), as in the docstring."""
     if settings.estimator == "sample":
         for _, gate in gated.named_gates():
@@ -79,33 +69,21 @@ def elbo_loss(
 
 
 def learn_importance(
-    gated: GatedModel,
-    loader: DataLoader,
-    settings: DirichletSettings | None = None,
-    *,
-    device: str | torch.device = "auto",
-    seed: int = 0,
-    **knobs: Any,
-) -> Importance:
+    gated: GatedModel, loader: DataLoader, settings: DirichletSettings | None = None, *,
+    device: str | torch.device = "auto", seed: int = 0, **knobs: Any,
+) -> Importance:  # fmt: skip
     """Learn each gate's Dirichlet posterior by minimising the negative ELBO, weights frozen.
 
     Args:
-        gated: the network from :func:`dplib.attach_gates`.
-        loader: training data (labels needed); its data set size is N. Under ``torchrun`` it
-            is sharded over the processes and the gate gradients are averaged
-            (:mod:`dplib.distributed`): the result equals a single process's.
-        settings: the knobs (:class:`dplib.DirichletSettings`; default: the kit's defaults);
-            single ``knobs`` given as keywords override them (``epochs=0.5``, ``alpha0=1``).
-            The gate's knobs (``phi_init``, ``scale``, ``position``) are those ``gated`` was
-            attached with.
+        gated: the network from :func:`dplib.attach_gates` (whose gate knobs it keeps).
+        loader: training data, N images; sharded under ``torchrun`` (:mod:`dplib.distributed`).
+        settings: the knobs (:class:`dplib.DirichletSettings`); single ``knobs`` given as
+            keywords override them (``epochs=0.5``).
         seed: seeds the samples (and anything else drawn from torch's global generator).
 
-    Returns:
-        An :class:`~dplib.Importance` (criterion ``"dirichlet"``) keyed by the layers' module
-        names in the original model, with ``history`` holding the per-step ``loss``,
-        ``cross_entropy`` and ``kl``, :data:`SNAPSHOTS` ``snapshots`` of the means with their
-        ``steps``, and ``seconds``. The weights' ``requires_grad``, every module's mode and
-        BatchNorm's statistics are restored; the gates end in ``"mean"`` mode.
+    Returns an :class:`~dplib.Importance` whose ``history`` holds the per-step ``loss``,
+    ``cross_entropy`` and ``kl``, :data:`SNAPSHOTS` ``snapshots`` of the means at ``steps``, and
+    ``seconds``. The model is left as it was; the gates end in ``"mean"`` mode.
     """
     settings = _settings_for(gated, settings, knobs)
     check_data(gated, loader, "learn_importance")
@@ -153,8 +131,8 @@ def _settings_for(
 
 @contextmanager
 def _learning_mode(gated: GatedModel, settings: DirichletSettings, loop: Loop) -> Iterator[None]:
-    """Freeze the weights (or not, for joint training), eval mode, gates trainable; restore
-    the weights' flags, every module's mode, BatchNorm statistics and the device afterwards."""
+    """Freeze the weights (unless joint training), eval mode, gates trainable; restore it all
+    (and the device) afterwards."""
     weights = _weights(gated)
     saved_requires_grad = [p.requires_grad for p in weights]
     saved_modes = {module: module.training for module in gated.modules()}
@@ -192,13 +170,9 @@ def _weights(gated: GatedModel) -> list[nn.Parameter]:
 
 
 def _optimise(
-    gated: GatedModel,
-    loader: DataLoader,
-    settings: DirichletSettings,
-    loop: Loop,
-    seed: int,
+    gated: GatedModel, loader: DataLoader, settings: DirichletSettings, loop: Loop, seed: int,
     kl_normalizer: float,
-) -> dict[str, Any]:
+) -> dict[str, Any]:  # fmt: skip
     """Adam on the gates (and SGD on the weights when joint) for the loop's steps."""
     thetas = [gate.theta for _, gate in gated.named_gates()]
     optimizers = [torch.optim.Adam(thetas, lr=settings.lr)]
@@ -225,8 +199,8 @@ def _optimise(
 
 
 class _Record:
-    """The loss terms of every step and the posterior means at the snapshot steps, kept on the
-    device and read back once per epoch: reading them every step would make a GPU wait."""
+    """The loss terms of every step and the posterior means at snapshot steps, kept on the device
+    and read once per epoch (reading every step would make a GPU wait)."""
 
     def __init__(self, gated: GatedModel, every: int, last: int) -> None:
         self.gated, self.every, self.last = gated, every, last

@@ -13,6 +13,8 @@ from dplib import data  # noqa: E402
 from dplib.experiments import cifar, publish  # noqa: E402
 from dplib.files import read_json  # noqa: E402
 
+pytestmark = pytest.mark.slow  # left out of `make quick`; CI runs every test
+
 
 def toy(name: str) -> cifar.Experiment:
     """A CIFAR setup at toy size: 1/8 width, half an epoch of each schedule, batches of 16."""
@@ -45,7 +47,7 @@ def test_toy_cifar_experiment_writes_rows_report_and_loadable_networks(tmp_path,
         ("l1", "own"),
         ("l1", "same"),
     }
-    assert all(r["speedup"] > 0 and 0 <= r["pruned_test"] <= 1 for r in rows)
+    assert all("speedup" in r and r["macs"] <= r["base_macs"] / 2 for r in rows)
     assert read_json(results / "cifar10-resnet20.json")["rows"] == rows
 
     written = {p.name for p in publish.write_cifar(results, tmp_path / "figures")}

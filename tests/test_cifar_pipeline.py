@@ -8,6 +8,8 @@ from dplib.experiments import profiles, stages
 from dplib.experiments.cache import config_hash
 from dplib.experiments.experiment import pretraining_key, training_state
 
+pytestmark = pytest.mark.slow  # left out of `make quick`; CI runs every test
+
 
 @pytest.fixture
 def tiny_cifar(tmp_path, monkeypatch):

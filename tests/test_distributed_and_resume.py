@@ -10,6 +10,8 @@ import torch
 
 import dplib
 
+pytestmark = pytest.mark.slow  # left out of `make quick`; CI runs every test
+
 SCRIPTS = Path(__file__).parent / "scripts"
 
 

@@ -33,11 +33,20 @@ def test_same_seed_same_weights():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
-def test_latency_and_speedup_are_positive():
+def test_latency_is_the_median_and_speedup_the_ratio_of_latencies(monkeypatch):
     model = dplib.models.build("lenet5")
     small = dplib.prune(model, dplib.criteria.l1_importance(model), "3-6-30")
-    assert dplib.latency(small, (8, 1, 28, 28), repeats=3, warmup=1) > 0
-    assert dplib.speedup(model, small, (8, 1, 28, 28), repeats=3, rounds=1) > 0
+    times = {id(model): [3.0, 1.0, 2.0, 9.0, 2.0], id(small): [0.5, 0.25, 4.0, 0.5, 0.5]}
+    calls = []
+
+    def timed(network, batch, device, warmup, repeats):
+        calls.append((tuple(batch.shape), warmup, repeats))
+        return times[id(network)]
+
+    monkeypatch.setattr(dplib.measure, "_forward_times", timed)
+    assert dplib.latency(model, (8, 1, 28, 28), repeats=5, warmup=1) == 2.0
+    assert dplib.speedup(model, small, (8, 1, 28, 28), repeats=5, rounds=3) == 4.0
+    assert calls[-1] == ((8, 1, 28, 28), 5, 5)  # the default warm-up, the repeats asked
 
 
 def test_rank_correlations():

@@ -81,6 +81,7 @@ def test_offline_mnist_falls_back_to_mnist5k(monkeypatch):
     assert "offline" in config.dataset_note
 
 
+@pytest.mark.slow
 def test_papermill_fails_at_once_on_a_bad_name(tmp_path, monkeypatch):
     papermill = pytest.importorskip("papermill")
     monkeypatch.setenv("DPLIB_RUNS", str(tmp_path / "runs"))

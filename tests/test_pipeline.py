@@ -17,6 +17,8 @@ from dplib.experiments import profiles, stages
 from dplib.files import read_json
 from dplib.train import read_checkpoint
 
+pytestmark = pytest.mark.slow  # left out of `make quick`; CI runs every test
+
 KIT = Path(__file__).resolve().parent.parent
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")
 
 from dplib.experiments import publish, reports, study  # noqa: E402
+
+pytestmark = pytest.mark.slow  # left out of `make quick`; CI runs every test
 
 
 def _smoke_study(root):

@@ -5,10 +5,7 @@ imports to prune their own network; this subpackage is what the kit runs to repr
 and to measure: the method never imports it.
 
 ==============  ==================================================================================
-module          what it does
-==============  ==================================================================================
-profiles        the ``smoke`` / ``cpu`` / ``paper`` presets; ``resolve`` checks a notebook's
-                parameters before anything runs
+profiles        the ``smoke`` / ``cpu`` / ``paper`` presets; ``resolve`` checks parameters first
 paths           where ``runs/``, ``figures/`` and ``notebooks/`` are
 cache           :func:`~dplib.experiments.cache.cached`: the one caching helper of every stage
 experiment      the one path: an experiment's configuration; pretrain, score, prune-and-fine-tune

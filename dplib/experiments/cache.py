@@ -1,11 +1,10 @@
 """One caching helper for every stage of the kit's experiments.
 
 An artefact is a file (a checkpoint, an importance, a results row) with a JSON beside it that
-holds the configuration that produced it (``"config"``) and what the stage measured. Both are
-written atomically (a temporary file, then a rename), the JSON last, so a run killed at any
-moment leaves only complete artefacts. :func:`cached` reuses an artefact when its JSON holds the
-same configuration and its file reads back; anything else (missing, truncated, corrupt, another
-configuration) is rebuilt, with one line in the log saying why.
+holds the configuration that produced it (``"config"``) and what the stage measured, both
+written atomically and the JSON last, so a run killed at any moment leaves only complete
+artefacts. :func:`cached` reuses an artefact when its JSON holds the same configuration and its
+file reads back; anything else is rebuilt (a damaged one with a line in the log saying why).
 """
 
 from __future__ import annotations
@@ -41,8 +40,7 @@ def _as_json(value: Any) -> Any:
 
 @dataclass
 class Cached(Generic[T]):
-    """A stage's result: the ``value``, its JSON ``meta`` (``config`` and measurements), where it
-    is stored and whether it was reused."""
+    """A stage's ``value``, its JSON ``meta`` (config, measurements), ``path``, ``reused``."""
 
     value: T
     meta: dict[str, Any]
@@ -59,21 +57,22 @@ def cached(
     load: Callable[[Path, dict[str, Any]], T] | None = None,
     log: Log = log_line,
 ) -> Cached[T]:
-    """Reuse the artefact at ``path`` made with ``config``, or ``build`` and store it.
+    """Reuse the artefact at ``path`` made with ``config`` (JSON-able), or ``build`` it.
 
-    Args:
-        path: the artefact's file. With ``save``/``load`` it holds the value (a checkpoint, an
-            importance) and its JSON is ``path`` with the suffix ``.json``; without them the
-            artefact is that JSON alone and the value is what ``build`` measured.
-        config: what the result depends on (JSON-able); a different one rebuilds.
-        build: computes ``(value, measurements)``; the measurements go into the JSON.
-        save, load: write the value to a path (atomically); read it back from the path and the
-            JSON (raising
-            ``FileNotFoundError``/``ValueError``/``RuntimeError`` on a damaged file).
+    ``build`` returns ``(value, measurements)``; the measurements go into the JSON. With
+    ``save``/``load`` (write the value to a path atomically; read it back from the path and the
+    JSON, raising FileNotFoundError, ValueError or RuntimeError on a damaged file) the JSON is
+    ``path`` with the suffix ``.json``; without them the artefact is the JSON at ``path`` alone
+    and the value is what ``build`` measured.
     """
     path = Path(path)
     meta_path = path.with_suffix(".json") if save is not None else path
-    meta = _readable_meta(meta_path, log)
+    meta = None  # missing or unreadable: the stage runs
+    if meta_path.exists():
+        try:
+            meta = read_json(meta_path)
+        except ValueError as error:
+            log(f"{error}")
     if meta is not None and meta.get("config") == _as_json(config):
         try:
             value = load(path, meta) if load is not None else meta["result"]
@@ -89,14 +88,3 @@ def cached(
         value = _as_json(measured)
     write_json(meta_path, meta)
     return Cached(value, _as_json(meta), path, False)
-
-
-def _readable_meta(path: Path, log: Log) -> dict[str, Any] | None:
-    """The JSON of a finished stage, or None (missing or unreadable: the stage runs)."""
-    if not path.exists():
-        return None
-    try:
-        return read_json(path)
-    except ValueError as error:
-        log(f"{error}")
-        return None

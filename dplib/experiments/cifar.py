@@ -1,14 +1,10 @@
 """CIFAR-10 for real: ResNet-20, ResNet-56 and VGG-16 pretrained on the CPU, then pruned.
 
-Each network is pretrained with a short one-cycle schedule (SGD, random crops and flips, bfloat16
-autocast and channels-last where the CPU supports them), its importance learnt for one epoch
-with the kit's Dirichlet defaults, and pruned by every criterion at 2x and 4x fewer MACs (each
-criterion's own allocation and the same widths for all) and at the reference code's widths
-(VGG-16: 39-39-63-48-55-88-87-52-62-22-42-47-47-47; ResNet-56: inner widths 11-18-30), then
-fine-tuned by one fixed schedule for every criterion. It is :mod:`dplib.experiments.compare`
-with CIFAR schedules: the same cache, rows and summaries; :mod:`dplib.experiments.reports`
-writes ``figures/cifar.md`` and ``figures/cifar.csv``. Validation accuracy decides; the test
-split is reported only.
+Each network is pretrained with a short one-cycle schedule (:func:`cifar_setup`), its importance
+learnt for one epoch, and pruned by every criterion at 2x and 4x fewer MACs (each criterion's own
+allocation and the same widths for all) and at the reference code's widths, then fine-tuned by
+one fixed schedule. It is :mod:`dplib.experiments.compare` with CIFAR schedules: the same cache,
+rows and summaries. Validation accuracy decides; the test split is reported only.
 """
 
 from __future__ import annotations
@@ -39,20 +35,16 @@ PRECISION: dict[str, Any] = {"amp": "bfloat16", "channels_last": True}  # fast o
 def cifar_setup(
     model: str, pretrain_epochs: float, finetune_epochs: float, widths: tuple[str, ...] = ()
 ) -> Experiment:
-    """A CIFAR-10 experiment of ``model`` with the one schedule of every network:
-    ``pretrain_epochs`` of one-cycle pretraining (SGD 0.1, crops and flips), importance for one
-    epoch, ``finetune_epochs`` of cosine fine-tuning at 0.01, all in bfloat16 and channels-last;
-    the fixed ``widths`` pruned besides the budgets (e.g. the reference code's)."""
+    """``pretrain_epochs`` of one-cycle pretraining (SGD 0.1, crops and flips), importance for
+    one epoch, ``finetune_epochs`` of cosine fine-tuning at 0.01, all in bfloat16 and
+    channels-last; the fixed ``widths`` pruned besides the budgets (e.g. the reference code's)."""
+    training = {"augment": True, **PRECISION}  # pretraining and fine-tuning alike
     return Experiment(
         model,
         "cifar10",
-        pretraining=TrainSettings(
-            epochs=pretrain_epochs, lr=0.1, schedule="onecycle", augment=True, **PRECISION
-        ),
+        pretraining=TrainSettings(epochs=pretrain_epochs, lr=0.1, schedule="onecycle", **training),
         importance=DirichletSettings(epochs=1.0, **PRECISION),
-        finetuning=TrainSettings(
-            epochs=finetune_epochs, lr=0.01, keep_best=False, augment=True, **PRECISION
-        ),
+        finetuning=TrainSettings(epochs=finetune_epochs, lr=0.01, keep_best=False, **training),
         speedup_batch=64,
         keep_pruned=True,
         widths=widths,
@@ -67,14 +59,12 @@ SETUPS: dict[str, Experiment] = {
 
 
 def committed_results() -> Path:
-    """``bench/results/cifar/``: the raw rows of every network, committed; ``make figures``
-    redraws ``figures/cifar.md``, ``cifar.csv`` and the figures from them."""
+    """``bench/results/cifar/``: the committed rows of every network (``make figures`` redraws)."""
     return paths.kit_root() / "bench" / "results" / "cifar"
 
 
 def gpu_results() -> Path:
-    """``bench/results/cifar_gpu/``: the rows of ``bench/cifar_gpu.py`` on one GPU, each with
-    its device, kept apart from the CPU's; ``make figures`` redraws ``figures/cifar_gpu.*``."""
+    """``bench/results/cifar_gpu/``: the rows of ``bench/cifar_gpu.py`` on one GPU, kept apart."""
     return paths.kit_root() / "bench" / "results" / "cifar_gpu"
 
 
@@ -89,11 +79,17 @@ def run(
     note: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict[str, Any]]:
-    """Run every experiment (cached under ``root``, resumable) and write each one's rows to
-    ``results/<name>.json`` (default :func:`committed_results`) with ``note`` (e.g. the
-    device)."""
+    """Run every experiment (cached under ``root``, resumable) and write each one's rows with
+    ``note`` (e.g. the device) to ``results/<name>.json`` (default :func:`committed_results`)."""
     criteria, budgets = tuple(criteria), tuple(budgets)
-    _check_criteria_and_budgets(criteria, budgets)  # before hours of pretraining
+    # unknown criteria or malformed budgets fail here, before hours of pretraining
+    unknown = [name for name in criteria if name not in dplib_criteria.names()]
+    if unknown:
+        raise ValueError(
+            f"unknown criteria {unknown}; registered: {', '.join(dplib_criteria.names())}"
+        )
+    for budget in budgets:
+        parse_budget(budget, 10**9)  # the syntax only: a ratio string such as '2x'
     results = Path(results) if results is not None else committed_results()
     done = {}
     for experiment in experiments:
@@ -103,17 +99,6 @@ def run(
         done[experiment.name] = found | (note or {})
         write_json(results / f"{experiment.name}.json", done[experiment.name])
     return done
-
-
-def _check_criteria_and_budgets(criteria: tuple[str, ...], budgets: tuple[str, ...]) -> None:
-    """Unknown criteria or malformed budgets raise ValueError, naming what is accepted."""
-    unknown = [name for name in criteria if name not in dplib_criteria.names()]
-    if unknown:
-        raise ValueError(
-            f"unknown criteria {unknown}; registered: {', '.join(dplib_criteria.names())}"
-        )
-    for budget in budgets:
-        parse_budget(budget, 10**9)  # the syntax only: a ratio string such as '2x'
 
 
 # The pruned networks shipped in figures/cifar/ ---------------------------------------------------
@@ -149,8 +134,7 @@ def ship(root: str | Path, folder: str | Path | None = None) -> list[Path]:
 def evaluate_shipped(
     folder: str | Path | None = None, cifar10_copy: str | Path | None = None
 ) -> list[dict[str, Any]]:
-    """Each shipped network (:func:`dplib.load_pruned`) on the CIFAR-10 test split: the accuracy
-    measured now beside the one its row recorded."""
+    """Each shipped network's CIFAR-10 test accuracy measured now, beside the recorded one."""
     folder = Path(folder) if folder is not None else shipped_dir()
     test = data.loaders("cifar10", cifar10_copy=cifar10_copy).test
     measured = []

@@ -1,24 +1,17 @@
-"""Criteria compared at a MAC budget: runs the comparison and summarises it.
-
-The suite of ``03_prune`` and ``bench/compare.py``; its figures are drawn by
-:mod:`dplib.experiments.figures`, its Markdown written by :mod:`dplib.experiments.reports`.
+"""Criteria compared at a MAC budget (``03_prune``, ``bench/compare.py``): runs and summarises.
 
 For a network on a data set and each seed, through the one experiment path
-(:mod:`dplib.experiments.experiment`): pretrain (cached), compute every criterion's importance
-(cached; Dirichlet with the kit's defaults), and for each budget (``"4x"``: four times fewer
-MACs) prune in two ways:
+(:mod:`dplib.experiments.experiment`): pretrain, compute every criterion's importance, and for
+each budget (``"4x"``: four times fewer MACs) prune in two ways:
 
-* ``same``: every criterion at the same widths, those of the uniform allocation
-  (``choose_widths(..., allocation="uniform")``), which isolates the ranking within layers;
-* ``own``: each criterion with its own allocation to the budget
-  (``choose_widths(model, importance, target_macs=budget)``), ranking and widths together.
+* ``same``: every criterion at the widths of the uniform allocation, which isolates the
+  ranking within layers;
+* ``own``: each criterion with its own allocation to the budget, ranking and widths together.
 
-Each pruned network is evaluated on validation data right after pruning (BatchNorm statistics
-re-estimated on fixed training batches: no weight changes, the same for every criterion),
-fine-tuned by one fixed schedule (:data:`FINETUNING`) and evaluated on validation and test
-data. Claims are made on validation accuracy; test accuracy is reported only.
-:func:`settling` gives the Kendall tau of the Dirichlet ranking against its final state over
-the steps of learning (how fast importance settles).
+Each pruned network is evaluated on validation data right after pruning, fine-tuned by one
+fixed schedule (:data:`FINETUNING`) and evaluated on validation and test data. Claims are made
+on validation accuracy; test accuracy is reported only. :func:`settling` gives how fast the
+Dirichlet ranking settles over learning.
 """
 
 from __future__ import annotations
@@ -48,8 +41,7 @@ FINETUNING = TrainSettings(lr=0.01, schedule="constant", keep_best=False)
 def lenet_setup(
     model: str, dataset: str, epochs: tuple[float, float, float], **options: Any
 ) -> Experiment:
-    """A comparison's experiment: (pretraining, importance, fine-tuning) ``epochs``, the
-    cpu profile's schedules otherwise."""
+    """A comparison's experiment of (pretraining, importance, fine-tuning) ``epochs``."""
     pretraining, importance, finetuning = epochs
     return Experiment(
         model,
@@ -81,8 +73,7 @@ DEFAULT_SETUPS = tuple(name for name in SETUPS if not name.endswith("resnet20"))
 
 
 def criteria_for(model: Any, *, peers: bool = True) -> tuple[str, ...]:
-    """The criteria compared on ``model``: the registry's defaults that apply to it, with the
-    peer libraries' criteria where installed (``peers``)."""
+    """The registry's defaults for ``model``, with the peer libraries' where installed."""
     return criteria_registry.defaults(model, peers=peers)
 
 
@@ -95,9 +86,8 @@ def run_setup(
     criteria: Iterable[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Every (seed, criterion, budget, allocation) of one experiment, and its fixed widths;
-    returns the rows, the base networks, the settling of the Dirichlet ranking and the cost of
-    every importance."""
+    """Every (seed, criterion, budget, allocation) of one experiment, and its fixed widths: the
+    rows, the base networks, the settling of the Dirichlet ranking, every importance's cost."""
     rows, bases, settles, timings = [], [], [], []
     cases = [(b, a) for b in budgets for a in ALLOCATIONS] + [(w, FIXED) for w in experiment.widths]
     with hidden():
@@ -124,8 +114,8 @@ def run_setup(
 
 # The notebooks' comparison (03_prune, 04_figures) --------------------------------------------
 def experiment_for(config: Config) -> Experiment:
-    """The comparison's experiment of a notebook's configuration: the same network, data,
-    pretraining and importance, and the comparison's measurements and fine-tuning schedule."""
+    """A notebook configuration's experiment with the comparison's measurements and
+    fine-tuning schedule."""
     experiment = config.experiment
     plain = Experiment(experiment.model, experiment.dataset)  # no speed-ups, as the committed
     return experiment.replace(
@@ -139,13 +129,8 @@ def experiment_for(config: Config) -> Experiment:
 
 
 def run_experiment(config: Config, *, log: Callable[[str], None] = print) -> dict[str, Any] | None:
-    """The comparison of one notebook experiment, with the profile's seeds, budgets, criteria.
-
-    Returns None when the profile does not compare this experiment (``config.compare``);
-    otherwise writes and returns ``runs/<profile>/<dataset>-<model>/rows.json``, sharing the
-    notebooks' cache (seed 0 is pretrained once). Torch-Pruning's criteria join where the
-    optional package is installed.
-    """
+    """The comparison of one notebook experiment (seed 0 shared with the notebooks), written to
+    ``runs/<profile>/<dataset>-<model>/rows.json``; None when ``config.compare`` is false."""
     if not config.compare:
         return None
     experiment = experiment_for(config)
@@ -169,18 +154,15 @@ def committed_result(config: Config) -> dict[str, Any] | None:
 
 
 def committed_results() -> Path:
-    """``bench/results/compare/``: the raw rows of every setup, committed by
-    ``bench/compare.py`` (``make compare``: the LeNets about 16 minutes, resnet20 about 90 on
-    2 cores); ``make figures`` redraws them without rerunning."""
+    """``bench/results/compare/``: the rows of every setup, committed by ``make compare``
+    (the LeNets about 16 minutes, resnet20 about 90 on 2 cores)."""
     return paths.kit_root() / "bench" / "results" / "compare"
 
 
 def load_results(root: str | Path, extra: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """``{setup name: result}`` of every ``<root>/<setup>/rows.json``, in :data:`SETUPS` order;
     ``<extra>/<setup>.json`` for the setups ``root`` does not have."""
-    found = {}
-    if extra is not None:
-        found = {path.stem: read_json(path) for path in Path(extra).glob("*.json")}
+    found = {p.stem: read_json(p) for p in Path(extra).glob("*.json")} if extra is not None else {}
     found.update({path.parent.name: read_json(path) for path in Path(root).glob("*/rows.json")})
     order = {name: i for i, name in enumerate(SETUPS)}
     return {name: found[name] for name in sorted(found, key=lambda n: (order.get(n, 99), n))}
@@ -200,13 +182,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         groups.setdefault((row["budget"], row["criterion"], row["allocation"]), []).append(row)
     summary = []
-    for (budget, criterion, allocation), group in groups.items():
-        entry: dict[str, Any] = {
-            "budget": budget,
-            "criterion": criterion,
-            "allocation": allocation,
-            "seeds": len(group),
-        }
+    for key, group in groups.items():
+        entry = dict(zip(("budget", "criterion", "allocation"), key), seeds=len(group))
         for metric in METRICS:
             entry[metric], entry[f"{metric}_std"] = _mean_std([r[metric] for r in group])
         summary.append(entry)
@@ -237,11 +214,8 @@ def dirichlet_margins(summary: list[dict[str, Any]], allocation: str = "own") ->
 
 # How fast importance settles -----------------------------------------------------------------
 def settling(importance: Importance) -> dict[str, Any]:
-    """Kendall tau, per layer, of each recorded snapshot's ranking with the final ranking.
-
-    Returns ``{"fraction": [fraction of learning at each snapshot], "tau": {layer: [...]}}``;
-    empty lists when the importance recorded no snapshots (a non-Dirichlet criterion).
-    """
+    """Kendall tau, per layer, of each recorded snapshot's ranking with the final ranking:
+    ``{"fraction": [of learning, per snapshot], "tau": {layer: [...]}}`` (empty: no snapshots)."""
     history = importance.history
     snapshots, steps = history.get("snapshots", []), history.get("steps", [])
     total = max(steps) if steps else 1

@@ -1,8 +1,7 @@
 """The one experiment path: pretrain once, score the units, prune, fine-tune, measure.
 
-An :class:`Experiment` is a network on a data set with its three schedules (pretraining and
-fine-tuning: :class:`dplib.TrainSettings`; importance: :class:`dplib.DirichletSettings`) and how
-results are measured. Everything the kit runs goes through three functions:
+An :class:`Experiment` is a network on a data set with its three schedules (pretraining,
+importance, fine-tuning) and how results are measured. Everything the kit runs goes through:
 
 ==========================  ========================================================================
 :func:`pretrain`            the base network of one seed: ``<root>/<name>/seed<k>/base-<h>.pt``
@@ -10,11 +9,9 @@ results are measured. Everything the kit runs goes through three functions:
 :func:`prune_and_finetune`  one pruned network's row: ``results/<criterion>-<allocation>-<h>.json``
 ==========================  ========================================================================
 
-``<h>`` hashes the configuration a result depends on, so the same configuration gives the same
-artefact and another one a new file beside it. Every artefact goes through
-:func:`~dplib.experiments.cache.cached`: written atomically (the JSON last), reused when it
-reads back, rebuilt (with a line in the log) when it is damaged; a killed run resumes after its
-last complete artefact, an interrupted pretraining from its last complete epoch.
+``<h>`` hashes the configuration a result depends on, so another configuration writes a new file
+beside it. Every artefact goes through :func:`~dplib.experiments.cache.cached`, so a killed run
+resumes after its last complete artefact (an interrupted pretraining from its last epoch).
 
 A row (the one result schema): ``setup``, ``seed``, ``criterion``, ``allocation`` (``fixed``:
 widths given; ``own``: the criterion's allocation of a budget; ``same``: the uniform one),
@@ -94,8 +91,7 @@ class Experiment:
         return dataclasses.replace(self, **changes)
 
     def network(self, seed: int | None = None, widths: str | None = None) -> nn.Module:
-        """The experiment's network, freshly initialised (with ``seed``), or its architecture
-        pruned to ``widths``."""
+        """The network, freshly initialised (with ``seed``), or its architecture at ``widths``."""
         options: dict[str, Any] = {"width_multiplier": self.width_multiplier}
         if self.pad_to:  # a CIFAR network on grey images
             options["in_channels"] = 1
@@ -127,13 +123,8 @@ class Base:
 
 def loaders(experiment: Experiment, seed: int) -> data.Loaders:
     """The experiment's data for ``seed``: its subsets, padded, on its data device."""
-    found = data.loaders(
-        experiment.dataset,
-        batch_size=experiment.batch_size,
-        subset=experiment.subset,
-        eval_subset=experiment.eval_subset,
-        seed=seed,
-    )
+    sizes = {name: getattr(experiment, name) for name in ("batch_size", "subset", "eval_subset")}
+    found = data.loaders(experiment.dataset, seed=seed, **sizes)
     splits = found.splits
     for split in ("train", "val", "test") if experiment.pad_to or experiment.data_device else ():
         images, labels = getattr(splits, split).tensors
@@ -168,11 +159,8 @@ def pretraining_key(experiment: Experiment, seed: int) -> dict[str, Any]:
 def pretrain(
     experiment: Experiment, root: str | Path, seed: int = 0, *, log: Log = log_line
 ) -> Base:
-    """Train the base network of ``seed`` (or reuse it) and measure it.
-
-    Its training state is saved after every epoch, so an interrupted pretraining resumes from
-    its last complete epoch (a damaged state starts afresh, said in the log).
-    """
+    """Train the base network of ``seed`` (or reuse it) and measure it; an interrupted
+    pretraining resumes from its last complete epoch (a damaged state starts afresh)."""
     folder = Path(root) / experiment.name / f"seed{seed}"
     found = loaders(experiment, seed)
     key = config_hash(pretraining_key(experiment, seed))
@@ -236,10 +224,12 @@ def _train_base(
     return model, {"metrics": metrics, "history": history}
 
 
-def criterion_options(base: Base, criterion: str) -> dict[str, Any]:
-    """What the experiment gives ``criterion``: those of its options the criterion takes."""
-    experiment = base.experiment
-    return criteria.get(criterion).taking(
+def score(base: Base, criterion: str, *, log: Log = log_line) -> Importance:
+    """``criterion``'s importance of the base network (cached), with its cost in seconds in
+    ``history["seconds_total"]``."""
+    experiment, registered = base.experiment, criteria.get(criterion)
+    # what the experiment gives the criterion: those of its options the criterion takes
+    options = registered.taking(
         seed=base.seed,
         device=experiment.device,
         coupled=experiment.coupled,
@@ -247,37 +237,26 @@ def criterion_options(base: Base, criterion: str) -> dict[str, Any]:
         settings=experiment.importance,
         input_shape=base.input_shape,
     )
-
-
-def score(base: Base, criterion: str, *, log: Log = log_line) -> Importance:
-    """``criterion``'s importance of the base network (cached), with its cost in seconds in
-    ``history["seconds_total"]``."""
-    options = criterion_options(base, criterion)
-    key = {"base": base.key, "criterion": criterion, **_plain(options)}
+    plain = {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in options.items()}
+    key = {"base": base.key, "criterion": criterion, **plain}
 
     def build() -> tuple[Importance, dict[str, Any]]:
         started = time.perf_counter()
-        needs = criteria.get(criterion).needs_data
-        importance = criteria.compute(
-            criterion, base.model, base.loaders.train if needs else None, **options
-        )
+        data_loader = base.loaders.train if registered.needs_data else None
+        if data_loader is not None:  # the seed's first batches, whatever ran before (Taylor)
+            data.reseed(data_loader, base.seed)
+        importance = criteria.compute(criterion, base.model, data_loader, **options)
         importance.history["seconds_total"] = time.perf_counter() - started
         return importance, {"seconds": importance.history["seconds_total"]}
 
-    result = cached(
+    return cached(
         base.folder / f"importance-{criterion}-{config_hash(key)}.pt",
         key,
         build,
         save=lambda importance, path: importance.save(path),
         load=lambda path, _: Importance.load(path),
         log=log,
-    )
-    return result.value
-
-
-def _plain(options: dict[str, Any]) -> dict[str, Any]:
-    """Options as JSON-able values (the Dirichlet settings as a dict)."""
-    return {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in options.items()}
+    ).value
 
 
 def widths_for(base: Base, importance: Importance, budget: str, allocation: str) -> dict:
@@ -367,19 +346,13 @@ def _pruned_row(
 
 def _finetuned(base: Base, small: nn.Module) -> dict[str, Any]:
     """Fine-tune a pruned network by the experiment's schedule; its accuracies afterwards."""
-    experiment = base.experiment
+    schedule, device = base.experiment.finetuning, base.experiment.device
     started = time.perf_counter()
-    fit(
-        small,
-        base.loaders.train,
-        experiment.finetuning,
-        val_loader=base.loaders.val if experiment.finetuning.keep_best else None,
-        device=experiment.device,
-        seed=base.seed,
-    )
+    val = base.loaders.val if schedule.keep_best else None
+    fit(small, base.loaders.train, schedule, val_loader=val, device=device, seed=base.seed)
     small.cpu().eval()
     return {
-        "finetune_epochs": experiment.finetuning.epochs,
+        "finetune_epochs": schedule.epochs,
         "finetune_seconds": time.perf_counter() - started,
         "finetuned_val": evaluate(small, base.loaders.val, "cpu")["accuracy"],
         "finetuned_test": evaluate(small, base.loaders.test, "cpu")["accuracy"],
@@ -387,8 +360,7 @@ def _finetuned(base: Base, small: nn.Module) -> dict[str, Any]:
 
 
 def recalibration_loader(base: Base) -> torch.utils.data.DataLoader:
-    """The fixed training images on which a pruned network's BatchNorm statistics are
-    re-estimated (the same for every criterion)."""
+    """Fixed training images to re-estimate BatchNorm statistics on, alike for every criterion."""
     batches, size = base.experiment.recalibration_batches, base.experiment.batch_size
     images = data.random_subset(base.loaders.splits.train, batches * size, base.seed)
     return data.make_loader(images, size, shuffle=False)

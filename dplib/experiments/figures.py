@@ -1,8 +1,7 @@
-"""The kit's figures (matplotlib + seaborn): every figure of the notebooks, the comparison and
-the study. Each function draws from data it is given and returns a Figure; :func:`save` writes
-it as PNG and PDF atomically. The data come from ``runs/`` (read by
-:mod:`dplib.experiments.publish`), never from training here. The figure numbers are those of
-the method page ``notebooks/METHOD.md`` (section 6).
+"""The kit's figures (matplotlib + seaborn) of the notebooks, the comparison and the study.
+
+Each function draws from the data it is given (never from training) and returns a Figure;
+:func:`save` writes it as PNG and PDF. Figure numbers: ``notebooks/METHOD.md``, section 6.
 """
 
 from __future__ import annotations
@@ -19,19 +18,15 @@ import torch
 
 from ..files import atomic_path
 from ..importance import Importance
-from ..measure import spearman
-from . import study
+from . import compare, study
 
 # One colour per criterion in every figure (a criterion not listed gets matplotlib's next one).
+# fmt: off
 COLOURS = {
-    "dirichlet": "#d62728",
-    "random": "#7f7f7f",
-    "l1": "#1f77b4",
-    "taylor": "#2ca02c",
-    "bn_scale": "#9467bd",
-    "tp_l2": "#17becf",
-    "tp_taylor": "#bcbd22",
+    "dirichlet": "#d62728", "random": "#7f7f7f", "l1": "#1f77b4", "taylor": "#2ca02c",
+    "bn_scale": "#9467bd", "tp_l2": "#17becf", "tp_taylor": "#bcbd22",
 }
+# fmt: on
 
 
 def save(figure: plt.Figure, folder: str | os.PathLike, name: str) -> list[Path]:
@@ -92,29 +87,19 @@ def synthetic(results: list[dict[str, Any]]) -> plt.Figure:
     size and estimator; units sorted by s*."""
     hiddens = sorted({r["hidden"] for r in results})
     estimators = sorted({r["estimator"] for r in results}, reverse=True)
-    figure, axes = plt.subplots(
-        len(estimators), len(hiddens), figsize=(4.2 * len(hiddens), 3.0 * len(estimators))
-    )
-    axes = np.array(axes).reshape(len(estimators), len(hiddens))
+    rows, cols = len(estimators), len(hiddens)
+    figure, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows))
+    axes = np.array(axes).reshape(rows, cols)
     for result in results:
         axis = axes[estimators.index(result["estimator"]), hiddens.index(result["hidden"])]
         order = torch.argsort(result["s_star"], descending=True)
         shown = order[: min(len(order), 40)]
         x = np.arange(len(shown))
         axis.bar(x, result["s_star"][shown].numpy(), color="#cccccc", label="true s*")
-        axis.errorbar(
-            x,
-            result["mean"][shown].numpy(),
-            yerr=result["std"][shown].numpy(),
-            fmt="o",
-            ms=3,
-            color="#d62728",
-            label="E[s] ± std",
-        )
-        axis.set_title(
-            f"H = {result['hidden']}, {result['estimator']}: Pearson {result['pearson']:.2f}",
-            fontsize=10,
-        )
+        mean, std = result["mean"][shown].numpy(), result["std"][shown].numpy()
+        axis.errorbar(x, mean, yerr=std, fmt="o", ms=3, color="#d62728", label="E[s] ± std")
+        title = f"H = {result['hidden']}, {result['estimator']}: Pearson {result['pearson']:.2f}"
+        axis.set_title(title, fontsize=10)
         axis.set_xlabel(f"hidden units by true s* (top {len(shown)})")
     axes[0, 0].legend(fontsize=8)
     figure.tight_layout()
@@ -130,23 +115,13 @@ def importance_bars(importance: Importance, title: str = "") -> plt.Figure:
         relative = importance.relative(name)
         order = torch.argsort(relative, descending=True)
         units = relative.numel()
-        axis.bar(
-            np.arange(units), relative[order].numpy(), width=1.0, color="#d62728", lw=0, zorder=2
-        )
+        x, heights = np.arange(units), relative[order].numpy()
+        axis.bar(x, heights, width=1.0, color="#d62728", lw=0, zorder=2)
         if importance.concentration is not None:
             scale = units / importance.mean(name).sum()
             spread = (importance.std(name) * scale)[order].numpy()
-            axis.fill_between(
-                np.arange(units),
-                relative[order].numpy() - spread,
-                relative[order].numpy() + spread,
-                color="black",
-                alpha=0.15,
-                step="mid",
-                lw=0,
-                zorder=3,
-                label="± std",
-            )
+            band = {"color": "black", "alpha": 0.15, "step": "mid", "lw": 0, "zorder": 3}
+            axis.fill_between(x, heights - spread, heights + spread, label="± std", **band)
         axis.axhline(1.0, color="black", lw=0.8, ls="--")
         axis.set_title(f"{name} ({units} units)")
         axis.set_xlabel("units, most important first")
@@ -157,15 +132,6 @@ def importance_bars(importance: Importance, title: str = "") -> plt.Figure:
     return figure
 
 
-def ranking_settles(importance: Importance) -> list[list[float]]:
-    """Spearman correlation of each recorded snapshot of the means with the final means."""
-    history = importance.history
-    return [
-        [spearman(snapshot[name], importance.mean(name)) for name in importance.names]
-        for snapshot in history.get("snapshots", [])
-    ]
-
-
 def importance_learning(importance: Importance, title: str = "") -> plt.Figure:
     """The ELBO's terms per step, and how fast each layer's ranking settles."""
     history = importance.history
@@ -174,24 +140,20 @@ def importance_learning(importance: Importance, title: str = "") -> plt.Figure:
     window = max(1, len(steps) // 50)
 
     def smooth(values):
-        values = np.asarray(values, dtype=float)
-        return np.convolve(values, np.ones(window) / window, mode="valid")
+        return np.convolve(np.asarray(values, dtype=float), np.ones(window) / window, mode="valid")
 
-    left.plot(steps[window - 1 :], smooth(history["cross_entropy"]), label="cross-entropy")
-    left.plot(
-        steps[window - 1 :], smooth(history["loss"]), label=r"loss (CE + $\beta$ KL / Z)", ls="--"
-    )
+    smoothed_steps = steps[window - 1 :]
+    left.plot(smoothed_steps, smooth(history["cross_entropy"]), label="cross-entropy")
+    left.plot(smoothed_steps, smooth(history["loss"]), label=r"loss (CE + $\beta$ KL / Z)", ls="--")
     left.set_xlabel("step")
     left.set_ylabel("per batch")
     left.set_title(f"negative ELBO (moving average of {window})")
     left.legend()
-    settles = np.array(ranking_settles(importance))
-    if settles.size:
-        for index, name in enumerate(importance.names):
-            right.plot(history["steps"], settles[:, index], marker=".", label=name)
+    for name, taus in compare.settling(importance)["tau"].items():
+        right.plot(history["steps"], taus, marker=".", label=name)
     right.set_ylim(-1.05, 1.05)
     right.set_xlabel("step")
-    right.set_ylabel("Spearman with the final ranking")
+    right.set_ylabel("Kendall tau with the final ranking")
     right.set_title("how fast the ranking settles")
     right.legend()
     if title:
@@ -205,11 +167,9 @@ def feature_maps(payload: dict[str, Any], classes: list[str], title: str = "", t
     images, labels, maps = payload["images"], payload["labels"], payload["maps"]
     order = torch.argsort(payload["importance"], descending=True)
     chosen = list(order[:top]) + list(order[-top:])
-    rows = len(labels)
-    figure, axes = plt.subplots(
-        rows, 1 + len(chosen), figsize=(1.3 * (1 + len(chosen)), 1.3 * rows)
-    )
-    axes = np.array(axes).reshape(rows, 1 + len(chosen))
+    rows, cols = len(labels), 1 + len(chosen)
+    figure, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows))
+    axes = np.array(axes).reshape(rows, cols)
     for row in range(rows):
         if images.shape[1] == 3:  # colour images (CIFAR-10): show them in colour
             axes[row, 0].imshow(images[row].permute(1, 2, 0).clamp(0, 1).numpy())
@@ -239,18 +199,9 @@ def accuracy_vs_compression(frame: pd.DataFrame, title: str = "") -> plt.Figure:
     for axis, measure_name in zip(axes, ("params", "macs")):
         for criterion, group in pruned.groupby("criterion"):
             group = group.sort_values(measure_name)
-            colour = COLOURS.get(criterion)
-            axis.plot(
-                group[measure_name], 100 * group["accuracy"], "o-", color=colour, label=criterion
-            )
-            axis.plot(
-                group[measure_name],
-                100 * group["accuracy_pruned"],
-                "o--",
-                mfc="none",
-                color=colour,
-                alpha=0.6,
-            )
+            colour, x = COLOURS.get(criterion), group[measure_name]
+            axis.plot(x, 100 * group["accuracy"], "o-", color=colour, label=criterion)
+            axis.plot(x, 100 * group["accuracy_pruned"], "o--", mfc="none", color=colour, alpha=0.6)
         if len(base):
             axis.axhline(100 * base["accuracy"].iloc[0], color="black", lw=0.8, ls=":")
         axis.set_xscale("log")
@@ -273,15 +224,10 @@ def plot_comparison(summary: list[dict[str, Any]], title: str = "") -> plt.Figur
         axes, ("pruned_val", "finetuned_val"), ("right after pruning", "after fine-tuning")
     ):
         for criterion in criteria:
+            of_criterion = [e for e in summary if e["criterion"] == criterion]
             for allocation, style in (("own", "-"), ("same", "--"), ("fixed", ":")):
-                entries = sorted(
-                    (
-                        e
-                        for e in summary
-                        if e["criterion"] == criterion and e["allocation"] == allocation
-                    ),
-                    key=lambda e: e["macs"],
-                )
+                entries = [e for e in of_criterion if e["allocation"] == allocation]
+                entries.sort(key=lambda e: e["macs"])
                 if not entries:
                     continue
                 axis.errorbar(
@@ -346,21 +292,17 @@ def study_factors(results: dict[str, dict[str, list[dict[str, Any]]]]) -> plt.Fi
         base = next((r for r in screened if r["key"] == "specified"), None)
         if base is None:
             continue
-        rows = sorted(
-            (
-                (
-                    study.label(r)[len("dirichlet ") :],
-                    100 * (study.screen_value(r) - study.screen_value(base)),
-                )
-                for r in screened
-                if r["key"] != "specified"
-            ),
-            key=lambda item: item[1],
-        )
+        specified = study.screen_value(base)
+        rows = [
+            (study.label(r)[len("dirichlet ") :], 100 * (study.screen_value(r) - specified))
+            for r in screened
+            if r["key"] != "specified"
+        ]
+        rows.sort(key=lambda item: item[1])
         colours = ["tab:green" if gain > 0 else "tab:red" for _, gain in rows]
         axis.barh([k for k, _ in rows], [g for _, g in rows], color=colours)
         axis.axvline(0, color="black", linewidth=0.8)
-        axis.set_title(f"{setup}\n(specified: {100 * study.screen_value(base):.1f}%)", fontsize=9)
+        axis.set_title(f"{setup}\n(specified: {100 * specified:.1f}%)", fontsize=9)
         axis.set_xlabel("change in val. accuracy after pruning (points)")
         axis.tick_params(axis="y", labelsize=7)
     figure.tight_layout()
@@ -379,13 +321,8 @@ def study_finals(results: dict[str, dict[str, list[dict[str, Any]]]]) -> plt.Fig
         widths = list(finals[0]["finetuned"])
         for result in finals:
             style = "-" if result["criterion"] == "dirichlet" else "--"
-            axis.plot(
-                widths,
-                [100 * result["finetuned"][w] for w in widths],
-                style,
-                marker="o",
-                label=study.label(result)[:40],
-            )
+            accuracies = [100 * result["finetuned"][w] for w in widths]
+            axis.plot(widths, accuracies, style, marker="o", label=study.label(result)[:40])
         axis.set_title(setup, fontsize=9)
         axis.set_xlabel("kept widths (mild to aggressive)")
         axis.set_ylabel("val. accuracy after fine-tuning (%)")

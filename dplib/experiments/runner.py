@@ -1,12 +1,10 @@
 """Run the kit's notebooks headless with papermill: the main job, ``make figures``.
 
-For every experiment of a profile it executes ``01_pretrain``, ``02_importance`` and
-``03_prune`` with that experiment's parameters, then ``00_primer`` and ``04_figures`` once.
-Executed copies go to ``runs/<profile>/notebooks/``. An executed copy is written under a
-temporary name and renamed when its run finished, beside a small JSON with the hash of the
-notebook's source and its parameters: when both match, the notebook is not run again (``--force``
-runs it anyway; the stages inside a notebook reuse their artefacts by configuration, so a forced
-run of an unchanged experiment takes seconds too).
+``00_primer``, then ``01_pretrain``, ``02_importance`` and ``03_prune`` per experiment of a
+profile, then ``04_figures``; executed copies go to ``runs/<profile>/notebooks/``, each renamed
+into place when its run finished, beside a JSON stamp (the notebook's hash, its parameters and
+inputs): an up-to-date notebook is not run again unless ``--force`` (the stages inside reuse
+their artefacts, so a forced run of an unchanged experiment takes seconds too).
 """
 
 from __future__ import annotations
@@ -44,12 +42,9 @@ def plan(profile: str) -> list[tuple[str, dict[str, Any], Path]]:
 
 
 def _inputs(name: str, parameters: dict[str, Any]) -> Any:
-    """What a notebook's results depend on beyond its source and parameters.
-
-    An experiment's notebooks: the full resolved configuration (a changed default in dplib
-    reruns them). ``00_primer``: the profile's preset. ``04_figures``: the list of artefacts
-    under ``runs/<profile>/`` with their modification times (new results redraw the figures).
-    """
+    """What a notebook's results depend on beyond its source and parameters: an experiment's
+    resolved configuration (a changed default reruns it), ``00_primer``'s preset, or for
+    ``04_figures`` the artefacts under ``runs/<profile>/`` and their times (new results redraw)."""
     profile = parameters["profile"]
     if name == "04_figures":
         root = paths.profile_dir(profile)
@@ -64,11 +59,8 @@ def _inputs(name: str, parameters: dict[str, Any]) -> Any:
 
 
 def run_notebook(name: str, parameters: dict[str, Any], output: Path, *, force: bool = False):
-    """Execute notebook ``name`` with papermill into ``output`` unless an identical run exists.
-
-    Returns True when it ran, False when the earlier executed copy was reused. The JSON beside
-    the executed copy holds the stamp and how many seconds the run took.
-    """
+    """Execute notebook ``name`` with papermill into ``output`` unless an identical run exists
+    (False: reused); the JSON beside it holds the stamp and how many seconds the run took."""
     import papermill
 
     source = paths.notebook_dir() / f"{name}.ipynb"
@@ -90,14 +82,9 @@ def run_notebook(name: str, parameters: dict[str, Any], output: Path, *, force: 
     temporary = output.with_name(f".{output.stem}.running.ipynb")
     print(f"[dplib] running {name} {parameters} -> {output}", flush=True)
     started = time.perf_counter()
+    options = {"kernel_name": "python3", "log_output": True, "progress_bar": False}
     papermill.execute_notebook(
-        str(source),
-        str(temporary),
-        parameters=parameters,
-        kernel_name="python3",
-        log_output=True,
-        progress_bar=False,
-        cwd=str(paths.notebook_dir()),
+        str(source), str(temporary), parameters=parameters, cwd=str(paths.notebook_dir()), **options
     )
     os.replace(temporary, output)
     seconds = time.perf_counter() - started
@@ -115,8 +102,8 @@ def previous_seconds(output: Path) -> float | None:
 
 
 def _announce(index: int, steps: list[tuple[str, dict, Path]], elapsed: float, spent: list) -> None:
-    """Stage n of N, the time elapsed and an estimate of what is left: each remaining
-    notebook's last duration, or the mean duration of this run's notebooks so far."""
+    """Stage n of N, the time elapsed and what is left: each remaining notebook's last duration,
+    or the mean duration of this run's notebooks so far."""
     name, parameters, _ = steps[index]
     typical = sum(spent) / len(spent) if spent else DEFAULT_SECONDS
     left = sum(previous_seconds(output) or typical for _, _, output in steps[index:])

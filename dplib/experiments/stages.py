@@ -1,8 +1,7 @@
 """The notebooks' stages: one notebook experiment through the one experiment path.
 
-Each stage calls :mod:`dplib.experiments.experiment` with the experiment of a profile's
-:class:`~dplib.experiments.profiles.Config`, under ``runs/<profile>/`` (so ``03_prune``'s
-comparison and ``bench/compare.py`` reuse the same base network):
+Each stage runs the experiment of a :class:`~dplib.experiments.profiles.Config` under
+``runs/<profile>/`` (so ``03_prune``'s comparison and ``bench/compare.py`` reuse its base network):
 
 =====================  ========================================================================
 :func:`pretrain`       ``01``: the base network of the configuration's seed
@@ -11,8 +10,8 @@ comparison and ``bench/compare.py`` reuse the same base network):
 :func:`table`          ``03``: every criterion at every widths setting: ``table.json``
 =====================  ========================================================================
 
-Every stage first calls the stages it needs (each returns at once when its artefact is there),
-so any notebook can run on its own; ``04_figures`` reads only what they wrote.
+Every stage first calls the stages it needs (at once when their artefacts are there), so any
+notebook can run on its own; ``04_figures`` reads only what they wrote.
 """
 
 from __future__ import annotations
@@ -91,10 +90,8 @@ def table(config: profiles.Config, *, log: Log = log_line) -> dict[str, Any]:
 
 
 def architecture_table(config: profiles.Config) -> list[dict[str, Any]]:
-    """Parameters and MACs of the base network and of each fixed widths setting of ``config``.
-
-    Exact and deterministic (no training): the surgery's result depends only on the widths.
-    """
+    """Parameters and MACs of the base network and of each fixed widths setting of ``config``:
+    exact without training, as the surgery's result depends only on the widths."""
     experiment = config.experiment
     network = experiment.network()
     shape = (1, *profiles.input_shape(config.model))
@@ -114,33 +111,28 @@ def _counted(model: nn.Module, shape: tuple[int, ...]) -> dict[str, int]:
 def feature_maps(
     config: profiles.Config, *, per_class: int = 1, log: Log = log_line
 ) -> Path | None:
-    """Save the first prunable layer's feature maps of ``per_class`` test images per class.
-
-    Stored with the images, labels, class names and the Dirichlet importance of that layer, so
-    the interpretability figure reads only ``runs/``. Returns None when the first prunable layer
-    is not a convolution (nothing to show as maps).
-    """
+    """Save the first prunable layer's feature maps of ``per_class`` test images per class, with
+    the images, labels, class names and that layer's Dirichlet importance (the figure reads only
+    ``runs/``); None when that layer is not a convolution (no maps to show)."""
     base = pretrain(config, log=log)
     learned, _ = importance(config, log=log)
     layer = learned.names[0]
     if not isinstance(base.model.get_submodule(layer), nn.Conv2d):
         return None
     key = {"base": base.key, "importance": learned.config, "per_class": per_class}
-    result = cached(
+    return cached(
         base.folder / f"feature-maps-{config_hash(key)}.pt",
         key,
         lambda: _capture_maps(config, base, learned, per_class),
         save=lambda payload, target: atomic_torch_save(payload, target),
         load=lambda source, _: torch.load(source, map_location="cpu", weights_only=True),
         log=log,
-    )
-    return result.path
+    ).path
 
 
 def _capture_maps(
     config: profiles.Config, base: Base, learned: Importance, per_class: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The first layer's maps of a few test images, with what the figure needs to draw them."""
     layer = learned.names[0]
     images, labels = base.loaders.splits.test.tensors
     chosen = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(10)])

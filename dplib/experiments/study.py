@@ -1,25 +1,21 @@
 """The study of what makes Dirichlet importance work: configurations, runs, cached results.
 
 A *setup* is a pretrained network on a data set with three width settings (mild, medium,
-aggressive). A *configuration* is a set of switches of :func:`dplib.attach_gates` and
-:func:`dplib.learn_importance` (and the ranking statistic). The design, run by
-:func:`run_study`:
+aggressive); a *configuration* is a set of switches of :func:`dplib.attach_gates` and
+:func:`dplib.learn_importance` (and the ranking statistic). :func:`run_study` runs:
 
-1. **screen**: one factor at a time around the method as specified (:data:`SPECIFIED`);
-   each configuration learns importance once and is scored, on validation data, by the
-   accuracy right after pruning at the three width settings and by the Spearman correlation of
-   its ranking with the oracle (loss increase when a unit alone is removed) per layer;
-2. **pairs**: the best value of each of the most helpful factors, combined two by two (and all
-   together); beside them, a few combinations chosen by hand (a sparse prior whose KL is not
-   divided by N; the method page ``notebooks/METHOD.md``, section 7), screened in step 1;
+1. **screen**: one factor at a time around the method as specified (:data:`SPECIFIED`), and
+   the combinations chosen by hand (:data:`HYPOTHESES`); each configuration learns importance
+   once and is scored, on validation data, by the accuracy right after pruning at the three
+   width settings and by the Spearman correlation of its ranking with the oracle (loss
+   increase when a unit alone is removed) per layer;
+2. **pairs**: the best values of the most helpful factors, two by two and all together;
 3. **fine-tune**: the best configurations, the method as specified and the baselines (L1,
-   Taylor, random) go through the same surgery and the same fixed fine-tuning at the three
-   width settings; validation accuracy decides, test accuracy is only reported.
+   Taylor, random) through the same surgery and fixed fine-tuning at the three width settings;
+   validation accuracy decides, test accuracy is only reported.
 
-Every (setup, configuration) result is a small JSON file under ``runs/study/<setup>/`` (through
-:func:`~dplib.experiments.cache.cached`), reused when it holds the same configuration, so the
-study resumes where it stopped. Its tables are written by :mod:`dplib.experiments.reports`, its
-figures drawn by :mod:`dplib.experiments.figures`.
+Every (setup, configuration) result is a small cached JSON file under ``runs/study/<setup>/``,
+so the study resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -41,7 +37,7 @@ from ..measure import spearman
 from ..progress import hidden
 from ..settings import DirichletSettings, TrainSettings
 from . import compare, paths
-from .cache import cached
+from .cache import Log, cached
 from .experiment import Base, Experiment, pretrain, prune_and_finetune, score
 
 # The method as first specified (notebooks/METHOD.md, sections 2-3), the centre of the
@@ -65,11 +61,13 @@ FACTORS: dict[str, list[Any]] = {
     "batchnorm": ["train"],
 }
 BATCHNORM_FACTORS = ("position", "batchnorm")
+# what gives the configurations screened on a setup (grid, smoke_grid)
+GridFunction = Callable[[Experiment], list[dict[str, Any]]]
 
 # Combinations chosen by hand rather than by the screen (notebooks/METHOD.md, section 7): a
-# sparse prior whose
-# KL is not divided by N (so that it competes with the data term and squeezes the posterior
-# mass onto the units the loss cannot do without), with or without the factor K.
+# sparse prior whose KL is not divided by N (so that it competes with the data term and squeezes
+# the posterior mass onto the units the loss cannot do without), with or without the factor K.
+# fmt: off
 HYPOTHESES: list[dict[str, Any]] = [
     {"alpha0": 0.1, "kl_divided_by_n": False},
     {"alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01},
@@ -87,15 +85,10 @@ HYPOTHESES: list[dict[str, Any]] = [
     {"phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01, "lr": 0.3},
     {"phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01, "epochs": 3.0},
     {"phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01, "samples": 4},
-    {
-        "scale": "none",
-        "phi_init": 100.0,
-        "alpha0": 0.1,
-        "kl_divided_by_n": False,
-        "kl_weight": 0.01,
-    },
+    {"scale": "none", "phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False,
+     "kl_weight": 0.01},
 ]
-
+# fmt: on
 
 ORACLE_IMAGES = 1000  # validation images the oracle is measured on
 
@@ -105,8 +98,7 @@ BN_WIDTHS = ("7-14-70-20", "5-8-45-15", "3-5-20-8")
 
 
 def _setup(model: str, dataset: str, epochs: float, finetune: float, widths: tuple) -> Experiment:
-    """A studied network: ``epochs`` of pretraining, the comparison's fine-tuning schedule for
-    ``finetune`` epochs, and three width settings (mild, medium, aggressive)."""
+    """A studied network: ``epochs`` of pretraining, ``finetune`` of the comparison's schedule."""
     finetuning = compare.FINETUNING.replace(epochs=finetune)
     pretraining = TrainSettings(epochs=epochs)
     return Experiment(model, dataset, pretraining, finetuning=finetuning, widths=widths)
@@ -123,8 +115,7 @@ SETUPS: dict[str, Experiment] = {
 
 @dataclass
 class StudyContext:
-    """A studied network's base (:class:`~dplib.experiments.experiment.Base`) and its oracle
-    importance, loaded once."""
+    """A studied network's :class:`~dplib.experiments.experiment.Base` and oracle importance."""
 
     base: Base
     oracle: Importance
@@ -149,10 +140,8 @@ def prepare_study(
 ) -> StudyContext:
     """Pretrain the network (cached) and compute the oracle on validation images (cached)."""
     base = pretrain(setup.replace(subset=subset), root, seed)
-    val = base.loaders.splits.val
-    oracle_loader = data.make_loader(
-        data.random_subset(val, ORACLE_IMAGES, seed), 500, shuffle=False
-    )
+    images = data.random_subset(base.loaders.splits.val, ORACLE_IMAGES, seed)
+    oracle_loader = data.make_loader(images, 500, shuffle=False)
     oracle = cached(
         base.folder / "oracle.pt",
         {"images": ORACLE_IMAGES, "seed": seed, "base": base.key},
@@ -164,11 +153,8 @@ def prepare_study(
 
 
 def learn(study: StudyContext, config: dict[str, Any]) -> tuple[Importance, Base]:
-    """Learn Dirichlet importance with the switches of ``config``.
-
-    Returns the importance and the base to prune: the study's, or for joint training
-    (``weights_lr > 0``) one whose network is a copy with weights trained with the gates.
-    """
+    """Dirichlet importance learnt with the switches of ``config``, and the base to prune: the
+    study's, or for joint training (``weights_lr > 0``) a copy whose weights learnt too."""
     settings = DirichletSettings(**{k: v for k, v in config.items() if k != "statistic"})
     base = study.base
     if settings.weights_lr > 0:
@@ -186,15 +172,9 @@ def evaluated(
 ) -> dict[str, Any]:
     """Validation metrics of one importance: Spearman with the oracle per layer, accuracy right
     after pruning (and after the setup's fine-tuning when ``finetune``) at each width setting."""
-    result: dict[str, Any] = {
-        "spearman": {
-            layer: spearman(importance.scores[layer], study.oracle.scores[layer])
-            for layer in importance.names
-        },
-        "pruned": {},
-        "finetuned": {},
-        "finetuned_test": {},
-    }
+    oracle = study.oracle.scores
+    rhos = {layer: spearman(importance.scores[layer], oracle[layer]) for layer in importance.names}
+    result = {"spearman": rhos, "pruned": {}, "finetuned": {}, "finetuned_test": {}}
     for widths in study.setup.widths:
         row = prune_and_finetune(base, importance.criterion, importance, widths, finetune=finetune)
         result["pruned"][widths] = row["pruned_val"]
@@ -213,9 +193,8 @@ def run_config(study: StudyContext, config: dict[str, Any], *, finetune: bool) -
         importance, base = learn(study, config)
         seconds = time.perf_counter() - started
         result = evaluated(study, importance, base, finetune=finetune)
-        result.update(
-            criterion="dirichlet", key=key, config=config, seconds=seconds, setup=study.setup.name
-        )
+        result.update(criterion="dirichlet", key=key, config=config, seconds=seconds)
+        result["setup"] = study.setup.name
         return None, result
 
     return cached(_result_path(study, finetune, key), config, build).value
@@ -223,21 +202,17 @@ def run_config(study: StudyContext, config: dict[str, Any], *, finetune: bool) -
 
 def run_baseline(study: StudyContext, criterion: str) -> dict[str, Any]:
     """Score a baseline criterion with fine-tuning (cached)."""
+    key = f"baseline-{criterion}"
 
     def build() -> tuple[None, dict[str, Any]]:
         importance = score(study.base, criterion)
         result = evaluated(study, importance, study.base, finetune=True)
         seconds = importance.history["seconds_total"]
-        result.update(
-            criterion=criterion,
-            key=f"baseline-{criterion}",
-            config=None,
-            seconds=seconds,
-            setup=study.setup.name,
-        )
+        result.update(criterion=criterion, key=key, config=None, seconds=seconds)
+        result["setup"] = study.setup.name
         return None, result
 
-    path = _result_path(study, True, f"baseline-{criterion}")
+    path = _result_path(study, True, key)
     return cached(path, {"criterion": criterion, "base": study.base.key}, build).value
 
 
@@ -256,16 +231,14 @@ def finetuned_value(result: dict[str, Any]) -> float:
 
 
 def grid(setup: Experiment) -> list[dict[str, Any]]:
-    """The configurations screened on a setup: one factor at a time around the specified
-    method (the BatchNorm switches only where the network has BatchNorm), then
-    :data:`HYPOTHESES`."""
+    """One factor at a time around the specified method (the BatchNorm switches only where the
+    network has BatchNorm), then :data:`HYPOTHESES`."""
     has_batchnorm = setup.model.endswith("_bn")
     configs = [dict(SPECIFIED)]
     for factor, values in FACTORS.items():
         if factor in BATCHNORM_FACTORS and not has_batchnorm:
             continue
-        for value in values:
-            configs.append({**SPECIFIED, factor: value})
+        configs += [{**SPECIFIED, factor: value} for value in values]
     configs += [{**SPECIFIED, **hypothesis} for hypothesis in HYPOTHESES]
     return configs
 
@@ -297,12 +270,12 @@ def run_study(
     root: Path,
     *,
     subset: int | None = None,
-    configs: Callable[[Experiment], list[dict[str, Any]]] = grid,
+    configs: GridFunction = grid,
     finalists: int = 3,
     shared_finalists: int = 3,
     criteria: tuple[str, ...] = ("l1", "taylor", "random"),
     seed: int = 0,
-    log: Callable[[str], None] = print,
+    log: Log = print,
 ) -> dict[str, Any]:
     """Screen and pair on every setup, then fine-tune the finalists; return all results.
 
@@ -320,13 +293,10 @@ def run_study(
             contexts[name] = prepare_study(SETUPS[name], root, subset=subset, seed=seed)
             screened[name] = _screen(contexts[name], configs, log)
             seconds[name] = time.perf_counter() - started
-    ranking = shared_ranking(screened)
+    ranking, top = shared_ranking(screened), shared_finalists
     # the best overall, and the best of those that cost at most one epoch of learning
-    shared = (
-        ranking[:shared_finalists]
-        + [c for c in ranking if cost_in_epochs(c) <= 1][:shared_finalists]
-    )
-    shared = list({config_key(c): c for c in shared}.values())
+    cheap = [c for c in ranking if cost_in_epochs(c) <= 1]
+    shared = list({config_key(c): c for c in ranking[:top] + cheap[:top]}.values())
     log(f"shared finalists: {'; '.join(label({'config': c}) for c in shared)}")
     summary: dict[str, Any] = {}
     for name, study in contexts.items():
@@ -348,11 +318,7 @@ def run_study(
     return summary
 
 
-def _screen(
-    study: StudyContext,
-    configs: Callable[[Experiment], list[dict[str, Any]]],
-    log: Callable[[str], None],
-) -> list[dict[str, Any]]:
+def _screen(study: StudyContext, configs: GridFunction, log: Log) -> list[dict[str, Any]]:
     """Screen a setup's grid, then the pairs of its most helpful factors (no fine-tuning)."""
     name = study.setup.name
     log(f"[{name}] base validation accuracy {study.base.metrics['val']:.4f}")
@@ -395,8 +361,7 @@ def load_results(root: Path, seed: int = 0) -> dict[str, dict[str, list[dict[str
 
 
 def committed_results() -> Path:
-    """``bench/results/study/``: every setup's screened and fine-tuned results, committed by
-    ``bench/study.py`` (``make study``); ``05_study`` draws from them without recomputing."""
+    """``bench/results/study/``: every setup's results, committed by ``make study``."""
     return paths.kit_root() / "bench" / "results" / "study"
 
 
@@ -425,21 +390,13 @@ def _cached_result(path: Path) -> dict[str, Any] | None:
         return None
 
 
+# fmt: off
 SHORT_NAMES = {
-    "scale": "scale",
-    "position": "gate",
-    "phi_init": "phi0",
-    "alpha0": "alpha0",
-    "kl_weight": "beta",
-    "kl_divided_by_n": "KL/N",
-    "estimator": "est",
-    "samples": "M",
-    "lr": "lr",
-    "epochs": "epochs",
-    "batchnorm": "BN",
-    "weights_lr": "joint lr",
-    "statistic": "rank by",
+    "scale": "scale", "position": "gate", "phi_init": "phi0", "alpha0": "alpha0",
+    "kl_weight": "beta", "kl_divided_by_n": "KL/N", "estimator": "est", "samples": "M", "lr": "lr",
+    "epochs": "epochs", "batchnorm": "BN", "weights_lr": "joint lr", "statistic": "rank by",
 }
+# fmt: on
 
 
 def label(result: dict[str, Any]) -> str:
@@ -453,11 +410,7 @@ def label(result: dict[str, Any]) -> str:
 
 def smoke_grid(setup: Experiment) -> list[dict[str, Any]]:
     """A tiny grid for the smoke profile: the specified method and two of the studied changes."""
-    return [
-        dict(SPECIFIED),
-        {**SPECIFIED, "estimator": "point"},
-        {**SPECIFIED, **HYPOTHESES[5]},
-    ]
+    return [dict(SPECIFIED), {**SPECIFIED, "estimator": "point"}, {**SPECIFIED, **HYPOTHESES[5]}]
 
 
 def root_for(profile: str) -> Path:

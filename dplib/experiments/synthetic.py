@@ -1,6 +1,4 @@
-r"""The synthetic check of the method: recover a known importance vector.
-
-Figure 2 of the method page ``notebooks/METHOD.md`` (section 6).
+r"""The synthetic check of the method (figure 2): recover a known importance vector.
 
 A small MLP :math:`x \mapsto W_2\, \mathrm{relu}((H s^*) \odot (W_1 x + b_1)) + b_2` with
 :math:`H` hidden units labels random inputs; its hidden units are scaled by a known
@@ -50,11 +48,8 @@ def make_task(
     alpha_star: float = 0.01,
     seed: int = 0,
 ) -> tuple[SyntheticMLP, torch.Tensor, torch.utils.data.TensorDataset]:
-    """The teacher network, its true importance s* ~ Dir(alpha_star) and ``size`` labelled inputs.
-
-    Labels are drawn from the teacher's softmax, so the likelihood is well specified and s* is
-    the value the ELBO should recover.
-    """
+    """The teacher, its true importance s* ~ Dir(alpha_star) and ``size`` inputs labelled by
+    draws from its softmax (the likelihood is well specified: the ELBO should recover s*)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = SyntheticMLP(inputs, hidden, classes)
@@ -77,12 +72,9 @@ def recover(
     alpha0: float = 1.0,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Learn q(s) on the synthetic task of ``hidden`` units; return s*, mean and std (numpy-able).
-
-    Returns:
-        ``{"hidden", "estimator", "s_star", "mean", "std", "loss", "spearman", "pearson",
-        "l1_error"}``.
-    """
+    """Learn q(s) on the synthetic task of ``hidden`` units: ``hidden``, ``estimator``,
+    ``s_star``, the posterior's ``mean`` and ``std``, the ``loss`` per step, and how close the
+    mean is to s* (``spearman``, ``pearson``, ``l1_error``)."""
     net, s_star, dataset = make_task(hidden, seed=seed)
     loader = make_loader(dataset, batch_size, shuffle=True, seed=seed)
     # the ELBO proper (phi_init 1, beta 1, KL/N): the check tests the method's mathematics
