@@ -116,5 +116,5 @@ class Loop:
             self.epoch += 1
             postfix = end_epoch()
             if postfix:
-                bar.set_postfix(postfix)
+                bar.set_postfix(postfix, refresh=False)  # the bar redraws at its own pace
         bar.close()

@@ -120,7 +120,7 @@ def test_cpu_profile_compares_the_lenets_with_the_bench_setups():
         ({"compare_budgets": ["4"]}, "ratio of fewer MACs"),
         ({"compare_budgets": ["0.5x"]}, "at least 1x"),
         ({"compare_budgets": []}, "compare_budgets is empty"),
-        ({"compare_criteria": ["l2"]}, "unknown compare criterion 'l2'"),
+        ({"compare_criteria": ["l2"]}, "unknown criterion 'l2'"),
     ],
 )
 def test_bad_comparison_settings_fail_before_training(override, message):

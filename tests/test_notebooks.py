@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from dplib.experiments import profiles, runner
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 EXPECTED = ["00_primer", "01_pretrain", "02_importance", "03_prune", "04_figures", "05_study"]
+SOLUTIONS = sorted(f"solutions/{p.stem}" for p in (NOTEBOOK_DIR / "solutions").glob("*.ipynb"))
 # make figures (the main job) runs 00-04; 05_study's full grid is `make study` (about 30 minutes)
 MAIN_JOB = EXPECTED[:5]
 
@@ -28,7 +30,7 @@ def test_notebook_list_and_the_main_jobs_plan():
     assert steps == ["00_primer", *MAIN_JOB[1:4] * experiments, "04_figures"]
 
 
-@pytest.mark.parametrize("name", EXPECTED)
+@pytest.mark.parametrize("name", EXPECTED + SOLUTIONS)
 def test_committed_without_outputs(name):
     for index, cell in enumerate(_load(name).cells):
         if cell.cell_type == "code":
@@ -36,22 +38,35 @@ def test_committed_without_outputs(name):
             assert cell.execution_count is None, f"{name} cell {index} has an execution count"
 
 
-@pytest.mark.parametrize("name", EXPECTED)
-def test_one_parameters_cell_then_validation(name):
+@pytest.mark.parametrize("name", EXPECTED + SOLUTIONS)
+def test_one_parameters_cell_then_the_check_of_its_names(name):
     cells = _load(name).cells
     tagged = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{name} needs exactly one cell tagged 'parameters'"
-    source = cells[tagged[0]].source
-    for knob in ("profile", "dataset", "model", "seed", "device"):
-        assert f"\n{knob} = " in f"\n{source}", f"{name}: parameter {knob!r} missing"
+    assert "\nprofile = " in f"\n{cells[tagged[0]].source}", f"{name}: no profile parameter"
     following = cells[tagged[0] + 1]
-    assert following.cell_type == "code" and "profiles.resolve(" in following.source
+    assert f'profiles.check_parameters(globals(), "{name}")' in following.source
 
 
-@pytest.mark.parametrize("name", ["00_primer", "01_pretrain", "03_prune"])
-def test_deterministic_cells_are_checked(name):
-    marked = [c for c in _load(name).cells if c.source.startswith("# NBVAL_CHECK_OUTPUT")]
-    assert marked, f"{name} should mark its deterministic cells with # NBVAL_CHECK_OUTPUT"
+def test_notebooks_check_what_a_student_should_see():
+    # committed without outputs, the notebooks assert their deterministic results instead
+    asserting = [
+        (name, index)
+        for name in EXPECTED
+        for index, cell in enumerate(_load(name).cells)
+        if cell.cell_type == "code" and "assert" in cell.source
+    ]
+    assert len(asserting) >= 6, asserting
+    assert not any("NBVAL_CHECK_OUTPUT" in cell.source for n in EXPECTED for cell in _load(n).cells)
+
+
+def test_every_exercise_answer_is_a_solution_that_runs_in_the_tests():
+    linked = set()
+    for name in EXPECTED:
+        for cell in _load(name).cells:
+            linked |= set(re.findall(r"\(solutions/(\w+)\.ipynb\)", cell.source))
+    assert linked == {name.split("/")[1] for name in SOLUTIONS}
+    assert len(SOLUTIONS) >= 5
 
 
 @pytest.mark.parametrize(
@@ -107,6 +122,27 @@ def test_papermill_fails_at_once_on_a_bad_name(tmp_path, monkeypatch):
     code_cells = [i for i, c in enumerate(executed.cells) if c.cell_type == "code"]
     assert failed == [code_cells[2]]
     assert not (tmp_path / "runs").exists(), "nothing may be written before the names are checked"
+
+
+@pytest.mark.slow
+def test_a_misspelt_parameter_stops_the_notebook_naming_it(tmp_path, monkeypatch):
+    papermill = pytest.importorskip("papermill")
+    monkeypatch.setenv("DPLIB_RUNS", str(tmp_path / "runs"))
+    started = time.perf_counter()
+    with pytest.raises(papermill.PapermillExecutionError) as caught:
+        papermill.execute_notebook(
+            str(NOTEBOOK_DIR / "03_prune.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            parameters={"profile": "smoke", "finetune_epochz": 1},
+            kernel_name="python3",
+            progress_bar=False,
+            cwd=str(NOTEBOOK_DIR),
+        )
+    message = str(caught.value)
+    assert "03_prune takes no parameter 'finetune_epochz'" in message
+    assert "finetune_epochs" in message  # the ones it takes are named
+    assert time.perf_counter() - started < 60
+    assert not (tmp_path / "runs").exists()
 
 
 def test_the_main_job_says_which_stage_it_is_at_and_what_is_left(tmp_path, capsys):

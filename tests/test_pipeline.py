@@ -119,8 +119,7 @@ def test_killed_run_resumes_from_the_last_completed_stage(runs):
 
 
 def test_architecture_table_matches_the_notebook_numbers():
-    # The values 03_prune prints in its "# NBVAL_CHECK_OUTPUT" cell: the committed notebooks
-    # carry no outputs for nbval to compare, so they are pinned here.
+    # the architectures 03_prune prints (and asserts) for LeNet-5, pinned here as well
     config = profiles.resolve("smoke", "fashion_mnist", "lenet5")
     table = {
         row["widths"]: (row["params"], row["macs"]) for row in stages.architecture_table(config)

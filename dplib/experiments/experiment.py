@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from ..settings import DirichletSettings, TrainSettings
 from ..surgery import prune, widths_of
 from ..train import (
     CheckpointError,
+    copy_state,
     evaluate,
     fit,
     load_checkpoint,
@@ -156,19 +158,24 @@ def pretraining_key(experiment: Experiment, seed: int) -> dict[str, Any]:
     }
 
 
+Training = Callable[[nn.Module, data.Loaders], dict[str, Any]]  # (model, loaders) -> history
+
+
 def pretrain(
-    experiment: Experiment, root: str | Path, seed: int = 0, *, log: Log = log_line
-) -> Base:
-    """Train the base network of ``seed`` (or reuse it) and measure it; an interrupted
-    pretraining resumes from its last complete epoch (a damaged state starts afresh)."""
+    experiment: Experiment, root: str | Path, seed: int = 0, *, log: Log = log_line,
+    train: Training | None = None,
+) -> Base:  # fmt: skip
+    """Train the base network of ``seed`` (or reuse it) and measure it. ``train(model,
+    loaders)`` trains it (01_pretrain passes its call of :func:`dplib.fit`, in view; by default
+    the kit's, resumable from the last complete epoch); the cache keys on the experiment."""
+    found, key = loaders(experiment, seed), pretraining_key(experiment, seed)
     folder = Path(root) / experiment.name / f"seed{seed}"
-    found = loaders(experiment, seed)
-    key = config_hash(pretraining_key(experiment, seed))
-    path = folder / f"base-{key}.pt"
+    path = folder / f"base-{config_hash(key)}.pt"
+    train = train or _resumable(experiment, seed, path, log)
     result = cached(
         path,
-        pretraining_key(experiment, seed),
-        lambda: _train_base(experiment, found, seed, training_state(path), log),
+        key,
+        lambda: _train_base(experiment, found, seed, train, log),
         save=lambda model, target: save_checkpoint(target, model, model_name=experiment.model),
         load=lambda source, _: _load_base(experiment, source),
         log=log,
@@ -176,8 +183,8 @@ def pretrain(
     if result.reused:
         log(f"{experiment.name} seed {seed}: reusing {path.name}")
     training_state(path).unlink(missing_ok=True)  # a stale one, once the network exists
-    return Base(experiment, seed, folder, found, result.value, result.meta["metrics"], key,
-                result.reused)  # fmt: skip
+    return Base(experiment, seed, folder, found, result.value, result.meta["metrics"],
+                config_hash(key), result.reused)  # fmt: skip
 
 
 def training_state(checkpoint: Path) -> Path:
@@ -192,21 +199,34 @@ def _load_base(experiment: Experiment, path: Path) -> nn.Module:
     return model.eval()
 
 
-def _train_base(
-    experiment: Experiment, found: data.Loaders, seed: int, state: Path, log: Log
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The pretraining itself, resumable from ``state``; the base network's measurements."""
-    log(f"{experiment.name} seed {seed}: pretraining {experiment.pretraining.epochs:g} epochs")
-    options = {"val_loader": found.val, "device": experiment.device, "seed": seed}
-    model = experiment.network(seed)
-    try:
-        history = fit(model, found.train, experiment.pretraining, checkpoint=state, **options)
-    except CheckpointError as error:
-        log(f"cannot resume from {state.name} ({error}): pretraining afresh")
+def _resumable(experiment: Experiment, seed: int, checkpoint: Path, log: Log) -> Training:
+    """The kit's pretraining: :func:`dplib.fit`, its state saved after every epoch beside
+    ``checkpoint`` (resumed when found, started afresh when damaged, removed at the end)."""
+    state = training_state(checkpoint)
+
+    def train(model: nn.Module, found: data.Loaders) -> dict[str, Any]:
+        options = {"val_loader": found.val, "device": experiment.device, "seed": seed}
+        initial = copy_state(model)
+        try:
+            history = fit(model, found.train, experiment.pretraining, checkpoint=state, **options)
+        except CheckpointError as error:
+            log(f"cannot resume from {state.name} ({error}): pretraining afresh")
+            state.unlink(missing_ok=True)
+            model.load_state_dict(initial)
+            history = fit(model, found.train, experiment.pretraining, checkpoint=state, **options)
         state.unlink(missing_ok=True)
-        model = experiment.network(seed)
-        history = fit(model, found.train, experiment.pretraining, checkpoint=state, **options)
-    state.unlink(missing_ok=True)
+        return history
+
+    return train
+
+
+def _train_base(
+    experiment: Experiment, found: data.Loaders, seed: int, train: Training, log: Log
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A fresh network of ``seed``, trained by ``train``; its measurements."""
+    log(f"{experiment.name} seed {seed}: pretraining {experiment.pretraining.epochs:g} epochs")
+    model = experiment.network(seed)
+    history = train(model, found)
     model.cpu().eval()
     counted = measure.count(model, (1, *found.splits.train.tensors[0].shape[1:]))
     metrics = {
@@ -224,9 +244,16 @@ def _train_base(
     return model, {"metrics": metrics, "history": history}
 
 
-def score(base: Base, criterion: str, *, log: Log = log_line) -> Importance:
+Scoring = Callable[[nn.Module, data.Loaders], Importance]  # (model, loaders) -> importance
+
+
+def score(
+    base: Base, criterion: str, *, log: Log = log_line, compute: Scoring | None = None
+) -> Importance:
     """``criterion``'s importance of the base network (cached), with its cost in seconds in
-    ``history["seconds_total"]``."""
+    ``history["seconds_total"]``. ``compute(model, loaders)`` computes it (the notebooks pass
+    their own calls of dplib, in view); by default :func:`dplib.criteria.compute` with what the
+    experiment gives the criterion. The cache keys on the experiment, not on ``compute``."""
     experiment, registered = base.experiment, criteria.get(criterion)
     # what the experiment gives the criterion: those of its options the criterion takes
     options = registered.taking(
@@ -245,7 +272,10 @@ def score(base: Base, criterion: str, *, log: Log = log_line) -> Importance:
         data_loader = base.loaders.train if registered.needs_data else None
         if data_loader is not None:  # the seed's first batches, whatever ran before (Taylor)
             data.reseed(data_loader, base.seed)
-        importance = criteria.compute(criterion, base.model, data_loader, **options)
+        if compute is not None:
+            importance = compute(base.model, base.loaders)
+        else:
+            importance = criteria.compute(criterion, base.model, data_loader, **options)
         importance.history["seconds_total"] = time.perf_counter() - started
         return importance, {"seconds": importance.history["seconds_total"]}
 
@@ -264,14 +294,9 @@ def widths_for(base: Base, importance: Importance, budget: str, allocation: str)
     and ``same`` allocate ``budget`` ("4x": four times fewer MACs; "params:4x": parameters)."""
     if allocation == FIXED:
         return parse_widths(budget, importance.units)
-    what, _, target = budget.rpartition(":")
-    return choose_widths(
-        base.model,
-        importance,  # names the layers; the uniform allocation ignores its scores
-        input_shape=base.input_shape,
-        allocation=ALLOCATIONS[allocation],
-        **{f"target_{what or 'macs'}": target},
-    )
+    what, _, target = budget.rpartition(":")  # the uniform allocation ignores the scores
+    options = {"allocation": ALLOCATIONS[allocation], f"target_{what or 'macs'}": target}
+    return choose_widths(base.model, importance, input_shape=base.input_shape, **options)
 
 
 def prune_and_finetune(

@@ -19,6 +19,7 @@ with a note that the notebooks print.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import functools
@@ -36,6 +37,7 @@ from ..loop import resolve_device
 from ..models import MODELS, check_model_name, input_shape
 from ..settings import DirichletSettings, TrainSettings
 from ..surgery import widths_of
+from . import paths
 from .experiment import Experiment
 
 PROFILE_ENV = "DPLIB_PROFILE"
@@ -355,7 +357,7 @@ def _dirichlet_settings(settings: dict[str, Any], given: dict[str, Any]) -> Diri
 
 
 def _criteria(chosen: Any, network: Any) -> tuple[str, ...]:
-    """The criteria of the table: the registry's defaults for ``network``, or those named."""
+    """The criteria named (each checked), or the registry's defaults for ``network``."""
     if chosen is None:
         return criteria_registry.defaults(network)
     chosen = (chosen,) if isinstance(chosen, str) else tuple(chosen)
@@ -387,14 +389,7 @@ def _resolve_comparison(settings: dict[str, Any], dataset: str, model: str) -> N
             raise ValueError(f"compare budget {budget!r} must be a ratio of fewer MACs, e.g. '4x'")
         split_budget_widths(f"macs:{budget}")
     if settings["compare_criteria"] is not None:
-        chosen = settings["compare_criteria"]
-        settings["compare_criteria"] = tuple([chosen] if isinstance(chosen, str) else chosen)
-        for name in settings["compare_criteria"]:
-            if name not in criteria_registry.names():
-                raise ValueError(
-                    f"unknown compare criterion {name!r}; choose one of "
-                    f"{', '.join(criteria_registry.names())}"
-                )
+        settings["compare_criteria"] = _criteria(settings["compare_criteria"], None)
 
 
 def _normalise_widths(widths: str | list[int], units: dict[str, int]) -> str:
@@ -408,6 +403,38 @@ def _normalise_widths(widths: str | list[int], units: dict[str, int]) -> str:
             raise ValueError(f"a kept fraction must be in (0, 1], got {widths}")
         return format_widths({n: max(1, round(k * share)) for n, k in units.items()})
     return format_widths(parse_widths(widths, units))
+
+
+def check_parameters(namespace: dict[str, Any], notebook: str) -> None:
+    """A ValueError naming the parameters given to ``notebook`` (``-p name value``) that it
+    does not take: plain values under names none of its cells assigns. It lists those it takes
+    (the names its cell tagged ``parameters`` assigns)."""
+    import nbformat  # a notebook's dependency, not the method's
+
+    cells = nbformat.read(paths.notebook_dir() / f"{notebook}.ipynb", as_version=4).cells
+    taken, assigned = set(), set()
+    for cell in (cell for cell in cells if cell.cell_type == "code"):
+        names = {
+            target.id
+            for node in ast.walk(ast.parse(cell.source))
+            for target in getattr(node, "targets", [getattr(node, "target", None)])
+            if isinstance(target, ast.Name)
+        }
+        assigned |= names
+        if "parameters" in cell.metadata.get("tags", []):
+            taken |= names
+    plain = (str, int, float, bool, list, tuple, dict, type(None))
+    unknown = sorted(
+        name
+        for name, value in namespace.items()
+        if not name.startswith("_") and name not in assigned | {"In", "Out"}
+        and isinstance(value, plain)
+    )  # fmt: skip
+    if unknown:
+        raise ValueError(
+            f"{notebook} takes no parameter {', '.join(map(repr, unknown))}; it takes "
+            f"{', '.join(sorted(taken))}"
+        )
 
 
 def describe(config: Config) -> str:

@@ -29,23 +29,27 @@ from ..importance import Importance, format_widths
 from ..surgery import widths_of
 from . import paths, profiles
 from .cache import Log, cached, config_hash, log_line
-from .experiment import FIXED, Base, prune_and_finetune, score
+from .experiment import FIXED, Base, Scoring, Training, prune_and_finetune, score
 from .experiment import pretrain as pretrain_base
 
 BASE_CRITERION = "base (unpruned)"
 
 
-def pretrain(config: profiles.Config, *, log: Log = log_line) -> Base:
-    """The base network of the configuration (trained, or read back)."""
-    return pretrain_base(config.experiment, paths.profile_dir(config.profile), config.seed, log=log)
+def pretrain(
+    config: profiles.Config, train: Training | None = None, *, log: Log = log_line
+) -> Base:
+    """The configuration's base network, trained by ``train`` (01_pretrain's call of
+    :func:`dplib.fit`; the kit's own by default) or read back from an earlier run."""
+    root = paths.profile_dir(config.profile)
+    return pretrain_base(config.experiment, root, config.seed, log=log, train=train)
 
 
-def importance(config: profiles.Config, *, log: Log = log_line) -> tuple[Importance, dict]:
-    """The Dirichlet importance of the base network, and what learning it cost: ``steps``,
-    ``seconds`` and ``fraction_of_training_epoch`` (per epoch of importance learning)."""
-    base = pretrain(config, log=log)
-    learned = score(base, "dirichlet", log=log)
-    epochs = max(config.experiment.importance.epochs, 1e-9)
+def importance(base: Base, learn: Scoring | None = None, *, log: Log = log_line) -> tuple:
+    """The Dirichlet importance of ``base``, learnt by ``learn`` (02_importance's calls; the
+    kit's own by default) or read back, and its cost: ``steps``, ``seconds`` and
+    ``fraction_of_training_epoch`` (per epoch of importance learning)."""
+    learned = score(base, "dirichlet", log=log, compute=learn)
+    epochs = max(base.experiment.importance.epochs, 1e-9)
     seconds = learned.history["seconds"]
     return learned, {
         "steps": len(learned.history["loss"]),
@@ -115,7 +119,7 @@ def feature_maps(
     the images, labels, class names and that layer's Dirichlet importance (the figure reads only
     ``runs/``); None when that layer is not a convolution (no maps to show)."""
     base = pretrain(config, log=log)
-    learned, _ = importance(config, log=log)
+    learned, _ = importance(base, log=log)
     layer = learned.names[0]
     if not isinstance(base.model.get_submodule(layer), nn.Conv2d):
         return None
