@@ -100,11 +100,14 @@ class DirichletGate(nn.Module):
     def sample(self, num_samples: int = 1) -> torch.Tensor:
         """Reparameterised samples s ~ q, shape (num_samples, K), drawn in float64 on CUDA:
         torch's float32 gradient there is NaN for concentrations summing to tens of thousands
-        (pytorch/pytorch issue 57447; 512 channels at phi_init = 100); the CPU's is float64."""
+        (pytorch/pytorch issue 57447; 512 channels at phi_init = 100); the CPU's is float64.
+        Not validated: phi is positive by construction, and the check would read a value back
+        from the device at every step."""
         phi = self.concentration()
         if phi.device.type != "cuda":
-            return Dirichlet(phi).rsample((num_samples,))
-        return Dirichlet(phi.double()).rsample((num_samples,)).to(phi.dtype)
+            return Dirichlet(phi, validate_args=False).rsample((num_samples,))
+        sample = Dirichlet(phi.double(), validate_args=False).rsample((num_samples,))
+        return sample.to(phi.dtype)
 
     def mean(self) -> torch.Tensor:
         """Posterior mean E[s_k] = phi_k / phi_0, shape (K,)."""

@@ -20,14 +20,16 @@ import torch
 import dplib
 
 PACKAGE = Path(dplib.__file__).resolve().parent
+DISTRIBUTIONS = Path(torch.distributions.__file__).resolve().parent
 # the Tensor methods that copy a value from the device to the host (and so wait for it)
 READS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__")
 
 
 @contextmanager
 def host_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Count the host reads that dplib's own code makes (torch's internals are not counted:
-    Adam's step counter, for one, is a CPU tensor even on a GPU)."""
+    """Count the host reads made by dplib's code and by torch.distributions (whose argument
+    checks read a value back); torch.optim's are not counted: Adam's step counter is a CPU
+    tensor even on a GPU, so reading it never waits for the device."""
     seen: list[str] = []
     with monkeypatch.context() as patch:
         for name in READS:
@@ -35,7 +37,7 @@ def host_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
             def counted(self, *args, _original=original, _name=name, **kwargs):
                 caller = sys._getframe(1).f_code.co_filename
-                if caller.startswith(str(PACKAGE)):
+                if caller.startswith((str(PACKAGE), str(DISTRIBUTIONS))):
                     seen.append(f"{_name} in {Path(caller).name}")
                 return _original(self, *args, **kwargs)
 

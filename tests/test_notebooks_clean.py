@@ -11,7 +11,9 @@ pytestmark = pytest.mark.slow  # left out of `make quick`; CI runs every test
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
 
-@pytest.mark.parametrize("name", ["02_importance", "03_prune"])
+@pytest.mark.parametrize(
+    "name", ["00_primer", "01_pretrain", "02_importance", "03_prune", "04_figures", "05_study"]
+)
 def test_no_stderr_in_a_kernel(name, monkeypatch):
     # Progress bars are widgets in a kernel (what JupyterLab shows), not text on stderr.
     monkeypatch.setenv("DPLIB_PROFILE", "smoke")
