@@ -39,11 +39,13 @@ class CheckpointError(ValueError):
 
 
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: str | torch.device = "auto"
+    model: nn.Module, loader: DataLoader, device: str | torch.device | None = None
 ) -> dict[str, float]:
     """Mean cross-entropy ``loss`` and ``accuracy`` (0..1) of ``model`` over ``loader``, in eval
-    mode (restored afterwards); the sums stay on the device and are read once, at the end."""
-    device = resolve_device(device)
+    mode (restored afterwards), on ``device`` (default: where the model is); the sums stay on
+    the device and are read once, at the end."""
+    parameter = next(model.parameters(), None)
+    device = resolve_device(device or (parameter.device if parameter is not None else "cpu"))
     was_training = model.training
     model.eval()
     total_loss = torch.zeros((), dtype=total_dtype(device), device=device)

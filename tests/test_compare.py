@@ -104,7 +104,8 @@ def test_cpu_profile_compares_the_lenets_with_the_bench_setups():
         assert config.compare_budgets == compare.BUDGETS
         # the same experiment as bench/compare.py, so the two share one cache, and the same
         # pretraining as the notebooks' table: seed 0 is pretrained once
-        assert compare.SETUPS[config.name] == compare.experiment_for(config)
+        setup = compare.SETUPS[config.name].replace(device=config.experiment.device)
+        assert setup == compare.experiment_for(config)  # the notebooks' device: cpu
         key = pretraining_key(config.experiment, 0)
         assert key == pretraining_key(compare.SETUPS[config.name], 0)
         assert not profiles.resolve("cpu", dataset, model).compare

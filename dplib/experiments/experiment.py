@@ -79,7 +79,7 @@ class Experiment:
     speedup_repeats: int = 10
     speedup_rounds: int = 3
     keep_pruned: bool = False  # save each fine-tuned pruned network (dplib.save_pruned)
-    device: str = "cpu"
+    device: str = "auto"  # where training runs (auto: a GPU when there is one)
     data_device: str | None = None  # hold the images there (e.g. "cuda": no copies per batch)
     widths: tuple[str, ...] = ()  # fixed widths compared besides the budgets
 
