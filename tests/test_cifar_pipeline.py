@@ -37,7 +37,8 @@ def test_every_stage_runs_on_each_cifar_network(tiny_cifar, model):
             assert 0.98 * base["macs"] / 2 <= row["macs"] <= base["macs"] / 2
     folder = stages.pretrain(config).folder
     assert not list(folder.glob(".*.training.pt"))  # removed once pretraining completed
-    maps = torch.load(stages.feature_maps(config, log=lambda m: None), weights_only=True)
+    learned, _ = stages.importance(stages.pretrain(config))
+    maps = torch.load(stages.feature_maps(stages.pretrain(config), learned), weights_only=True)
     assert maps["images"].shape[1] == 3
     written = {path: path.stat().st_mtime_ns for path in folder.glob("results/*.json")}
     assert stages.table(config, log=lambda message: None)["rows"] == rows  # everything reused

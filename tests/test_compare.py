@@ -14,7 +14,7 @@ from dplib.files import read_json, write_json  # noqa: E402
 
 pytestmark = pytest.mark.slow  # left out of `make quick`; CI runs every test
 
-SETUP = compare.lenet_setup("lenet300", "mnist5k", (1, 0.5, 0.25), subset=1000)
+SETUP = compare.comparison_setup("lenet300", "mnist5k", (1, 0.5, 0.25), subset=1000)
 BUDGETS = ("4x", "10x")
 CRITERIA = ("dirichlet", "l1", "random")
 

@@ -38,7 +38,7 @@ TAYLOR_BATCHES = 20
 FINETUNING = TrainSettings(lr=0.01, schedule="constant", keep_best=False)
 
 
-def lenet_setup(
+def comparison_setup(
     model: str, dataset: str, epochs: tuple[float, float, float], **options: Any
 ) -> Experiment:
     """A comparison's experiment of (pretraining, importance, fine-tuning) ``epochs``."""
@@ -57,13 +57,13 @@ def lenet_setup(
 # The cpu profile's schedules (dplib.experiments.profiles): 3 / 1 / 1 epochs, multiplied by 10 on
 # mnist5k (3,500 training images) to give about as many steps as the full data sets.
 SETUPS: dict[str, Experiment] = {
-    "mnist5k-lenet300": lenet_setup("lenet300", "mnist5k", (30, 10, 10)),
-    "mnist5k-lenet5": lenet_setup("lenet5", "mnist5k", (30, 10, 10)),
-    "fashion_mnist-lenet300": lenet_setup("lenet300", "fashion_mnist", (3, 1, 1)),
-    "fashion_mnist-lenet5": lenet_setup("lenet5", "fashion_mnist", (3, 1, 1)),
+    "mnist5k-lenet300": comparison_setup("lenet300", "mnist5k", (30, 10, 10)),
+    "mnist5k-lenet5": comparison_setup("lenet5", "mnist5k", (30, 10, 10)),
+    "fashion_mnist-lenet300": comparison_setup("lenet300", "fashion_mnist", (3, 1, 1)),
+    "fashion_mnist-lenet5": comparison_setup("lenet5", "fashion_mnist", (3, 1, 1)),
     # resnet20 at half width on Fashion-MNIST padded to 32x32 (10.2M MACs), stages pruned too
     # (coupled): about 42 s per training epoch on 2 CPU cores.
-    "fashion_mnist32-resnet20": lenet_setup(
+    "fashion_mnist32-resnet20": comparison_setup(
         "resnet20", "fashion_mnist", (3, 1, 1), pad_to=32, width_multiplier=0.5, coupled=True
     ),
 }

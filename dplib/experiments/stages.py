@@ -68,10 +68,11 @@ def case(widths: str) -> tuple[str, str]:
     return (target if what == "macs" else f"{what}:{target}"), "own"
 
 
-def table(config: profiles.Config, *, log: Log = log_line) -> dict[str, Any]:
+def table(config: profiles.Config, base: Base | None = None, *, log: Log = log_line) -> dict:
     """Every criterion at every widths setting of the configuration, through the same surgery
-    and fine-tuning; written to ``table.json`` beside the base network and returned."""
-    base = pretrain(config, log=log)
+    and fine-tuning, on ``base`` (default: the configuration's, read back or trained); written
+    to ``table.json`` beside the base network and returned."""
+    base = base or pretrain(config, log=log)
     scores = {criterion: score(base, criterion, log=log) for criterion in config.criteria}
     rows = []
     for widths in config.widths:
@@ -113,13 +114,11 @@ def _counted(model: nn.Module, shape: tuple[int, ...]) -> dict[str, int]:
 
 # Interpretability: first-layer feature maps -------------------------------------------------
 def feature_maps(
-    config: profiles.Config, *, per_class: int = 1, log: Log = log_line
+    base: Base, learned: Importance, *, per_class: int = 1, log: Log = log_line
 ) -> Path | None:
     """Save the first prunable layer's feature maps of ``per_class`` test images per class, with
-    the images, labels, class names and that layer's Dirichlet importance (the figure reads only
-    ``runs/``); None when that layer is not a convolution (no maps to show)."""
-    base = pretrain(config, log=log)
-    learned, _ = importance(base, log=log)
+    the images, labels, class names and that layer's importance in ``learned`` (the figure
+    reads only ``runs/``); None when that layer is not a convolution (no maps to show)."""
     layer = learned.names[0]
     if not isinstance(base.model.get_submodule(layer), nn.Conv2d):
         return None
@@ -127,7 +126,7 @@ def feature_maps(
     return cached(
         base.folder / f"feature-maps-{config_hash(key)}.pt",
         key,
-        lambda: _capture_maps(config, base, learned, per_class),
+        lambda: _capture_maps(base, learned, per_class),
         save=lambda payload, target: atomic_torch_save(payload, target),
         load=lambda source, _: torch.load(source, map_location="cpu", weights_only=True),
         log=log,
@@ -135,7 +134,7 @@ def feature_maps(
 
 
 def _capture_maps(
-    config: profiles.Config, base: Base, learned: Importance, per_class: int
+    base: Base, learned: Importance, per_class: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     layer = learned.names[0]
     images, labels = base.loaders.splits.test.tensors
@@ -156,10 +155,5 @@ def _capture_maps(
         "importance": learned.mean(layer),
         "std": learned.std(layer) if learned.concentration else None,
     }
-    meta = {
-        "layer": layer,
-        "classes": list(spec.classes),
-        "dataset": config.dataset_label,
-        "model": config.model,
-    }
+    meta = {"layer": layer, "classes": list(spec.classes), "setup": base.experiment.name}
     return payload, meta
