@@ -9,11 +9,19 @@ than 2% under the target (coarse units leave a gap), it exchanges units (one mor
 the lowest-ranked elsewhere removed to make room, a refill) and keeps the exchange that lands
 highest: the result lies in [0.98 * target, target], with at least one unit per layer.
 
+The measured allocation (``allocation="measured"``, :mod:`dplib.measured`) removes instead the
+block whose removal raises the loss on a few fixed batches the least per MAC saved, measured
+again after every removal; the effective allocation (``"effective"``) keeps in every layer a
+share of its effective width exp(H(p_l)), p_l = r_l / K_l (the posterior's perplexity), scaled to
+the budget. Every allocation honours per-layer floors and caps (``min_keep``, ``max_keep``: kept
+fractions) and overrides (``overrides``: widths given).
+
 The hardware grid (``multiple_of=m``, default 1): every kept width is a multiple of m or the
 layer's full width (a layer narrower than m keeps any width). Each step then moves a whole block
 of units, ranked by their mean r_lk. The uniform allocation (the naive reference) keeps the same
 fraction f of every layer (``max(1, round(K_l * f))`` units, rounded down to the grid), f the
-largest that fits (bisection), then adds back one unit (block) at a time to the layer with the
+largest that fits (bisection; the effective allocation: K_l replaced by the effective widths),
+then adds back one unit (block) at a time to the layer with the
 lowest kept fraction.
 """
 
@@ -21,20 +29,23 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
+import torch
 from torch import nn
 
 from .attach import unwrap
 from .importance import Importance
 from .measure import CostModel, Quadratic, count
+from .measured import measured_removal
 from .models import input_shape_of
 from .surgery import prune
 
-ALLOCATIONS = ("importance", "uniform")
+ALLOCATIONS = ("importance", "uniform", "measured", "effective")
 TOLERANCE = 0.02  # the answer lands in [(1 - TOLERANCE) * target, target]
 _REPAIR_ROUNDS = 20  # at most this many exchanges when the greedy result is under the window
+Limit = float | dict[str, float]  # a kept fraction for every layer, or per layer
 _RATIO = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*[xX]\s*$")
 
 
@@ -104,7 +115,8 @@ def choose_widths(
     model: nn.Module, importance: Importance | None, target_macs: float | str | None = None,
     target_params: float | str | None = None, input_shape: tuple[int, ...] | None = None, *,
     allocation: str = "importance", verify: bool = True, costs: CostModel | None = None,
-    multiple_of: int = 1,
+    multiple_of: int = 1, min_keep: Limit = 0.0, max_keep: Limit = 1.0,
+    overrides: dict[str, int] | None = None, data: Iterable | None = None,
 ) -> dict[str, int]:  # fmt: skip
     """Kept units per prunable layer, ``{layer name: width}`` in layer order, whose cost lies in
     [0.98 * target, target].
@@ -115,18 +127,26 @@ def choose_widths(
         target_macs, target_params: MACs of one forward pass of ``input_shape``, or parameters:
             an int, or ``"4x"`` (four times fewer than the full model); give exactly one.
         input_shape: the input batch shape (default: that of a :func:`dplib.models.build` net).
-        allocation: ``"importance"`` (the greedy rule above) or ``"uniform"``.
+        allocation: ``"importance"`` (the greedy rule above), ``"uniform"``, ``"measured"``
+            (needs ``data``) or ``"effective"``.
         verify: check the analytic cost against :func:`dplib.count` of the pruned network.
         costs: a :class:`CostModel` of this model, input shape and layers, to reuse.
         multiple_of: every width a multiple of it (e.g. 8, for tensor cores) or the full width.
+        min_keep, max_keep: the fraction of its units every layer keeps at least (a floor) and
+            at most (a cap): one number for all layers or ``{layer: fraction}``.
+        overrides: ``{layer: width}`` kept as given, whatever the allocation.
+        data: a few fixed (images, labels) batches for ``"measured"`` (its first 4 are read).
 
     Raises:
         BudgetError (a ValueError): malformed budget, both or neither target, a target outside
-            [one unit per layer, the full model], or one the grid cannot meet ("too coarse").
+            [one unit per layer, the full model], or one the grid cannot meet ("too coarse");
+            limits outside [0, 1], a floor above its cap, or a layer the model does not prune.
     """
     what, target = _requested_budget(
         importance, target_macs, target_params, allocation, multiple_of
     )
+    if allocation == "measured" and data is None:
+        raise ValueError("the measured allocation needs data: a few fixed training batches")
     model = unwrap(model)
     layers = importance.names if importance is not None else None
     if costs is None:
@@ -135,10 +155,12 @@ def choose_widths(
         raise ValueError(f"the cost model varies {costs.names}, the importance scores {layers}")
     quadratic = costs.macs if what == "macs" else costs.params
     target = _target_in_range(model, quadratic, costs.units, target, what)
-    grid = _Grid(costs.units, multiple_of)
-    widths = _allocate(quadratic, costs, grid, importance, (target, what), allocation)
+    floor, ceiling = _limits(costs, multiple_of, min_keep, max_keep, overrides or {})
+    grid = _Grid(costs.units, multiple_of, floor, ceiling)
+    found = (model, data)
+    widths = _allocate(quadratic, costs, grid, importance, (target, what), allocation, found)
     cost = quadratic(widths)
-    if cost < (1 - TOLERANCE) * target:  # outside the promised window
+    if cost < (1 - TOLERANCE) * target < quadratic(grid.ceiling):  # outside the window
         where, other = _grid_hint(multiple_of)
         raise BudgetError(
             f"no widths found within {TOLERANCE:.0%} under target_{what} {target:,}{where} "
@@ -161,8 +183,8 @@ def _requested_budget(
         raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
     if (target_macs is None) == (target_params is None):
         raise BudgetError("give exactly one of target_macs and target_params")
-    if importance is None and allocation == "importance":
-        raise ValueError("the importance allocation needs an importance (or use 'uniform')")
+    if importance is None and allocation != "uniform":
+        raise ValueError(f"the {allocation} allocation needs an importance (or use 'uniform')")
     what, target = ("macs", target_macs) if target_macs is not None else ("params", target_params)
     _check_budget_syntax(target, what)
     integer = isinstance(multiple_of, (int, np.integer)) and not isinstance(multiple_of, bool)
@@ -192,33 +214,71 @@ def _target_in_range(
 
 class _Grid:
     """The widths each layer may keep: multiples of ``multiple_of`` (at least one), and its full
-    width; a layer narrower than ``multiple_of`` steps by one unit instead."""
+    width; a layer narrower than ``multiple_of`` steps by one unit instead. ``floor`` and
+    ``ceiling`` (per layer) bound them further (floors, caps and overrides)."""
 
-    def __init__(self, units: np.ndarray, multiple_of: int = 1):
+    def __init__(
+        self, units: np.ndarray, multiple_of: int = 1, floor: np.ndarray | None = None,
+        ceiling: np.ndarray | None = None,
+    ):  # fmt: skip
         self.units = units
         self.multiple_of = int(multiple_of)
         self.step = np.where(units < multiple_of, 1, multiple_of).astype(np.int64)
-        self.minimum = self.step  # one unit, or one block
+        self.minimum = self.step if floor is None else floor  # one unit (block), or the floor
+        self.ceiling = units if ceiling is None else ceiling
 
     def lower(self, widths: np.ndarray) -> np.ndarray:
         """The next allowed width below each width; below ``minimum`` where there is none."""
         return (widths - 1) // self.step * self.step
 
     def upper(self, widths: np.ndarray) -> np.ndarray:
-        """The next allowed width above each width; the width itself at the full width."""
-        return np.minimum((widths // self.step + 1) * self.step, self.units)
+        """The next allowed width above each width; the width itself at the ceiling."""
+        return np.minimum((widths // self.step + 1) * self.step, self.ceiling)
 
     def floor(self, widths: np.ndarray) -> np.ndarray:
         """The largest allowed widths at most ``widths`` (and at least ``minimum``)."""
         rounded = np.maximum(widths // self.step * self.step, self.minimum)
-        return np.where(widths >= self.units, self.units, rounded)
+        return np.where(widths >= self.ceiling, self.ceiling, rounded)
+
+
+def _limits(
+    costs: CostModel, multiple_of: int, min_keep: Limit, max_keep: Limit,
+    overrides: dict[str, int],
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Per-layer (floor, ceiling) widths on the grid from kept fractions and overrides."""
+    units, names = costs.units, costs.names
+    unknown = [n for limit in (min_keep, max_keep, overrides) if isinstance(limit, dict)
+               for n in limit if n not in names]  # fmt: skip
+    if unknown:
+        raise ValueError(f"limits name layers this model does not prune {unknown}; its: {names}")
+    low, high = (
+        np.array([limit.get(n, default) if isinstance(limit, dict) else limit for n in names])
+        for limit, default in ((min_keep, 0.0), (max_keep, 1.0))
+    )
+    if not (0 <= low).all() or not (high <= 1).all() or (low > high).any():
+        raise ValueError(
+            f"min_keep {min_keep} and max_keep {max_keep} must be kept fractions in [0, 1], "
+            "each floor at most its cap"
+        )
+    step = np.where(units < multiple_of, 1, multiple_of)
+    floor = np.maximum(np.ceil(low * units / step).astype(np.int64) * step, step)
+    ceiling = np.floor(high * units / step).astype(np.int64) * step
+    ceiling = np.maximum(np.where(high >= 1, units, ceiling), floor)  # the full width is allowed
+    floor, ceiling = np.minimum(floor, units), np.minimum(ceiling, units)
+    for name, width in overrides.items():
+        index, size = names.index(name), int(units[names.index(name)])
+        if not 1 <= width <= size:
+            raise ValueError(f"override {name}={width} outside 1..{size} units")
+        floor[index] = ceiling[index] = width
+    return floor, ceiling
 
 
 def _allocate(
     quadratic: Quadratic, costs: CostModel, grid: _Grid, importance: Importance | None,
-    budget: tuple[int, str], allocation: str,
+    budget: tuple[int, str], allocation: str, found: tuple[nn.Module, Iterable | None],
 ) -> np.ndarray:  # fmt: skip
-    """Widths on ``grid`` under the budget (target, what): allocation, add-back, exchanges."""
+    """Widths on ``grid`` under the budget (target, what): allocation, add-back, exchanges;
+    ``found``: the model and the measured allocation's data."""
     if importance is not None:
         importance.check_fits(dict(zip(costs.names, map(int, costs.units))), "model")
     target, what = budget
@@ -226,17 +286,25 @@ def _allocate(
     if smallest > target:
         where, other = _grid_hint(grid.multiple_of)
         raise BudgetError(
-            f"no widths found under target_{what} {target:,}{where} (the narrowest, "
-            f"{grid.multiple_of} units in every layer at least as wide, cost {smallest:,}); the "
-            f"units of this network are too coarse for this budget, try a larger target{other}"
+            f"no widths found under target_{what} {target:,}{where} (the narrowest allowed, "
+            f"one step of {grid.multiple_of} units per layer or the floors and overrides, cost "
+            f"{smallest:,}); the units of this network are too coarse for this budget or the "
+            f"floors too high: try a larger target, lower floors{other}"
         )
     rank: _ImportanceRank | _UniformRank
     if allocation == "uniform":
         rank = _UniformRank(costs.units)
-        widths = _uniform(quadratic, grid, target)
+        widths = _fractions(quadratic, grid, target, costs.units)
+    elif allocation == "effective":
+        rank = _ImportanceRank(importance, costs.names)
+        widths = _fractions(quadratic, grid, target, effective_widths(importance, costs.names))
     else:
         rank = _ImportanceRank(importance, costs.names)
-        widths = _remove_until(quadratic, grid, target, rank)
+        if allocation == "measured":
+            model, data = found
+            widths = measured_removal(model, importance, quadratic, grid, target, data)
+        else:
+            widths = _remove_until(quadratic, grid, target, rank)
     widths = _add_back(quadratic, grid, widths, target, rank)
     return _repair(quadratic, grid, widths, target, rank)
 
@@ -293,7 +361,7 @@ def _remove_until(
 ) -> np.ndarray:  # fmt: skip
     """Remove the lowest-ranked block (down to the next allowed width), one at a time, until
     the cost is at most ``target``; ``frozen`` layers keep their widths."""
-    widths = grid.units.copy() if start is None else start.copy()
+    widths = grid.ceiling.copy() if start is None else start.copy()
     cost = quadratic(widths)
     while cost > target:
         lower = grid.lower(widths)
@@ -310,14 +378,25 @@ def _remove_until(
     return widths
 
 
-def _uniform(quadratic: Quadratic, grid: _Grid, target: int) -> np.ndarray:
-    """The largest kept fraction f, the same in every layer, whose widths (rounded down to the
-    grid) fit ``target``."""
+def effective_widths(importance: Importance, names: list[str] | None = None) -> np.ndarray:
+    """Each layer's effective number of units exp(H(p)), p its scores normalised to sum to
+    one (the posterior mean for Dirichlet): K for equal scores, 1 when one unit has them all."""
+    relative = importance.relative()
+    shares = []
+    for name in names or importance.names:
+        p = relative[name] / relative[name].sum()
+        shares.append(float(torch.exp(-(p * torch.log(p.clamp_min(1e-300))).sum())))
+    return np.array(shares)
+
+
+def _fractions(quadratic: Quadratic, grid: _Grid, target: int, shares: np.ndarray) -> np.ndarray:
+    """Widths f * ``shares`` (rounded down to the grid) at the largest f that fits ``target``
+    (bisection): the same fraction of every layer when ``shares`` are the full widths."""
 
     def widths_at(fraction: float) -> np.ndarray:
-        return grid.floor(np.round(grid.units * fraction).astype(np.int64))
+        return grid.floor(np.round(shares * fraction).astype(np.int64))
 
-    low, high = 0.0, 1.0  # widths_at(low) fits (the narrowest widths, checked by the caller)
+    low, high = 0.0, float((grid.units / shares).max())  # widths_at(low) fits (the caller)
     for _ in range(60):
         middle = (low + high) / 2
         if quadratic(widths_at(middle)) <= target:
@@ -337,7 +416,7 @@ def _add_back(
     while True:
         upper = grid.upper(widths)
         additions = quadratic.addition_costs(widths, upper - widths)
-        fits = (widths < grid.units) & (cost + additions <= target)
+        fits = (widths < grid.ceiling) & (cost + additions <= target)
         if not fits.any():
             return widths
         order = np.where(fits, rank.addition(widths, upper, additions), -np.inf)
@@ -377,7 +456,7 @@ def _exchanges(grid: _Grid, widths: np.ndarray) -> Iterator[tuple[np.ndarray, np
     tried twice: free, and frozen too (room made elsewhere, not by a second block of B)."""
     lower, upper = grid.lower(widths), grid.upper(widths)
     shrinkable = np.flatnonzero(lower >= grid.minimum)
-    for grown in np.flatnonzero(widths < grid.units):
+    for grown in np.flatnonzero(widths < grid.ceiling):
         frozen = np.zeros(len(widths), dtype=bool)
         frozen[grown] = True
         for shrunk in [None, *shrinkable]:

@@ -102,6 +102,8 @@ class DirichletSettings(_Settings):
     weights_lr: float = 0.0  # 0 freezes the weights (the method); > 0 trains them jointly (SGD)
     amp: bool | str = False  # amp and channels_last as in TrainSettings
     channels_last: bool = False
+    budget_macs: str | int | None = None  # the learnt allocation's MAC budget ("4x"), or none
+    budget_weight: float = 1.0  # lambda, the weight of its term
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -111,9 +113,10 @@ class DirichletSettings(_Settings):
         _check_choice("batchnorm mode", self.batchnorm, BATCHNORM_MODES)
         _check_positive("phi_init", self.phi_init)
         _check_positive("alpha0", self.alpha0)
-        if self.kl_weight < 0 or self.weights_lr < 0:
+        if min(self.kl_weight, self.weights_lr, self.budget_weight) < 0:
             raise ValueError(
-                f"kl_weight and weights_lr must be >= 0, got {self.kl_weight}, {self.weights_lr}"
+                f"kl_weight, weights_lr and budget_weight must be >= 0, got {self.kl_weight}, "
+                f"{self.weights_lr}, {self.budget_weight}"
             )
         if isinstance(self.samples, bool) or int(self.samples) != self.samples or self.samples < 1:
             raise ValueError(f"samples must be a whole number >= 1, got {self.samples!r}")

@@ -11,7 +11,8 @@ dplib through its DependencyGraph. In dplib's vocabulary:
   ``batches`` mini-batches (eval mode).
 - :func:`prune_like_dplib`: Torch-Pruning removes exactly the units :func:`dplib.prune` removes
   (a cross-check of dplib's surgery).
-- :func:`tp_global_prune`: Torch-Pruning's own global pruning to a channel ratio, as dplib widths.
+- :func:`tp_global_prune`: Torch-Pruning's own global pruning to a MAC budget, as its users
+  reach a speed-up (iterative steps of ``MetaPruner(global_pruning=True)``).
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from .attach import unwrap
-from .budget import input_shape_for
+from .budget import input_shape_for, parse_budget
 from .graph import PrunableLayer, _units, find_prunable_layers
 from .importance import Importance, Widths, parse_widths
 from .loop import resolve_device
+from .measure import count
 
 CRITERIA = ("tp_l1", "tp_l2", "tp_magnitude", "tp_taylor")
 
@@ -130,35 +132,33 @@ def prune_like_dplib(
 
 
 def tp_global_prune(
-    model: nn.Module, pruning_ratio: float, criterion: str = "tp_l2",
+    model: nn.Module, target_macs: int | str, criterion: str = "tp_l2",
     loader: DataLoader | None = None, *, batches: int = 10,
-    input_shape: tuple[int, ...] | None = None, coupled: bool = False,
+    input_shape: tuple[int, ...] | None = None, coupled: bool = False, steps: int = 400,
 ) -> tuple[nn.Module, dict[str, int]]:  # fmt: skip
-    """Torch-Pruning's global pruning of a copy of ``model`` (the lowest ``pruning_ratio`` of
-    the units of dplib's prunable layers, each group's scores over their mean); returns it and
-    its dplib widths. Layers dplib does not prune (the classifier; groups unless ``coupled``)
-    are kept."""
+    """Torch-Pruning's global pruning of a copy of ``model`` to ``target_macs`` ("4x": four
+    times fewer), as its benchmark reaches a speed-up: ``MetaPruner(global_pruning=True,
+    pruning_ratio=1.0, iterative_steps=steps)`` stepped until the MACs are at most the target
+    (each group's scores over their mean, ranked across layers; ``tp_taylor``'s gradients from
+    ``batches`` of ``loader``, once). Returns the pruned copy and its dplib widths; layers dplib
+    does not prune (the classifier; residual groups unless ``coupled``) are kept."""
     tp = require_torch_pruning()
-    if not 0 <= pruning_ratio < 1:
-        raise ValueError(f"pruning_ratio must be in [0, 1), got {pruning_ratio}")
     pruned = copy.deepcopy(unwrap(model)).eval()
+    shape = input_shape_for(pruned, input_shape)
+    full = count(pruned, shape).macs
+    target = parse_budget(target_macs, full, "macs")
     layers = find_prunable_layers(pruned, coupled=coupled).layers
-    ignored = _layers_left_alone(pruned, layers)
     if criterion == "tp_taylor" and loader is None:
         raise ValueError("criterion 'tp_taylor' needs a data loader (training data)")
     scorer = _criterion(criterion)
     if criterion == "tp_taylor":
         _backward_cross_entropy(pruned, loader, batches)
-    shape = input_shape_for(pruned, input_shape)
-    pruner = tp.pruner.BasePruner(
-        pruned,
-        torch.zeros(shape),
-        importance=scorer,
-        global_pruning=True,
-        pruning_ratio=pruning_ratio,
-        ignored_layers=ignored,
-    )
-    pruner.step()
+    pruner = tp.pruner.MetaPruner(
+        pruned, torch.zeros(shape), importance=scorer, global_pruning=True, pruning_ratio=1.0,
+        iterative_steps=steps, ignored_layers=_layers_left_alone(pruned, layers),
+    )  # fmt: skip
+    while count(pruned, shape).macs > target and pruner.current_step < steps:
+        pruner.step()
     pruned.zero_grad(set_to_none=True)
     return pruned, _widths_of(pruned, layers)
 

@@ -23,10 +23,24 @@ prior competes with the data term (``samples`` = M, ``kl_weight`` = :math:`\beta
 stacked mini-batch is gated by sample :math:`s^{(m)}` and the cross-entropies are averaged
 (never the logits); with ``"point"``, :math:`s` is the posterior mean and only the KL term sees
 the distribution.
+
+The learnt allocation (``budget_macs``, e.g. ``"4x"``) adds a budget term to the loss, the MACs of
+the posteriors' effective widths against the target T,
+
+.. math::
+
+    \lambda\, \max\Big(0,\ \frac{\mathrm{MACs}(w)}{T} - 1\Big), \qquad
+    w_l = \exp H(E_q[s_l]) = \exp\Big(-\sum_k E[s_{lk}] \ln E[s_{lk}]\Big),
+
+where MACs(w) is the exact quadratic cost of :class:`dplib.measure.CostModel` evaluated at the
+(real-valued) effective widths and ``budget_weight`` is :math:`\lambda`: layers whose units cost
+more are pushed to concentrate their posterior on fewer units, so that the posterior carries the
+allocation (read by ``choose_widths(..., allocation="effective")``).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,9 +53,11 @@ from torch.utils.data import DataLoader
 
 from . import distributed
 from .attach import GatedModel
+from .budget import parse_budget
 from .checks import check_data
 from .importance import Importance
 from .loop import Loop, set_seed
+from .measure import CostModel
 from .settings import DirichletSettings, with_knobs
 from .train import copy_state
 
@@ -90,9 +106,10 @@ def learn_importance(
     kl_normalizer = len(loader.dataset) if settings.kl_divided_by_n else 1
     loader = distributed.shard(loader, seed)
     loop = Loop.plan(loader, settings, device)
+    budget = _BudgetTerm(gated, loader, settings, loop.device) if settings.budget_macs else None
     set_seed(seed)
     with _learning_mode(gated, settings, loop):
-        history = _optimise(gated, loader, settings, loop, seed, kl_normalizer)
+        history = _optimise(gated, loader, settings, loop, seed, kl_normalizer, budget)
     history["epochs"] = loop.total_steps / loop.steps_per_epoch
     config = {**settings.to_dict(), "seed": seed, "dataset_size": len(loader.dataset)}
     return Importance(
@@ -171,7 +188,7 @@ def _weights(gated: GatedModel) -> list[nn.Parameter]:
 
 def _optimise(
     gated: GatedModel, loader: DataLoader, settings: DirichletSettings, loop: Loop, seed: int,
-    kl_normalizer: float,
+    kl_normalizer: float, budget: _BudgetTerm | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Adam on the gates (and SGD on the weights when joint) for the loop's steps."""
     thetas = [gate.theta for _, gate in gated.named_gates()]
@@ -183,6 +200,8 @@ def _optimise(
     def step(images: torch.Tensor, labels: torch.Tensor) -> None:
         with loop.autocast():
             terms = elbo_loss(gated, loop.formatted(images), labels, settings, kl_normalizer)
+        if budget is not None:
+            terms = (terms[0] + budget(), *terms[1:])
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         terms[0].backward()
@@ -196,6 +215,34 @@ def _optimise(
     started = time.perf_counter()
     loop.run(loader, seed, step, record.read, "importance")
     return record.history | {"seconds": time.perf_counter() - started}
+
+
+class _BudgetTerm:
+    """lambda * max(0, MACs(w) / T - 1) at the gates' effective widths (the module docstring)."""
+
+    def __init__(
+        self, gated: GatedModel, loader: DataLoader, settings: DirichletSettings,
+        device: torch.device,
+    ) -> None:  # fmt: skip
+        shape = (1, *loader.dataset[0][0].shape)
+        costs = CostModel(gated.model, shape, gated.layers)
+        macs = costs.macs
+        self.target = parse_budget(settings.budget_macs, macs(costs.units), "macs")
+        self.weight, self.gated = settings.budget_weight, gated
+        as_tensor = functools.partial(torch.as_tensor, dtype=torch.float64, device=device)
+        self.const, self.linear, self.quadratic = map(
+            as_tensor, (macs.const, macs.linear, macs.quadratic)
+        )
+
+    def __call__(self) -> torch.Tensor:
+        widths = torch.stack([_perplexity(gate.mean()) for _, gate in self.gated.named_gates()])
+        widths = widths.double()
+        cost = self.const + self.linear @ widths + widths @ self.quadratic @ widths
+        return self.weight * torch.relu(cost / self.target - 1).float()
+
+
+def _perplexity(p: torch.Tensor) -> torch.Tensor:
+    return torch.exp(-(p * torch.log(p.clamp_min(1e-30))).sum())
 
 
 class _Record:

@@ -36,7 +36,7 @@ def _targets(costs: CostModel, what: str) -> list[int | str]:
 
 @pytest.mark.parametrize("name", list(dplib.models.MODELS))
 @pytest.mark.parametrize("what", ["macs", "params"])
-@pytest.mark.parametrize("allocation", ["importance", "uniform"])
+@pytest.mark.parametrize("allocation", ["importance", "uniform", "effective"])
 def test_budget_met_within_two_percent_under(name, what, allocation):
     model, importance, costs = setup(name)
     quadratic = costs.macs if what == "macs" else costs.params
@@ -440,3 +440,94 @@ def test_bad_multiple_of_is_refused_before_any_forward_pass(multiple_of):
         dplib.choose_widths(
             model, importance, target_params="2x", input_shape=(1, 12), multiple_of=multiple_of
         )
+
+
+def _fixed_batches(model: nn.Module, count: int = 2, size: int = 64) -> list:
+    """Random images labelled by the model itself: the loss rises when a used unit goes."""
+    generator = torch.Generator().manual_seed(0)
+    shape = input_shape_for(model)[1:]
+    images = [torch.randn(size, *shape, generator=generator) for _ in range(count)]
+    with torch.no_grad():
+        return [(x, model(x).argmax(1)) for x in images]
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet20"])
+@pytest.mark.parametrize("allocation", ["importance", "uniform", "effective", "measured"])
+def test_floors_caps_and_overrides_hold_for_every_allocation(name, allocation):
+    model, importance, costs = setup(name)
+    first, last = importance.names[0], importance.names[-1]
+    units = importance.units
+    limits = {"min_keep": 0.2, "max_keep": {first: 0.5}, "overrides": {last: units[last] // 2}}
+    data = _fixed_batches(model, 1) if allocation == "measured" else None
+    widths = dplib.choose_widths(
+        model, importance, target_macs="4x", allocation=allocation, data=data, costs=costs,
+        **limits,
+    )  # fmt: skip
+    assert widths[last] == units[last] // 2
+    assert widths[first] <= units[first] // 2
+    assert all(widths[n] >= 0.2 * k for n, k in units.items())
+    full = costs.macs(costs.units)
+    assert 0.98 * full // 4 <= costs.cost(widths).macs <= full // 4
+
+
+def test_limits_that_cannot_hold_are_clear_errors():
+    model, importance, costs = setup("lenet5")
+    first = importance.names[0]
+    cases = [
+        ({"min_keep": {"fc9": 0.5}}, "does not prune"),
+        ({"min_keep": 0.6, "max_keep": 0.5}, "floor at most its cap"),
+        ({"max_keep": 1.5}, r"\[0, 1\]"),
+        ({"overrides": {first: 0}}, "outside 1.."),
+        ({"min_keep": 0.9}, "floors too high"),
+    ]
+    for limits, message in cases:
+        with pytest.raises(ValueError, match=message):
+            dplib.choose_widths(model, importance, target_macs="4x", costs=costs, **limits)
+    with pytest.raises(ValueError, match="needs data"):
+        dplib.choose_widths(model, importance, target_macs="4x", allocation="measured")
+
+
+def test_caps_that_meet_the_budget_alone_are_kept():
+    model, importance, costs = setup("lenet5")
+    widths = dplib.choose_widths(model, importance, target_macs="2x", max_keep=0.1, costs=costs)
+    assert widths == {n: max(1, int(0.1 * k)) for n, k in importance.units.items()}
+
+
+def test_measured_allocation_removes_the_units_that_cost_no_loss_first():
+    """90 of fc2's 100 units feed nothing (their outgoing weights are zero) but score as much as
+    the others, above half of fc1's units: the importance rule cuts fc1, the measured loss
+    finds that fc2's units cost nothing."""
+    model = dplib.models.build("lenet300", seed=0).eval()
+    with torch.no_grad():
+        model.fc3.weight[:, 10:] = 0.0
+    l1 = dplib.criteria.l1_importance(model)
+    importance = dplib.Importance({"fc1": l1.scores["fc1"], "fc2": torch.ones(100)})
+    data = _fixed_batches(model)
+    kept = {}
+    for allocation in ("importance", "measured"):
+        kept[allocation] = dplib.choose_widths(
+            model, importance, target_macs="2x", allocation=allocation, data=data
+        )
+    assert kept["importance"]["fc2"] > 50
+    assert kept["measured"]["fc2"] <= 20
+
+
+def test_effective_widths_count_the_units_that_hold_the_scores():
+    even = dplib.Importance({"a": torch.ones(8), "b": torch.tensor([1.0, 1e-9, 1e-9, 1e-9])})
+    assert np.allclose(dplib.budget.effective_widths(even), [8.0, 1.0], atol=1e-3)
+
+
+def test_the_learnt_budget_term_narrows_the_costly_layers(tiny_loader):
+    model = dplib.models.build("lenet5", seed=0).eval()
+    names = dplib.find_prunable_layers(model).names
+    widths = {}
+    for budget in (None, "10x"):
+        gated = dplib.attach_gates(model, phi_init=2.0)
+        found = dplib.learn_importance(gated, tiny_loader, epochs=3, budget_macs=budget, seed=0)
+        gated.remove()
+        widths[budget] = dplib.budget.effective_widths(found, names)
+        assert len(found.history["loss"]) == 12
+    costs = CostModel(model, input_shape_for(model), names)
+    assert costs.macs(widths["10x"]) < 0.97 * costs.macs(widths[None])
+    with pytest.raises(ValueError, match="budget_weight"):
+        dplib.DirichletSettings(budget_weight=-1)

@@ -66,18 +66,34 @@ def test_taylor_scores_cover_every_layer_and_leave_no_gradients(tiny_loader):
 
 
 @pytest.mark.parametrize("name", ["lenet5", "lenet5_bn"])
-def test_global_pruning_reports_dplib_widths(name):
+def test_global_pruning_meets_a_mac_budget_and_reports_dplib_widths(name):
     model = dplib.models.build(name, seed=0).eval()
-    pruned, widths = dtp.tp_global_prune(model, 0.5)
+    shape = dplib.budget.input_shape_for(model)
+    full_macs = dplib.count(model, shape).macs
+    pruned, widths = dtp.tp_global_prune(model, "4x", steps=100)
     full = dplib.widths_of(model)
     assert list(widths) == list(full)
     assert all(1 <= widths[n] <= k for n, k in full.items())
-    assert sum(widths.values()) == int(sum(full.values()) * (1 - 0.5))  # what it keeps
-    assert widths == dplib.widths_of(pruned)
-    shape = dplib.budget.input_shape_for(model)
+    assert widths != full and widths == dplib.widths_of(pruned)
+    assert 0.9 * full_macs / 4 <= dplib.count(pruned, shape).macs <= full_macs / 4
+    # uneven: global pruning does not keep the same fraction of every layer
+    fractions = {round(widths[n] / k, 2) for n, k in full.items()}
+    assert len(fractions) > 1
     rebuilt = dplib.models.build(name, widths=widths)
     assert dplib.count(pruned, shape) == dplib.count(rebuilt, shape)
     assert dplib.widths_of(model) == full  # the original is untouched
+
+
+def test_global_taylor_pruning_reads_gradients_of_the_data():
+    model = dplib.models.build("lenet5", seed=0).eval()
+    images = torch.randn(64, 1, 28, 28)
+    loader = [(images, torch.randint(0, 10, (64,)))]
+    _, magnitude = dtp.tp_global_prune(model, "4x", steps=50)
+    pruned, taylor = dtp.tp_global_prune(model, "4x", "tp_taylor", loader, batches=1, steps=50)
+    assert taylor != magnitude
+    assert all(p.grad is None for p in pruned.parameters())
+    with pytest.raises(ValueError, match="loader"):
+        dtp.tp_global_prune(model, "4x", "tp_taylor")
 
 
 def test_missing_package_is_a_clear_error(monkeypatch):

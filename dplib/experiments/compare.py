@@ -6,7 +6,9 @@ each budget (``"4x"``: four times fewer MACs) prune in two ways:
 
 * ``same``: every criterion at the widths of the uniform allocation, which isolates the
   ranking within layers;
-* ``own``: each criterion with its own allocation to the budget, ranking and widths together.
+* ``own``: each criterion with its own allocation to the budget, ranking and widths together;
+* for Dirichlet and its control L1, the other rules of :func:`dplib.choose_widths`
+  (``measured``, ``effective``); for Torch-Pruning's criteria its ``global`` pruning.
 
 Each pruned network is evaluated on validation data right after pruning, fine-tuned by one
 fixed schedule (:data:`FINETUNING`) and evaluated on validation and test data. Claims are made
@@ -28,7 +30,7 @@ from ..measure import kendall
 from ..progress import hidden
 from ..settings import DirichletSettings, TrainSettings
 from . import paths
-from .experiment import ALLOCATIONS, FIXED, Experiment, prune_and_finetune, score
+from .experiment import FIXED, GLOBAL, Experiment, learnt, prune_and_finetune, score
 from .experiment import pretrain as pretrain_base
 from .profiles import Config
 
@@ -89,7 +91,6 @@ def run_setup(
     """Every (seed, criterion, budget, allocation) of one experiment, and its fixed widths: the
     rows, the base networks, the settling of the Dirichlet ranking, every importance's cost."""
     rows, bases, settles, timings = [], [], [], []
-    cases = [(b, a) for b in budgets for a in ALLOCATIONS] + [(w, FIXED) for w in experiment.widths]
     with hidden():
         for seed in seeds:
             base = pretrain_base(experiment, root, seed, log=log)
@@ -100,8 +101,11 @@ def run_setup(
                 timings.append({"seed": seed, "criterion": criterion, "seconds": seconds})
                 if criterion == "dirichlet":
                     settles.append(settling(importance))
-                for budget, allocation in cases:
-                    rows.append(prune_and_finetune(base, criterion, importance, budget, allocation))
+                for budget, allocation in cases(experiment, criterion, budgets):
+                    scored = learnt(base, budget, log=log) if allocation == "learnt" else importance
+                    rows.append(prune_and_finetune(base, criterion, scored, budget, allocation))
+                    if allocation == "learnt":  # the allocation's cost: learning it
+                        rows[-1]["allocation_seconds"] += scored.history["seconds_total"]
                 log(f"{experiment.name} seed {seed}: {criterion} done")
     return {
         "setup": experiment.name,
@@ -110,6 +114,17 @@ def run_setup(
         "settling": settles,
         "importance_seconds": timings,
     }
+
+
+# the allocations compared besides own and same: the rules on Dirichlet and on L1 (the control)
+RULES = {"dirichlet": ("measured", "effective", "learnt"), "l1": ("measured", "effective"),
+         "tp_l2": (GLOBAL,), "tp_taylor": (GLOBAL,)}  # fmt: skip
+
+
+def cases(experiment: Experiment, criterion: str, budgets: Iterable[str]) -> list[tuple[str, str]]:
+    """(budget or widths, allocation) of every row of ``criterion``."""
+    allocations = ("own", "same", *RULES.get(criterion, ()))
+    return [(b, a) for b in budgets for a in allocations] + [(w, FIXED) for w in experiment.widths]
 
 
 # The notebooks' comparison (03_prune, 04_figures) --------------------------------------------

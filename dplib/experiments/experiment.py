@@ -14,12 +14,14 @@ beside it. Every artefact goes through :func:`~dplib.experiments.cache.cached`, 
 resumes after its last complete artefact (an interrupted pretraining from its last epoch).
 
 A row (the one result schema): ``setup``, ``seed``, ``criterion``, ``allocation`` (``fixed``:
-widths given; ``own``: the criterion's allocation of a budget; ``same``: the uniform one),
-``budget``, ``widths``, ``params``, ``macs``, ``base_macs``, validation and test accuracy
-``pruned_val``, ``pruned_test`` (right after pruning, BatchNorm statistics re-estimated on
-fixed training batches) and ``finetuned_val``, ``finetuned_test``, ``finetune_epochs``,
-``speedup`` (deployed, CPU), ``seconds``. Decisions read validation accuracy; test accuracy is
-reported only.
+widths given; ``own``: the criterion's allocation of a budget; ``same``: the uniform one;
+``measured``, ``effective``: the other rules of :func:`dplib.choose_widths`; ``learnt``: the
+effective widths of a posterior learnt with the budget's term (:func:`learnt`); ``global``:
+Torch-Pruning's global pruning), ``budget``, ``widths``, ``params``, ``macs``, ``base_macs``,
+validation and test accuracy ``pruned_val``, ``pruned_test`` (right after pruning, BatchNorm
+statistics re-estimated on fixed training batches), ``allocation_seconds`` and
+``finetuned_val``, ``finetuned_test``, ``finetune_epochs``, ``speedup`` (deployed, CPU),
+``seconds``. Decisions read validation accuracy; test accuracy is reported only.
 """
 
 from __future__ import annotations
@@ -54,8 +56,11 @@ from ..train import (
 )
 from .cache import Log, cached, config_hash, log_line
 
-ALLOCATIONS = {"own": "importance", "same": "uniform"}  # a budget's allocations
+# a budget's allocations: row name -> dplib.choose_widths' allocation
+ALLOCATIONS = {"own": "importance", "same": "uniform", "measured": "measured",
+               "effective": "effective", "learnt": "effective"}  # fmt: skip
 FIXED = "fixed"  # widths given by hand (the reference code's, the notebooks' settings)
+GLOBAL = "global"  # Torch-Pruning's global pruning to the budget (its tp_ criteria only)
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ class Experiment:
     device: str = "auto"  # where training runs (auto: a GPU when there is one)
     data_device: str | None = None  # hold the images there (e.g. "cuda": no copies per batch)
     widths: tuple[str, ...] = ()  # fixed widths compared besides the budgets
+    shared_base: bool = False  # every seed prunes seed 0's base network (its own importance)
 
     @property
     def name(self) -> str:
@@ -116,11 +122,6 @@ class Base:
 
     def __post_init__(self) -> None:
         self.input_shape = (1, *self.loaders.splits.train.tensors[0].shape[1:])
-
-    @property
-    def checkpoint(self) -> Path:
-        """The base network's file."""
-        return self.folder / f"base-{self.key}.pt"
 
 
 def loaders(experiment: Experiment, seed: int) -> data.Loaders:
@@ -168,14 +169,15 @@ def pretrain(
     """Train the base network of ``seed`` (or reuse it) and measure it. ``train(model,
     loaders)`` trains it (01_pretrain passes its call of :func:`dplib.fit`, in view; by default
     the kit's, resumable from the last complete epoch); the cache keys on the experiment."""
-    found, key = loaders(experiment, seed), pretraining_key(experiment, seed)
+    base_seed = 0 if experiment.shared_base else seed
+    found, key = loaders(experiment, seed), pretraining_key(experiment, base_seed)
     folder = Path(root) / experiment.name / f"seed{seed}"
-    path = folder / f"base-{config_hash(key)}.pt"
-    train = train or _resumable(experiment, seed, path, log)
+    path = folder.with_name(f"seed{base_seed}") / f"base-{config_hash(key)}.pt"
+    train = train or _resumable(experiment, base_seed, path, log)
     result = cached(
         path,
         key,
-        lambda: _train_base(experiment, found, seed, train, log),
+        lambda: _train_base(experiment, loaders(experiment, base_seed), base_seed, train, log),
         save=lambda model, target: save_checkpoint(target, model, model_name=experiment.model),
         load=lambda source, _: _load_base(experiment, source),
         log=log,
@@ -289,6 +291,13 @@ def score(
     ).value
 
 
+def learnt(base: Base, budget: str, *, log: Log = log_line) -> Importance:
+    """The Dirichlet importance learnt with ``budget``'s MAC term (:mod:`dplib.vi`), cached."""
+    settings = base.experiment.importance.replace(budget_macs=budget)
+    return score(dataclasses.replace(base, experiment=base.experiment.replace(importance=settings)),
+                 "dirichlet", log=log)  # fmt: skip
+
+
 def widths_for(base: Base, importance: Importance, budget: str, allocation: str) -> dict:
     """The widths of ``allocation``: ``fixed`` reads ``budget`` as the widths themselves; ``own``
     and ``same`` allocate ``budget`` ("4x": four times fewer MACs; "params:4x": parameters)."""
@@ -296,6 +305,8 @@ def widths_for(base: Base, importance: Importance, budget: str, allocation: str)
         return parse_widths(budget, importance.units)
     what, _, target = budget.rpartition(":")  # the uniform allocation ignores the scores
     options = {"allocation": ALLOCATIONS[allocation], f"target_{what or 'macs'}": target}
+    if allocation == "measured":  # fixed training images, alike for every criterion
+        options["data"] = recalibration_loader(base)
     return choose_widths(base.model, importance, input_shape=base.input_shape, **options)
 
 
@@ -347,8 +358,13 @@ def _pruned_row(
     base: Base, criterion: str, importance: Importance, budget: str, allocation: str
 ) -> tuple[dict[str, Any], nn.Module]:
     """Prune, re-estimate BatchNorm's statistics, count and evaluate: the row so far."""
-    widths = widths_for(base, importance, budget, allocation)
-    small = prune(base.model, importance, widths)
+    started = time.perf_counter()
+    if allocation == GLOBAL:
+        small, widths = _global(base, criterion, budget)
+    else:
+        widths = widths_for(base, importance, budget, allocation)
+        small = prune(base.model, importance, widths)
+    seconds = time.perf_counter() - started  # the allocation's cost (and the surgery's)
     batches = base.experiment.recalibration_batches
     recalibrated = batches and recalibrate_batchnorm(small, recalibration_loader(base), batches)
     counted = measure.count(small, base.input_shape)
@@ -365,8 +381,21 @@ def _pruned_row(
         "pruned_val": evaluate(small, base.loaders.val)["accuracy"],
         "pruned_test": evaluate(small, base.loaders.test)["accuracy"],
         "batchnorm_recalibrated": bool(recalibrated),
+        "allocation_seconds": seconds,
     }
     return row, small
+
+
+def _global(base: Base, criterion: str, budget: str) -> tuple[nn.Module, dict[str, int]]:
+    """Torch-Pruning's global pruning of the base network to ``budget`` (MACs) by ``criterion``
+    (``tp_l2`` or ``tp_taylor``: gradients of the seed's first training batches)."""
+    from ..torch_pruning import tp_global_prune
+
+    data.reseed(base.loaders.train, base.seed)
+    return tp_global_prune(
+        base.model, budget, criterion, base.loaders.train, batches=base.experiment.taylor_batches,
+        input_shape=base.input_shape, coupled=base.experiment.coupled,
+    )  # fmt: skip
 
 
 def _finetuned(base: Base, small: nn.Module) -> dict[str, Any]:

@@ -1,0 +1,127 @@
+r"""The measured allocation: remove the block whose removal raises the loss least per MAC saved.
+
+Each layer l offers its next block of b_l lowest-ranked kept units (b_l = K_l / 16, at least one
+step of the grid). With the gates switching units off (mode ``fixed``), the cross-entropy of a
+few fixed batches is measured for the current widths w and for each offer, all in one stacked
+forward pass, and the offer with the smallest
+
+.. math::
+
+    \frac{\Delta L_l}{\Delta \mathrm{MACs}_l}
+    = \frac{L(w - b_l e_l) - L(w)}{\mathrm{cost}(w) - \mathrm{cost}(w - b_l e_l)}
+
+goes; the increases are measured again after every removal, until the cost meets the target.
+The importance gives the order inside each layer. Offers within one standard error of the best
+(paired over the images) are near-ties, broken by the importance: the block whose scores' upper
+bound, mean plus standard deviation of K_l E[s_lk] for a Dirichlet posterior, is lowest goes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .attach import attach_gates, unwrap
+from .importance import Importance
+
+BLOCKS_PER_LAYER = 16  # a layer's offer: 1/16 of its units (at least one grid step)
+MEASURED_BATCHES = 4  # the batches of ``data`` read
+
+
+def measured_removal(
+    model: nn.Module, importance: Importance, quadratic: Any, grid: Any, target: int,
+    data: Iterable,
+) -> np.ndarray:  # fmt: skip
+    """Widths (on ``grid``, from its ceiling) whose ``quadratic`` cost is at most ``target``,
+    removed block by block by measured loss increase per MAC saved (the module docstring)."""
+    model = unwrap(model)
+    gated = attach_gates(model, coupled=True)
+    missing = [name for name in importance.names if name not in gated.layers]
+    device = next(model.parameters()).device
+    batches = [(x.to(device), y.to(device)) for x, y in itertools.islice(data, MEASURED_BATCHES)]
+    was_training = model.training
+    try:
+        if missing or not batches:
+            raise ValueError(f"the measured allocation needs data and prunable layers {missing}")
+        model.eval()
+        gated.set_mode("identity")
+        with torch.no_grad():
+            return _remove(gated, importance, quadratic, grid, target, batches)
+    finally:
+        gated.remove()
+        model.train(was_training)
+
+
+def _remove(
+    gated: Any, importance: Importance, quadratic: Any, grid: Any, target: int, batches: list
+) -> np.ndarray:
+    """The removal loop of :func:`measured_removal` (gates attached, no gradients)."""
+    names = importance.names
+    block = np.maximum(grid.step, -(-grid.units // BLOCKS_PER_LAYER) // grid.step * grid.step)
+    rankings = [importance.ranking(name) for name in names]
+    bounds = _upper_bounds(importance)
+    widths = grid.ceiling.copy()
+    while quadratic(widths) > target:
+        lower = grid.floor(np.maximum(widths - block, 0))
+        offers = np.flatnonzero(lower < widths)
+        if not len(offers):
+            break
+        savings = np.array(
+            [quadratic(widths) - quadratic(_with(widths, o, lower[o])) for o in offers]
+        )
+        rows = [widths] + [_with(widths, o, lower[o]) for o in offers]
+        losses = _losses(gated, names, rankings, rows, batches)
+        per_mac = (losses[1:] - losses[0]) / torch.as_tensor(savings, dtype=losses.dtype)[:, None]
+        gaps = per_mac - per_mac[per_mac.mean(1).argmin()]
+        near = gaps.mean(1) <= gaps.std(1) / gaps.shape[1] ** 0.5
+        keys = [bounds[o][lower[o] : widths[o]].mean() if near[i] else np.inf
+                for i, o in enumerate(offers)]  # fmt: skip
+        chosen = offers[int(np.argmin(keys))]
+        widths[chosen] = lower[chosen]
+    return widths
+
+
+def _with(widths: np.ndarray, layer: int, width: int) -> np.ndarray:
+    changed = widths.copy()
+    changed[layer] = width
+    return changed
+
+
+def _upper_bounds(importance: Importance) -> list[np.ndarray]:
+    """Per layer, in ranked order: mean + std of the relative score (the mean alone without a
+    posterior), the tie-break key of a block."""
+    relative = importance.relative()
+    bounds = []
+    for name in importance.names:
+        score = relative[name]
+        if importance.concentration is not None:  # K E[s] has standard deviation K std(s)
+            score = score + importance.std(name).double() * score.numel()
+        bounds.append(score[importance.ranking(name)].numpy())
+    return bounds
+
+
+def _losses(
+    gated: Any, names: list[str], rankings: list[torch.Tensor], rows: list[np.ndarray],
+    batches: list,
+) -> torch.Tensor:  # fmt: skip
+    """Per-image cross-entropy (rows, images) with each row's widths kept (its top units)."""
+    copies = len(rows)
+    for index, name in enumerate(names):
+        gate = gated.gate(name)
+        masks = torch.zeros(copies, gate.num_units)
+        for row, widths in enumerate(rows):
+            masks[row, rankings[index][: widths[index]]] = 1.0
+        gate.set_mode("fixed", masks)
+    losses = []
+    for images, labels in batches:
+        stacked = images.repeat(copies, *([1] * (images.dim() - 1)))
+        each = F.cross_entropy(gated(stacked), labels.repeat(copies), reduction="none")
+        losses.append(each.view(copies, -1).double().cpu())
+    gated.set_mode("identity")
+    return torch.cat(losses, dim=1)
