@@ -135,7 +135,7 @@ def choose_widths(
         min_keep, max_keep: the fraction of its units every layer keeps at least (a floor) and
             at most (a cap): one number for all layers or ``{layer: fraction}``.
         overrides: ``{layer: width}`` kept as given, whatever the allocation.
-        data: a few fixed (images, labels) batches for ``"measured"`` (its first 4 are read).
+        data: a few fixed (images, labels) batches for ``"measured"`` (its first 2 are read).
 
     Raises:
         BudgetError (a ValueError): malformed budget, both or neither target, a target outside

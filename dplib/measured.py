@@ -31,7 +31,7 @@ from .attach import attach_gates, unwrap
 from .importance import Importance
 
 BLOCKS_PER_LAYER = 16  # a layer's offer: 1/16 of its units (at least one grid step)
-MEASURED_BATCHES = 4  # the batches of ``data`` read
+MEASURED_BATCHES = 2  # the batches of ``data`` read
 
 
 def measured_removal(

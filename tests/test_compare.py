@@ -22,8 +22,10 @@ CRITERIA = ("dirichlet", "l1", "random")
 def test_comparison_rows_meet_budgets_and_cache(tmp_path):
     result = compare.run_setup(SETUP, tmp_path, seeds=[0], budgets=BUDGETS, criteria=CRITERIA)
     rows = result["rows"]
-    assert len(rows) == len(BUDGETS) * len(CRITERIA) * 2
-    assert {r["allocation"] for r in rows} == {"own", "same"}
+    allocations = {c: {"own", "same", *compare.RULES.get(c, ())} for c in CRITERIA}
+    assert len(rows) == len(BUDGETS) * sum(map(len, allocations.values()))
+    for criterion, expected in allocations.items():
+        assert {r["allocation"] for r in rows if r["criterion"] == criterion} == expected
     base_macs = result["bases"][0]["macs"]
     for row in rows:
         target = base_macs // int(row["budget"].rstrip("x"))
@@ -41,6 +43,15 @@ def test_comparison_rows_meet_budgets_and_cache(tmp_path):
     assert "| 4x | own | dirichlet |" in reports.markdown_table(summary)
     margins = compare.dirichlet_margins(summary)
     assert [m["budget"] for m in margins] == list(BUDGETS)
+    measured = compare.dirichlet_margins(summary, "measured")
+    assert all(m["finetuned_val_control"] is not None for m in measured)  # L1 measured ran
+    assert all(m["finetuned_val_best_other"] in ("l1", "random") for m in measured)
+    verdict = reports.verdict({"smoke": result}, skip=())
+    assert set(zip(verdict["criterion"], verdict["allocation"])) == {
+        ("dirichlet", rule) for rule in reports.RULES
+    } | {("l1", "measured"), ("l1", "effective")}
+    assert (verdict["cases"] == len(BUDGETS)).all()
+    assert "| Dirichlet learnt |" in reports.comparison_markdown({"smoke": result})
     plt.close(figures.plot_comparison(summary, "smoke"))
 
     settles = result["settling"]
@@ -74,7 +85,7 @@ def test_notebook_experiment_runs_writes_rows_and_report(tmp_path, monkeypatch):
     assert {"compare_lenet5_fashion_mnist.png", "compare_lenet5_fashion_mnist.pdf"} <= names
     assert "settling_fashion_mnist-lenet5.png" in names
     text = (tmp_path / "figures" / "compare.md").read_text()
-    assert "| fashion_mnist-lenet5 | 4x | 1 |" in text  # the goals table
+    assert "| fashion_mnist-lenet5 | 4x | " in text  # the goals table
     assert "### lenet5 on fashion_mnist (1 seeds)" in text
     frame = reports.margins_table(compare.summarise(result["rows"]))
     assert list(frame["budget"]) == ["4x"]

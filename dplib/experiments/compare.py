@@ -184,7 +184,7 @@ def load_results(root: str | Path, extra: str | Path | None = None) -> dict[str,
 
 
 # Summaries ---------------------------------------------------------------------------------
-METRICS = ("pruned_val", "finetuned_val", "finetuned_test", "macs", "params")
+METRICS = ("pruned_val", "finetuned_val", "finetuned_test", "macs", "params", "allocation_seconds")
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -200,31 +200,43 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for key, group in groups.items():
         entry = dict(zip(("budget", "criterion", "allocation"), key), seeds=len(group))
         for metric in METRICS:
-            entry[metric], entry[f"{metric}_std"] = _mean_std([r[metric] for r in group])
+            values = [r.get(metric, float("nan")) for r in group]  # older rows lack the seconds
+            entry[metric], entry[f"{metric}_std"] = _mean_std(values)
         summary.append(entry)
     order = {b: i for i, b in enumerate(BUDGETS)}
     summary.sort(key=lambda e: (order.get(e["budget"], 99), e["allocation"], e["criterion"]))
     return summary
 
 
+PEERS = ("own", GLOBAL)  # a peer criterion is judged by its own allocation or global pruning
+
+
 def dirichlet_margins(summary: list[dict[str, Any]], allocation: str = "own") -> list[dict]:
-    """Per budget, Dirichlet's mean accuracy minus the best other criterion's (validation)."""
+    """Per budget, Dirichlet's mean validation accuracy with ``allocation`` minus the best peer's
+    (every other criterion with its own allocation or Torch-Pruning's global pruning);
+    ``control``: L1 with the same allocation minus the same peer, where it ran."""
     margins = []
     for budget in dict.fromkeys(e["budget"] for e in summary):
-        entries = [e for e in summary if e["budget"] == budget and e["allocation"] == allocation]
-        ours = next((e for e in entries if e["criterion"] == "dirichlet"), None)
-        others = [e for e in entries if e["criterion"] != "dirichlet"]
-        if ours is None or not others:
+        entries = {(e["criterion"], e["allocation"]): e for e in summary if e["budget"] == budget}
+        ours = entries.get(("dirichlet", allocation))
+        peers = [e for (c, a), e in entries.items() if c != "dirichlet" and a in PEERS]
+        if ours is None or not peers:
             continue
+        control = entries.get(("l1", allocation)) if allocation != "own" else None
         margin = {"budget": budget, "allocation": allocation}
         for metric in ("pruned_val", "finetuned_val"):
-            best = max(others, key=lambda e: e[metric])
+            best = max(peers, key=lambda e: e[metric])
             margin[metric] = ours[metric] - best[metric]
-            margin[f"{metric}_best_other"] = best["criterion"]
+            margin[f"{metric}_best_other"] = _label(best)
             margin[f"{metric}_dirichlet"] = (ours[metric], ours[f"{metric}_std"])
             margin[f"{metric}_other"] = (best[metric], best[f"{metric}_std"])
+            margin[f"{metric}_control"] = control and control[metric] - best[metric]
         margins.append(margin)
     return margins
+
+
+def _label(entry: dict[str, Any]) -> str:
+    return entry["criterion"] + (f" {entry['allocation']}" if entry["allocation"] != "own" else "")
 
 
 # How fast importance settles -----------------------------------------------------------------

@@ -73,26 +73,88 @@ def _percent(pair: tuple[float, float]) -> str:
     return f"{100 * pair[0]:.2f} ± {100 * pair[1]:.2f}"
 
 
+RULES = ("own", "measured", "effective", "learnt")  # Dirichlet's allocation rules, in order
+
+
 def goals_table(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)) -> str:
-    """Dirichlet (own allocation) against the best other criterion per setup and budget."""
+    """Each Dirichlet allocation rule against the best peer per setup and budget: its lead in
+    points after pruning / after fine-tuning, with L1 under the same rule (the control)."""
     lines = [
-        "| setup | budget | seeds | Dirichlet after pruning | best other | Dirichlet after "
-        "fine-tune | best other | lead after pruning / after fine-tune (points) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| setup | budget | best peer after pruning / after fine-tune | "
+        + " | ".join(f"Dirichlet {rule}" for rule in RULES)
+        + " | L1 measured (control) | L1 effective (control) |",
+        "|---|---|---|" + "---|" * (len(RULES) + 2),
     ]
     for name, result in results.items():
-        for m in dirichlet_margins(summarise(result["rows"])):
-            if m["budget"] in skip:
+        summary = summarise(result["rows"])
+        by_rule = {
+            rule: {m["budget"]: m for m in dirichlet_margins(summary, rule)} for rule in RULES
+        }
+        for budget, own in by_rule["own"].items():
+            if budget in skip:
                 continue
-            lines.append(
-                f"| {name} | {m['budget']} | {len(result['bases'])} "
-                f"| {_percent(m['pruned_val_dirichlet'])} "
-                f"| {m['pruned_val_best_other']} {_percent(m['pruned_val_other'])} "
-                f"| {_percent(m['finetuned_val_dirichlet'])} "
-                f"| {m['finetuned_val_best_other']} {_percent(m['finetuned_val_other'])} "
-                f"| {100 * m['pruned_val']:+.2f} / {100 * m['finetuned_val']:+.2f} |"
-            )
+            cells = [_lead(by_rule[rule].get(budget)) for rule in RULES]
+            cells += [
+                _lead(by_rule[rule].get(budget), "control") for rule in ("measured", "effective")
+            ]
+            peer = f"{own['pruned_val_best_other']} {100 * own['pruned_val_other'][0]:.2f} / "
+            peer += f"{own['finetuned_val_best_other']} {100 * own['finetuned_val_other'][0]:.2f}"
+            lines.append(f"| {name} | {budget} | {peer} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def frame_markdown(frame: pd.DataFrame) -> str:
+    """A DataFrame as a Markdown table (pandas' own needs the tabulate package)."""
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _lead(margin: dict[str, Any] | None, who: str = "dirichlet") -> str:
+    """``+1.20 / -0.30``: the lead after pruning / after fine-tuning, in points; - if not run."""
+    if margin is None or (who == "control" and margin["pruned_val_control"] is None):
+        return "-"
+    suffix = "" if who == "dirichlet" else "_control"
+    pruned, tuned = (
+        margin[f"{m}{suffix}" if suffix else m] for m in ("pruned_val", "finetuned_val")
+    )
+    return f"{100 * pruned:+.2f} / {100 * tuned:+.2f}"
+
+
+def verdict(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)) -> pd.DataFrame:
+    """Per Dirichlet rule (and the L1 controls): in how many cases (setup, budget) it is at least
+    as high as the best peer on validation after fine-tuning and right after pruning, its mean
+    lead, and the allocation's median cost in seconds per network."""
+    tally: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    seconds: dict[tuple[str, str], list[float]] = {}
+    for result in results.values():
+        summary = summarise(result["rows"])
+        for entry in summary:
+            seconds.setdefault((entry["criterion"], entry["allocation"]), []).append(
+                entry["allocation_seconds"]
+            )
+        for rule in RULES:
+            for m in dirichlet_margins(summary, rule):
+                if m["budget"] in skip:
+                    continue
+                tally.setdefault(("dirichlet", rule), []).append(
+                    (m["finetuned_val"], m["pruned_val"])
+                )
+                if m["pruned_val_control"] is not None:
+                    leads = (m["finetuned_val_control"], m["pruned_val_control"])
+                    tally.setdefault(("l1", rule), []).append(leads)
+    rows = []
+    for (criterion, rule), leads in tally.items():
+        tuned, pruned = zip(*leads)
+        rows.append({
+            "criterion": criterion, "allocation": rule, "cases": len(leads),
+            "at least the best peer after fine-tune": sum(v >= 0 for v in tuned),
+            "after pruning": sum(v >= 0 for v in pruned),
+            "mean lead after fine-tune (points)": round(100 * statistics.mean(tuned), 2),
+            "mean lead after pruning (points)": round(100 * statistics.mean(pruned), 2),
+            "allocation seconds (median)": round(statistics.median(seconds[(criterion, rule)]), 2),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def setup_section(name: str, result: dict[str, Any]) -> str:
@@ -167,12 +229,16 @@ def comparison_markdown(results: dict[str, dict[str, Any]]) -> str:
     """``compare.md``: the goals table and every setup's full table."""
     header = (
         "# Criteria compared at a MAC budget\n\n"
-        "Own allocation, validation accuracy %, mean ± std over seeds; the best other criterion "
-        "is the one with the highest mean. Goal: Dirichlet at least as high after fine-tuning "
-        "and highest right after pruning, at 4x, 10x and 20x fewer MACs.\n\n"
+        "Validation accuracy, mean over seeds. The best peer: the other criterion, with its own "
+        "allocation or Torch-Pruning's global pruning, with the highest mean. Each cell: the "
+        "lead over it in points, right after pruning / after fine-tuning (negative: behind); "
+        "the L1 columns apply the same rule to L1 scores, to tell the allocation's share from "
+        "the posterior's.\n\n"
     )
+    ruled = frame_markdown(verdict(results))
     sections = [setup_section(name, result) for name, result in results.items()]
-    return header + goals_table(results) + "\n" + "\n".join(sections)
+    return (header + goals_table(results) + "\nCases at least as high as the best peer (4x, 10x "
+            "and 20x):\n\n" + ruled + "\n\n" + "\n".join(sections))  # fmt: skip
 
 
 # The study ---------------------------------------------------------------------------------
@@ -331,19 +397,41 @@ def cifar_markdown(results: dict[str, dict[str, Any]], where: str = "the CPU") -
             "after fine-tune | deployed speed-up |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for row in cifar_rows({name: result}):
+        for row in _seed_means(cifar_rows({name: result})):
             speed = f"{row['speedup']:.2f}x" if row["speedup"] else "-"
             # fixed widths are the reference code's: too long for a cell, they are in cifar.csv
             budget = "reference widths" if row["allocation"] == "fixed" else row["budget"]
             budget += f" ({base['macs'] / row['macs']:.2f}x fewer MACs)"
             lines.append(
                 f"| {row['criterion']} | {row['allocation']} | {budget} | "
-                f"{row['params']:,} | {row['macs']:,} | {row['test_accuracy_pruned']:.2f} | "
-                f"{row['val_accuracy_finetuned']:.2f} / {row['test_accuracy_finetuned']:.2f} | "
+                f"{row['params']:,.0f} | {row['macs']:,.0f} | {row['test_accuracy_pruned']} | "
+                f"{row['val_accuracy_finetuned']} / {row['test_accuracy_finetuned']} | "
                 f"{speed} |"
             )
+        if len(result["bases"]) > 1 or result.get("shared_base"):
+            lines += ["", "Leads over the best peer (validation, as in compare.md):", "",
+                      goals_table({name: result}, skip=())]  # fmt: skip
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _seed_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (criterion, allocation, budget): accuracies as mean (± std over seeds), in
+    the order first seen; sizes and speed-up averaged."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["criterion"], row["allocation"], row["budget"]), []).append(row)
+    merged = []
+    for group in groups.values():
+        row = dict(group[0])
+        for key in ("params", "macs", "speedup"):
+            values = [r[key] for r in group if r[key] is not None]
+            row[key] = statistics.mean(values) if values else None
+        for key in [k for k in row if k.startswith(("test_accuracy", "val_accuracy"))]:
+            mean, std = compare._mean_std([r[key] for r in group])
+            row[key] = f"{mean:.2f}" + (f" ± {std:.2f}" if len(group) > 1 else "")
+        merged.append(row)
+    return merged
 
 
 def _importance_cost(result: dict[str, Any], base: dict[str, Any]) -> str:
