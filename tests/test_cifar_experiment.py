@@ -42,11 +42,8 @@ def test_toy_cifar_experiment_writes_rows_report_and_loadable_networks(tmp_path,
     )
     rows = done["cifar10-resnet20"]["rows"]
     assert {(r["criterion"], r["allocation"]) for r in rows} == {
-        ("dirichlet", "own"),
-        ("dirichlet", "same"),
-        ("l1", "own"),
-        ("l1", "same"),
-    }
+        ("dirichlet", rule) for rule in ("own", "same", "measured", "effective", "learnt")
+    } | {("l1", rule) for rule in ("own", "same", "measured", "effective")}
     assert all("speedup" in r and r["macs"] <= r["base_macs"] / 2 for r in rows)
     assert read_json(results / "cifar10-resnet20.json")["rows"] == rows
 
@@ -58,6 +55,17 @@ def test_toy_cifar_experiment_writes_rows_report_and_loadable_networks(tmp_path,
     report = (tmp_path / "figures" / "cifar.md").read_text()
     assert "JPEG copy" in report
     assert "| 2x (" in report and "x fewer MACs) |" in report  # the ratio each row reached
+
+    # a second seed at one budget: its own importance of the same base network; the first
+    # seed's rows are kept
+    more = cifar.run([toy("cifar10-resnet20")], tmp_path / "runs", seeds=(1,),
+                     criteria=("dirichlet", "l1"), budgets=("2x",), results=results)  # fmt: skip
+    merged = more["cifar10-resnet20"]
+    assert [b["seed"] for b in merged["bases"]] == [0, 1]
+    assert merged["bases"][0]["val"] == merged["bases"][1]["val"]  # one base network
+    assert sorted({r["seed"] for r in merged["rows"]}) == [0, 1]
+    assert len(merged["rows"]) == 2 * len(rows)
+    assert not list((tmp_path / "runs" / "cifar10-resnet20" / "seed1").glob("base-*.pt"))
 
     shipped = cifar.ship(tmp_path / "runs", tmp_path / "shipped")
     assert [p.name for p in shipped] == ["resnet20-dirichlet-own.pt"]

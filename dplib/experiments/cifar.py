@@ -28,7 +28,7 @@ VGG16_REFERENCE = WIDTHS["vgg16"][0]
 # the reference code's ResNet-56: inner widths 11, 18, 30 in every block of stages 1, 2, 3
 RESNET56_REFERENCE = "-".join([str(width) for width in (11, 18, 30) for _ in range(9)])
 BUDGETS = ("2x", "4x")
-CRITERIA = ("dirichlet", "l1", "taylor", "random", "tp_l2")
+CRITERIA = ("dirichlet", "l1", "taylor", "random", "tp_l2", "tp_taylor")
 PRECISION: dict[str, Any] = {"amp": "bfloat16", "channels_last": True}  # fast on this CPU
 
 
@@ -51,8 +51,8 @@ def cifar_setup(
     )
 
 
-SETUPS: dict[str, Experiment] = {
-    "cifar10-resnet20": cifar_setup("resnet20", 30, 2),
+SETUPS: dict[str, Experiment] = {  # ResNet-20's seeds share one base network
+    "cifar10-resnet20": cifar_setup("resnet20", 30, 2).replace(shared_base=True),
     "cifar10-resnet56": cifar_setup("resnet56", 20, 2, (RESNET56_REFERENCE,)),
     "cifar10-vgg16": cifar_setup("vgg16", 20, 2, (VGG16_REFERENCE,)),
 }
@@ -96,9 +96,23 @@ def run(
         found = compare.run_setup(
             experiment, root, seeds=seeds, budgets=budgets, criteria=criteria, log=log
         )
-        done[experiment.name] = found | (note or {})
+        found = _merged(results / f"{experiment.name}.json", found, set(seeds), set(budgets))
+        done[experiment.name] = found | (note or {}) | {"shared_base": experiment.shared_base}
         write_json(results / f"{experiment.name}.json", done[experiment.name])
     return done
+
+
+def _merged(path: Path, found: dict[str, Any], seeds: set[int], budgets: set[str]) -> dict:
+    """``found`` with the rows of ``path`` it did not redo (other seeds or budgets), so that a
+    run of more seeds at one budget keeps the first seed's other budgets."""
+    if not path.exists():
+        return found
+    previous = read_json(path)
+    kept = [r for r in previous["rows"] if r["seed"] not in seeds or r["budget"] not in budgets]
+    found["rows"] = kept + found["rows"]
+    for key in ("bases", "importance_seconds"):
+        found[key] = [x for x in previous.get(key, []) if x.get("seed") not in seeds] + found[key]
+    return found
 
 
 # The pruned networks shipped in figures/cifar/ ---------------------------------------------------

@@ -217,7 +217,9 @@ def accuracy_vs_compression(frame: pd.DataFrame, title: str = "") -> plt.Figure:
 # The comparison at a MAC budget ------------------------------------------------------------
 def plot_comparison(summary: list[dict[str, Any]], title: str = "") -> plt.Figure:
     """Validation accuracy against MACs, right after pruning and after fine-tuning: one line
-    per criterion, own allocation solid, same widths dashed, error bars one std over seeds."""
+    per criterion, own allocation solid, same widths dashed, the measured allocation and
+    Torch-Pruning's global pruning dash-dotted, error bars one std over seeds (the other rules:
+    in the tables)."""
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
     criteria = list(dict.fromkeys(e["criterion"] for e in summary))
     for axis, metric, label in zip(
@@ -225,7 +227,14 @@ def plot_comparison(summary: list[dict[str, Any]], title: str = "") -> plt.Figur
     ):
         for criterion in criteria:
             of_criterion = [e for e in summary if e["criterion"] == criterion]
-            for allocation, style in (("own", "-"), ("same", "--"), ("fixed", ":")):
+            styles = (
+                ("own", "-"),
+                ("same", "--"),
+                ("fixed", ":"),
+                ("measured", "-."),
+                ("global", "-."),
+            )
+            for allocation, style in styles:
                 entries = [e for e in of_criterion if e["allocation"] == allocation]
                 entries.sort(key=lambda e: e["macs"])
                 if not entries:
@@ -235,7 +244,9 @@ def plot_comparison(summary: list[dict[str, Any]], title: str = "") -> plt.Figur
                     [100 * e[metric] for e in entries],
                     yerr=[100 * e[metric + "_std"] for e in entries],
                     ls=style,
-                    marker={"own": "o", "same": "x"}.get(allocation, "*"),
+                    marker={"own": "o", "same": "x", "measured": "^", "global": "s"}.get(
+                        allocation, "*"
+                    ),
                     ms=4,
                     capsize=3,
                     color=COLOURS.get(criterion),
