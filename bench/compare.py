@@ -1,4 +1,4 @@
-"""Criteria compared at 2x, 4x, 10x and 20x fewer MACs (dplib.experiments.compare), resumable.
+"""Criteria compared at 4x, 10x and 20x fewer MACs (dplib.experiments.compare), resumable.
 
     python bench/compare.py                                   # the cpu profile's LeNets, 3 seeds
     python bench/compare.py --setups fashion_mnist32-resnet20 # resnet20 (about 90 minutes)

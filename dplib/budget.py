@@ -114,7 +114,7 @@ def parse_budget(target: int | float | str, full: int, what: str = "macs") -> in
 def choose_widths(
     model: nn.Module, importance: Importance | None, target_macs: float | str | None = None,
     target_params: float | str | None = None, input_shape: tuple[int, ...] | None = None, *,
-    allocation: str = "importance", verify: bool = True, costs: CostModel | None = None,
+    allocation: str | None = None, verify: bool = True, costs: CostModel | None = None,
     multiple_of: int = 1, min_keep: Limit = 0.0, max_keep: Limit = 1.0,
     overrides: dict[str, int] | None = None, data: Iterable | None = None,
 ) -> dict[str, int]:  # fmt: skip
@@ -128,7 +128,9 @@ def choose_widths(
             an int, or ``"4x"`` (four times fewer than the full model); give exactly one.
         input_shape: the input batch shape (default: that of a :func:`dplib.models.build` net).
         allocation: ``"importance"`` (the greedy rule above), ``"uniform"``, ``"measured"``
-            (needs ``data``) or ``"effective"``.
+            (needs ``data``) or ``"effective"``; None (default): ``"measured"`` when ``data`` is
+            given, else ``"importance"`` (the measured rule won on validation right after
+            pruning and tied after fine-tuning: figures/compare.md).
         verify: check the analytic cost against :func:`dplib.count` of the pruned network.
         costs: a :class:`CostModel` of this model, input shape and layers, to reuse.
         multiple_of: every width a multiple of it (e.g. 8, for tensor cores) or the full width.
@@ -142,6 +144,7 @@ def choose_widths(
             [one unit per layer, the full model], or one the grid cannot meet ("too coarse");
             limits outside [0, 1], a floor above its cap, or a layer the model does not prune.
     """
+    allocation = allocation or ("measured" if data is not None else "importance")
     what, target = _requested_budget(
         importance, target_macs, target_params, allocation, multiple_of
     )

@@ -451,8 +451,12 @@ def _fixed_batches(model: nn.Module, count: int = 2, size: int = 64) -> list:
         return [(x, model(x).argmax(1)) for x in images]
 
 
-@pytest.mark.parametrize("name", ["lenet5", "resnet20"])
-@pytest.mark.parametrize("allocation", ["importance", "uniform", "effective", "measured"])
+# measured on resnet20: in tests/test_cifar_experiment.py, at 1/8 width (here it takes minutes)
+@pytest.mark.parametrize(
+    "name, allocation",
+    [(n, a) for n in ("lenet5", "resnet20") for a in ("importance", "uniform", "effective")]
+    + [("lenet5", "measured")],
+)
 def test_floors_caps_and_overrides_hold_for_every_allocation(name, allocation):
     model, importance, costs = setup(name)
     first, last = importance.names[0], importance.names[-1]
@@ -510,6 +514,9 @@ def test_measured_allocation_removes_the_units_that_cost_no_loss_first():
         )
     assert kept["importance"]["fc2"] > 50
     assert kept["measured"]["fc2"] <= 20
+    # the default: measured when data is given, the greedy rule otherwise
+    assert dplib.choose_widths(model, importance, target_macs="2x", data=data) == kept["measured"]
+    assert dplib.choose_widths(model, importance, target_macs="2x") == kept["importance"]
 
 
 def test_effective_widths_count_the_units_that_hold_the_scores():

@@ -123,6 +123,12 @@ class Base:
     def __post_init__(self) -> None:
         self.input_shape = (1, *self.loaders.splits.train.tensors[0].shape[1:])
 
+    @property
+    def checkpoint(self) -> Path:
+        """The base network's file (in seed 0's folder when the seeds share it)."""
+        seed = 0 if self.experiment.shared_base else self.seed
+        return self.folder.with_name(f"seed{seed}") / f"base-{self.key}.pt"
+
 
 def loaders(experiment: Experiment, seed: int) -> data.Loaders:
     """The experiment's data for ``seed``: its subsets, padded, on its data device."""

@@ -76,7 +76,7 @@ COMMON: dict[str, Any] = {
     # The comparison at a MAC budget of 03_prune (dplib.experiments.compare): seeds, budgets,
     # criteria (None: the registry's defaults with Torch-Pruning's where installed); compare
     # None: the profile decides.
-    "compare": None, "compare_seeds": (0, 1, 2), "compare_budgets": ("2x", "4x", "10x", "20x"),
+    "compare": None, "compare_seeds": (0, 1, 2), "compare_budgets": ("4x", "10x", "20x"),
     "compare_criteria": None,
 }
 # fmt: on
@@ -107,9 +107,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         # the full data sets' schedule.
         "small_data_epoch_factor": 10, "synthetic_hidden": (20, 200, 500), "synthetic_steps": 3000,
         "experiments": LENETS,
-        # The comparison (3 seeds, 2x-20x, every criterion: about 16 minutes here) is not rerun
-        # by the main job: 03_prune and 04_figures read its committed rows
-        # (bench/results/compare/, written by make compare); compare=True reruns it.
+        # The comparison (3 seeds, 4x-20x, every criterion and rule) is not rerun by the main
+        # job: 03_prune and 04_figures read its committed rows (bench/results/compare/, written
+        # by make compare); compare=True reruns it.
         "compare_experiments": (),
     },
     "paper": {

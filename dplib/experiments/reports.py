@@ -14,7 +14,7 @@ import pandas as pd
 
 from . import compare, stages, study
 from .compare import dirichlet_margins, settling_summary, summarise
-from .experiment import FIXED
+from .experiment import FIXED, GLOBAL
 
 # The notebooks' results table ---------------------------------------------------------------
 RESULTS_COLUMNS = tuple(
@@ -101,6 +101,32 @@ def goals_table(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",
             peer += f"{own['finetuned_val_best_other']} {100 * own['finetuned_val_other'][0]:.2f}"
             lines.append(f"| {name} | {budget} | {peer} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def paired_gains(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)) -> pd.DataFrame:
+    """Each rule minus the greedy one (``own``) of the same criterion, paired over the cases
+    (setup, budget): mean ± standard error in points, and wins / losses, per metric."""
+    gains: dict[tuple[str, str, str], list[float]] = {}
+    for result in results.values():
+        summary = summarise(result["rows"])
+        entries = {(e["criterion"], e["allocation"], e["budget"]): e for e in summary}
+        for (criterion, rule, budget), entry in entries.items():
+            own = entries.get((criterion, "own", budget))
+            if rule in ("own", "same", "fixed", GLOBAL) or own is None or budget in skip:
+                continue
+            for metric in ("pruned_val", "finetuned_val"):
+                gain = 100 * (entry[metric] - own[metric])
+                gains.setdefault((criterion, rule, metric), []).append(gain)
+    rows = []
+    for (criterion, rule, metric), values in sorted(gains.items()):
+        error = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+        rows.append({
+            "criterion": criterion, "rule": rule, "cases": len(values),
+            "metric": "after fine-tune" if metric == "finetuned_val" else "after pruning",
+            "gain over own (points)": f"{statistics.mean(values):+.2f} ± {error:.2f}",
+            "wins / losses": f"{sum(v > 0 for v in values)} / {sum(v < 0 for v in values)}",
+        })  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def frame_markdown(frame: pd.DataFrame) -> str:
@@ -236,6 +262,10 @@ def comparison_markdown(results: dict[str, dict[str, Any]]) -> str:
         "the posterior's.\n\n"
     )
     ruled = frame_markdown(verdict(results))
+    ruled += (
+        "\n\nEach rule against the greedy rule (own) of the same criterion, paired over the "
+        "same cases, validation (± one standard error):\n\n"
+    ) + frame_markdown(paired_gains(results))
     sections = [setup_section(name, result) for name, result in results.items()]
     return (header + goals_table(results) + "\nCases at least as high as the best peer (4x, 10x "
             "and 20x):\n\n" + ruled + "\n\n" + "\n".join(sections))  # fmt: skip
@@ -410,7 +440,8 @@ def cifar_markdown(results: dict[str, dict[str, Any]], where: str = "the CPU") -
             )
         if len(result["bases"]) > 1 or result.get("shared_base"):
             lines += ["", "Leads over the best peer (validation, as in compare.md):", "",
-                      goals_table({name: result}, skip=())]  # fmt: skip
+                      goals_table({name: result}, skip=()),
+                      frame_markdown(verdict({name: result}, skip=()))]  # fmt: skip
         lines.append("")
     return "\n".join(lines) + "\n"
 
