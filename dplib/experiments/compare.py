@@ -18,6 +18,7 @@ Dirichlet ranking settles over learning.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -200,8 +201,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for key, group in groups.items():
         entry = dict(zip(("budget", "criterion", "allocation"), key), seeds=len(group))
         for metric in METRICS:
-            values = [r.get(metric, float("nan")) for r in group]  # older rows lack the seconds
-            entry[metric], entry[f"{metric}_std"] = _mean_std(values)
+            values = [r[metric] for r in group if metric in r]  # older rows lack the seconds
+            entry[metric], entry[f"{metric}_std"] = _mean_std(values) if values else (math.nan,) * 2
         summary.append(entry)
     order = {b: i for i, b in enumerate(("2x", *BUDGETS))}
     summary.sort(key=lambda e: (order.get(e["budget"], 99), e["allocation"], e["criterion"]))

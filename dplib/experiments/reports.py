@@ -150,10 +150,13 @@ def _lead(margin: dict[str, Any] | None, who: str = "dirichlet") -> str:
 def verdict(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)) -> pd.DataFrame:
     """Per Dirichlet rule (and the L1 controls): in how many cases (setup, budget) it is at least
     as high as the best peer on validation after fine-tuning and right after pruning, its mean
-    lead, and the allocation's median cost in seconds per network."""
+    lead, and the allocation's median cost in seconds per network; over the setups where the
+    rules ran."""
     tally: dict[tuple[str, str], list[tuple[float, float]]] = {}
     seconds: dict[tuple[str, str], list[float]] = {}
     for result in results.values():
+        if not {r["allocation"] for r in result["rows"]} & set(RULES[1:]):
+            continue  # a setup run before the other rules: its own rows alone would skew counts
         summary = summarise(result["rows"])
         for entry in summary:
             seconds.setdefault((entry["criterion"], entry["allocation"]), []).append(
