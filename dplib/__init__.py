@@ -15,7 +15,7 @@ The pipeline, one module per step::
 from . import budget, criteria, data, measure, models
 from .attach import GatedModel, attach_gates, detach_gates
 from .budget import BudgetError, choose_widths
-from .gates import DirichletGate, dirichlet_kl
+from .gates import DirichletGate, GateShapeError, dirichlet_kl
 from .graph import UnsupportedModelError, find_prunable_layers
 from .importance import (
     Importance,
@@ -35,7 +35,7 @@ from .vi import learn_importance
 __version__ = "0.1.0"
 
 __all__ = [
-    "BudgetError", "CheckpointError", "DirichletGate", "GatedModel", "Importance",
+    "BudgetError", "CheckpointError", "DirichletGate", "GateShapeError", "GatedModel", "Importance",
     "ImportanceMismatchError", "UnsupportedModelError", "WidthsError", "attach_gates",
     "DirichletSettings", "budget", "criteria", "choose_widths", "count", "data", "detach_gates",
     "dirichlet_kl", "evaluate", "find_prunable_layers", "fit", "format_widths", "latency",

@@ -107,6 +107,7 @@ def attach_gates(
         if parameter is not None:
             gate.to(device=parameter.device, dtype=parameter.dtype)
         gate.set_mode("mean")
+        gate.layer = layer.name
         gates[layer.name] = gate
     return GatedModel(model, graph, gates, settings.position)
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .gates import GateShapeError
 from .models import input_shape_of
 
 
@@ -58,6 +59,8 @@ def _outputs(model: nn.Module, image: torch.Tensor, what: str) -> int:
     try:
         with torch.no_grad():
             logits = model(image.unsqueeze(0).to(device))
+    except GateShapeError:
+        raise  # the gates' placement, not the data
     except RuntimeError as error:
         reason = str(error).splitlines()[0]
         raise ValueError(

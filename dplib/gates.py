@@ -65,6 +65,11 @@ def dirichlet_kl(phi: torch.Tensor, alpha0: float) -> torch.Tensor:
     )
 
 
+class GateShapeError(RuntimeError):
+    """A gate met an output whose units are not on axis 1: the network's structure, not the
+    data, is at fault."""
+
+
 class DirichletGate(nn.Module):
     """Variational Dirichlet posterior q(s) = Dir(softplus(theta) + eps) over the K =
     ``num_units`` output units of a layer, each at concentration ``phi_init`` at first; ``scale``
@@ -87,6 +92,7 @@ class DirichletGate(nn.Module):
         self.theta = nn.Parameter(torch.full((num_units,), inverse_softplus(phi_init - eps)))
         self.mode = "identity"
         self._factor: torch.Tensor | None = None
+        self.layer = "?"  # the gated layer's name, set by dplib.attach_gates (for messages)
 
     # The distribution -------------------------------------------------------------------
     def concentration(self) -> torch.Tensor:
@@ -173,9 +179,12 @@ class DirichletGate(nn.Module):
         factor = self.current_factor()
         if factor is None:
             return h
-        if h.shape[1] != self.num_units:
-            raise RuntimeError(
-                f"gate for {self.num_units} units received an output with {h.shape[1]} units"
+        if h.dim() < 2 or h.shape[1] != self.num_units:
+            raise GateShapeError(
+                f"the gate of layer {self.layer!r} ({self.num_units} units, on axis 1 of the "
+                f"layer's output) received an output of shape {tuple(h.shape)}: axis 1 holds "
+                f"{h.shape[1] if h.dim() > 1 else 'nothing'}. The layer's units are on another "
+                "axis (a Linear on channels-last maps or on tokens), which dplib cannot gate yet"
             )
         blocks = factor.shape[0]
         if h.shape[0] % blocks:

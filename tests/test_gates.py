@@ -77,3 +77,26 @@ def test_inverse_softplus_roundtrip_large_values():
     for value in (1e-3, 1.0, 100.0, 1000.0):
         x = torch.tensor(inverse_softplus(value), dtype=torch.float64)
         assert abs(torch.nn.functional.softplus(x).item() - value) < 1e-6 * max(1, value)
+
+
+class _ChannelsLastMlp(torch.nn.Module):
+    """A ConvNeXt-like block: a Linear pair on the last axis of a permuted feature map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3)
+        self.fc1, self.fc2 = torch.nn.Linear(8, 16), torch.nn.Linear(16, 8)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x).permute(0, 2, 3, 1)
+        x = self.fc2(torch.relu(self.fc1(x))).permute(0, 3, 1, 2)
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_gate_on_the_wrong_axis_names_the_layer_and_shapes_not_the_data(tiny_loader):
+    gated = dplib.attach_gates(_ChannelsLastMlp())
+    assert gated.layers == ["fc1"]
+    with pytest.raises(dplib.GateShapeError, match=r"layer 'fc1' \(16 units, on axis 1") as found:
+        dplib.learn_importance(gated, tiny_loader, epochs=0.1)
+    assert "(1, 26, 26, 16)" in str(found.value) and "data set" not in str(found.value)
