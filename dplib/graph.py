@@ -2,10 +2,12 @@
 
 The model is traced once with ``torch.fx`` and every tensor gets a *channel space*: a ``Conv2d``
 / ``Linear`` output opens a new one; operations that keep units apart (BatchNorm, activations,
-pooling, dropout, flatten / view, scaling by a number) pass it on; an addition ties its operands'
-spaces into one (a residual connection). A space lists its *producers* (the layers whose output
-units it holds), *BatchNorms* and *consumers* (the layers that read the units; a Linear after a
-flatten reads H*W inputs per channel).
+pooling, dropout, flatten / view, scaling by a number, a depthwise convolution) pass it on; an
+addition ties its operands' spaces into one (a residual connection), and so does a product of
+two maps (``x * scale(x)``: squeeze-and-excitation), whose newer operand, the scale, is pruned
+with ``x`` but not gated. A space lists its *producers* (the layers whose output units it holds),
+*BatchNorms* and *consumers* (the layers that read the units; a Linear after a flatten reads H*W
+inputs per channel).
 
 A space is prunable when it has consumers and nothing fixes its units: not the network's input
 or output (the classifier), not an operation that mixes units (a concatenation, a reduction over
@@ -26,6 +28,7 @@ from torch.nn import functional as F
 # fmt: off
 _PASSTHROUGH_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Hardtanh,
+    nn.Hardswish, nn.Hardsigmoid, nn.Mish,
     nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
     nn.Dropout, nn.Dropout2d, nn.Identity, nn.Flatten,
 )
@@ -33,11 +36,12 @@ _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 _PASSTHROUGH_FUNCTIONS = {
     F.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, F.dropout, F.max_pool2d, F.avg_pool2d,
     F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch.relu, torch.tanh, torch.sigmoid,
-    torch.flatten,
+    torch.flatten, F.hardswish, F.hardsigmoid,
 }
 # fmt: on
 _PASSTHROUGH_METHODS = {"relu", "tanh", "sigmoid", "view", "reshape", "flatten", "contiguous"}
 _ADDITIONS = {operator.add, operator.iadd, torch.add}
+_PASSTHROUGH_NAMES = {"stochastic_depth"}  # torchvision's: drops whole samples, not channels
 _SCALINGS = {operator.mul, operator.truediv, torch.mul}
 _SHAPE_QUERIES = {"size", "dim"}
 
@@ -58,6 +62,9 @@ class PrunableLayer:
     batchnorms: list[str] = field(default_factory=list)
     consumers: list[str] = field(default_factory=list)
     direct_batchnorms: dict[str, str] = field(default_factory=dict)  # producer -> BN right after
+    depthwise: list[str] = field(default_factory=list)  # depthwise convolutions on these units
+    biased: list[str] = field(default_factory=list)  # those of them with a bias
+    scales: list[str] = field(default_factory=list)  # producers of a product's scale (not gated)
 
     @property
     def coupled(self) -> bool:
@@ -69,12 +76,13 @@ class PrunableLayer:
         ``position="after_bn"``), and every other BatchNorm's on these units (a BatchNorm maps a
         zeroed unit to a non-zero value; pre-activation blocks read a residual sum through one).
         A group's layers share one gate: as they are summed, that equals gating the sum."""
+        gated = [p for p in self.producers if p not in self.scales]
         if position == "after_bn":
-            targets = [self.direct_batchnorms.get(p, p) for p in self.producers]
+            targets = [self.direct_batchnorms.get(p, p) for p in gated]
         else:
-            targets = list(self.producers)
+            targets = gated
         direct = set(self.direct_batchnorms.values())
-        return targets + [bn for bn in self.batchnorms if bn not in direct]
+        return targets + [bn for bn in self.batchnorms if bn not in direct] + self.biased
 
     def gate_target(self, position: str = "after_bn") -> str:
         """The module the gate of a single layer multiplies (the first one for a group)."""
@@ -107,6 +115,7 @@ class _Spaces:
         self.parent: list[int] = []
         self.fixed: dict[int, str] = {}
         self.added = set()
+        self.scales: set[int] = set()  # spaces joined by a product as its scale operand
 
     def new(self) -> int:
         self.parent.append(len(self.parent))
@@ -119,15 +128,21 @@ class _Spaces:
         return space
 
     def union(self, a: int, b: int) -> int:
+        """Tie two spaces by an addition (a residual group)."""
+        root = self.join(a, b, "a residual addition")
+        self.added.add(root)
+        return root
+
+    def join(self, a: int, b: int, how: str = "a product of two maps") -> int:
+        """Tie two spaces (``how``): their units are pruned together."""
         a, b = self.find(a), self.find(b)
         if a != b:
             self.parent[b] = a
             if (a in self.fixed) != (b in self.fixed):
                 reason = self.fixed.get(a) or self.fixed.get(b)
-                self.fixed[a] = (
-                    f"a residual addition ties it to channels that cannot change ({reason})"
-                )
-        self.added.add(a)
+                self.fixed[a] = f"{how} ties it to channels that cannot change ({reason})"
+        if b in self.added:
+            self.added.add(a)
         return a
 
     def fix(self, space: int, reason: str) -> None:
@@ -167,6 +182,7 @@ class _Walk:
     producers: dict[str, fx.Node] = field(default_factory=dict)  # Conv2d / Linear -> its node
     consumers: list[tuple[str, int]] = field(default_factory=list)  # (module, space it reads)
     batchnorms: list[tuple[str, int]] = field(default_factory=list)  # (module, its space)
+    depthwise: list[tuple[str, int]] = field(default_factory=list)  # (module, its space)
     calls: dict[str, int] = field(default_factory=dict)  # module -> times the trace calls it
     order: dict[fx.Node, int] = field(default_factory=dict)  # node -> position in the trace
 
@@ -205,7 +221,12 @@ def _visit_module(walk: _Walk, node: fx.Node, inputs: list[fx.Node]) -> None:
 
 
 def _visit_layer(walk: _Walk, node: fx.Node, module: nn.Module, inputs: list[fx.Node]) -> None:
-    """A Conv2d / Linear consumes its inputs' spaces and produces a new one."""
+    """A Conv2d / Linear consumes its inputs' spaces and produces a new one; a depthwise
+    convolution (one filter per channel) passes its input's space on, pruned with it."""
+    if isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels:
+        walk.space_of[node] = walk.space_of[inputs[0]]
+        walk.depthwise.append((node.target, walk.space_of[inputs[0]]))
+        return
     for parent in inputs:
         walk.consumers.append((node.target, walk.space_of[parent]))
     walk.space_of[node] = walk.spaces.new()
@@ -222,10 +243,14 @@ def _visit_function(walk: _Walk, node: fx.Node, inputs: list[fx.Node]) -> None:
     name = getattr(target, "__name__", str(target))
     if target is getattr or (target is operator.getitem and not inputs):
         return
-    if target in _PASSTHROUGH_FUNCTIONS and inputs:
+    if (target in _PASSTHROUGH_FUNCTIONS or name in _PASSTHROUGH_NAMES) and inputs:
         walk.space_of[node] = walk.space_of[inputs[0]]
     elif target in _SCALINGS and len(inputs) == 1:
         walk.space_of[node] = walk.space_of[inputs[0]]
+    elif target in _SCALINGS and len(inputs) == 2:  # x * scale(x): the newer space is the scale
+        first, second = sorted(walk.space_of[n] for n in inputs)
+        walk.spaces.scales.add(second)
+        walk.space_of[node] = walk.spaces.join(first, second)
     elif target in _ADDITIONS and len(inputs) == 2:
         walk.space_of[node] = walk.spaces.union(walk.space_of[inputs[0]], walk.space_of[inputs[1]])
     elif inputs:
@@ -265,7 +290,7 @@ def _collect(model: nn.Module, walk: _Walk, coupled: bool) -> LayerGraph:
         names = sorted(members["producers"], key=lambda n: walk.order[walk.producers[n]])
         if not names:
             continue
-        is_group = len(names) > 1 or walk.spaces.find(root) in walk.spaces.added
+        is_group = walk.spaces.find(root) in walk.spaces.added  # tied by a residual addition
         reason = _skip_reason(walk, root, members, is_group, coupled)
         if reason is not None:
             for name in names:
@@ -287,7 +312,8 @@ def _members_by_space(walk: _Walk) -> dict[int, dict[str, list[str]]]:
 
     def group(space: int) -> dict[str, list[str]]:
         root = walk.spaces.find(space)
-        return groups.setdefault(root, {"producers": [], "batchnorms": [], "consumers": []})
+        empty: dict[str, list[str]] = {"producers": [], "batchnorms": [], "consumers": []}
+        return groups.setdefault(root, empty | {"depthwise": []})
 
     for name, node in walk.producers.items():
         group(walk.space_of[node])["producers"].append(name)
@@ -299,6 +325,8 @@ def _members_by_space(walk: _Walk) -> dict[int, dict[str, list[str]]]:
         group(space)["batchnorms"].append(name)
     for name, space in walk.consumers:
         group(space)["consumers"].append(name)
+    for name, space in walk.depthwise:
+        group(space)["depthwise"].append(name)
     return groups
 
 
@@ -336,6 +364,11 @@ def _prunable_layer(
         batchnorms=list(dict.fromkeys(members["batchnorms"])),
         consumers=list(dict.fromkeys(members["consumers"])),
         direct_batchnorms=_direct_batchnorms(walk, names),
+        depthwise=members["depthwise"],
+        biased=[name for name in members["depthwise"] if walk.modules[name].bias is not None],
+        scales=[
+            name for name in names if walk.space_of[walk.producers[name]] in walk.spaces.scales
+        ],
     )
 
 

@@ -160,8 +160,16 @@ class CostModel:
             for bn in layer.batchnorms:
                 if modules[bn].affine:
                     params.linear[index] += 2  # gamma and beta per unit
+            for conv in layer.depthwise:  # per unit: its k*k filter (and bias), k*k MACs a position
+                kernel, biased = (
+                    int(np.prod(modules[conv].kernel_size)),
+                    modules[conv].bias is not None,
+                )
+                params.linear[index] += kernel + biased
+                macs.linear[index] += positions.get(conv, 0) * kernel
+        depthwise = {conv for layer in self.layers for conv in layer.depthwise}
         for name, module in modules.items():
-            if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            if not isinstance(module, (nn.Conv2d, nn.Linear)) or name in depthwise:
                 continue
             conv = isinstance(module, nn.Conv2d)
             per_pair = int(np.prod(module.kernel_size)) // module.groups if conv else 1

@@ -2,7 +2,8 @@
 
 For every prunable layer with kept unit indices ``idx`` (the top-k by importance), its weight
 keeps rows ``W[idx]`` and its bias ``b[idx]``; every BatchNorm on those units keeps
-``gamma[idx]``, ``beta[idx]`` and the running statistics; every consumer keeps the matching input
+``gamma[idx]``, ``beta[idx]`` and the running statistics, every depthwise convolution on them its
+filters ``W[idx]``; every consumer keeps the matching input
 columns ``W[:, idx]`` (after a ``flatten``, unit ``k`` owns the ``H*W`` inputs ``k*H*W ...
 (k+1)*H*W - 1``). No masks, no zero units: the parameter count and MACs are real, and the
 outputs equal those of the unpruned network with the removed units zeroed (tested).
@@ -76,6 +77,9 @@ def prune(model: nn.Module, importance: Importance, widths: Widths) -> nn.Module
             in_idx[name] = columns.flatten()
         for name in layer.batchnorms:
             _slice_batchnorm(modules[name], idx)
+        for name in layer.depthwise:  # one filter per channel: keep the kept channels' filters
+            _slice_layer(modules[name], idx, None)
+            modules[name].in_channels = modules[name].groups = len(idx)
     for name in set(out_idx) | set(in_idx):  # after flatten_factor has read the old sizes
         _slice_layer(modules[name], out_idx.get(name), in_idx.get(name))
     return pruned

@@ -1,0 +1,72 @@
+"""Networks people bring (torchvision, random weights, 64x64 inputs): depthwise convolutions,
+squeeze-and-excitation, stochastic depth and concatenations pruned to 2x fewer MACs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+import dplib
+
+SHAPE = (1, 3, 64, 64)
+
+
+def _loader() -> torch.utils.data.DataLoader:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(16, *SHAPE[1:], generator=generator)
+    labels = torch.randint(0, 10, (16,), generator=generator)
+    dataset = torch.utils.data.TensorDataset(images, labels)
+    return dplib.data.make_loader(dataset, 8, shuffle=True, seed=0)
+
+
+def _masked_output(model: torch.nn.Module, importance, widths, images) -> torch.Tensor:
+    """The unpruned network with the removed units switched off by its gates."""
+    gated = dplib.attach_gates(model)
+    masks = dplib.unit_mask(importance, widths)
+    for name, gate in gated.named_gates():
+        gate.set_mode("fixed", masks[name])
+    try:
+        with torch.no_grad():
+            return gated(images)
+    finally:
+        gated.remove()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mobilenet_v2",  # depthwise convolutions in inverted residuals
+        "mobilenet_v3_small",  # depthwise, squeeze-and-excitation, hardswish
+        "efficientnet_b0",  # depthwise, squeeze-and-excitation, SiLU, stochastic depth
+        "densenet121",  # concatenations
+    ],
+)
+def test_dirichlet_importance_prunes_to_half_the_macs_as_masked(name):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(num_classes=10).eval()
+    gated = dplib.attach_gates(model)
+    importance = dplib.learn_importance(gated, _loader(), epochs=1, seed=0)
+    gated.remove()
+    widths = dplib.choose_widths(model, importance, target_macs="2x", input_shape=SHAPE)
+    small = dplib.prune(model, importance, widths)
+    full, pruned = dplib.count(model, SHAPE).macs, dplib.count(small, SHAPE).macs
+    assert 0.98 * full / 2 <= pruned <= full / 2
+    images = torch.randn(4, *SHAPE[1:], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        output, unpruned = small(images), model(images)
+    expected = _masked_output(model, importance, widths, images)
+    scale = expected.abs().max()
+    assert torch.allclose(output, expected, rtol=1e-4, atol=1e-5 * scale)
+    assert not torch.allclose(unpruned, expected, rtol=1e-4, atol=1e-5 * scale)  # units went
+
+
+def test_depthwise_and_squeeze_excitation_layers_are_pruned_with_their_channels():
+    model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    graph = dplib.find_prunable_layers(model)
+    expansion = graph["features.4.block.0.0"]  # 1x1 expansion, then depthwise, then SE
+    assert expansion.depthwise == ["features.4.block.1.0"]
+    assert expansion.scales == ["features.4.block.2.fc2"]  # the SE's scale: pruned, not gated
+    assert "features.4.block.2.fc1" in expansion.consumers
+    assert "features.4.block.2.fc2" not in expansion.gate_targets()
+    assert "features.4.block.2.fc1" in graph.names  # the SE's squeeze units prune too
