@@ -107,7 +107,7 @@ def attach_gates(
         if parameter is not None:
             gate.to(device=parameter.device, dtype=parameter.dtype)
         gate.set_mode("mean")
-        gate.layer = layer.name
+        gate.layer, gate.axis = layer.name, layer.axis
         gates[layer.name] = gate
     return GatedModel(model, graph, gates, settings.position)
 

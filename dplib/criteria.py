@@ -250,8 +250,9 @@ def taylor_importance(
             images = images.to(device).requires_grad_(True)
             with torch.enable_grad():
                 F.cross_entropy(model(images), labels.to(device), reduction="sum").backward()
-            for name, tensors in outputs.items():
-                products = [(out * out.grad).detach() for out in tensors]
+            for name, tensors in outputs.items():  # the units on axis 1, positions after
+                axis = graph[name].axis
+                products = [(out * out.grad).detach().movedim(axis, 1) for out in tensors]
                 per_image = sum(p.flatten(2).sum(2) if p.dim() > 2 else p for p in products)
                 scores[name] += per_image.abs().sum(0).cpu()
             outputs.clear()

@@ -93,6 +93,7 @@ class DirichletGate(nn.Module):
         self.mode = "identity"
         self._factor: torch.Tensor | None = None
         self.layer = "?"  # the gated layer's name, set by dplib.attach_gates (for messages)
+        self.axis = 1  # the axis of the layer's output that holds its units (-1: a Linear's)
 
     # The distribution -------------------------------------------------------------------
     def concentration(self) -> torch.Tensor:
@@ -175,16 +176,17 @@ class DirichletGate(nn.Module):
         return self._factor
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """Multiply unit k of h (batch, K, ...) by the current factor of its block."""
+        """Multiply unit k of h by the current factor of its block; the units lie on ``axis``
+        (1: (batch, K, ...) of a convolution; -1: (batch, ..., K) of a Linear, tokens too)."""
         factor = self.current_factor()
         if factor is None:
             return h
-        if h.dim() < 2 or h.shape[1] != self.num_units:
+        axis = self.axis % h.dim() if h.dim() > 1 else 1
+        if h.dim() < 2 or h.shape[axis] != self.num_units:
             raise GateShapeError(
-                f"the gate of layer {self.layer!r} ({self.num_units} units, on axis 1 of the "
-                f"layer's output) received an output of shape {tuple(h.shape)}: axis 1 holds "
-                f"{h.shape[1] if h.dim() > 1 else 'nothing'}. The layer's units are on another "
-                "axis (a Linear on channels-last maps or on tokens), which dplib cannot gate yet"
+                f"the gate of layer {self.layer!r} ({self.num_units} units, on axis {self.axis} "
+                f"of the layer's output) received an output of shape {tuple(h.shape)}: the "
+                "layer's units are not where dplib's trace put them; please report the network"
             )
         blocks = factor.shape[0]
         if h.shape[0] % blocks:
@@ -192,7 +194,8 @@ class DirichletGate(nn.Module):
                 f"batch of {h.shape[0]} is not a whole number of {blocks} stacked copies"
             )
         grouped = h.reshape(blocks, h.shape[0] // blocks, *h.shape[1:])
-        shape = (blocks, 1, self.num_units) + (1,) * (h.dim() - 2)
+        shape = [blocks] + [1] * h.dim()
+        shape[1 + axis] = self.num_units
         return (grouped * factor.to(h.dtype).reshape(shape)).reshape(h.shape)
 
     def extra_repr(self) -> str:

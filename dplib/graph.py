@@ -65,6 +65,7 @@ class PrunableLayer:
     depthwise: list[str] = field(default_factory=list)  # depthwise convolutions on these units
     biased: list[str] = field(default_factory=list)  # those of them with a bias
     scales: list[str] = field(default_factory=list)  # producers of a product's scale (not gated)
+    axis: int = 1  # the axis of the output holding the units: -1 for a Linear (tokens too)
 
     @property
     def coupled(self) -> bool:
@@ -369,6 +370,7 @@ def _prunable_layer(
         scales=[
             name for name in names if walk.space_of[walk.producers[name]] in walk.spaces.scales
         ],
+        axis=-1 if isinstance(first, nn.Linear) else 1,
     )
 
 

@@ -94,9 +94,28 @@ class _ChannelsLastMlp(torch.nn.Module):
         return self.head(x.mean((2, 3)))
 
 
-def test_a_gate_on_the_wrong_axis_names_the_layer_and_shapes_not_the_data(tiny_loader):
-    gated = dplib.attach_gates(_ChannelsLastMlp())
-    assert gated.layers == ["fc1"]
+def test_a_linear_on_channels_last_maps_is_gated_on_its_last_axis(tiny_loader):
+    model = _ChannelsLastMlp().eval()
+    gated = dplib.attach_gates(model)
+    assert gated.layers == ["fc1"] and gated.gate("fc1").axis == -1
+    importance = dplib.learn_importance(gated, tiny_loader, epochs=0.25)
+    gated.remove()
+    small = dplib.prune(model, importance, {"fc1": 6})
+    masks = dplib.unit_mask(importance, {"fc1": 6})
+    gated = dplib.attach_gates(model)
+    gated.gate("fc1").set_mode("fixed", masks["fc1"])
+    images = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(small(images), gated(images), atol=1e-6)
+    gated.remove()
+    taylor = dplib.criteria.compute("taylor", model, tiny_loader, batches=1)
+    assert taylor.scores["fc1"].shape == (16,)
+
+
+def test_a_gate_that_meets_the_wrong_shape_names_the_layer_and_shapes():
+    gate = DirichletGate(16)
+    gate.layer = "fc1"
+    gate.set_mode("mean")
     with pytest.raises(dplib.GateShapeError, match=r"layer 'fc1' \(16 units, on axis 1") as found:
-        dplib.learn_importance(gated, tiny_loader, epochs=0.1)
-    assert "(1, 26, 26, 16)" in str(found.value) and "data set" not in str(found.value)
+        gate(torch.zeros(2, 26, 26, 16))
+    assert "(2, 26, 26, 16)" in str(found.value) and "data set" not in str(found.value)

@@ -33,6 +33,23 @@ def _masked_output(model: torch.nn.Module, importance, widths, images) -> torch.
         gated.remove()
 
 
+def _build(name: str) -> torch.nn.Module:
+    """A torchvision network with random weights, or a small ViT (its MLPs act on tokens)."""
+    torch.manual_seed(0)
+    if name == "small_vit":
+        vit = torchvision.models.VisionTransformer(
+            image_size=64, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=256,
+            num_classes=10,
+        ).eval()  # fmt: skip
+        torch.nn.init.normal_(vit.heads.head.weight, std=0.1)  # torchvision starts it at zero
+        return vit
+    model = getattr(torchvision.models, name)(num_classes=10).eval()
+    for key, parameter in model.named_parameters():  # ConvNeXt starts at 1e-6: as if trained
+        if key.endswith("layer_scale"):
+            parameter.data.fill_(1.0)
+    return model
+
+
 @pytest.mark.parametrize(
     "name",
     [
@@ -40,11 +57,12 @@ def _masked_output(model: torch.nn.Module, importance, widths, images) -> torch.
         "mobilenet_v3_small",  # depthwise, squeeze-and-excitation, hardswish
         "efficientnet_b0",  # depthwise, squeeze-and-excitation, SiLU, stochastic depth
         "densenet121",  # concatenations
+        "convnext_tiny",  # Linear layers on channels-last maps, LayerNorm, permutes
+        "small_vit",  # a transformer: the MLPs' Linear layers on tokens, heads left whole
     ],
 )
 def test_dirichlet_importance_prunes_to_half_the_macs_as_masked(name):
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(num_classes=10).eval()
+    model = _build(name)
     gated = dplib.attach_gates(model)
     importance = dplib.learn_importance(gated, _loader(), epochs=1, seed=0)
     gated.remove()
