@@ -72,7 +72,7 @@ def dplib_case(model: torch.nn.Module, shape: tuple[int, ...], criterion: str) -
     small = dplib.prune(model, importance, widths)
     images = torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(2))
     gated = dplib.attach_gates(model)
-    masks = dplib.unit_mask(importance, widths)
+    masks = dplib.unit_mask(importance, widths, model)
     for name, gate in gated.named_gates():
         gate.set_mode("fixed", masks[name])
     with torch.no_grad():

@@ -158,8 +158,8 @@ def choose_widths(
         raise ValueError(f"the cost model varies {costs.names}, the importance scores {layers}")
     quadratic = costs.macs if what == "macs" else costs.params
     target = _target_in_range(model, quadratic, costs.units, target, what)
-    floor, ceiling = _limits(costs, multiple_of, min_keep, max_keep, overrides or {})
-    grid = _Grid(costs.units, multiple_of, floor, ceiling)
+    grid = _Grid(costs.units, multiple_of, np.array([layer.groups for layer in costs.layers]))
+    grid.minimum, grid.ceiling = _limits(costs, grid.step, min_keep, max_keep, overrides or {})
     found = (model, data)
     widths = _allocate(quadratic, costs, grid, importance, (target, what), allocation, found)
     cost = quadratic(widths)
@@ -217,18 +217,18 @@ def _target_in_range(
 
 class _Grid:
     """The widths each layer may keep: multiples of ``multiple_of`` (at least one), and its full
-    width; a layer narrower than ``multiple_of`` steps by one unit instead. ``floor`` and
-    ``ceiling`` (per layer) bound them further (floors, caps and overrides)."""
+    width; a layer narrower than ``multiple_of`` steps by one unit instead; a layer of ``groups``
+    (a grouped convolution's channels) by a multiple of them. ``minimum`` and ``ceiling`` (per
+    layer) bound them further (floors, caps and overrides)."""
 
-    def __init__(
-        self, units: np.ndarray, multiple_of: int = 1, floor: np.ndarray | None = None,
-        ceiling: np.ndarray | None = None,
-    ):  # fmt: skip
+    def __init__(self, units: np.ndarray, multiple_of: int = 1, groups: np.ndarray | None = None):
         self.units = units
         self.multiple_of = int(multiple_of)
-        self.step = np.where(units < multiple_of, 1, multiple_of).astype(np.int64)
-        self.minimum = self.step if floor is None else floor  # one unit (block), or the floor
-        self.ceiling = units if ceiling is None else ceiling
+        step = np.where(units < multiple_of, 1, multiple_of).astype(np.int64)
+        self.groups = np.ones_like(units) if groups is None else groups
+        self.step = np.lcm(step, self.groups)
+        self.minimum = self.step  # one unit (block), or the floor
+        self.ceiling = units
 
     def lower(self, widths: np.ndarray) -> np.ndarray:
         """The next allowed width below each width; below ``minimum`` where there is none."""
@@ -245,7 +245,7 @@ class _Grid:
 
 
 def _limits(
-    costs: CostModel, multiple_of: int, min_keep: Limit, max_keep: Limit,
+    costs: CostModel, step: np.ndarray, min_keep: Limit, max_keep: Limit,
     overrides: dict[str, int],
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Per-layer (floor, ceiling) widths on the grid from kept fractions and overrides."""
@@ -263,15 +263,17 @@ def _limits(
             f"min_keep {min_keep} and max_keep {max_keep} must be kept fractions in [0, 1], "
             "each floor at most its cap"
         )
-    step = np.where(units < multiple_of, 1, multiple_of)
     floor = np.maximum(np.ceil(low * units / step).astype(np.int64) * step, step)
     ceiling = np.floor(high * units / step).astype(np.int64) * step
     ceiling = np.maximum(np.where(high >= 1, units, ceiling), floor)  # the full width is allowed
     floor, ceiling = np.minimum(floor, units), np.minimum(ceiling, units)
     for name, width in overrides.items():
         index, size = names.index(name), int(units[names.index(name)])
-        if not 1 <= width <= size:
-            raise ValueError(f"override {name}={width} outside 1..{size} units")
+        if not 1 <= width <= size or width % costs.layers[index].groups:
+            raise ValueError(
+                f"override {name}={width} outside 1..{size} units, or not a multiple of the "
+                f"layer's {costs.layers[index].groups} groups"
+            )
         floor[index] = ceiling[index] = width
     return floor, ceiling
 
@@ -299,10 +301,10 @@ def _allocate(
         rank = _UniformRank(costs.units)
         widths = _fractions(quadratic, grid, target, costs.units)
     elif allocation == "effective":
-        rank = _ImportanceRank(importance, costs.names)
+        rank = _ImportanceRank(importance, costs.names, grid.groups)
         widths = _fractions(quadratic, grid, target, effective_widths(importance, costs.names))
     else:
-        rank = _ImportanceRank(importance, costs.names)
+        rank = _ImportanceRank(importance, costs.names, grid.groups)
         if allocation == "measured":
             model, data = found
             widths = measured_removal(model, importance, quadratic, grid, target, data)
@@ -327,10 +329,11 @@ def _block_mean(ranked: np.ndarray, start: int, stop: int) -> float:
 class _ImportanceRank:
     """Which block to remove next (lowest rank) and to add back next (highest rank)."""
 
-    def __init__(self, importance: Importance, names: list[str]):
+    def __init__(self, importance: Importance, names: list[str], groups: np.ndarray):
         relative = importance.relative()
         # ranked[l][j]: score of layer l's (j+1)-th most important unit; prune() keeps the top w
-        self.ranked = [relative[name][importance.ranking(name)].numpy() for name in names]
+        self.ranked = [relative[name][importance.ranking(name, int(g))].numpy()
+                       for name, g in zip(names, groups)]  # fmt: skip
 
     def removal(self, widths: np.ndarray, lower: np.ndarray, savings: np.ndarray) -> np.ndarray:
         """Per layer: the mean score of the last kept units, down to ``lower``."""

@@ -18,6 +18,7 @@ are reported with the reason, never pruned silently.
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, field
 
@@ -66,6 +67,7 @@ class PrunableLayer:
     biased: list[str] = field(default_factory=list)  # those of them with a bias
     scales: list[str] = field(default_factory=list)  # producers of a product's scale (not gated)
     axis: int = 1  # the axis of the output holding the units: -1 for a Linear (tokens too)
+    groups: int = 1  # equal groups its units are pruned in (a grouped convolution's channels)
 
     @property
     def coupled(self) -> bool:
@@ -184,6 +186,7 @@ class _Walk:
     consumers: list[tuple[str, int]] = field(default_factory=list)  # (module, space it reads)
     batchnorms: list[tuple[str, int]] = field(default_factory=list)  # (module, its space)
     depthwise: list[tuple[str, int]] = field(default_factory=list)  # (module, its space)
+    grouped: list[tuple[int, int]] = field(default_factory=list)  # (space, groups) of grouped convs
     calls: dict[str, int] = field(default_factory=dict)  # module -> times the trace calls it
     order: dict[fx.Node, int] = field(default_factory=dict)  # node -> position in the trace
 
@@ -232,10 +235,9 @@ def _visit_layer(walk: _Walk, node: fx.Node, module: nn.Module, inputs: list[fx.
         walk.consumers.append((node.target, walk.space_of[parent]))
     walk.space_of[node] = walk.spaces.new()
     walk.producers[node.target] = node
-    if isinstance(module, nn.Conv2d) and module.groups != 1:
-        walk.spaces.fix(walk.space_of[node], "grouped convolutions are not supported")
-        for parent in inputs:
-            walk.spaces.fix(walk.space_of[parent], f"{node.target} is a grouped convolution")
+    if isinstance(module, nn.Conv2d) and module.groups != 1:  # pruned evenly in every group
+        for space in [walk.space_of[node], *(walk.space_of[parent] for parent in inputs)]:
+            walk.grouped.append((space, module.groups))
 
 
 def _visit_function(walk: _Walk, node: fx.Node, inputs: list[fx.Node]) -> None:
@@ -314,7 +316,7 @@ def _members_by_space(walk: _Walk) -> dict[int, dict[str, list[str]]]:
     def group(space: int) -> dict[str, list[str]]:
         root = walk.spaces.find(space)
         empty: dict[str, list[str]] = {"producers": [], "batchnorms": [], "consumers": []}
-        return groups.setdefault(root, empty | {"depthwise": []})
+        return groups.setdefault(root, empty | {"depthwise": [], "groups": []})
 
     for name, node in walk.producers.items():
         group(walk.space_of[node])["producers"].append(name)
@@ -328,6 +330,8 @@ def _members_by_space(walk: _Walk) -> dict[int, dict[str, list[str]]]:
         group(space)["consumers"].append(name)
     for name, space in walk.depthwise:
         group(space)["depthwise"].append(name)
+    for space, count in walk.grouped:
+        group(space)["groups"].append(count)
     return groups
 
 
@@ -371,6 +375,7 @@ def _prunable_layer(
             name for name in names if walk.space_of[walk.producers[name]] in walk.spaces.scales
         ],
         axis=-1 if isinstance(first, nn.Linear) else 1,
+        groups=math.lcm(*members["groups"]) if members["groups"] else 1,
     )
 
 

@@ -199,9 +199,20 @@ class Importance:
                 "the importance for this model."
             )
 
-    def ranking(self, layer: str) -> torch.Tensor:
-        """Unit indices of ``layer`` from most to least important (ties keep index order)."""
-        return torch.argsort(self._pick(self.scores, layer), descending=True, stable=True)
+    def ranking(self, layer: str, groups: int = 1) -> torch.Tensor:
+        """Unit indices of ``layer`` from most to least important (ties keep index order). With
+        ``groups`` > 1 (the channels of a grouped convolution, in equal consecutive groups):
+        each group's best unit, then each group's second best, ...: the first ``k * groups``
+        keep ``k`` units in every group."""
+        order = torch.argsort(self._pick(self.scores, layer), descending=True, stable=True)
+        if groups == 1:
+            return order
+        group = order // (len(order) // groups)
+        rank = torch.zeros_like(order)  # the position of each unit within its group's order
+        for index in range(groups):
+            members = group == index
+            rank[members] = torch.arange(int(members.sum()))
+        return order[torch.argsort(rank * groups + group, stable=True)]
 
     def widths(self, keep: float | Widths) -> dict[str, int]:
         """Widths as ``{layer: kept units}`` from a fraction in (0, 1] kept in every layer
@@ -212,10 +223,22 @@ class Importance:
             return {name: max(1, round(k * keep)) for name, k in self.units.items()}
         return parse_widths(keep, self.units)
 
-    def keep_indices(self, widths: Widths) -> dict[str, torch.Tensor]:
-        """The indices (ascending) of the top-``width`` units of each layer."""
-        widths = parse_widths(widths, self.units)
-        return {name: torch.sort(self.ranking(name)[:kept]).values for name, kept in widths.items()}
+    def keep_indices(
+        self, widths: Widths, groups: dict[str, int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The indices (ascending) of the top-``width`` units of each layer; a layer of
+        ``groups[name]`` equal groups keeps as many in each (its width a multiple of them)."""
+        widths, groups = parse_widths(widths, self.units), groups or {}
+        for name, kept in widths.items():
+            if kept % groups.get(name, 1):
+                raise WidthsError(
+                    f"layer {name} feeds or is a grouped convolution of {groups[name]} groups: "
+                    f"its width must be a multiple of {groups[name]}, got {kept}"
+                )
+        return {
+            name: torch.sort(self.ranking(name, groups.get(name, 1))[:kept]).values
+            for name, kept in widths.items()
+        }
 
     # Saving ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ network (tested, and checked by :func:`dplib.choose_widths`).
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -71,24 +72,28 @@ _Affine = tuple[int, dict[int, int]]  # c + sum_l coefficient_l * w_l
 
 @dataclass
 class Quadratic:
-    """cost(w) = const + linear . w + w' quadratic w, exact in integers (w: widths vector)."""
+    """cost(w) = (const + linear . w + w' quadratic w) / scale, exact in integers (w: widths
+    vector; ``scale``: the groups of grouped convolutions, whose widths are multiples of them)."""
 
     const: int
     linear: np.ndarray  # (L,)
     quadratic: np.ndarray  # (L, L), entry [p, c]: producer p feeds consumer c
+    scale: int = 1
 
     def __call__(self, widths: np.ndarray) -> int:
-        return int(self.const + self.linear @ widths + widths @ self.quadratic @ widths)
+        return (
+            int(self.const + self.linear @ widths + widths @ self.quadratic @ widths) // self.scale
+        )
 
     def removal_savings(self, widths: np.ndarray, steps: np.ndarray | int = 1) -> np.ndarray:
         """cost(w) - cost(w - d_l e_l) for every layer l, d = ``steps`` (exact integers)."""
         gradient = self.linear + (self.quadratic + self.quadratic.T) @ widths
-        return steps * gradient - steps**2 * self.quadratic.diagonal()
+        return (steps * gradient - steps**2 * self.quadratic.diagonal()) // self.scale
 
     def addition_costs(self, widths: np.ndarray, steps: np.ndarray | int = 1) -> np.ndarray:
         """cost(w + d_l e_l) - cost(w) for every layer l, d = ``steps`` (exact integers)."""
         gradient = self.linear + (self.quadratic + self.quadratic.T) @ widths
-        return steps * gradient + steps**2 * self.quadratic.diagonal()
+        return (steps * gradient + steps**2 * self.quadratic.diagonal()) // self.scale
 
     def add_product(self, scale: int, left: _Affine, right: _Affine) -> None:
         """Add scale * left(w) * right(w), both affine in the widths."""
@@ -139,14 +144,15 @@ class CostModel:
         self.params, self.macs = self._quadratics(positions)
         # Whatever the quadratic leaves out (other parameterised modules, matmuls outside any
         # Conv2d / Linear) does not change with the widths: a constant measured on the full model.
-        self.params.const += self.full.params - self.params(self.units)
-        self.macs.const += self.full.macs - self.macs(self.units)
+        self.params.const += (self.full.params - self.params(self.units)) * self.params.scale
+        self.macs.const += (self.full.macs - self.macs(self.units)) * self.macs.scale
 
     def _quadratics(self, positions: dict[str, int]) -> tuple[Quadratic, Quadratic]:
         modules = dict(self.model.named_modules())
         size = len(self.names)
-        params = Quadratic(0, np.zeros(size, np.int64), np.zeros((size, size), np.int64))
-        macs = Quadratic(0, np.zeros(size, np.int64), np.zeros((size, size), np.int64))
+        scale = math.lcm(*(layer.groups for layer in self.layers))  # a grouped conv's 1 / groups
+        params = Quadratic(0, np.zeros(size, np.int64), np.zeros((size, size), np.int64), scale)
+        macs = Quadratic(0, np.zeros(size, np.int64), np.zeros((size, size), np.int64), scale)
         produced_by: dict[str, int] = {}  # module -> index of the layer its outputs belong to
         feeds: dict[str, list[tuple[int, int]]] = {}  # consumer -> [(layer, inputs per unit)]
         for index, layer in enumerate(self.layers):
@@ -159,20 +165,22 @@ class CostModel:
                 )
             for bn in layer.batchnorms:
                 if modules[bn].affine:
-                    params.linear[index] += 2  # gamma and beta per unit
+                    params.linear[index] += 2 * scale  # gamma and beta per unit
             for conv in layer.depthwise:  # per unit: its k*k filter (and bias), k*k MACs a position
                 kernel, biased = (
                     int(np.prod(modules[conv].kernel_size)),
                     modules[conv].bias is not None,
                 )
-                params.linear[index] += kernel + biased
-                macs.linear[index] += positions.get(conv, 0) * kernel
+                params.linear[index] += (kernel + biased) * scale
+                macs.linear[index] += positions.get(conv, 0) * kernel * scale
         depthwise = {conv for layer in self.layers for conv in layer.depthwise}
         for name, module in modules.items():
             if not isinstance(module, (nn.Conv2d, nn.Linear)) or name in depthwise:
                 continue
             conv = isinstance(module, nn.Conv2d)
-            per_pair = int(np.prod(module.kernel_size)) // module.groups if conv else 1
+            if conv and scale % module.groups:  # its channels are not varied: a constant
+                continue
+            per_pair = int(np.prod(module.kernel_size)) * scale // module.groups if conv else scale
             # inputs and outputs as affine functions of the widths: (constant, {layer: coef})
             in_const, in_terms = _inputs(module), {}
             for index, factor in feeds.get(name, []):
@@ -181,7 +189,7 @@ class CostModel:
             owner = produced_by.get(name)
             out_affine: _Affine = (_units(module), {}) if owner is None else (0, {owner: 1})
             weights_per_out = (
-                per_pair * in_const + (module.bias is not None),
+                per_pair * in_const + (module.bias is not None) * scale,
                 {index: per_pair * coefficient for index, coefficient in in_terms.items()},
             )
             params.add_product(1, out_affine, weights_per_out)

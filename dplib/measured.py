@@ -64,8 +64,8 @@ def _remove(
     """The removal loop of :func:`measured_removal` (gates attached, no gradients)."""
     names = importance.names
     block = np.maximum(grid.step, -(-grid.units // BLOCKS_PER_LAYER) // grid.step * grid.step)
-    rankings = [importance.ranking(name) for name in names]
-    bounds = _upper_bounds(importance)
+    rankings = [importance.ranking(name, int(g)) for name, g in zip(names, grid.groups)]
+    bounds = _upper_bounds(importance, grid.groups)
     widths = grid.ceiling.copy()
     while quadratic(widths) > target:
         lower = grid.floor(np.maximum(widths - block, 0))
@@ -93,16 +93,16 @@ def _with(widths: np.ndarray, layer: int, width: int) -> np.ndarray:
     return changed
 
 
-def _upper_bounds(importance: Importance) -> list[np.ndarray]:
+def _upper_bounds(importance: Importance, groups: np.ndarray) -> list[np.ndarray]:
     """Per layer, in ranked order: mean + std of the relative score (the mean alone without a
     posterior), the tie-break key of a block."""
     relative = importance.relative()
     bounds = []
-    for name in importance.names:
+    for name, count in zip(importance.names, groups):
         score = relative[name]
         if importance.concentration is not None:  # K E[s] has standard deviation K std(s)
             score = score + importance.std(name).double() * score.numel()
-        bounds.append(score[importance.ranking(name)].numpy())
+        bounds.append(score[importance.ranking(name, int(count))].numpy())
     return bounds
 
 

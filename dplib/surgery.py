@@ -23,6 +23,8 @@ from .importance import Importance, Widths, parse_widths
 
 def _slice_layer(layer: nn.Conv2d | nn.Linear, out_idx, in_idx) -> None:
     """Keep rows ``out_idx`` of a layer's weight and bias and columns ``in_idx`` (in place)."""
+    if isinstance(layer, nn.Conv2d) and layer.groups > 1 and layer.groups != layer.out_channels:
+        return _slice_grouped(layer, out_idx, in_idx)
     weight = layer.weight.detach()
     if out_idx is not None:
         weight = weight[out_idx]
@@ -35,6 +37,21 @@ def _slice_layer(layer: nn.Conv2d | nn.Linear, out_idx, in_idx) -> None:
         layer.out_channels, layer.in_channels = weight.shape[:2]
     else:
         layer.out_features, layer.in_features = weight.shape
+
+
+def _slice_grouped(conv: nn.Conv2d, out_idx, in_idx) -> None:
+    """A grouped convolution keeps as many channels in each group: its weight (out, in / G, k,
+    k) keeps, for each kept output of group g, the columns of group g's kept inputs."""
+    groups, weight = conv.groups, conv.weight.detach()
+    out_idx = torch.arange(conv.out_channels) if out_idx is None else out_idx.cpu()
+    in_idx = torch.arange(conv.in_channels) if in_idx is None else in_idx.cpu()
+    local = in_idx.view(groups, -1) % (conv.in_channels // groups)  # each group's kept inputs
+    group_of = out_idx // (conv.out_channels // groups)
+    weight = torch.stack([weight[o, local[g]] for o, g in zip(out_idx, group_of)])
+    if conv.bias is not None:
+        conv.bias = nn.Parameter(conv.bias.detach()[out_idx].clone())
+    conv.weight = nn.Parameter(weight.clone())
+    conv.out_channels, conv.in_channels = len(out_idx), len(in_idx)
 
 
 def _slice_batchnorm(norm: nn.modules.batchnorm._BatchNorm, idx: torch.Tensor) -> None:
@@ -62,7 +79,8 @@ def prune(model: nn.Module, importance: Importance, widths: Widths) -> nn.Module
     model = unwrap(model)
     graph = find_prunable_layers(model, coupled=True)
     importance.check_fits({layer.name: layer.units for layer in graph.layers}, type(model).__name__)
-    kept = importance.keep_indices(parse_widths(widths, importance.units))
+    groups = {layer.name: layer.groups for layer in graph.layers}
+    kept = importance.keep_indices(parse_widths(widths, importance.units), groups)
     pruned = copy.deepcopy(model)
     modules = dict(pruned.named_modules())
     out_idx: dict[str, torch.Tensor] = {}
@@ -85,10 +103,18 @@ def prune(model: nn.Module, importance: Importance, widths: Widths) -> nn.Module
     return pruned
 
 
-def unit_mask(importance: Importance, widths: Widths) -> dict[str, torch.Tensor]:
-    """``{layer: 0/1 tensor (K,)}``: 1 for the units :func:`prune` keeps, 0 for the others."""
-    masks = {}
-    for name, idx in importance.keep_indices(widths).items():
+def unit_mask(
+    importance: Importance, widths: Widths, model: nn.Module | None = None
+) -> dict[str, torch.Tensor]:
+    """``{layer: 0/1 tensor (K,)}``: 1 for the units :func:`prune` keeps, 0 for the others
+    (give ``model`` when it has grouped convolutions: their channels go evenly by group)."""
+    masks, groups = {}, None
+    if model is not None:
+        groups = {
+            layer.name: layer.groups
+            for layer in find_prunable_layers(unwrap(model), coupled=True).layers
+        }
+    for name, idx in importance.keep_indices(widths, groups).items():
         mask = torch.zeros(importance.units[name])
         mask[idx] = 1.0
         masks[name] = mask

@@ -230,6 +230,7 @@ class _BudgetTerm:
         self.target = parse_budget(settings.budget_macs, macs(costs.units), "macs")
         self.weight, self.gated = settings.budget_weight, gated
         as_tensor = functools.partial(torch.as_tensor, dtype=torch.float64, device=device)
+        self.scale = macs.scale
         self.const, self.linear, self.quadratic = map(
             as_tensor, (macs.const, macs.linear, macs.quadratic)
         )
@@ -237,7 +238,7 @@ class _BudgetTerm:
     def __call__(self) -> torch.Tensor:
         widths = torch.stack([_perplexity(gate.mean()) for _, gate in self.gated.named_gates()])
         widths = widths.double()
-        cost = self.const + self.linear @ widths + widths @ self.quadratic @ widths
+        cost = (self.const + self.linear @ widths + widths @ self.quadratic @ widths) / self.scale
         return self.weight * torch.relu(cost / self.target - 1).float()
 
 

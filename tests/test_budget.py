@@ -393,7 +393,7 @@ def test_blocks_are_ranked_by_their_mean_score():
     units = {"fc1": 300, "fc2": 100}
     importance = _hand_made("fc2", units, 10)
     grid = dplib.budget._Grid(costs.units, 8)
-    rank = dplib.budget._ImportanceRank(importance, costs.names)
+    rank = dplib.budget._ImportanceRank(importance, costs.names, grid.groups)
     widths = np.array([300, 20])
     lower, upper = grid.lower(widths), grid.upper(widths)  # [296, 16], [300, 24]
     removal = rank.removal(widths, lower, np.ones(2))

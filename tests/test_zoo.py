@@ -1,5 +1,6 @@
-"""Networks people bring (torchvision, random weights, 64x64 inputs): depthwise convolutions,
-squeeze-and-excitation, stochastic depth and concatenations pruned to 2x fewer MACs."""
+"""Networks people bring (torchvision, random weights, 64x64 inputs): depthwise and grouped
+convolutions, squeeze-and-excitation, stochastic depth, concatenations, Linear layers on
+channels-last maps and on tokens, pruned to 2x fewer MACs."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def _loader() -> torch.utils.data.DataLoader:
 def _masked_output(model: torch.nn.Module, importance, widths, images) -> torch.Tensor:
     """The unpruned network with the removed units switched off by its gates."""
     gated = dplib.attach_gates(model)
-    masks = dplib.unit_mask(importance, widths)
+    masks = dplib.unit_mask(importance, widths, model)
     for name, gate in gated.named_gates():
         gate.set_mode("fixed", masks[name])
     try:
@@ -57,6 +58,7 @@ def _build(name: str) -> torch.nn.Module:
         "mobilenet_v3_small",  # depthwise, squeeze-and-excitation, hardswish
         "efficientnet_b0",  # depthwise, squeeze-and-excitation, SiLU, stochastic depth
         "densenet121",  # concatenations
+        "regnet_y_400mf",  # grouped convolutions (pruned evenly by group), squeeze-and-excitation
         "convnext_tiny",  # Linear layers on channels-last maps, LayerNorm, permutes
         "small_vit",  # a transformer: the MLPs' Linear layers on tokens, heads left whole
     ],
@@ -88,3 +90,17 @@ def test_depthwise_and_squeeze_excitation_layers_are_pruned_with_their_channels(
     assert "features.4.block.2.fc1" in expansion.consumers
     assert "features.4.block.2.fc2" not in expansion.gate_targets()
     assert "features.4.block.2.fc1" in graph.names  # the SE's squeeze units prune too
+
+
+def test_a_grouped_convolution_keeps_as_many_channels_in_every_group():
+    model = torchvision.models.resnext50_32x4d(num_classes=10).eval()
+    layer = dplib.find_prunable_layers(model)["layer1.0.conv1"]  # feeds conv2, 32 groups
+    assert layer.groups == 32
+    importance = dplib.criteria.compute("l1", model)
+    with pytest.raises(dplib.WidthsError, match="multiple of 32"):
+        dplib.prune(model, importance, {"layer1.0.conv1": 40})
+    small = dplib.prune(model, importance, {"layer1.0.conv1": 64, "layer1.0.conv2": 96})
+    conv2 = small.layer1[0].conv2
+    assert (conv2.in_channels, conv2.out_channels, conv2.groups) == (64, 96, 32)
+    kept = dplib.unit_mask(importance, {"layer1.0.conv1": 64}, model)["layer1.0.conv1"]
+    assert (kept.view(32, 4).sum(1) == 2).all()  # two of each group's four channels
