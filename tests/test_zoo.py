@@ -104,3 +104,19 @@ def test_a_grouped_convolution_keeps_as_many_channels_in_every_group():
     assert (conv2.in_channels, conv2.out_channels, conv2.groups) == (64, 96, 32)
     kept = dplib.unit_mask(importance, {"layer1.0.conv1": 64}, model)["layer1.0.conv1"]
     assert (kept.view(32, 4).sum(1) == 2).all()  # two of each group's four channels
+
+
+def test_the_zoo_bench_writes_a_row_for_each_way(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "zoo.py"
+    spec = importlib.util.spec_from_file_location("zoo_bench", path)
+    zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zoo)
+    row = zoo.run("mobilenet_v3_small")
+    assert row["l1"]["ratio"] >= 2 and row["l1"]["relative_error"] < 1e-4
+    assert row["dirichlet"]["ratio"] >= 2 and row["dirichlet"]["relative_error"] < 1e-4
+    assert "ratio" in row["torch_pruning"] or "error" in row["torch_pruning"]
+    table = zoo.markdown([row])
+    assert "| mobilenet_v3_small | 2.0" in table and "of 1: L1 1, Dirichlet 1" in table
