@@ -96,19 +96,24 @@ def run(
         found = compare.run_setup(
             experiment, root, seeds=seeds, budgets=budgets, criteria=criteria, log=log
         )
-        found = _merged(results / f"{experiment.name}.json", found, set(seeds), set(budgets))
+        redone = (set(seeds), set(budgets), set(criteria))
+        found = _merged(results / f"{experiment.name}.json", found, *redone)
         done[experiment.name] = found | (note or {}) | {"shared_base": experiment.shared_base}
         write_json(results / f"{experiment.name}.json", done[experiment.name])
     return done
 
 
-def _merged(path: Path, found: dict[str, Any], seeds: set[int], budgets: set[str]) -> dict:
-    """``found`` with the rows of ``path`` it did not redo (other seeds or budgets), so that a
-    run of more seeds at one budget keeps the first seed's other budgets."""
+def _merged(
+    path: Path, found: dict[str, Any], seeds: set[int], budgets: set[str], criteria: set[str]
+) -> dict:
+    """``found`` with the rows of ``path`` it did not redo (other seeds, budgets or criteria),
+    so that a run of more seeds at one budget keeps the first seed's other budgets."""
     if not path.exists():
         return found
     previous = read_json(path)
-    kept = [r for r in previous["rows"] if r["seed"] not in seeds or r["budget"] not in budgets]
+    redone = [(r["seed"] in seeds, r["budget"] in budgets, r["criterion"] in criteria)
+              for r in previous["rows"]]  # fmt: skip
+    kept = [r for r, again in zip(previous["rows"], redone) if not all(again)]
     found["rows"] = kept + found["rows"]
     for key in ("bases", "importance_seconds"):
         found[key] = [x for x in previous.get(key, []) if x.get("seed") not in seeds] + found[key]

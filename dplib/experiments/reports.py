@@ -129,6 +129,12 @@ def paired_gains(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x"
     return pd.DataFrame(rows)
 
 
+def _median(values: list[float]) -> float:
+    """The median of the values recorded (rows written before the cost was kept have NaN)."""
+    known = [value for value in values if value == value]
+    return round(statistics.median(known), 2) if known else float("nan")
+
+
 def frame_markdown(frame: pd.DataFrame) -> str:
     """A DataFrame as a Markdown table (pandas' own needs the tabulate package)."""
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
@@ -181,7 +187,7 @@ def verdict(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)) -
             "after pruning": sum(v >= 0 for v in pruned),
             "mean lead after fine-tune (points)": round(100 * statistics.mean(tuned), 2),
             "mean lead after pruning (points)": round(100 * statistics.mean(pruned), 2),
-            "allocation seconds (median)": round(statistics.median(seconds[(criterion, rule)]), 2),
+            "allocation seconds (median)": _median(seconds[(criterion, rule)]),
         })  # fmt: skip
     return pd.DataFrame(rows)
 
