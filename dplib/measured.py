@@ -11,6 +11,8 @@ forward pass, and the offer with the smallest
     = \frac{L(w - b_l e_l) - L(w)}{\mathrm{cost}(w) - \mathrm{cost}(w - b_l e_l)}
 
 goes; the increases are measured again after every removal, until the cost meets the target.
+BatchNorm normalises each offer by its own batch statistics, as the pruned network's statistics
+are re-estimated after surgery (EagleEye's lesson: stale running statistics misjudge a candidate).
 The importance gives the order inside each layer. Offers within one standard error of the best
 (paired over the images) are near-ties, broken by the importance: the block whose scores' upper
 bound, mean plus standard deviation of K_l E[s_lk] for a Dirichlet posterior, is lowest goes.
@@ -18,8 +20,10 @@ bound, mean plus standard deviation of K_l E[s_lk] for a Dirichlet posterior, is
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -32,6 +36,7 @@ from .importance import Importance
 
 BLOCKS_PER_LAYER = 16  # a layer's offer: 1/16 of its units (at least one grid step)
 MEASURED_BATCHES = 2  # the batches of ``data`` read
+REVISION = 2  # raised when the rule's widths change (2: batch statistics), so caches rebuild
 
 
 def measured_removal(
@@ -56,6 +61,35 @@ def measured_removal(
     finally:
         gated.remove()
         model.train(was_training)
+
+
+@contextlib.contextmanager
+def batch_statistics(model: nn.Module, copies: int) -> Iterator[None]:
+    """Every BatchNorm of ``model`` normalises each of ``copies`` equal slices of its batch by that
+    slice's own mean and variance (running statistics untouched), then restores its forward."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.forward = functools.partial(_sliced_norm, norm, copies)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for norm in norms:
+            del norm.forward
+
+
+def _sliced_norm(
+    norm: nn.modules.batchnorm._BatchNorm, copies: int, x: torch.Tensor
+) -> torch.Tensor:
+    # channels last: a view for a channels-last map, so the statistics and the affine map
+    # (y = a x + b, per slice and channel) each read the map once
+    channels_last = x.movedim(1, -1)
+    flat = channels_last.reshape(copies, -1, x.shape[1])
+    variance, mean = torch.var_mean(flat, dim=1, correction=0, keepdim=True)
+    scale = torch.rsqrt(variance + norm.eps)
+    if norm.affine:
+        scale = scale * norm.weight
+    shift = -mean * scale + (norm.bias if norm.affine else 0.0)
+    return torch.addcmul(shift, flat, scale).reshape(channels_last.shape).movedim(-1, 1)
 
 
 def _remove(
@@ -121,7 +155,9 @@ def _losses(
     losses = []
     for images, labels in batches:
         stacked = images.repeat(copies, *([1] * (images.dim() - 1)))
-        each = F.cross_entropy(gated(stacked), labels.repeat(copies), reduction="none")
+        with batch_statistics(gated.model, copies):
+            logits = gated(stacked)
+        each = F.cross_entropy(logits, labels.repeat(copies), reduction="none")
         losses.append(each.view(copies, -1).double().cpu())
     gated.set_mode("identity")
     return torch.cat(losses, dim=1)

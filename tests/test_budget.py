@@ -13,6 +13,7 @@ from torch import nn
 import dplib
 from dplib.budget import input_shape_for
 from dplib.measure import CostModel
+from dplib.train import copy_state
 
 RATIOS = ("2x", "4x", "10x", "20x")
 
@@ -538,3 +539,23 @@ def test_the_learnt_budget_term_narrows_the_costly_layers(tiny_loader):
     assert costs.macs(widths["10x"]) < 0.97 * costs.macs(widths[None])
     with pytest.raises(ValueError, match="budget_weight"):
         dplib.DirichletSettings(budget_weight=-1)
+
+
+def test_measured_offers_are_normalised_by_their_own_batch_statistics():
+    """Two different slices of one stacked batch: each comes out as the network in training mode
+    gives it alone (as after BatchNorm's re-estimation), and the running statistics stay."""
+    model = dplib.models.build("lenet5_bn", seed=0).eval()
+    first, second = torch.randn(8, 1, 28, 28), 3 * torch.randn(8, 1, 28, 28) + 1
+    running = copy_state(model)
+    with torch.no_grad(), dplib.measured.batch_statistics(model, copies=2):
+        stacked = model(torch.cat([first, second]))
+    assert all(torch.equal(running[k], v) for k, v in model.state_dict().items())
+    alone = []
+    for images in (first, second):
+        trained = dplib.models.build("lenet5_bn", seed=0)
+        trained.load_state_dict(running)
+        with torch.no_grad():
+            alone.append(trained.train()(images))
+    assert torch.allclose(stacked, torch.cat(alone), atol=1e-4)
+    with torch.no_grad():  # the forward is the usual one again: eval mode, running statistics
+        assert not torch.allclose(model(first), alone[0], atol=1e-2)

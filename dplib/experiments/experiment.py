@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .. import criteria, data, measure, models
+from .. import criteria, data, measure, measured, models
 from ..budget import choose_widths
 from ..importance import Importance, format_widths, parse_widths
 from ..pruned import save_pruned
@@ -338,6 +338,8 @@ def prune_and_finetune(
         "finetuning": experiment.finetuning.to_dict() if finetune else None,
         "measure": [experiment.recalibration_batches, experiment.speedup_batch],
     }
+    if allocation == "measured":  # the rows of an earlier revision of the rule are rebuilt
+        key["revision"] = measured.REVISION
     name = f"{criterion}-{allocation}-{config_hash(key)}.json"
     path = base.folder / "results" / name
 
