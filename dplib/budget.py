@@ -11,10 +11,11 @@ highest: the result lies in [0.98 * target, target], with at least one unit per 
 
 The measured allocation (``allocation="measured"``, :mod:`dplib.measured`) removes instead the
 block whose removal raises the loss on a few fixed batches the least per MAC saved, measured
-again after every removal (BatchNorm on each offer's own batch statistics); the effective allocation (``"effective"``) keeps in every layer a
-share of its effective width exp(H(p_l)), p_l = r_l / K_l (the posterior's perplexity), scaled to
-the budget. Every allocation honours per-layer floors and caps (``min_keep``, ``max_keep``: kept
-fractions) and overrides (``overrides``: widths given).
+again after every removal (BatchNorm on each offer's own batch statistics); the effective
+allocation (``"effective"``) keeps in every layer a share of its effective width exp(H(p_l)),
+p_l = r_l / K_l (the posterior's perplexity), scaled to the budget. Every allocation honours
+per-layer floors and caps (``min_keep``, ``max_keep``: kept fractions) and overrides
+(``overrides``: widths given).
 
 The hardware grid (``multiple_of=m``, default 1): every kept width is a multiple of m or the
 layer's full width (a layer narrower than m keeps any width). Each step then moves a whole block

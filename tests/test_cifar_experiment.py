@@ -11,7 +11,7 @@ from test_cifar_data import write_jpeg_copy  # noqa: E402
 
 from dplib import data  # noqa: E402
 from dplib.experiments import cifar, publish  # noqa: E402
-from dplib.files import read_json  # noqa: E402
+from dplib.files import read_json, write_json  # noqa: E402
 
 pytestmark = pytest.mark.slow  # left out of `make quick`; CI runs every test
 
@@ -193,3 +193,28 @@ def test_a_longer_finetuning_probe_reuses_the_pretrained_networks(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["cifar.py", "--finetune-epochs", "0"])
     with pytest.raises(SystemExit):
         module["main"]()
+
+
+def test_a_partial_rerun_keeps_what_it_did_not_redo(tmp_path):
+    """Seed 0 rerun for L1 only: Taylor's rows and cost, seed 1 and the note stay."""
+    row = {"seed": 0, "budget": "4x", "criterion": "l1", "allocation": "own"}
+    previous = {
+        "rows": [row, row | {"criterion": "taylor"}, row | {"seed": 1}],
+        "bases": [{"seed": 0, "val": 0.8}, {"seed": 1, "val": 0.8}],
+        "importance_seconds": [
+            {"seed": 0, "criterion": c, "seconds": 1.0} for c in ("l1", "taylor")
+        ],
+        "note": "seed 1's rows are the first run's",
+    }
+    write_json(tmp_path / "setup.json", previous)
+    found = {"rows": [row | {"finetuned_val": 0.5}], "bases": [{"seed": 0, "val": 0.8}],
+             "importance_seconds": [{"seed": 0, "criterion": "l1", "seconds": 2.0}]}  # fmt: skip
+    new_rows = found["rows"]
+    merged = cifar._merged(tmp_path / "setup.json", found, {0}, {"4x"}, {"l1"})
+    assert merged["rows"] == previous["rows"][1:] + new_rows
+    assert [b["seed"] for b in merged["bases"]] == [1, 0]
+    assert {(t["criterion"], t["seconds"]) for t in merged["importance_seconds"]} == {
+        ("taylor", 1.0),
+        ("l1", 2.0),
+    }
+    assert merged["note"] == previous["note"]

@@ -115,8 +115,13 @@ def _merged(
               for r in previous["rows"]]  # fmt: skip
     kept = [r for r, again in zip(previous["rows"], redone) if not all(again)]
     found["rows"] = kept + found["rows"]
-    for key in ("bases", "importance_seconds"):
-        found[key] = [x for x in previous.get(key, []) if x.get("seed") not in seeds] + found[key]
+    bases = [b for b in previous.get("bases", []) if b["seed"] not in seeds]
+    found["bases"] = bases + found["bases"]
+    timed = [t for t in previous.get("importance_seconds", [])  # the criteria not run again
+             if t["seed"] not in seeds or t["criterion"] not in criteria]  # fmt: skip
+    found["importance_seconds"] = timed + found["importance_seconds"]
+    if "note" in previous:  # what a person wrote about the kept rows
+        found.setdefault("note", previous["note"])
     return found
 
 

@@ -433,8 +433,8 @@ def cifar_markdown(results: dict[str, dict[str, Any]], where: str = "the CPU") -
             + _importance_cost(result, base),
             "",
             "| criterion | allocation | budget | params | MACs | test after pruning | val / test "
-            "after fine-tune | deployed speed-up |",
-            "|---|---|---|---|---|---|---|---|",
+            "after fine-tune | deployed speed-up | seeds |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for row in _seed_means(cifar_rows({name: result})):
             speed = f"{row['speedup']:.2f}x" if row["speedup"] else "-"
@@ -445,7 +445,7 @@ def cifar_markdown(results: dict[str, dict[str, Any]], where: str = "the CPU") -
                 f"| {row['criterion']} | {row['allocation']} | {budget} | "
                 f"{row['params']:,.0f} | {row['macs']:,.0f} | {row['test_accuracy_pruned']} | "
                 f"{row['val_accuracy_finetuned']} / {row['test_accuracy_finetuned']} | "
-                f"{speed} |"
+                f"{speed} | {row['seeds']} |"
             )
         if len(result["bases"]) > 1 or result.get("shared_base"):
             lines += ["", "Leads over the best peer (validation, as in compare.md):", "",
@@ -457,13 +457,13 @@ def cifar_markdown(results: dict[str, dict[str, Any]], where: str = "the CPU") -
 
 def _seed_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (criterion, allocation, budget): accuracies as mean (± std over seeds), in
-    the order first seen; sizes and speed-up averaged."""
+    the order first seen; sizes and speed-up averaged; ``seeds``: how many."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["criterion"], row["allocation"], row["budget"]), []).append(row)
     merged = []
     for group in groups.values():
-        row = dict(group[0])
+        row = dict(group[0]) | {"seeds": len(group)}
         for key in ("params", "macs", "speedup"):
             values = [r[key] for r in group if r[key] is not None]
             row[key] = statistics.mean(values) if values else None
