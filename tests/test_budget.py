@@ -559,3 +559,19 @@ def test_measured_offers_are_normalised_by_their_own_batch_statistics():
     assert torch.allclose(stacked, torch.cat(alone), atol=1e-4)
     with torch.no_grad():  # the forward is the usual one again: eval mode, running statistics
         assert not torch.allclose(model(first), alone[0], atol=1e-2)
+
+
+def test_the_measured_rule_reads_every_offer_with_batch_statistics(monkeypatch):
+    model = dplib.models.build("lenet5_bn", seed=0).eval()
+    importance = dplib.criteria.l1_importance(model)
+    copies = []
+    original = dplib.measured.batch_statistics
+
+    def spy(network, count):
+        copies.append(count)
+        return original(network, count)
+
+    monkeypatch.setattr(dplib.measured, "batch_statistics", spy)
+    data = [(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))) for _ in range(2)]
+    dplib.choose_widths(model, importance, target_macs="2x", data=data)
+    assert copies and all(count == 1 + len(importance.names) for count in copies[:2])
