@@ -3,6 +3,7 @@
     python bench/cifar.py                            # every network (hours on 2 cores)
     python bench/cifar.py --setups cifar10-resnet20  # one network
     python bench/cifar.py --setups cifar10-vgg16 --budgets  # the reference widths only
+    python bench/cifar.py --setups cifar10-vgg16 --budgets 2x --no-fixed-widths  # 2x only
     python bench/cifar.py --evaluate                 # the shipped networks on the test split
     python bench/cifar.py --setups cifar10-vgg16 --budgets --criteria dirichlet l1 \
         --finetune-epochs 20                         # a longer fine-tuning, on the side
@@ -45,6 +46,11 @@ def main() -> None:
     parser.add_argument(
         "--budgets", nargs="*", default=list(cifar.BUDGETS), help="none: the fixed widths only"
     )
+    parser.add_argument(
+        "--no-fixed-widths",
+        action="store_true",
+        help="leave out the rows at the fixed widths (the results file keeps its own)",
+    )
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "cifar")
     parser.add_argument("--evaluate", action="store_true", help="evaluate figures/cifar/*.pt")
     parser.add_argument(
@@ -74,6 +80,7 @@ def main() -> None:
             criteria=args.criteria,
             budgets=args.budgets,
             results=results,
+            fixed_widths=not args.no_fixed_widths,
             log=lambda line: print(line, flush=True),
         )
         print(f"{experiment.name}: {time.perf_counter() - started:.0f} s", flush=True)

@@ -218,3 +218,22 @@ def test_a_partial_rerun_keeps_what_it_did_not_redo(tmp_path):
         ("l1", 2.0),
     }
     assert merged["note"] == previous["note"]
+
+
+@pytest.mark.parametrize("fixed_widths", [True, False])
+def test_fixed_width_rows_are_replaced_or_kept_whole(tmp_path, monkeypatch, fixed_widths):
+    """A rerun at 2x with the fixed widths replaces their rows; without them, keeps the file's."""
+    setup = cifar.SETUPS["cifar10-vgg16"]
+    old = {"seed": 0, "criterion": "l1", "allocation": "fixed", "budget": setup.widths[0]}
+    write_json(tmp_path / f"{setup.name}.json", {"rows": [old | {"finetuned_val": 0.1}]})
+
+    def run_setup(experiment, root, **_):
+        fixed = [old | {"finetuned_val": 0.2} for _ in experiment.widths]
+        rows = [old | {"budget": "2x", "allocation": "own"}, *fixed]
+        return {"rows": rows, "bases": [], "importance_seconds": []}
+
+    monkeypatch.setattr(cifar.compare, "run_setup", run_setup)
+    done = cifar.run([setup], tmp_path / "runs", criteria=("l1",), budgets=("2x",),
+                     results=tmp_path, fixed_widths=fixed_widths, log=lambda _: None)  # fmt: skip
+    fixed_rows = [r for r in done[setup.name]["rows"] if r["allocation"] == "fixed"]
+    assert [r["finetuned_val"] for r in fixed_rows] == [0.2 if fixed_widths else 0.1]

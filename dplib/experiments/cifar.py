@@ -77,10 +77,13 @@ def run(
     budgets: Iterable[str] = BUDGETS,
     results: str | Path | None = None,
     note: dict[str, Any] | None = None,
+    fixed_widths: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict[str, Any]]:
     """Run every experiment (cached under ``root``, resumable) and write each one's rows with
-    ``note`` (e.g. the device) to ``results/<name>.json`` (default :func:`committed_results`)."""
+    ``note`` (e.g. the device) to ``results/<name>.json`` (default :func:`committed_results`).
+    ``fixed_widths=False`` leaves out the rows at the setup's fixed widths (the file keeps its
+    own)."""
     criteria, budgets = tuple(criteria), tuple(budgets)
     # unknown criteria or malformed budgets fail here, before hours of pretraining
     unknown = [name for name in criteria if name not in dplib_criteria.names()]
@@ -93,10 +96,12 @@ def run(
     results = Path(results) if results is not None else committed_results()
     done = {}
     for experiment in experiments:
+        experiment = experiment if fixed_widths else experiment.replace(widths=())
         found = compare.run_setup(
             experiment, root, seeds=seeds, budgets=budgets, criteria=criteria, log=log
         )
-        redone = (set(seeds), set(budgets), set(criteria))
+        # a fixed-width row's budget is its widths, and every run of a criterion redoes them
+        redone = (set(seeds), {*budgets, *experiment.widths}, set(criteria))
         found = _merged(results / f"{experiment.name}.json", found, *redone)
         done[experiment.name] = found | (note or {}) | {"shared_base": experiment.shared_base}
         write_json(results / f"{experiment.name}.json", done[experiment.name])

@@ -393,8 +393,9 @@ CIFAR_COLUMNS = tuple(
 
 
 def cifar_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per network, criterion, allocation, budget and seed; accuracies in %."""
-    rows, copied = [], ("criterion", "allocation", "budget", "widths", "params", "macs")
+    """One row per network, criterion, allocation, budget and seed; accuracies in %. The CIFAR
+    setups' fixed widths are the reference code's: their budget reads ``reference``."""
+    rows, copied = [], ("criterion", "allocation", "widths", "params", "macs")
     for result in results.values():
         bases = {base["seed"]: base for base in result["bases"]}
         for row in result["rows"]:
@@ -403,6 +404,7 @@ def cifar_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 {
                     "model": row["setup"].split("-", 1)[1],
                     **{name: row[name] for name in copied},
+                    "budget": "reference" if row["allocation"] == "fixed" else row["budget"],
                     "base_test_accuracy": 100 * base["test"],
                     "test_accuracy_pruned": 100 * row["pruned_test"],
                     "test_accuracy_finetuned": 100 * row["finetuned_test"],
