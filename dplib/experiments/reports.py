@@ -440,8 +440,8 @@ def cifar_markdown(results: dict[str, dict[str, Any]], where: str = "the CPU") -
         ]
         for row in _seed_means(cifar_rows({name: result})):
             speed = f"{row['speedup']:.2f}x" if row["speedup"] else "-"
-            # fixed widths are the reference code's: too long for a cell, they are in cifar.csv
-            budget = "reference widths" if row["allocation"] == "fixed" else row["budget"]
+            # fixed widths (cifar_rows names them) are too long for a cell: they are in cifar.csv
+            budget = row["budget"] + (" widths" if row["allocation"] == "fixed" else "")
             budget += f" ({base['macs'] / row['macs']:.2f}x fewer MACs)"
             lines.append(
                 f"| {row['criterion']} | {row['allocation']} | {budget} | "
