@@ -220,6 +220,18 @@ def test_a_partial_rerun_keeps_what_it_did_not_redo(tmp_path):
     assert merged["note"] == previous["note"]
 
 
+def test_a_retrained_base_keeps_its_first_timing_and_a_new_one_its_own(tmp_path):
+    """The same network trained again (bit-identical, timed on a busier machine) keeps the epoch
+    time first recorded for its seed; a different network carries its own."""
+    base = {"seed": 0, "test": 0.8669, "params": 270_000, "seconds_per_epoch": 56.3}
+    write_json(tmp_path / "setup.json", {"rows": [], "bases": [base], "importance_seconds": []})
+    for test, expected in ((0.8669, 56.3), (0.8512, 71.0)):
+        again = base | {"test": test, "seconds_per_epoch": 71.0}
+        found = {"rows": [], "bases": [again], "importance_seconds": []}
+        merged = cifar._merged(tmp_path / "setup.json", found, {0}, {"2x"}, {"l1"})
+        assert [b["seconds_per_epoch"] for b in merged["bases"]] == [expected]
+
+
 @pytest.mark.parametrize("fixed_widths", [True, False])
 def test_fixed_width_rows_are_replaced_or_kept_whole(tmp_path, monkeypatch, fixed_widths):
     """A rerun at 2x with the fixed widths replaces their rows; without them, keeps the file's."""
