@@ -84,9 +84,10 @@ def _check_artefacts(folder: Path) -> list[str]:
     return rows
 
 
+WIDTHS = ["10-25-250", "5-10-76", "3-6-30"]
 TABLE = (
     "from dplib.experiments import profiles, stages; stages.table(profiles.resolve('smoke', "
-    "widths=['10-25-250', '5-10-76', '3-6-30'], criteria=['l1', 'random', 'taylor']))"
+    f"widths={WIDTHS}, criteria=['l1', 'random', 'taylor']))"
 )
 
 
@@ -110,12 +111,30 @@ def test_killed_run_resumes_from_the_last_completed_stage(runs):
     assert "reusing base-" in resumed.stdout
     assert "pretraining" not in resumed.stdout
     assert len(_check_artefacts(folder)) == 9
-    rows = read_json(folder / "table.json")["rows"]
+    assert not (folder / "table.json").exists(), "three criteria: not the profile's table"
+    config = profiles.resolve("smoke", widths=WIDTHS, criteria=["l1", "random", "taylor"])
+    rows = read_json(stages.table_file(config, folder))["rows"]
     assert {(r["criterion"], r["widths"]) for r in rows} == {
         (c, w) for c in ("l1", "random", "taylor") for w in ("10-25-250", "5-10-76", "3-6-30")
     }
     # the rows computed before the kill were reused, not recomputed
     assert {name: (folder / "results" / name).stat().st_mtime_ns for name in finished} == written
+
+
+def test_only_the_profiles_own_table_is_the_one_the_figures_draw(tmp_path):
+    """An exercise's table (shorter fine-tuning, one criterion, weaker base) of the same base
+    folder goes beside table.json, never over it; the device does not change the table."""
+    own = profiles.resolve("smoke", "fashion_mnist", "lenet5")
+    assert stages.table_file(own, tmp_path) == tmp_path / "table.json"
+    assert stages.table_file(profiles.resolve("smoke", device="cpu"), tmp_path).name == "table.json"
+    others = [
+        profiles.resolve("smoke", finetune_epochs=0.01),
+        profiles.resolve("smoke", pretrain_epochs=0.01),
+        own.replace(criteria=("dirichlet",)),
+    ]
+    names = {stages.table_file(config, tmp_path).name for config in others}
+    assert len(names) == 3 and "table.json" not in names
+    assert all(name.startswith("table-") and name.endswith(".json") for name in names)
 
 
 def test_architecture_table_matches_the_notebook_numbers():

@@ -8,6 +8,7 @@ Each stage runs the experiment of a :class:`~dplib.experiments.profiles.Config` 
 :func:`importance`     ``02``: its Dirichlet importance, and what learning it cost
 :func:`feature_maps`   ``02``: the first layer's feature maps of a few test images (figure 4)
 :func:`table`          ``03``: every criterion at every widths setting: ``table.json``
+                       (another configuration's table: ``table-<hash>.json``, :func:`table_file`)
 =====================  ========================================================================
 
 Every stage first calls the stages it needs (at once when their artefacts are there), so any
@@ -16,6 +17,7 @@ notebook can run on its own; ``04_figures`` reads only what they wrote.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +73,7 @@ def case(widths: str) -> tuple[str, str]:
 def table(config: profiles.Config, base: Base | None = None, *, log: Log = log_line) -> dict:
     """Every criterion at every widths setting of the configuration, through the same surgery
     and fine-tuning, on ``base`` (default: the configuration's, read back or trained); written
-    to ``table.json`` beside the base network and returned."""
+    beside the base network (:func:`table_file`) and returned."""
     base = base or pretrain(config, log=log)
     scores = {criterion: score(base, criterion, log=log) for criterion in config.criteria}
     rows = []
@@ -90,8 +92,24 @@ def table(config: profiles.Config, base: Base | None = None, *, log: Log = log_l
         "base": base.metrics,
         "rows": rows,
     }
-    write_json(base.folder / "table.json", result)
+    write_json(table_file(config, base.folder), result)
     return result
+
+
+def table_file(config: profiles.Config, folder: Path) -> Path:
+    """Where :func:`table` writes in the base network's ``folder``: ``table.json``, which
+    ``04_figures`` draws, for the profile's own table; ``table-<hash>.json`` for any other (an
+    exercise's shorter fine-tuning, weaker base or fewer criteria), so that it never replaces
+    the profile's rows."""
+    own = profiles.resolve(config.profile, config.requested_dataset, config.model, seed=config.seed)
+    key = _table_key(config)
+    return folder / ("table.json" if key == _table_key(own) else f"table-{key}.json")
+
+
+def _table_key(config: profiles.Config) -> str:
+    """What a table's rows depend on; where training runs is left out (the same on any device)."""
+    experiment = config.experiment.replace(device="auto", data_device=None)
+    return config_hash([dataclasses.asdict(experiment), config.widths, config.criteria])
 
 
 def architecture_table(config: profiles.Config) -> list[dict[str, Any]]:
