@@ -101,8 +101,13 @@ def table_file(config: profiles.Config, folder: Path) -> Path:
     ``04_figures`` draws, for the profile's own table; ``table-<hash>.json`` for any other (an
     exercise's shorter fine-tuning, weaker base or fewer criteria), so that it never replaces
     the profile's rows."""
-    own = profiles.resolve(config.profile, config.requested_dataset, config.model, seed=config.seed)
     key = _table_key(config)
+    try:
+        own = profiles.resolve(
+            config.profile, config.requested_dataset, config.model, seed=config.seed
+        )
+    except ValueError:  # the profile's own settings do not fit (its widths, a narrower network)
+        return folder / f"table-{key}.json"
     return folder / ("table.json" if key == _table_key(own) else f"table-{key}.json")
 
 
