@@ -137,6 +137,30 @@ def test_only_the_profiles_own_table_is_the_one_the_figures_draw(tmp_path):
     assert all(name.startswith("table-") and name.endswith(".json") for name in names)
 
 
+def test_figures_draw_the_importance_the_table_was_pruned_with(runs):
+    """A comparison's learnt rule leaves newer Dirichlet importances beside the table's; the
+    importance figures draw the one table.json records, and the newest only without a record."""
+    from dplib.experiments import publish
+    from dplib.experiments.cache import config_hash
+    from dplib.files import write_json
+    from dplib.importance import Importance
+
+    folder = runs / "smoke" / "fashion_mnist-lenet5" / "seed0"
+    folder.mkdir(parents=True)
+    plain = Importance({"fc1": torch.rand(4)}, criterion="dirichlet", config={"lr": 0.1})
+    learnt = Importance({"fc1": torch.rand(4)}, criterion="dirichlet", config={"budget": "4x"})
+    plain.save(folder / "importance-dirichlet-a.pt")
+    time.sleep(0.01)  # the learnt rule's importance is the newer file
+    learnt.save(folder / "importance-dirichlet-b.pt")
+    table = {"network": "lenet5", "dataset": "Fashion-MNIST", "rows": []}
+    write_json(folder / "table.json", table)
+    drawn = publish.collect("smoke")["fashion_mnist-lenet5"]["importance"]
+    assert drawn.config == learnt.config, "without a record: the newest"
+    write_json(folder / "table.json", table | {"importance_hash": config_hash(plain.config)})
+    drawn = publish.collect("smoke")["fashion_mnist-lenet5"]["importance"]
+    assert drawn.config == plain.config and torch.equal(drawn.scores["fc1"], plain.scores["fc1"])
+
+
 def test_architecture_table_matches_the_notebook_numbers():
     # the architectures 03_prune prints (and asserts) for LeNet-5, pinned here as well
     config = profiles.resolve("smoke", "fashion_mnist", "lenet5")

@@ -17,12 +17,14 @@ import torch
 from ..files import atomic_write_text, read_json
 from ..importance import Importance
 from . import cifar, compare, figures, paths, profiles, reports, study, synthetic
+from .cache import config_hash
 
 
 def collect(profile: str) -> dict[str, dict[str, Any]]:
     """Per ``<dataset>-<model>`` folder of ``runs/<profile>/``, from its seed folder with the
-    newest results table: ``table``, the newest Dirichlet ``importance`` and ``feature_maps``
-    payload with its ``classes``, each present only when its stage has run."""
+    newest results table: ``table``, the Dirichlet ``importance`` that table was pruned with and
+    its ``feature_maps`` payload with their ``classes`` (without a table, or with one older than
+    its record, the newest of each), each present only when its stage has run."""
     found: dict[str, dict[str, Any]] = {}
     for folder in sorted(p for p in paths.profile_dir(profile).glob("*-*") if p.is_dir()):
         seeds = [p for p in folder.glob("seed*") if p.is_dir()]
@@ -32,9 +34,10 @@ def collect(profile: str) -> dict[str, dict[str, Any]]:
         entry: dict[str, Any] = {}
         if (seed / "table.json").exists():
             entry["table"] = read_json(seed / "table.json")
-        if (learned := _newest(seed, "importance-dirichlet-*.pt")) is not None:
-            entry["importance"] = Importance.load(learned)
-        if (maps := _newest(seed, "feature-maps-*.json")) is not None:
+        wanted = entry.get("table", {}).get("importance_hash")
+        if (learned := _drawn_importance(seed, wanted)) is not None:
+            entry["importance"] = learned
+        if (maps := _drawn_maps(seed, wanted)) is not None:
             entry["feature_maps"] = torch.load(
                 maps.with_suffix(".pt"), map_location="cpu", weights_only=True
             )
@@ -42,6 +45,22 @@ def collect(profile: str) -> dict[str, dict[str, Any]]:
         if entry:
             found[folder.name] = entry
     return found
+
+
+def _drawn_importance(seed: Path, wanted: str | None) -> Importance | None:
+    """The Dirichlet importance whose settings hash to ``wanted`` (the table's), else the newest:
+    a comparison's rules learn others beside it (the learnt allocation's, one per budget)."""
+    files = sorted(seed.glob("importance-dirichlet-*.pt"), key=lambda p: p.stat().st_mtime)
+    loaded = [Importance.load(path) for path in files]
+    matching = [learned for learned in loaded if config_hash(learned.config) == wanted]
+    return (matching or loaded or [None])[-1]
+
+
+def _drawn_maps(seed: Path, wanted: str | None) -> Path | None:
+    """The feature maps captured with the importance ``wanted`` (the table's), else the newest."""
+    files = sorted(seed.glob("feature-maps-*.json"), key=lambda p: p.stat().st_mtime)
+    matching = [p for p in files if config_hash(read_json(p)["config"]["importance"]) == wanted]
+    return (matching or files or [None])[-1]
 
 
 def _newest(folder: Path, pattern: str, default: Path | None = None) -> Path | None:

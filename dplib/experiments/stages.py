@@ -92,6 +92,8 @@ def table(config: profiles.Config, base: Base | None = None, *, log: Log = log_l
         "base": base.metrics,
         "rows": rows,
     }
+    if "dirichlet" in scores:  # which of the importances beside it 04_figures draws
+        result["importance_hash"] = config_hash(scores["dirichlet"].config)
     write_json(table_file(config, base.folder), result)
     return result
 
