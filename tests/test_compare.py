@@ -57,6 +57,16 @@ def test_comparison_rows_meet_budgets_and_cache(tmp_path):
     } | {("l1", "measured"), ("l1", "effective")}
     assert (verdict["cases"] == len(BUDGETS)).all()
     assert "| Dirichlet learnt |" in reports.comparison_markdown({"smoke": result})
+    same = reports.same_widths_verdict({"smoke": result}, skip=())
+    assert list(same["metric"]) == ["after fine-tune", "after pruning"]
+    assert (same["cases"] == len(BUDGETS)).all()
+    leads = [
+        100 * (mine["finetuned_val"] - max(e["finetuned_val"] for e in others))
+        for budget in BUDGETS
+        for mine, others in [_same_widths(summary, budget)]
+    ]
+    assert same["at least the best other"][0] == sum(v >= -1e-6 for v in leads)
+    assert same["worst lead (points)"][0] == round(min(leads), 2)
     plt.close(figures.plot_comparison(summary, "smoke"))
 
     settles = result["settling"]
@@ -65,6 +75,13 @@ def test_comparison_rows_meet_budgets_and_cache(tmp_path):
         assert taus[-1] == 1.0  # the final snapshot is the final ranking
     assert set(compare.settling_summary(settles)) == set(settles[0]["tau"])
     plt.close(figures.plot_settling(settles))
+
+
+def _same_widths(summary: list[dict], budget: str) -> tuple[dict, list[dict]]:
+    """Dirichlet's entry at the same widths and the other criteria's, at ``budget``."""
+    same = [e for e in summary if e["budget"] == budget and e["allocation"] == "same"]
+    mine = next(e for e in same if e["criterion"] == "dirichlet")
+    return mine, [e for e in same if e["criterion"] != "dirichlet"]
 
 
 def test_notebook_experiment_runs_writes_rows_and_report(tmp_path, monkeypatch):

@@ -192,6 +192,35 @@ def verdict(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)) -
     return pd.DataFrame(rows)
 
 
+def same_widths_verdict(
+    results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)
+) -> pd.DataFrame:
+    """Dirichlet against the best other criterion pruned to the same widths (``same``), over
+    the cases of :func:`verdict`: the ranking inside each layer alone, without the allocation.
+    Per metric, the cases where Dirichlet is at least as high, and its mean and worst lead."""
+    leads: dict[str, list[float]] = {"finetuned_val": [], "pruned_val": []}
+    for result in results.values():
+        if not {r["allocation"] for r in result["rows"]} & set(RULES[1:]):
+            continue  # the same setups as verdict's cases
+        summary = summarise(result["rows"])
+        for budget in dict.fromkeys(e["budget"] for e in summary):
+            same = {e["criterion"]: e for e in summary
+                    if e["budget"] == budget and e["allocation"] == "same"}  # fmt: skip
+            others = [entry for criterion, entry in same.items() if criterion != "dirichlet"]
+            if budget in skip or "dirichlet" not in same or not others:
+                continue
+            for metric, values in leads.items():
+                best = max(entry[metric] for entry in others)
+                values.append(round(100 * (same["dirichlet"][metric] - best), 6))
+    return pd.DataFrame([
+        {"metric": "after fine-tune" if metric == "finetuned_val" else "after pruning",
+         "cases": len(values), "at least the best other": sum(v >= 0 for v in values),
+         "mean lead (points)": round(statistics.mean(values), 2),
+         "worst lead (points)": round(min(values), 2)}
+        for metric, values in leads.items() if values
+    ])  # fmt: skip
+
+
 def setup_section(name: str, result: dict[str, Any]) -> str:
     """The Markdown section of one setup: its table, base network, margins and settling."""
     dataset, _, model = name.partition("-")
@@ -275,6 +304,10 @@ def comparison_markdown(results: dict[str, dict[str, Any]]) -> str:
         "\n\nEach rule against the greedy rule (own) of the same criterion, paired over the "
         "same cases, validation (± one standard error):\n\n"
     ) + frame_markdown(paired_gains(results))
+    ruled += (
+        "\n\nAt the same widths (`same`: every criterion pruned to one set of widths), Dirichlet "
+        "against the best other criterion, over the same cases, validation:\n\n"
+    ) + frame_markdown(same_widths_verdict(results))
     sections = [setup_section(name, result) for name, result in results.items()]
     return (header + goals_table(results) + "\nCases at least as high as the best peer (4x, 10x "
             "and 20x):\n\n" + ruled + "\n\n" + "\n".join(sections))  # fmt: skip
