@@ -4,6 +4,8 @@
     python bench/cifar.py --setups cifar10-resnet20  # one network
     python bench/cifar.py --setups cifar10-vgg16 --budgets  # the reference widths only
     python bench/cifar.py --setups cifar10-vgg16 --budgets 2x --no-fixed-widths  # 2x only
+    python bench/cifar.py --setups cifar10-vgg16 --budgets 2x --no-fixed-widths \
+        --allocations own global measured        # the rows that decide, first
     python bench/cifar.py --evaluate                 # the shipped networks on the test split
     python bench/cifar.py --setups cifar10-vgg16 --budgets --criteria dirichlet l1 \
         --finetune-epochs 20                         # a longer fine-tuning, on the side
@@ -32,7 +34,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from dplib.experiments import cifar, publish  # noqa: E402
+from dplib.experiments import cifar, compare, publish  # noqa: E402
 from dplib.experiments.experiment import Experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +52,12 @@ def main() -> None:
         "--no-fixed-widths",
         action="store_true",
         help="leave out the rows at the fixed widths (the results file keeps its own)",
+    )
+    parser.add_argument(
+        "--allocations",
+        nargs="+",
+        choices=compare.ALLOCATION_NAMES,
+        help="only these allocations' rows (the results file keeps the others it holds)",
     )
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "cifar")
     parser.add_argument("--evaluate", action="store_true", help="evaluate figures/cifar/*.pt")
@@ -81,6 +89,7 @@ def main() -> None:
             budgets=args.budgets,
             results=results,
             fixed_widths=not args.no_fixed_widths,
+            allocations=args.allocations,
             log=lambda line: print(line, flush=True),
         )
         print(f"{experiment.name}: {time.perf_counter() - started:.0f} s", flush=True)

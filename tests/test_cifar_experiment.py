@@ -220,6 +220,24 @@ def test_a_partial_rerun_keeps_what_it_did_not_redo(tmp_path):
     assert merged["note"] == previous["note"]
 
 
+def test_a_rerun_of_some_allocations_keeps_the_others_and_bad_names_fail_first(tmp_path):
+    """Seed 0's L1 rows at 4x rerun for the own allocation only: its measured row stays; the
+    settling of the Dirichlet ranking stays when Dirichlet is not rerun; an unknown allocation
+    fails before any pretraining."""
+    row = {"seed": 0, "budget": "4x", "criterion": "l1", "allocation": "own"}
+    previous = {"rows": [row, row | {"allocation": "measured"}], "bases": [],
+                "importance_seconds": [], "settling": [{"fraction": [1.0]}]}  # fmt: skip
+    write_json(tmp_path / "setup.json", previous)
+    found = {"rows": [row | {"finetuned_val": 0.5}], "bases": [], "importance_seconds": [],
+             "settling": []}  # fmt: skip
+    merged = cifar._merged(tmp_path / "setup.json", found, {0}, {"4x"}, {"l1"}, {"own"})
+    assert merged["rows"] == [row | {"allocation": "measured"}, row | {"finetuned_val": 0.5}]
+    assert merged["settling"] == previous["settling"]
+    with pytest.raises(ValueError, match="unknown allocations \\['greedy'\\]; known: own"):
+        cifar.run([cifar.SETUPS["cifar10-vgg16"]], tmp_path, allocations=["greedy"])
+    assert not (tmp_path / "cifar10-vgg16").exists()
+
+
 def test_a_retrained_base_keeps_its_first_timing_and_a_new_one_its_own(tmp_path):
     """The same network trained again (bit-identical, timed on a busier machine) keeps the epoch
     time first recorded for its seed; a different network carries its own."""
@@ -230,6 +248,11 @@ def test_a_retrained_base_keeps_its_first_timing_and_a_new_one_its_own(tmp_path)
         found = {"rows": [], "bases": [again], "importance_seconds": []}
         merged = cifar._merged(tmp_path / "setup.json", found, {0}, {"2x"}, {"l1"})
         assert [b["seconds_per_epoch"] for b in merged["bases"]] == [expected]
+    # a newer run records more of the same network (its data sizes, its total time)
+    again = base | {"seconds_per_epoch": 71.0, "seconds": 1420.0, "widths": "16-32-64"}
+    found = {"rows": [], "bases": [again], "importance_seconds": []}
+    merged = cifar._merged(tmp_path / "setup.json", found, {0}, {"2x"}, {"l1"})
+    assert merged["bases"] == [base | {"widths": "16-32-64"}]
 
 
 @pytest.mark.parametrize("fixed_widths", [True, False])

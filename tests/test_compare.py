@@ -77,6 +77,14 @@ def test_comparison_rows_meet_budgets_and_cache(tmp_path):
     plt.close(figures.plot_settling(settles))
 
 
+def test_only_the_allocations_asked_for_are_run(tmp_path):
+    result = compare.run_setup(
+        SETUP, tmp_path, seeds=[0], budgets=("4x",), criteria=("l1",),
+        allocations=("own", "measured"), log=lambda _: None,
+    )  # fmt: skip
+    assert sorted(r["allocation"] for r in result["rows"]) == ["measured", "own"]
+
+
 def _same_widths(summary: list[dict], budget: str) -> tuple[dict, list[dict]]:
     """Dirichlet's entry at the same widths and the other criteria's, at ``budget``."""
     same = [e for e in summary if e["budget"] == budget and e["allocation"] == "same"]

@@ -78,13 +78,20 @@ def run(
     results: str | Path | None = None,
     note: dict[str, Any] | None = None,
     fixed_widths: bool = True,
+    allocations: Iterable[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict[str, Any]]:
     """Run every experiment (cached under ``root``, resumable) and write each one's rows with
     ``note`` (e.g. the device) to ``results/<name>.json`` (default :func:`committed_results`).
-    ``fixed_widths=False`` leaves out the rows at the setup's fixed widths (the file keeps its
-    own)."""
+    ``fixed_widths=False`` leaves out the rows at the setup's fixed widths, and ``allocations``
+    keeps only those allocations' rows (the file keeps the others it holds)."""
     criteria, budgets = tuple(criteria), tuple(budgets)
+    allocations = tuple(allocations) if allocations is not None else compare.ALLOCATION_NAMES
+    unknown = [name for name in allocations if name not in compare.ALLOCATION_NAMES]
+    if unknown:
+        raise ValueError(
+            f"unknown allocations {unknown}; known: {', '.join(compare.ALLOCATION_NAMES)}"
+        )
     # unknown criteria or malformed budgets fail here, before hours of pretraining
     unknown = [name for name in criteria if name not in dplib_criteria.names()]
     if unknown:
@@ -98,10 +105,11 @@ def run(
     for experiment in experiments:
         experiment = experiment if fixed_widths else experiment.replace(widths=())
         found = compare.run_setup(
-            experiment, root, seeds=seeds, budgets=budgets, criteria=criteria, log=log
-        )
+            experiment, root, seeds=seeds, budgets=budgets, criteria=criteria,
+            allocations=allocations, log=log,
+        )  # fmt: skip
         # a fixed-width row's budget is its widths, and every run of a criterion redoes them
-        redone = (set(seeds), {*budgets, *experiment.widths}, set(criteria))
+        redone = (set(seeds), {*budgets, *experiment.widths}, set(criteria), set(allocations))
         found = _merged(results / f"{experiment.name}.json", found, *redone)
         done[experiment.name] = found | (note or {}) | {"shared_base": experiment.shared_base}
         write_json(results / f"{experiment.name}.json", done[experiment.name])
@@ -109,15 +117,21 @@ def run(
 
 
 def _merged(
-    path: Path, found: dict[str, Any], seeds: set[int], budgets: set[str], criteria: set[str]
+    path: Path,
+    found: dict[str, Any],
+    seeds: set[int],
+    budgets: set[str],
+    criteria: set[str],
+    allocations: Iterable[str] = compare.ALLOCATION_NAMES,
 ) -> dict:
-    """``found`` with the rows of ``path`` it did not redo (other seeds, budgets or criteria),
-    so that a run of more seeds at one budget keeps the first seed's other budgets."""
+    """``found`` with the rows of ``path`` it did not redo (other seeds, budgets, criteria or
+    allocations), so that a run of more seeds at one budget keeps the first seed's other
+    budgets."""
     if not path.exists():
         return found
     previous = read_json(path)
-    redone = [(r["seed"] in seeds, r["budget"] in budgets, r["criterion"] in criteria)
-              for r in previous["rows"]]  # fmt: skip
+    redone = [(r["seed"] in seeds, r["budget"] in budgets, r["criterion"] in criteria,
+               r["allocation"] in set(allocations)) for r in previous["rows"]]  # fmt: skip
     kept = [r for r, again in zip(previous["rows"], redone) if not all(again)]
     found["rows"] = kept + found["rows"]
     bases = [b for b in previous.get("bases", []) if b["seed"] not in seeds]
@@ -125,6 +139,8 @@ def _merged(
     timed = [t for t in previous.get("importance_seconds", [])  # the criteria not run again
              if t["seed"] not in seeds or t["criterion"] not in criteria]  # fmt: skip
     found["importance_seconds"] = timed + found["importance_seconds"]
+    if "dirichlet" not in criteria:  # the settling of the Dirichlet ranking was not redone
+        found["settling"] = previous.get("settling", [])
     if "note" in previous:  # what a person wrote about the kept rows
         found.setdefault("note", previous["note"])
     return found
@@ -135,13 +151,18 @@ TIMINGS = ("seconds", "seconds_per_epoch")  # what a rerun of the same network m
 
 def _first_timed(base: dict[str, Any], previous: list[dict[str, Any]]) -> dict[str, Any]:
     """``base`` with the timing first recorded for its seed when it is the same network (a
-    retrained one is bit-identical, but its epoch time depends on what else the machine ran)."""
+    retrained one is bit-identical, but its epoch time depends on what else the machine ran).
+    The same network: every measurement both entries hold agrees, as a newer run may record
+    more (a timing the first run did not record is left out: it was not measured alone)."""
 
-    def untimed(entry: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in entry.items() if k not in TIMINGS}
+    def same_network(earlier: dict[str, Any]) -> bool:
+        shared = (set(earlier) & set(base)) - set(TIMINGS)
+        return earlier["seed"] == base["seed"] and all(earlier[k] == base[k] for k in shared)
 
-    earlier = [b for b in previous if b["seed"] == base["seed"] and untimed(b) == untimed(base)]
-    return earlier[0] if earlier else base
+    for earlier in filter(same_network, previous):
+        untimed = {k: v for k, v in base.items() if k not in TIMINGS}
+        return untimed | {k: earlier[k] for k in TIMINGS if k in earlier}
+    return base
 
 
 # The pruned networks shipped in figures/cifar/ ---------------------------------------------------

@@ -87,10 +87,14 @@ def run_setup(
     seeds: Iterable[int] = (0, 1, 2),
     budgets: Iterable[str] = BUDGETS,
     criteria: Iterable[str] | None = None,
+    allocations: Iterable[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Every (seed, criterion, budget, allocation) of one experiment, and its fixed widths: the
-    rows, the base networks, the settling of the Dirichlet ranking, every importance's cost."""
+    rows, the base networks, the settling of the Dirichlet ranking, every importance's cost.
+    ``allocations`` (e.g. ``("own", "global")``) keeps only those rows (the fixed widths' is
+    ``"fixed"``), so that a long run can do the rows that decide first."""
+    wanted = set(allocations) if allocations is not None else None
     rows, bases, settles, timings = [], [], [], []
     with hidden():
         for seed in seeds:
@@ -103,6 +107,8 @@ def run_setup(
                 if criterion == "dirichlet":
                     settles.append(settling(importance))
                 for budget, allocation in cases(experiment, criterion, budgets):
+                    if wanted is not None and allocation not in wanted:
+                        continue
                     scored = learnt(base, budget, log=log) if allocation == "learnt" else importance
                     rows.append(prune_and_finetune(base, criterion, scored, budget, allocation))
                     if allocation == "learnt":  # the allocation's cost: learning it
@@ -120,6 +126,9 @@ def run_setup(
 # the allocations compared besides own and same: the rules on Dirichlet and on L1 (the control)
 RULES = {"dirichlet": ("measured", "effective", "learnt"), "l1": ("measured", "effective"),
          "tp_l2": (GLOBAL,), "tp_taylor": (GLOBAL,)}  # fmt: skip
+
+
+ALLOCATION_NAMES = ("own", "same", "measured", "effective", "learnt", GLOBAL, FIXED)
 
 
 def cases(experiment: Experiment, criterion: str, budgets: Iterable[str]) -> list[tuple[str, str]]:
