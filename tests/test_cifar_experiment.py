@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 from test_cifar_data import write_jpeg_copy  # noqa: E402
 
 from dplib import data  # noqa: E402
-from dplib.experiments import cifar, publish  # noqa: E402
+from dplib.experiments import cifar, publish, reports  # noqa: E402
 from dplib.files import read_json, write_json  # noqa: E402
 
 pytestmark = pytest.mark.slow  # left out of `make quick`; CI runs every test
@@ -272,3 +272,14 @@ def test_fixed_width_rows_are_replaced_or_kept_whole(tmp_path, monkeypatch, fixe
                      results=tmp_path, fixed_widths=fixed_widths, log=lambda _: None)  # fmt: skip
     fixed_rows = [r for r in done[setup.name]["rows"] if r["allocation"] == "fixed"]
     assert [r["finetuned_val"] for r in fixed_rows] == [0.2 if fixed_widths else 0.1]
+
+
+def test_a_network_gets_its_leads_table_once_the_rules_ran():
+    """cifar.md judges a network against its best peer where the allocation rules ran (VGG-16
+    at 2x, one seed), not where only the own allocation and the same widths did (ResNet-56)."""
+    folder = cifar.committed_results()
+    results = {name: read_json(folder / f"{name}.json") for name in ("cifar10-vgg16",
+               "cifar10-resnet56")}  # fmt: skip
+    sections = reports.cifar_markdown(results).split("\n## ")
+    assert "Leads over the best peer" in sections[1] and "| cifar10-vgg16 | 2x |" in sections[1]
+    assert "Leads over the best peer" not in sections[2]

@@ -482,7 +482,7 @@ def cifar_markdown(results: dict[str, dict[str, Any]], where: str = "the CPU") -
                 f"{row['val_accuracy_finetuned']} / {row['test_accuracy_finetuned']} | "
                 f"{speed} | {row['seeds']} |"
             )
-        if len(result["bases"]) > 1 or result.get("shared_base"):
+        if {row["allocation"] for row in result["rows"]} & set(RULES[1:]):  # the rules ran
             lines += ["", "Leads over the best peer (validation, as in compare.md):", "",
                       goals_table({name: result}, skip=()),
                       frame_markdown(verdict({name: result}, skip=()))]  # fmt: skip
