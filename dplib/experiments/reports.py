@@ -76,6 +76,12 @@ def _percent(pair: tuple[float, float]) -> str:
 RULES = ("own", "measured", "effective", "learnt")  # Dirichlet's allocation rules, in order
 
 
+def rules_ran(result: dict[str, Any]) -> bool:
+    """Whether any allocation rule besides the greedy ``own`` ran on this setup: only then do
+    its rows say something about the rules."""
+    return bool({row["allocation"] for row in result["rows"]} & set(RULES[1:]))
+
+
 def goals_table(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)) -> str:
     """Each Dirichlet allocation rule against the best peer per setup and budget: its lead in
     points after pruning / after fine-tuning, with L1 under the same rule (the control)."""
@@ -161,7 +167,7 @@ def verdict(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)) -
     tally: dict[tuple[str, str], list[tuple[float, float]]] = {}
     seconds: dict[tuple[str, str], list[float]] = {}
     for result in results.values():
-        if not {r["allocation"] for r in result["rows"]} & set(RULES[1:]):
+        if not rules_ran(result):
             continue  # a setup run before the other rules: its own rows alone would skew counts
         summary = summarise(result["rows"])
         for entry in summary:
@@ -200,7 +206,7 @@ def same_widths_verdict(
     Per metric, the cases where Dirichlet is at least as high, and its mean and worst lead."""
     leads: dict[str, list[float]] = {"finetuned_val": [], "pruned_val": []}
     for result in results.values():
-        if not {r["allocation"] for r in result["rows"]} & set(RULES[1:]):
+        if not rules_ran(result):
             continue  # the same setups as verdict's cases
         summary = summarise(result["rows"])
         for budget in dict.fromkeys(e["budget"] for e in summary):
@@ -482,7 +488,7 @@ def cifar_markdown(results: dict[str, dict[str, Any]], where: str = "the CPU") -
                 f"{row['val_accuracy_finetuned']} / {row['test_accuracy_finetuned']} | "
                 f"{speed} | {row['seeds']} |"
             )
-        if {row["allocation"] for row in result["rows"]} & set(RULES[1:]):  # the rules ran
+        if rules_ran(result):
             lines += ["", "Leads over the best peer (validation, as in compare.md):", "",
                       goals_table({name: result}, skip=()),
                       frame_markdown(verdict({name: result}, skip=()))]  # fmt: skip
