@@ -39,6 +39,7 @@ def test_every_stage_runs_on_each_cifar_network(tiny_cifar, model):
     assert not list(folder.glob(".*.training.pt"))  # removed once pretraining completed
     learned, _ = stages.importance(stages.pretrain(config))
     assert table["importance_hash"] == config_hash(learned.config)  # what 04_figures draws
+    assert table["base_key"] == stages.pretrain(config).key  # and on which base network
     maps = torch.load(stages.feature_maps(stages.pretrain(config), learned), weights_only=True)
     assert maps["images"].shape[1] == 3
     written = {path: path.stat().st_mtime_ns for path in folder.glob("results/*.json")}

@@ -138,8 +138,9 @@ def test_only_the_profiles_own_table_is_the_one_the_figures_draw(tmp_path):
 
 
 def test_figures_draw_the_importance_the_table_was_pruned_with(runs):
-    """A comparison's learnt rule leaves newer Dirichlet importances beside the table's; the
-    importance figures draw the one table.json records, and the newest only without a record."""
+    """A comparison's learnt rule leaves newer Dirichlet importances beside the table's, and an
+    exercise's weaker base one with the same settings; the importance figures draw the one
+    table.json records (settings and base network), and the newest only without a record."""
     from dplib.experiments import publish
     from dplib.experiments.cache import config_hash
     from dplib.files import write_json
@@ -159,6 +160,16 @@ def test_figures_draw_the_importance_the_table_was_pruned_with(runs):
     write_json(folder / "table.json", table | {"importance_hash": config_hash(plain.config)})
     drawn = publish.collect("smoke")["fashion_mnist-lenet5"]["importance"]
     assert drawn.config == plain.config and torch.equal(drawn.scores["fc1"], plain.scores["fc1"])
+    # an exercise's weaker base learns the same settings later, in the same folder
+    weaker = Importance({"fc1": torch.rand(4)}, criterion="dirichlet", config={"lr": 0.1})
+    write_json(folder / "importance-dirichlet-a.json", {"config": {"base": "profile"}})
+    time.sleep(0.01)
+    weaker.save(folder / "importance-dirichlet-c.pt")
+    write_json(folder / "importance-dirichlet-c.json", {"config": {"base": "weaker"}})
+    write_json(folder / "table.json", table | {"importance_hash": config_hash(plain.config),
+                                               "base_key": "profile"})  # fmt: skip
+    drawn = publish.collect("smoke")["fashion_mnist-lenet5"]["importance"]
+    assert torch.equal(drawn.scores["fc1"], plain.scores["fc1"]), "the table's base, not the newest"
 
 
 def test_architecture_table_matches_the_notebook_numbers():

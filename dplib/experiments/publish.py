@@ -35,9 +35,10 @@ def collect(profile: str) -> dict[str, dict[str, Any]]:
         if (seed / "table.json").exists():
             entry["table"] = read_json(seed / "table.json")
         wanted = entry.get("table", {}).get("importance_hash")
-        if (learned := _drawn_importance(seed, wanted)) is not None:
+        base_key = entry.get("table", {}).get("base_key")
+        if (learned := _drawn_importance(seed, wanted, base_key)) is not None:
             entry["importance"] = learned
-        if (maps := _drawn_maps(seed, wanted)) is not None:
+        if (maps := _drawn_maps(seed, wanted, base_key)) is not None:
             entry["feature_maps"] = torch.load(
                 maps.with_suffix(".pt"), map_location="cpu", weights_only=True
             )
@@ -47,19 +48,36 @@ def collect(profile: str) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _drawn_importance(seed: Path, wanted: str | None) -> Importance | None:
-    """The Dirichlet importance whose settings hash to ``wanted`` (the table's), else the newest:
-    a comparison's rules learn others beside it (the learnt allocation's, one per budget)."""
+def _drawn_importance(seed: Path, wanted: str | None, base_key: str | None) -> Importance | None:
+    """The Dirichlet importance whose settings hash to ``wanted`` (the table's) and that was
+    learnt on the table's base network ``base_key``, else the newest: a comparison's rules learn
+    others beside it (the learnt allocation's, one per budget), and an exercise's weaker base
+    learns one with the same settings in the same folder."""
     files = sorted(seed.glob("importance-dirichlet-*.pt"), key=lambda p: p.stat().st_mtime)
-    loaded = [Importance.load(path) for path in files]
-    matching = [learned for learned in loaded if config_hash(learned.config) == wanted]
-    return (matching or loaded or [None])[-1]
+    matching = [
+        path for path in files
+        if (base_key is None or _cached_base(path) in (None, base_key))
+        and config_hash(Importance.load(path).config) == wanted
+    ]  # fmt: skip
+    chosen = (matching or files or [None])[-1]
+    return None if chosen is None else Importance.load(chosen)
 
 
-def _drawn_maps(seed: Path, wanted: str | None) -> Path | None:
-    """The feature maps captured with the importance ``wanted`` (the table's), else the newest."""
+def _cached_base(path: Path) -> str | None:
+    """The base network's key in the cache record beside ``path``; None without a record."""
+    record = path.with_suffix(".json")
+    return read_json(record)["config"].get("base") if record.exists() else None
+
+
+def _drawn_maps(seed: Path, wanted: str | None, base_key: str | None) -> Path | None:
+    """The feature maps captured with the importance ``wanted`` on the base network ``base_key``
+    (the table's), else the newest."""
     files = sorted(seed.glob("feature-maps-*.json"), key=lambda p: p.stat().st_mtime)
-    matching = [p for p in files if config_hash(read_json(p)["config"]["importance"]) == wanted]
+    matching = [
+        path for path in files
+        if (base_key is None or read_json(path)["config"].get("base") in (None, base_key))
+        and config_hash(read_json(path)["config"]["importance"]) == wanted
+    ]  # fmt: skip
     return (matching or files or [None])[-1]
 
 

@@ -94,6 +94,7 @@ def table(config: profiles.Config, base: Base | None = None, *, log: Log = log_l
     }
     if "dirichlet" in scores:  # which of the importances beside it 04_figures draws
         result["importance_hash"] = config_hash(scores["dirichlet"].config)
+        result["base_key"] = base.key  # an exercise's weaker base learns it with the same settings
     write_json(table_file(config, base.folder), result)
     return result
 
