@@ -282,4 +282,6 @@ def test_a_network_gets_its_leads_table_once_the_rules_ran():
                "cifar10-resnet56")}  # fmt: skip
     sections = reports.cifar_markdown(results).split("\n## ")
     assert "Leads over the best peer" in sections[1] and "| cifar10-vgg16 | 2x |" in sections[1]
+    # and at the same widths for all, the ranking alone: one case, each metric once
+    assert "At the same widths" in sections[1] and "| after pruning | 1 |" in sections[1]
     assert "Leads over the best peer" not in sections[2]

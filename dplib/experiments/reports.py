@@ -492,6 +492,10 @@ def cifar_markdown(results: dict[str, dict[str, Any]], where: str = "the CPU") -
             lines += ["", "Leads over the best peer (validation, as in compare.md):", "",
                       goals_table({name: result}, skip=()),
                       frame_markdown(verdict({name: result}, skip=()))]  # fmt: skip
+            same = same_widths_verdict({name: result}, skip=())
+            if len(same):
+                lines += ["", "At the same widths, Dirichlet against the best other criterion "
+                          "(validation):", "", frame_markdown(same)]  # fmt: skip
         lines.append("")
     return "\n".join(lines) + "\n"
 
