@@ -56,8 +56,7 @@ def _drawn_importance(seed: Path, wanted: str | None, base_key: str | None) -> I
     files = sorted(seed.glob("importance-dirichlet-*.pt"), key=lambda p: p.stat().st_mtime)
     matching = [
         path for path in files
-        if (base_key is None or _cached_base(path) in (None, base_key))
-        and config_hash(Importance.load(path).config) == wanted
+        if _is_the_tables(_cached_base(path), Importance.load(path).config, wanted, base_key)
     ]  # fmt: skip
     chosen = (matching or files or [None])[-1]
     return None if chosen is None else Importance.load(chosen)
@@ -73,12 +72,21 @@ def _drawn_maps(seed: Path, wanted: str | None, base_key: str | None) -> Path | 
     """The feature maps captured with the importance ``wanted`` on the base network ``base_key``
     (the table's), else the newest."""
     files = sorted(seed.glob("feature-maps-*.json"), key=lambda p: p.stat().st_mtime)
+    configs = {path: read_json(path)["config"] for path in files}
     matching = [
-        path for path in files
-        if (base_key is None or read_json(path)["config"].get("base") in (None, base_key))
-        and config_hash(read_json(path)["config"]["importance"]) == wanted
+        path for path, config in configs.items()
+        if _is_the_tables(config.get("base"), config["importance"], wanted, base_key)
     ]  # fmt: skip
     return (matching or files or [None])[-1]
+
+
+def _is_the_tables(
+    base: str | None, settings: dict[str, Any], wanted: str | None, base_key: str | None
+) -> bool:
+    """Whether an importance learnt with ``settings`` on ``base`` is the one the table records:
+    its settings hash to ``wanted``, on the table's ``base_key`` (either unrecorded: any base)."""
+    on_its_base = base_key is None or base in (None, base_key)
+    return on_its_base and config_hash(settings) == wanted
 
 
 def _newest(folder: Path, pattern: str, default: Path | None = None) -> Path | None:
