@@ -154,3 +154,26 @@ def test_the_main_job_says_which_stage_it_is_at_and_what_is_left(tmp_path, capsy
     # the remaining stages: 02 took 30 s last time, 04 never ran (the mean so far: 20 s)
     assert "stage 2/3: 02_importance of mnist-lenet5; 12 s elapsed, about 50 s left" in line
     assert runner.previous_seconds(tmp_path / "c.ipynb") is None
+
+
+def test_the_main_job_talks_to_its_kernels_over_local_sockets(tmp_path, monkeypatch):
+    """The runner's kernels listen on no TCP port (ipykernel warns of unencrypted TCP into the
+    main job's log otherwise): a notebook run by it finds its kernel on the IPC transport."""
+    import os
+
+    if os.name == "nt":
+        pytest.skip("ZeroMQ has no IPC transport on Windows; the runner keeps TCP there")
+    check = (
+        "from ipykernel.kernelapp import IPKernelApp\n"
+        'assert IPKernelApp.instance().transport == "ipc"'
+    )
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(check)])
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(notebook, tmp_path / "transport.ipynb")
+    monkeypatch.setattr(runner.paths, "notebook_dir", lambda: tmp_path)
+    assert runner.run_notebook("transport", {"profile": "smoke"}, tmp_path / "out" / "t.ipynb")
+    assert (tmp_path / "out" / "t.ipynb").exists()

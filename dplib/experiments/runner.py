@@ -83,6 +83,8 @@ def run_notebook(name: str, parameters: dict[str, Any], output: Path, *, force: 
     print(f"[dplib] running {name} {parameters} -> {output}", flush=True)
     started = time.perf_counter()
     options = {"kernel_name": "python3", "log_output": True, "progress_bar": False}
+    if os.name != "nt":  # ZeroMQ has no local sockets on Windows: the kernel stays on TCP there
+        options["kernel_manager_class"] = _local_kernel_manager()
     papermill.execute_notebook(
         str(source), str(temporary), parameters=parameters, cwd=str(paths.notebook_dir()), **options
     )
@@ -91,6 +93,18 @@ def run_notebook(name: str, parameters: dict[str, Any], output: Path, *, force: 
     write_json(done, {"stamp": stamp, "seconds": seconds})
     print(f"[dplib] {name} finished in {seconds:.0f} s", flush=True)
     return True
+
+
+def _local_kernel_manager() -> type:
+    """A kernel manager that talks to the kernel over local sockets (ZeroMQ's IPC) instead of
+    TCP: no port is opened, and ipykernel has no unencrypted-TCP warning to print into the log."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LocalKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(transport="ipc", **kwargs)
+
+    return LocalKernelManager
 
 
 def previous_seconds(output: Path) -> float | None:
