@@ -67,6 +67,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.finetune_epochs is not None and args.finetune_epochs <= 0:
         parser.error(f"--finetune-epochs must be positive, got {args.finetune_epochs}")
+    try:  # a wrong name or budget is a usage error, before any pretraining
+        cifar.check_arguments(args.criteria, args.budgets, args.allocations or ())
+    except ValueError as error:
+        parser.error(str(error))
     if args.evaluate:
         for row in cifar.evaluate_shipped():
             print(

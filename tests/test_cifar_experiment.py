@@ -285,3 +285,22 @@ def test_a_network_gets_its_leads_table_once_the_rules_ran():
     # and at the same widths for all, the ranking alone: one case, each metric once
     assert "At the same widths" in sections[1] and "| after pruning | 1 |" in sections[1]
     assert "Leads over the best peer" not in sections[2]
+
+
+def test_bench_cifar_answers_a_bad_budget_or_name_with_a_usage_error(tmp_path):
+    """``bench/cifar.py`` with an impossible budget or an unknown criterion stops at once with
+    argparse's usage error (exit status 2, one line naming the fault), not a traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "cifar.py"
+    for arguments, fault in (
+        (["--budgets", "0.5x"], "a ratio must be at least 1x"),
+        (["--criteria", "dirichlet", "l0"], "unknown criteria ['l0']"),
+    ):
+        done = subprocess.run([sys.executable, str(script), "--root", str(tmp_path), *arguments],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert "cifar.py: error: " in done.stderr and fault in done.stderr
+    assert not list(tmp_path.iterdir()), "nothing is pretrained or written"

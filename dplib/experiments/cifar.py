@@ -68,6 +68,26 @@ def gpu_results() -> Path:
     return paths.kit_root() / "bench" / "results" / "cifar_gpu"
 
 
+def check_arguments(
+    criteria: Iterable[str], budgets: Iterable[str], allocations: Iterable[str]
+) -> None:
+    """Raise ValueError naming what is wrong: an unknown criterion or allocation, or a budget
+    that is not a ratio of at least 1 (such as '2x'). :func:`run` calls it before hours of
+    pretraining; ``bench/cifar.py`` before anything, to answer with a usage error."""
+    unknown = [name for name in allocations if name not in compare.ALLOCATION_NAMES]
+    if unknown:
+        raise ValueError(
+            f"unknown allocations {unknown}; known: {', '.join(compare.ALLOCATION_NAMES)}"
+        )
+    unknown = [name for name in criteria if name not in dplib_criteria.names()]
+    if unknown:
+        raise ValueError(
+            f"unknown criteria {unknown}; registered: {', '.join(dplib_criteria.names())}"
+        )
+    for budget in budgets:
+        parse_budget(budget, 10**9)  # the syntax only: a ratio string such as '2x'
+
+
 def run(
     experiments: Iterable[Experiment],
     root: str | Path,
@@ -87,19 +107,7 @@ def run(
     keeps only those allocations' rows (the file keeps the others it holds)."""
     criteria, budgets = tuple(criteria), tuple(budgets)
     allocations = tuple(allocations) if allocations is not None else compare.ALLOCATION_NAMES
-    unknown = [name for name in allocations if name not in compare.ALLOCATION_NAMES]
-    if unknown:
-        raise ValueError(
-            f"unknown allocations {unknown}; known: {', '.join(compare.ALLOCATION_NAMES)}"
-        )
-    # unknown criteria or malformed budgets fail here, before hours of pretraining
-    unknown = [name for name in criteria if name not in dplib_criteria.names()]
-    if unknown:
-        raise ValueError(
-            f"unknown criteria {unknown}; registered: {', '.join(dplib_criteria.names())}"
-        )
-    for budget in budgets:
-        parse_budget(budget, 10**9)  # the syntax only: a ratio string such as '2x'
+    check_arguments(criteria, budgets, allocations)
     results = Path(results) if results is not None else committed_results()
     done = {}
     for experiment in experiments:
