@@ -15,6 +15,7 @@ specified (:math:`\varphi_{\text{init}} = 1`, :math:`\alpha_0 = 1`, :math:`\beta
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +105,9 @@ class DirichletSettings(_Settings):
     channels_last: bool = False
     budget_macs: str | int | None = None  # the learnt allocation's MAC budget ("4x"), or none
     budget_weight: float = 1.0  # lambda, the weight of its term
+    # one layer's gate learnt at a time, the other gates off, each for ``epochs`` (the reference
+    # code); False: every gate together
+    layerwise: bool = False
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -120,11 +124,37 @@ class DirichletSettings(_Settings):
             )
         if isinstance(self.samples, bool) or int(self.samples) != self.samples or self.samples < 1:
             raise ValueError(f"samples must be a whole number >= 1, got {self.samples!r}")
+        if self.layerwise and self.budget_macs is not None:
+            raise ValueError(
+                "the learnt allocation (budget_macs) needs every gate learnt together: "
+                "set layerwise=False"
+            )
 
     @classmethod
     def as_specified(cls) -> DirichletSettings:
         """The method as first specified: phi_init 1, alpha0 1, beta 1, KL divided by N."""
         return cls(phi_init=1.0, alpha0=1.0, kl_weight=1.0, kl_divided_by_n=True)
+
+    @classmethod
+    def authors(cls) -> DirichletSettings:
+        """The authors' recipe for LeNet (kamadforge/dirichlet_pruning at commit cca8bc2; ``P`` is
+        ``methods/lenet5_switch_pointest.py``, ``N`` ``Lenet/lenet_network_pruning.py``): the
+        gate multiplies unit k by s_k, not K s_k (P L57-66); phi = softplus(theta) from theta = -1
+        (P L55, L64); the point estimate s = E[s] (P L64-66); Adam at lr 1e-3 (P L166) for one
+        epoch (N L360); alpha0 = 2 (P L29) with a KL weight of about 6e-9 (P L26-28, L148,
+        L189), here none; one layer's gate at a time on the freshly loaded network (N L363-365);
+        BatchNorm in train mode (P L177, L183). Ranking by the posterior mean (N L369) is the
+        kit's too."""
+        return cls(
+            scale="none",
+            phi_init=softplus(-1.0),
+            estimator="point",
+            lr=1e-3,
+            alpha0=2.0,
+            kl_weight=0.0,
+            layerwise=True,
+            batchnorm="train",
+        )
 
     def describe(self) -> str:
         """One line naming the knobs of the objective (printed by the notebooks)."""
@@ -133,7 +163,13 @@ class DirichletSettings(_Settings):
             f"gate scale {self.scale}, phi_init {self.phi_init:g}, alpha0 {self.alpha0:g}, "
             f"kl_weight {self.kl_weight:g} ({kl}), lr {self.lr:g}, {self.estimator} estimator, "
             f"M={self.samples}, {self.epochs:g} epoch(s)"
+            + (" per layer, one layer at a time" if self.layerwise else "")
         )
+
+
+def softplus(x: float) -> float:
+    """ln(1 + e^x): the concentration phi of a gate parameter theta = x."""
+    return math.log1p(math.exp(x))
 
 
 def with_knobs(settings: _Settings | None, default: type, knobs: dict[str, Any]) -> Any:

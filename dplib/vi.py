@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -57,30 +58,40 @@ from .budget import parse_budget
 from .checks import check_data
 from .importance import Importance
 from .loop import Loop, set_seed
-from .measure import CostModel
+from .measure import CostModel, kendall
 from .settings import DirichletSettings, with_knobs
 from .train import copy_state
 
-__all__ = ["SNAPSHOTS", "elbo_loss", "learn_importance"]
+__all__ = ["SNAPSHOTS", "elbo_loss", "learn_importance", "movement"]
 
 SNAPSHOTS = 40  # how many times the posterior means are recorded (how fast the ranking settles)
 
 
 def elbo_loss(
-    gated: GatedModel, images: torch.Tensor, labels: torch.Tensor, settings: DirichletSettings,
+    gated: GatedModel,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    settings: DirichletSettings,
     kl_normalizer: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """The negative ELBO of one mini-batch: (loss, cross_entropy, kl), as in the docstring."""
+    learning: list[str] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The negative ELBO of one mini-batch: (loss, cross_entropy, kl), as in the docstring.
+    ``learning`` names the gates learnt (default: all); the others are left in their mode.
+    With ``kl_weight`` 0 the KL is recorded but is not part of the loss (no prior at all)."""
+    gates = [gate for name, gate in gated.named_gates() if learning is None or name in learning]
     if settings.estimator == "sample":
-        for _, gate in gated.named_gates():
+        for gate in gates:
             gate.resample(settings.samples)  # s^(m) ~ q, reparameterised
         stacked = images.repeat(settings.samples, *([1] * (images.dim() - 1)))
         targets = labels.repeat(settings.samples)
     else:
-        gated.set_mode("mean")  # s = E_q[s]
+        for gate in gates:
+            gate.set_mode("mean")  # s = E_q[s]
         stacked, targets = images, labels
     cross_entropy = F.cross_entropy(gated(stacked), targets)  # mean over the M copies
-    kl = torch.stack([gate.kl(settings.alpha0) for _, gate in gated.named_gates()]).sum()
+    kl = torch.stack([gate.kl(settings.alpha0) for gate in gates]).sum()
+    if settings.kl_weight == 0:
+        return cross_entropy, cross_entropy, kl.detach()
     return cross_entropy + settings.kl_weight * kl / kl_normalizer, cross_entropy, kl
 
 
@@ -107,10 +118,21 @@ def learn_importance(
     loader = distributed.shard(loader, seed)
     loop = Loop.plan(loader, settings, device)
     budget = _BudgetTerm(gated, loader, settings, loop.device) if settings.budget_macs else None
+    # layerwise: one gate learnt at a time, the others off, each for the whole schedule
+    phases = [[name] for name in gated.layers] if settings.layerwise else [None]
     set_seed(seed)
     with _learning_mode(gated, settings, loop):
-        history = _optimise(gated, loader, settings, loop, seed, kl_normalizer, budget)
-    history["epochs"] = loop.total_steps / loop.steps_per_epoch
+        histories = []
+        for learning in phases:
+            if learning is not None:
+                gated.set_mode("identity")
+            phase = Loop.plan(loader, settings, device)
+            histories.append(
+                _optimise(gated, loader, settings, phase, seed, kl_normalizer, budget, learning)
+            )
+    history = _joined(histories)
+    history["epochs"] = len(phases) * loop.total_steps / loop.steps_per_epoch
+    _warn_if_flat(history["spread"])
     config = {**settings.to_dict(), "seed": seed, "dataset_size": len(loader.dataset)}
     return Importance(
         scores={name: gate.mean().detach().cpu() for name, gate in gated.named_gates()},
@@ -187,11 +209,19 @@ def _weights(gated: GatedModel) -> list[nn.Parameter]:
 
 
 def _optimise(
-    gated: GatedModel, loader: DataLoader, settings: DirichletSettings, loop: Loop, seed: int,
-    kl_normalizer: float, budget: _BudgetTerm | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """Adam on the gates (and SGD on the weights when joint) for the loop's steps."""
-    thetas = [gate.theta for _, gate in gated.named_gates()]
+    gated: GatedModel,
+    loader: DataLoader,
+    settings: DirichletSettings,
+    loop: Loop,
+    seed: int,
+    kl_normalizer: float,
+    budget: _BudgetTerm | None = None,
+    learning: list[str] | None = None,
+) -> dict[str, Any]:
+    """Adam on the gates named ``learning`` (default all; SGD on the weights when joint) for the
+    loop's steps; the history holds each learnt layer's :func:`movement`."""
+    learnt = [(n, gate) for n, gate in gated.named_gates() if learning is None or n in learning]
+    thetas = [gate.theta for _, gate in learnt]
     optimizers = [torch.optim.Adam(thetas, lr=settings.lr)]
     if settings.weights_lr > 0:
         optimizers.append(torch.optim.SGD(_weights(gated), lr=settings.weights_lr, momentum=0.9))
@@ -199,7 +229,8 @@ def _optimise(
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> None:
         with loop.autocast():
-            terms = elbo_loss(gated, loop.formatted(images), labels, settings, kl_normalizer)
+            inputs = loop.formatted(images)
+            terms = elbo_loss(gated, inputs, labels, settings, kl_normalizer, learning)
         if budget is not None:
             terms = (terms[0] + budget(), *terms[1:])
         for optimizer in optimizers:
@@ -214,7 +245,54 @@ def _optimise(
 
     started = time.perf_counter()
     loop.run(loader, seed, step, record.read, "importance")
-    return record.history | {"seconds": time.perf_counter() - started}
+    history = record.history | {"seconds": time.perf_counter() - started}
+    finals = {name: gate.mean().detach().cpu() for name, gate in learnt}
+    return history | movement(history["snapshots"], finals)
+
+
+LATE = 0.25  # the last part of learning over which the ranking's change is measured
+FLAT_SPREAD = 0.05  # a posterior whose K E[s] has a smaller standard deviation is near flat
+
+
+def movement(
+    snapshots: list[dict[str, torch.Tensor]], finals: dict[str, torch.Tensor]
+) -> dict[str, dict[str, float]]:
+    """How far each layer's posterior moved: ``spread``, the standard deviation of K E[s] at the
+    end (0: still uniform), and ``late_change``, 1 - Kendall's tau between the ranking at the
+    snapshot a fraction :data:`LATE` before the end and the final ranking (0: settled)."""
+    earlier = snapshots[min(len(snapshots) - 1, int(len(snapshots) * (1 - LATE)))]
+    spread, change = {}, {}
+    for name, mean in finals.items():
+        spread[name] = float((mean * mean.numel()).std()) if mean.numel() > 1 else 0.0
+        tau = kendall(earlier[name], mean)
+        change[name] = 1.0 - tau if tau == tau else 0.0  # NaN: one unit, nothing to rank
+    return {"spread": spread, "late_change": change}
+
+
+def _joined(histories: list[dict[str, Any]]) -> dict[str, Any]:
+    """One history of phases run one after another (layerwise learning): lists concatenated,
+    steps continued, seconds added, per-layer measurements merged."""
+    joined: dict[str, Any] = {"seconds": sum(h["seconds"] for h in histories)}
+    offset = 0
+    for history in histories:
+        for key in ("loss", "cross_entropy", "kl", "snapshots"):
+            joined.setdefault(key, []).extend(history[key])
+        joined.setdefault("steps", []).extend(step + offset for step in history["steps"])
+        offset += history["steps"][-1]
+        for key in ("spread", "late_change"):
+            joined.setdefault(key, {}).update(history[key])
+    return joined
+
+
+def _warn_if_flat(spread: dict[str, float]) -> None:
+    flat = [f"{name} ({value:.3f})" for name, value in spread.items() if value < FLAT_SPREAD]
+    if flat:
+        warnings.warn(
+            f"the posterior of {', '.join(flat)} ended near flat (standard deviation of K E[s] "
+            f"under {FLAT_SPREAD}): its ranking is close to noise. Let it move: raise lr, lower "
+            "phi_init (dplib.attach_gates) or learn for more epochs.",
+            stacklevel=3,
+        )
 
 
 class _BudgetTerm:

@@ -181,3 +181,69 @@ def test_dirichlet_settings_hold_each_default_once(tiny_loader):
         gated, tiny_loader, settings.replace(epochs=0.25), device="cpu"
     )
     assert learned.config["epochs"] == 0.25 and learned.config["alpha0"] == settings.alpha0
+
+
+def test_layerwise_learns_one_gate_at_a_time_with_the_others_off(tiny_loader):
+    model = dplib.models.build("lenet300", seed=0)
+    gated = dplib.attach_gates(model)
+    seen = []
+
+    def spy(module, _inputs, _output):  # which gates scale the batch while fc1's is learnt
+        seen.append({name: gate.mode for name, gate in gated.named_gates()})
+
+    handle = model.fc2.register_forward_hook(spy)
+    importance = dplib.learn_importance(
+        gated, tiny_loader, epochs=0.5, layerwise=True, device="cpu"
+    )
+    handle.remove()
+    steps = 2  # half of the 4 batches, per layer
+    seen = seen[-2 * steps :]  # the learning steps (a check of the data runs first)
+    assert len(importance.history["loss"]) == 2 * steps
+    assert importance.history["epochs"] == 1.0  # two layers of half an epoch
+    assert [s["fc1"] for s in seen[:steps]] == ["sample"] * steps
+    assert [s["fc2"] for s in seen[:steps]] == ["identity"] * steps
+    assert [s["fc2"] for s in seen[steps:]] == ["sample"] * steps
+    assert set(importance.history["spread"]) == {"fc1", "fc2"}
+    assert all(gate.mode == "mean" for _, gate in gated.named_gates())
+
+
+def test_no_kl_leaves_the_loss_the_data_term():
+    from dplib.vi import elbo_loss
+
+    gated = dplib.attach_gates(Recorder(), phi_init=5.0)
+    images, labels = torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
+    settings = dplib.DirichletSettings(estimator="point", alpha0=0.3, kl_weight=0.0)
+    loss, cross_entropy, kl = elbo_loss(gated, images, labels, settings, kl_normalizer=1)
+    assert kl > 0 and not kl.requires_grad  # recorded, not learnt from
+    torch.testing.assert_close(loss, cross_entropy)
+
+
+def test_the_authors_recipe_is_one_named_configuration():
+    authors = dplib.DirichletSettings.authors()
+    assert authors.scale == "none" and authors.estimator == "point" and authors.layerwise
+    assert authors.phi_init == pytest.approx(0.3133, abs=1e-4)  # softplus(-1)
+    assert (authors.lr, authors.alpha0, authors.kl_weight) == (1e-3, 2.0, 0.0)
+    assert authors.batchnorm == "train"
+    with pytest.raises(ValueError, match="layerwise=False"):
+        authors.replace(budget_macs="4x")
+
+
+def test_a_posterior_that_stays_flat_is_reported_and_warned_about(tiny_loader):
+    gated = dplib.attach_gates(dplib.models.build("lenet300", seed=0), phi_init=1000.0)
+    with pytest.warns(UserWarning, match=r"fc1 \(0\.0.*raise lr, lower phi_init"):
+        importance = dplib.learn_importance(gated, tiny_loader, epochs=0.25, lr=0.01)
+    assert max(importance.history["spread"].values()) < dplib.vi.FLAT_SPREAD
+    assert set(importance.history["late_change"]) == {"fc1", "fc2"}
+
+
+def test_movement_measures_spread_and_late_change():
+    from dplib.vi import movement
+
+    uniform = torch.full((4,), 0.25)
+    moved = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    snapshots = [{"fc": uniform}, {"fc": uniform}, {"fc": moved.flip(0)}, {"fc": moved}]
+    result = movement(snapshots, {"fc": moved})
+    assert result["spread"]["fc"] == pytest.approx(float((4 * moved).std()))
+    assert result["late_change"]["fc"] == pytest.approx(0.0)  # the ranking at 3/4 is final
+    reversed_late = movement(snapshots[:3], {"fc": moved})
+    assert reversed_late["late_change"]["fc"] == pytest.approx(2.0)  # tau -1
