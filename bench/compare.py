@@ -3,6 +3,7 @@
     python bench/compare.py                                   # the cpu profile's LeNets, 3 seeds
     python bench/compare.py --setups fashion_mnist32-resnet20 # resnet20 (about 90 minutes)
     python bench/compare.py --setups mnist5k-lenet300 --seeds 0
+    python bench/compare.py --criteria dirichlet              # redo one criterion's rows only
 
 Results are cached under runs/cpu/<dataset>-<model>/seed<k>/ (a rerun continues where it
 stopped; the notebooks of the cpu profile share this cache), the raw rows in
@@ -23,7 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from dplib.experiments import compare, publish  # noqa: E402
+from dplib.experiments import cifar, compare, publish  # noqa: E402
 from dplib.files import write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,9 +51,13 @@ def main() -> None:
             criteria=args.criteria,
             log=lambda line: print(line, flush=True),
         )
+        committed = compare.committed_results() / f"{name}.json"
+        if args.criteria is not None:  # the committed rows of the other criteria stay
+            redone = (set(args.seeds), {*args.budgets, *compare.SETUPS[name].widths})
+            result = cifar.merge_rows(committed, result, *redone, set(args.criteria))
         write_json(args.root / name / "rows.json", result)
         # make figures does not rerun the comparison: it redraws these committed rows
-        write_json(compare.committed_results() / f"{name}.json", result)
+        write_json(committed, result)
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
     written = publish.write_comparison(args.root, args.out)
     print(json.dumps({"written": [str(path) for path in written]}, indent=1))

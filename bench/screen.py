@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import time
 from pathlib import Path
 
-from dplib.experiments import compare
+import pandas as pd
+
+from dplib.experiments import compare, reports
 from dplib.experiments.experiment import pretrain, prune_and_finetune, score
-from dplib.files import read_json, write_json
+from dplib.files import atomic_write_text, read_json, write_json
 from dplib.settings import DirichletSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,9 +60,9 @@ def main() -> None:
     parser.add_argument("--setups", nargs="+", default=list(compare.DEFAULT_SETUPS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
-    parser.add_argument("--peers", nargs="*", default=list(PEERS))
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "cpu")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "screen.json")
+    parser.add_argument("--markdown", type=Path, default=ROOT / "figures" / "study" / "screen.md")
     args = parser.parse_args()
     rows = read_json(args.out)["rows"] if args.out.exists() else []
     done = {(r["setup"], r["seed"], r["criterion"], r["candidate"], r["budget"]) for r in rows}
@@ -69,8 +70,7 @@ def main() -> None:
         experiment = compare.SETUPS[name]
         for seed in args.seeds:
             base = pretrain(experiment, args.root, seed)
-            jobs = [(peer, None) for peer in args.peers]
-            jobs += [("dirichlet", candidate) for candidate in args.candidates]
+            jobs = [("dirichlet", candidate) for candidate in args.candidates]
             for criterion, candidate in jobs:
                 label = candidate or criterion
                 wanted = [
@@ -109,36 +109,89 @@ def main() -> None:
                 accuracies = [r["pruned_val"] for r in rows[-len(wanted) :]]
                 print(name, seed, label, [f"{a:.3f}" for a in accuracies], f"{seconds:.1f}s")
     print(json.dumps(summary(rows), indent=1))
+    write_markdown(rows, args.markdown)
+
+
+def committed_peers() -> dict[tuple, dict[str, float]]:
+    """The other criteria at the same widths, right after pruning, per (setup, seed, budget),
+    from the comparison's committed rows (the base networks are seeded: the same networks)."""
+    peers: dict[tuple, dict[str, float]] = {}
+    for name, result in compare.load_results(ROOT / "nothing", compare.committed_results()).items():
+        for r in result["rows"]:
+            if r["allocation"] == "same" and r["criterion"] in PEERS:
+                key = (name, r["seed"], r["budget"])
+                peers.setdefault(key, {})[r["criterion"]] = r["pruned_val"]
+    return peers
+
+
+def leads(rows: list[dict]) -> pd.DataFrame:
+    """Per (candidate, setup, budget): the mean over seeds of the validation accuracy right after
+    pruning, the best other criterion's at the same seeds, the lead (points) and the seconds."""
+    peers = committed_peers()
+    table = []
+    for r in rows:
+        others = peers.get((r["setup"], r["seed"], r["budget"]))
+        if others:
+            table.append({**r, **{f"peer_{c}": v for c, v in others.items()}})
+    frame = pd.DataFrame(table)
+    keys = ["candidate", "setup", "budget"]
+    peer_columns = [c for c in frame.columns if c.startswith("peer_")]
+    means = frame.groupby(keys)[["pruned_val", "importance_seconds", *peer_columns]].mean()
+    means["seeds"] = frame.groupby(keys).size()
+    means["best_other"] = means[peer_columns].max(axis=1)
+    means["lead"] = 100 * (means["pruned_val"] - means["best_other"])
+    return means.reset_index()
 
 
 def summary(rows: list[dict]) -> dict:
-    """Per candidate: cases at least the best peer, mean and worst lead (points), seconds."""
-    peers: dict[tuple, float] = {}
-    for r in rows:
-        if r["criterion"] != "dirichlet":
-            key = (r["setup"], r["seed"], r["budget"])
-            peers.setdefault(key, {})[r["criterion"]] = r["pruned_val"]
+    """Per candidate: cases at least the best other criterion, mean and worst lead (points)."""
+    table = leads(rows)
     result = {}
-    for candidate in dict.fromkeys(r["candidate"] for r in rows if r["criterion"] == "dirichlet"):
-        cases: dict[tuple, list[float]] = {}
-        for r in rows:
-            if r["candidate"] == candidate and (r["setup"], r["seed"], r["budget"]) in peers:
-                cases.setdefault((r["setup"], r["budget"]), []).append(
-                    (r["pruned_val"], peers[(r["setup"], r["seed"], r["budget"])])
-                )
-        leads = []
-        for pairs in cases.values():
-            ours = statistics.mean(p[0] for p in pairs)
-            best = max(statistics.mean(p[1][c] for p in pairs) for c in pairs[0][1])
-            leads.append(100 * (ours - best))
-        if leads:
-            result[candidate] = {
-                "cases": len(leads),
-                "at_least": sum(lead >= 0 for lead in leads),
-                "mean": round(statistics.mean(leads), 2),
-                "worst": round(min(leads), 2),
-            }
+    for candidate, group in table.groupby("candidate", sort=False):
+        result[candidate] = {
+            "cases": len(group),
+            "at_least": int((group["lead"] >= 0).sum()),
+            "mean": round(group["lead"].mean(), 2),
+            "worst": round(group["lead"].min(), 2),
+            "seconds": round(group["importance_seconds"].median(), 1),
+        }
     return result
+
+
+def write_markdown(rows: list[dict], path: Path) -> None:
+    """The screen's two tables: each candidate over every case, and its lead per setup."""
+    table = leads(rows)
+    overall = pd.DataFrame.from_dict(summary(rows), orient="index")
+    overall.insert(0, "settings", [describe(c) for c in overall.index])
+    per_setup = table.pivot_table(index="candidate", columns="setup", values="lead")
+    seeds = sorted(set(table["seeds"]))
+    text = [
+        "# Dirichlet settings screened over seeds",
+        "",
+        f"Written by `python bench/screen.py` from bench/results/screen.json ({seeds} seeds a "
+        "case). Validation accuracy right after pruning at the comparison's `same` widths (the "
+        "uniform allocation) at 4x, 10x and 20x fewer MACs, mean over seeds, against the best "
+        "other criterion (L1, Taylor, random, Torch-Pruning's L2 and Taylor) at the same widths "
+        "and seeds; the lead in points (negative: behind). `seconds`: the median cost of "
+        "learning the importance.",
+        "",
+        reports.frame_markdown(overall.reset_index(names="candidate")),
+        "",
+        "Mean lead per setup (points):",
+        "",
+        reports.frame_markdown(per_setup.round(2).reset_index()),
+        "",
+    ]
+    atomic_write_text(path, "\n".join(text))
+
+
+def describe(candidate: str) -> str:
+    """The knobs a candidate changes from the kit's defaults."""
+    changes = CANDIDATES[candidate]
+    if isinstance(changes, str):
+        joint = changes.endswith("joint")
+        return "DirichletSettings.authors()" + (", layerwise=False" if joint else "")
+    return ", ".join(f"{k}={v}" for k, v in changes.items()) or "the defaults"
 
 
 if __name__ == "__main__":

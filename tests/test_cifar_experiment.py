@@ -210,7 +210,7 @@ def test_a_partial_rerun_keeps_what_it_did_not_redo(tmp_path):
     found = {"rows": [row | {"finetuned_val": 0.5}], "bases": [{"seed": 0, "val": 0.8}],
              "importance_seconds": [{"seed": 0, "criterion": "l1", "seconds": 2.0}]}  # fmt: skip
     new_rows = found["rows"]
-    merged = cifar._merged(tmp_path / "setup.json", found, {0}, {"4x"}, {"l1"})
+    merged = cifar.merge_rows(tmp_path / "setup.json", found, {0}, {"4x"}, {"l1"})
     assert merged["rows"] == previous["rows"][1:] + new_rows
     assert [b["seed"] for b in merged["bases"]] == [1, 0]
     assert {(t["criterion"], t["seconds"]) for t in merged["importance_seconds"]} == {
@@ -230,7 +230,7 @@ def test_a_rerun_of_some_allocations_keeps_the_others_and_bad_names_fail_first(t
     write_json(tmp_path / "setup.json", previous)
     found = {"rows": [row | {"finetuned_val": 0.5}], "bases": [], "importance_seconds": [],
              "settling": []}  # fmt: skip
-    merged = cifar._merged(tmp_path / "setup.json", found, {0}, {"4x"}, {"l1"}, {"own"})
+    merged = cifar.merge_rows(tmp_path / "setup.json", found, {0}, {"4x"}, {"l1"}, {"own"})
     assert merged["rows"] == [row | {"allocation": "measured"}, row | {"finetuned_val": 0.5}]
     assert merged["settling"] == previous["settling"]
     with pytest.raises(ValueError, match="unknown allocations \\['greedy'\\]; known: own"):
@@ -246,12 +246,12 @@ def test_a_retrained_base_keeps_its_first_timing_and_a_new_one_its_own(tmp_path)
     for test, expected in ((0.8669, 56.3), (0.8512, 71.0)):
         again = base | {"test": test, "seconds_per_epoch": 71.0}
         found = {"rows": [], "bases": [again], "importance_seconds": []}
-        merged = cifar._merged(tmp_path / "setup.json", found, {0}, {"2x"}, {"l1"})
+        merged = cifar.merge_rows(tmp_path / "setup.json", found, {0}, {"2x"}, {"l1"})
         assert [b["seconds_per_epoch"] for b in merged["bases"]] == [expected]
     # a newer run records more of the same network (its data sizes, its total time)
     again = base | {"seconds_per_epoch": 71.0, "seconds": 1420.0, "widths": "16-32-64"}
     found = {"rows": [], "bases": [again], "importance_seconds": []}
-    merged = cifar._merged(tmp_path / "setup.json", found, {0}, {"2x"}, {"l1"})
+    merged = cifar.merge_rows(tmp_path / "setup.json", found, {0}, {"2x"}, {"l1"})
     assert merged["bases"] == [base | {"widths": "16-32-64"}]
 
 

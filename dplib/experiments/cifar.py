@@ -118,13 +118,13 @@ def run(
         )  # fmt: skip
         # a fixed-width row's budget is its widths, and every run of a criterion redoes them
         redone = (set(seeds), {*budgets, *experiment.widths}, set(criteria), set(allocations))
-        found = _merged(results / f"{experiment.name}.json", found, *redone)
+        found = merge_rows(results / f"{experiment.name}.json", found, *redone)
         done[experiment.name] = found | (note or {}) | {"shared_base": experiment.shared_base}
         write_json(results / f"{experiment.name}.json", done[experiment.name])
     return done
 
 
-def _merged(
+def merge_rows(
     path: Path,
     found: dict[str, Any],
     seeds: set[int],
