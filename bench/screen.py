@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from dplib import find_prunable_layers
 from dplib.experiments import compare, reports
 from dplib.experiments.experiment import pretrain, prune_and_finetune, score
 from dplib.files import atomic_write_text, read_json, write_json
@@ -35,6 +36,9 @@ CANDIDATES: dict[str, dict] = {
     "phi10": {"phi_init": 10.0},
     "phi10-lr0.3": {"phi_init": 10.0, "lr": 0.3},
     "phi30": {"phi_init": 30.0},
+    "phi50": {"phi_init": 50.0},
+    "lr0.2": {"lr": 0.2},
+    "phi50-lr0.2": {"phi_init": 50.0, "lr": 0.2},
     "phi3": {"phi_init": 3.0},
     "kl0": {"kl_weight": 0.0},
     "phi10-kl0": {"phi_init": 10.0, "kl_weight": 0.0},
@@ -42,14 +46,18 @@ CANDIDATES: dict[str, dict] = {
     "scale-none": {"scale": "none"},
     "authors": "authors",
     "authors-joint": "authors-joint",
+    "authors-split": "authors-split",
 }
 
 
-def settings_for(name: str, epochs: float) -> DirichletSettings:
-    """A candidate's settings at the setup's importance epochs (authors: their own length)."""
+def settings_for(name: str, epochs: float, layers: int) -> DirichletSettings:
+    """A candidate's settings at the setup's importance epochs (``authors``: that many per layer;
+    ``authors-split``: that many in all, shared by the ``layers``)."""
     changes = CANDIDATES[name]
     if changes == "authors":
         return DirichletSettings.authors().replace(epochs=epochs)
+    if changes == "authors-split":
+        return DirichletSettings.authors().replace(epochs=epochs / layers)
     if changes == "authors-joint":
         return DirichletSettings.authors().replace(epochs=epochs, layerwise=False)
     return DirichletSettings(epochs=epochs).replace(**changes)
@@ -80,7 +88,10 @@ def main() -> None:
                     continue
                 scored_base = base
                 if candidate is not None:
-                    settings = settings_for(candidate, experiment.importance.epochs)
+                    layers = len(
+                        find_prunable_layers(base.model, coupled=experiment.coupled).layers
+                    )
+                    settings = settings_for(candidate, experiment.importance.epochs, layers)
                     scored_base = dataclasses.replace(
                         base, experiment=experiment.replace(importance=settings)
                     )
@@ -189,8 +200,11 @@ def describe(candidate: str) -> str:
     """The knobs a candidate changes from the kit's defaults."""
     changes = CANDIDATES[candidate]
     if isinstance(changes, str):
-        joint = changes.endswith("joint")
-        return "DirichletSettings.authors()" + (", layerwise=False" if joint else "")
+        return {
+            "authors": "DirichletSettings.authors(), the setup's epochs per layer",
+            "authors-joint": "DirichletSettings.authors(), layerwise=False",
+            "authors-split": "DirichletSettings.authors(), the setup's epochs shared by the layers",
+        }[changes]
     return ", ".join(f"{k}={v}" for k, v in changes.items()) or "the defaults"
 
 

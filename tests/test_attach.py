@@ -24,7 +24,7 @@ def test_gates_at_uniform_phi_leave_predictions_unchanged(model_name):
     model = trained_like(dplib.models.build(model_name, seed=1))
     x = torch.randn(8, 1, 28, 28)
     before = model(x)
-    gated = dplib.attach_gates(model, phi_init=3.0)
+    gated = dplib.attach_gates(model, phi_init=3.0, scale="K")
     torch.testing.assert_close(gated(x), before, rtol=1e-5, atol=1e-5)
     restored = gated.remove()
     assert restored is model

@@ -68,7 +68,8 @@ def test_host_reads_do_not_grow_with_the_number_of_steps(loop, monkeypatch):
                 dplib.learn_importance(gated, _loader(images), epochs=2, device="cpu")
         counts[images] = sorted(seen)
     assert counts[128] == counts[640], (len(counts[128]), len(counts[640]))
-    assert len(counts[128]) < 40  # a few per epoch and at the end, not per step
+    phases = 4 if loop == "learn_importance" else 1  # the default learns one layer at a time
+    assert len(counts[128]) < 40 * phases  # a few per epoch and at the end, not per step
 
 
 def test_no_function_of_the_method_is_longer_than_a_screen():

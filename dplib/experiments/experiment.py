@@ -298,8 +298,9 @@ def score(
 
 
 def learnt(base: Base, budget: str, *, log: Log = log_line) -> Importance:
-    """The Dirichlet importance learnt with ``budget``'s MAC term (:mod:`dplib.vi`), cached."""
-    settings = base.experiment.importance.replace(budget_macs=budget)
+    """The Dirichlet importance learnt with ``budget``'s MAC term (:mod:`dplib.vi`), cached; the
+    term ties the layers, so every gate learns together (``layerwise=False``)."""
+    settings = base.experiment.importance.replace(budget_macs=budget, layerwise=False)
     return score(dataclasses.replace(base, experiment=base.experiment.replace(importance=settings)),
                  "dirichlet", log=log)  # fmt: skip
 
