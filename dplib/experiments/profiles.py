@@ -92,7 +92,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
         "cifar_width_multiplier": 0.125,  # CIFAR networks at 1/8 width: seconds on a CPU
         "subset": 4096, "eval_subset": 500, "batch_size": 64,
-        "pretrain_epochs": 2.0, "importance_epochs": 0.5, "finetune_epochs": 0.25,
+        "pretrain_epochs": 2.0, "importance_epochs": 3.0, "finetune_epochs": 0.25,
         "taylor_batches": 2, "speedup_repeats": 3, "speedup_rounds": 1,
         "small_data_epoch_factor": 1, "synthetic_hidden": (20, 50), "synthetic_steps": 150,
         "experiments": (("fashion_mnist", "lenet5"),),
