@@ -17,10 +17,11 @@ its negative is the loss each step minimises over the gates' parameters :math:`\
     \qquad s^{(m)} \sim q .
 
 The method as specified has :math:`\beta = 1` and :math:`Z = N` (the negative ELBO proper, per
-example); the kit's defaults keep :math:`Z = 1` and :math:`\beta = 0.01`, so that the sparse
-prior competes with the data term (``samples`` = M, ``kl_weight`` = :math:`\beta`,
-``kl_normalizer`` = Z). The network is in eval mode. With ``estimator="sample"`` copy m of the
-stacked mini-batch is gated by sample :math:`s^{(m)}` and the cross-entropies are averaged
+example); the kit's defaults, the authors' recipe, take :math:`\beta = 0` (the data term alone)
+at the posterior mean, one layer's gate at a time (``layerwise``) with the other gates off
+(``samples`` = M, ``kl_weight`` = :math:`\beta`, ``kl_normalizer`` = Z). The network is in eval
+mode. With ``estimator="sample"`` copy m of the stacked mini-batch is gated by sample
+:math:`s^{(m)}` and the cross-entropies are averaged
 (never the logits); with ``"point"``, :math:`s` is the posterior mean and only the KL term sees
 the distribution.
 
