@@ -238,7 +238,7 @@ def setup_section(name: str, result: dict[str, Any]) -> str:
         f"\nBase network: {100 * statistics.mean(val):.2f}% validation accuracy (mean over "
         f"seeds), {result['bases'][0]['params']:,} params, {result['bases'][0]['macs']:,} MACs; "
         f"fine-tuning {epochs:g} epoch(s) at lr {compare.FINETUNING.lr:g}, "
-        f"{compare.FINETUNING.schedule}.\n\n"
+        f"{compare.FINETUNING.schedule}. {_importance_cost(result, result['bases'][0])}\n\n"
         "Dirichlet (own allocation) minus the best other criterion, validation, points:\n\n"
     )
     for m in dirichlet_margins(summary):
@@ -526,4 +526,7 @@ def _importance_cost(result: dict[str, Any], base: dict[str, Any]) -> str:
     if not seconds or not base.get("seconds_per_epoch"):
         return ""
     fraction = statistics.mean(seconds) / base["seconds_per_epoch"]
-    return f"Dirichlet importance: {fraction:.2f} of a training epoch."
+    return (
+        f"Dirichlet importance: {statistics.mean(seconds):.1f} s, {fraction:.2f} training "
+        "epochs (mean over seeds)."
+    )
