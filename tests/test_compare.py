@@ -170,3 +170,23 @@ def test_bad_comparison_settings_fail_before_training(override, message):
 
     with pytest.raises(ValueError, match=message):
         profiles.resolve("smoke", "fashion_mnist", "lenet5", **override)
+
+
+def test_the_course_verdict_is_computed_from_the_committed_comparison():
+    import copy
+
+    from dplib.experiments import reports
+
+    committed = compare.load_results(compare.committed_results(), compare.committed_results())
+    found = reports.what_the_kit_found(committed)
+    cases = reports.same_widths_verdict(committed).set_index("metric")
+    wins = int(cases.loc["after pruning", "at least the best other"])
+    assert f"in {wins} of 12 cases" in found
+    # a comparison where Dirichlet's ranking wins or loses everywhere changes what students read
+    for accuracy, expected in ((1.0, 12), (0.0, 0)):
+        changed = copy.deepcopy(committed)
+        for result in changed.values():
+            for row in result["rows"]:
+                if row["criterion"] == "dirichlet" and row["allocation"] == "same":
+                    row["pruned_val"] = accuracy
+        assert f"in {expected} of 12 cases" in reports.what_the_kit_found(changed)

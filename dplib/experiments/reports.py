@@ -227,6 +227,43 @@ def same_widths_verdict(
     ])  # fmt: skip
 
 
+def what_the_kit_found(results: dict[str, dict[str, Any]], link: str = "compare.md") -> str:
+    """The course's verdict, computed from the comparison's rows (so it cannot drift from
+    them): Dirichlet at the same widths and with its allocations against the other criteria,
+    right after pruning and after fine-tuning, with the number of cases and seeds. ``link``
+    points to the comparison's table from where the text is shown."""
+    same = same_widths_verdict(results).set_index("metric")
+    rules = verdict(results).set_index(["criterion", "allocation"])
+    seeds = max(len(r["bases"]) for r in results.values() if rules_ran(r))
+    cases = int(same.loc["after pruning", "cases"])
+    lines = [
+        f"**What the kit found** ([the comparison]({link}): {cases} cases, the LeNet setups at "
+        f"4x, 10x and 20x fewer MACs, mean over {seeds} seeds, validation accuracy)",
+        "",
+    ]
+    moments = {"after pruning": "right after pruning", "after fine-tune": "after fine-tuning"}
+    for metric, when in moments.items():
+        row = same.loc[metric]
+        lines.append(
+            f"- Pruned to the same widths as every other criterion (the ranking alone), {when}:"
+            f" Dirichlet is at least as high as the best of them in "
+            f"{int(row['at least the best other'])} of {cases} cases, "
+            f"{row['mean lead (points)']:+.2f} points on average, "
+            f"{row['worst lead (points)']:+.2f} at worst."
+        )
+    for rule, name in (("own", "its own (greedy) allocation"), ("measured", "the measured rule")):
+        if ("dirichlet", rule) in rules.index:
+            row = rules.loc[("dirichlet", rule)]
+            lines.append(
+                f"- With {name}, against the best other criterion (its own allocation or "
+                f"Torch-Pruning's global pruning): at "
+                f"least as high in {int(row['after pruning'])} of {int(row['cases'])} cases right "
+                f"after pruning, {int(row['at least the best peer after fine-tune'])} after "
+                "fine-tuning."
+            )
+    return "\n".join(lines)
+
+
 def setup_section(name: str, result: dict[str, Any]) -> str:
     """The Markdown section of one setup: its table, base network, margins and settling."""
     dataset, _, model = name.partition("-")
