@@ -4,6 +4,8 @@
     python bench/compare.py --setups fashion_mnist32-resnet20 # resnet20 (about 90 minutes)
     python bench/compare.py --setups mnist5k-lenet300 --seeds 0
     python bench/compare.py --criteria dirichlet              # redo one criterion's rows only
+    python bench/compare.py --setups fashion_mnist32-resnet20 --criteria dirichlet \
+        --allocations own same                                # and only some allocations
 
 Results are cached under runs/cpu/<dataset>-<model>/seed<k>/ (a rerun continues where it
 stopped; the notebooks of the cpu profile share this cache), the raw rows in
@@ -38,6 +40,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budgets", nargs="+", default=list(compare.BUDGETS))
     parser.add_argument("--criteria", nargs="+", default=None)
+    parser.add_argument("--allocations", nargs="+", default=None, choices=compare.ALLOCATION_NAMES)
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "cpu")
     parser.add_argument("--out", type=Path, default=ROOT / "figures")
     args = parser.parse_args()
@@ -49,12 +52,14 @@ def main() -> None:
             seeds=args.seeds,
             budgets=args.budgets,
             criteria=args.criteria,
+            allocations=args.allocations,
             log=lambda line: print(line, flush=True),
         )
         committed = compare.committed_results() / f"{name}.json"
         if args.criteria is not None:  # the committed rows of the other criteria stay
             redone = (set(args.seeds), {*args.budgets, *compare.SETUPS[name].widths})
-            result = cifar.merge_rows(committed, result, *redone, set(args.criteria))
+            allocations = args.allocations or compare.ALLOCATION_NAMES
+            result = cifar.merge_rows(committed, result, *redone, set(args.criteria), allocations)
         write_json(args.root / name / "rows.json", result)
         # make figures does not rerun the comparison: it redraws these committed rows
         write_json(committed, result)
