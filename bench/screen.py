@@ -69,6 +69,12 @@ def main() -> None:
     parser.add_argument("--setups", nargs="+", default=list(compare.DEFAULT_SETUPS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
+    parser.add_argument(
+        "--fresh-peers",
+        action="store_true",
+        help="score the other criteria on these base networks too (where the committed rows "
+        "come from other networks: a base that does not retrain bit for bit)",
+    )
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "cpu")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "screen.json")
     parser.add_argument("--markdown", type=Path, default=ROOT / "figures" / "study" / "screen.md")
@@ -79,7 +85,8 @@ def main() -> None:
         experiment = compare.SETUPS[name]
         for seed in args.seeds:
             base = pretrain(experiment, args.root, seed)
-            jobs = [("dirichlet", candidate) for candidate in args.candidates]
+            jobs = [(peer, None) for peer in PEERS] if args.fresh_peers else []
+            jobs += [("dirichlet", candidate) for candidate in args.candidates]
             for criterion, candidate in jobs:
                 label = candidate or criterion
                 wanted = [
@@ -101,7 +108,7 @@ def main() -> None:
                 seconds = importance.history.get("seconds_total", time.perf_counter() - started)
                 for budget in wanted:
                     row = prune_and_finetune(
-                        base, criterion, importance, budget, "same", finetune=candidate is None
+                        base, criterion, importance, budget, "same", finetune=False
                     )
                     rows.append(
                         {
@@ -124,23 +131,31 @@ def main() -> None:
     write_markdown(rows, args.markdown)
 
 
-def committed_peers() -> dict[tuple, dict[str, float]]:
+def committed_peers(rows: list[dict] = ()) -> dict[tuple, dict[str, float]]:
     """The other criteria at the same widths, right after pruning, per (setup, seed, budget),
-    from the comparison's committed rows (the base networks are seeded: the same networks)."""
+    from the comparison's committed rows (the base networks are seeded: the same networks), or
+    from the screen's own ``rows`` of them where it scored them (``--fresh-peers``)."""
     peers: dict[tuple, dict[str, float]] = {}
     for name, result in compare.load_results(ROOT / "nothing", compare.committed_results()).items():
         for r in result["rows"]:
             if r["allocation"] == "same" and r["criterion"] in PEERS:
                 key = (name, r["seed"], r["budget"])
                 peers.setdefault(key, {})[r["criterion"]] = r["pruned_val"]
-    return peers
+    fresh: dict[tuple, dict[str, float]] = {}
+    for r in rows:
+        if r["criterion"] in PEERS:
+            fresh.setdefault((r["setup"], r["seed"], r["budget"]), {})[r["criterion"]] = r[
+                "pruned_val"
+            ]
+    return peers | fresh
 
 
 def leads(rows: list[dict]) -> pd.DataFrame:
     """Per (candidate, setup, budget): the mean over seeds of the validation accuracy right after
     pruning, the best other criterion's at the same seeds, the lead (points) and the seconds."""
-    peers = committed_peers()
+    peers = committed_peers(rows)
     table = []
+    rows = [r for r in rows if r["criterion"] == "dirichlet"]
     for r in rows:
         others = peers.get((r["setup"], r["seed"], r["budget"]))
         if others:
