@@ -190,3 +190,50 @@ def test_the_course_verdict_is_computed_from_the_committed_comparison():
                 if row["criterion"] == "dirichlet" and row["allocation"] == "same":
                     row["pruned_val"] = accuracy
         assert f"in {expected} of 12 cases" in reports.what_the_kit_found(changed)
+
+
+def test_comparison_figure_draws_one_question_per_panel():
+    """The ranking (every criterion, same widths) and one column per Dirichlet rule beside L1,
+    after pruning and after fine-tuning: 2 x (1 + 4) panels where the rules ran, 2 x 2 where
+    only own and same did; no empty panel, few lines in each, the budgets in their order."""
+    committed = compare.load_results(compare.committed_results(), compare.committed_results())
+    rows = committed["mnist5k-lenet5"]["rows"]
+    own_and_same = [r for r in rows if r["allocation"] in ("own", "same")]
+    # lines per panel: 6 criteria in the ranking's two, Dirichlet and L1 under each rule (the
+    # learnt rule: Dirichlet alone)
+    for chosen, lines in ((rows, [1] * 2 + [2] * 6 + [6] * 2), (own_and_same, [2] * 2 + [6] * 2)):
+        figure = figures.plot_comparison(compare.summarise(chosen), "committed")
+        axes = figure.get_axes()
+        assert len(axes) == len(lines) and all(axis.has_data() for axis in axes)
+        assert sorted(len(axis.containers) for axis in axes) == lines  # one errorbar a line
+        bottom = [axis for axis in axes if axis.get_xlabel()]  # the top row shares their x
+        assert len(bottom) == len(axes) // 2
+        for axis in bottom:
+            assert [t.get_text() for t in axis.get_xticklabels()] == ["4x", "10x", "20x"]
+        assert all("validation accuracy (%)" in a.get_ylabel() for a in axes if a.get_ylabel())
+        plt.close(figure)
+
+
+def test_learning_curves_draw_the_cross_entropy_and_the_kl_on_their_own_axes():
+    import torch
+
+    from dplib import Importance
+
+    steps = 200
+    history = {
+        "cross_entropy": [0.3 + 0.1 * 0.99**s for s in range(steps)],
+        "kl": [2000.0 - s for s in range(steps)],
+        "steps": [100, 200],
+        "snapshots": [{"fc": torch.tensor([0.2, 0.3, 0.5])}, {"fc": torch.tensor([0.1, 0.3, 0.6])}],
+    }
+    scores = {"fc": torch.tensor([0.1, 0.3, 0.6])}
+    for beta, panels in ((0.01, 3), (0.0, 2)):  # beta 0: the loss is the cross-entropy alone
+        loss = [ce + beta * kl for ce, kl in zip(history["cross_entropy"], history["kl"])]
+        importance = Importance(
+            scores, history=history | {"loss": loss}, config={"kl_weight": beta}
+        )
+        figure = figures.importance_learning(importance, "fake")
+        axes = figure.get_axes()
+        assert len(axes) == panels and all(axis.has_data() for axis in axes)
+        assert axes[0].get_ylim()[1] < 1  # the cross-entropy is not flattened by the KL's scale
+        plt.close(figure)

@@ -7,6 +7,7 @@ Each function draws from the data it is given (never from training) and returns 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 
 from ..files import atomic_path
 from ..importance import Importance
-from . import compare, study
+from . import compare, reports, study
 
 # One colour per criterion in every figure (a criterion not listed gets matplotlib's next one).
 # fmt: off
@@ -133,33 +134,59 @@ def importance_bars(importance: Importance, title: str = "") -> plt.Figure:
 
 
 def importance_learning(importance: Importance, title: str = "") -> plt.Figure:
-    """The ELBO's terms per step, and how fast each layer's ranking settles."""
-    history = importance.history
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2))
-    steps = np.arange(1, len(history["loss"]) + 1)
-    window = max(1, len(steps) // 50)
-
-    def smooth(values):
-        return np.convolve(np.asarray(values, dtype=float), np.ones(window) / window, mode="valid")
-
-    smoothed_steps = steps[window - 1 :]
-    left.plot(smoothed_steps, smooth(history["cross_entropy"]), label="cross-entropy")
-    left.plot(smoothed_steps, smooth(history["loss"]), label=r"loss (CE + $\beta$ KL / Z)", ls="--")
-    left.set_xlabel("step")
-    left.set_ylabel("per batch")
-    left.set_title(f"negative ELBO (moving average of {window})")
-    left.legend()
-    for name, taus in compare.settling(importance)["tau"].items():
-        right.plot(history["steps"], taus, marker=".", label=name)
-    right.set_ylim(-1.05, 1.05)
-    right.set_xlabel("step")
-    right.set_ylabel("Kendall tau with the final ranking")
-    right.set_title("how fast the ranking settles")
-    right.legend()
+    """The negative ELBO's terms per step, each on its own scale: the cross-entropy, the KL
+    (left out when ``kl_weight`` is 0: the loss is then the cross-entropy), and how fast each
+    layer's ranking settles (when snapshots were kept)."""
+    history, config = importance.history, importance.config
+    with_kl = config.get("kl_weight") != 0 and bool(history.get("kl"))
+    snapshots = bool(history.get("snapshots"))
+    count = 1 + with_kl + snapshots
+    figure, axes = plt.subplots(1, count, figsize=(4.6 * count, 3.2), squeeze=False)
+    panels = iter(axes[0])
+    axis = next(panels)
+    window = _learning_curve(axis, history["cross_entropy"], "#1f77b4")
+    axis.set_ylabel("cross-entropy (nats per image)")
+    the_loss = "" if with_kl else r" = the loss ($\beta$ = 0)"
+    axis.set_title(f"cross-entropy{the_loss}, moving average of {window}", fontsize=9)
+    if with_kl:
+        axis = next(panels)
+        _learning_curve(axis, history["kl"], "#d62728")
+        axis.set_ylabel(r"KL($q\,\|\,$prior), summed over layers")
+        per_n = " / N" if config.get("kl_divided_by_n") else ""
+        beta = config.get("kl_weight")
+        weight = "" if beta is None else rf": in the loss $\times$ {beta:g}{per_n}"
+        axis.set_title(f"KL term{weight}", fontsize=9)
+    if snapshots:
+        axis = next(panels)
+        for name, taus in compare.settling(importance)["tau"].items():
+            axis.plot(history["steps"], taus, marker=".", label=name)
+        axis.set_ylim(-1.05, 1.05)
+        axis.set_xlabel("step")
+        axis.set_ylabel("Kendall tau with the final ranking")
+        axis.set_title("how fast the ranking settles", fontsize=9)
+        axis.legend()
     if title:
         figure.suptitle(title)
     figure.tight_layout()
     return figure
+
+
+def _learning_curve(axis: plt.Axes, values: list[float], colour: str) -> int:
+    """``values`` per step, faint, and their moving average over a 50th of the steps on top,
+    the y range that of the average and of the steps' 1st to 99th percentile (no rare spike
+    flattens the trend); the window."""
+    values = np.asarray(values, dtype=float)
+    steps = np.arange(1, len(values) + 1)
+    window = max(1, len(values) // 50)
+    smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+    axis.plot(steps, values, color=colour, alpha=0.25, lw=0.6)
+    axis.plot(steps[window - 1 :], smooth, color=colour, lw=1.6)
+    low, high = np.percentile(values, [1, 99])
+    low, high = min(low, smooth.min()), max(high, smooth.max())
+    margin = 0.05 * (high - low) or 0.05 * abs(high) or 0.05
+    axis.set_ylim(low - margin, high + margin)
+    axis.set_xlabel("step")
+    return window
 
 
 def feature_maps(payload: dict[str, Any], classes: list[str], title: str = "", top: int = 3):
@@ -215,52 +242,111 @@ def accuracy_vs_compression(frame: pd.DataFrame, title: str = "") -> plt.Figure:
 
 
 # The comparison at a MAC budget ------------------------------------------------------------
+STAGES = (("pruned_val", "right after pruning"), ("finetuned_val", "after fine-tuning"))
+RULE_TITLES = {
+    "own": "own: greedy on the scores", "measured": "measured: loss per MAC",
+    "effective": "effective widths", "learnt": "learnt with the budget (no L1 control)",
+}  # fmt: skip
+RANKING_WIDTH = 1.5  # the ranking's panel (six lines) against one rule's panel (two)
+MIN_SPAN = 2.0  # points of accuracy at least on a y axis: one seed's noise does not look big
+_BUDGET = re.compile(r"^\d+(\.\d+)?x$")  # "4x"; fixed widths and references are not budgets
+
+
 def plot_comparison(summary: list[dict[str, Any]], title: str = "") -> plt.Figure:
-    """Validation accuracy against MACs, right after pruning and after fine-tuning: one line
-    per criterion, own allocation solid, same widths dashed, the measured allocation and
-    Torch-Pruning's global pruning dash-dotted, error bars one std over seeds (the other rules:
-    in the tables)."""
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
-    criteria = list(dict.fromkeys(e["criterion"] for e in summary))
-    for axis, metric, label in zip(
-        axes, ("pruned_val", "finetuned_val"), ("right after pruning", "after fine-tuning")
-    ):
-        for criterion in criteria:
-            of_criterion = [e for e in summary if e["criterion"] == criterion]
-            styles = (
-                ("own", "-"),
-                ("same", "--"),
-                ("fixed", ":"),
-                ("measured", "-."),
-                ("global", "-."),
-            )
-            for allocation, style in styles:
-                entries = [e for e in of_criterion if e["allocation"] == allocation]
-                entries.sort(key=lambda e: e["macs"])
-                if not entries:
-                    continue
-                axis.errorbar(
-                    [e["macs"] for e in entries],
-                    [100 * e[metric] for e in entries],
-                    yerr=[100 * e[metric + "_std"] for e in entries],
-                    ls=style,
-                    marker={"own": "o", "same": "x", "measured": "^", "global": "s"}.get(
-                        allocation, "*"
-                    ),
-                    ms=4,
-                    capsize=3,
-                    color=COLOURS.get(criterion),
-                    label=f"{criterion} ({allocation})",
-                )
-        axis.set_xscale("log")
-        axis.set_xlabel("MACs (log)")
-        axis.set_ylabel("validation accuracy (%)")
-        axis.set_title(label)
-    axes[1].legend(fontsize=7, ncol=2)
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
+    """The comparison at MAC budgets (``summary``: :func:`dplib.experiments.compare.summarise`)
+    as two questions, validation accuracy right after pruning (top row) and after fine-tuning
+    (bottom row) against the budget, error bars one std over seeds:
+
+    (a) the ranking: every criterion at the same widths (allocation ``same``);
+    (b) the allocation: one column per rule that ran for Dirichlet (own, measured, effective,
+        learnt), Dirichlet beside L1 under the same rule (the control).
+
+    Only what ran is drawn; Torch-Pruning's global pruning and fixed widths: in the tables."""
+    budgets = sorted({e["budget"] for e in summary if _BUDGET.match(e["budget"])}, key=_ratio)
+    shown = [e for e in summary if e["budget"] in budgets]
+    same = [e for e in shown if e["allocation"] == "same"]
+    rules = [r for r in reports.RULES if any(_is(e, "dirichlet", r) for e in shown)]
+    groups, ratios = [], []  # (question, [(panel title, entries)]) with rows; their widths
+    if same:
+        groups.append(("(a) the ranking", [("every criterion at the same widths", same)]))
+        ratios.append(RANKING_WIDTH)
+    if rules:
+        pairs = [
+            (RULE_TITLES[r], [e for e in shown if _is(e, ("dirichlet", "l1"), r)]) for r in rules
+        ]
+        groups.append(("(b) the allocation: Dirichlet vs L1", pairs))
+        ratios.append(len(pairs))
+    panel = max(2.8, 1.0 + 0.6 * len(budgets))  # inches per panel: narrow for one budget
+    figure = plt.figure(figsize=(1.0 + panel * max(1, sum(ratios)), 6.4), layout="constrained")
+    if not groups:
+        figure.text(0.5, 0.5, "no rows at a MAC budget to draw", ha="center")
+        return figure
+    subfigures = figure.subfigures(1, len(groups), width_ratios=ratios)
+    handles: dict[str, Any] = {}
+    for subfigure, (question, columns) in zip(np.atleast_1d(subfigures), groups):
+        subfigure.suptitle(question, fontsize=10)
+        axes = subfigure.subplots(2, len(columns), sharex=True, sharey="row", squeeze=False)
+        for column, (name, entries) in enumerate(columns):
+            for row, (metric, stage) in enumerate(STAGES):
+                handles |= _accuracy_lines(axes[row, column], entries, metric, budgets)
+                axes[row, column].set_ylabel(f"{stage}\nvalidation accuracy (%)")
+            axes[0, column].set_title(name, fontsize=9)
+            axes[1, column].set_xlabel("MAC budget (times fewer)")
+        for axis in axes.flat:
+            axis.label_outer()
+        for axis in axes[:, 0]:
+            _at_least(axis, MIN_SPAN)
+    seeds = max(e["seeds"] for e in shown)
+    spread = f" (error bars: ± 1 std over {seeds} seeds)" if seeds > 1 else " (one seed)"
+    figure.suptitle((title or "the comparison at a MAC budget") + spread)
+    figure.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=len(handles))
     return figure
+
+
+def _ratio(budget: str) -> float:
+    return float(budget.rstrip("x"))
+
+
+def _at_least(axis: plt.Axes, span: float) -> None:
+    """Widen ``axis``'s y range about its middle to at least ``span``."""
+    low, high = axis.get_ylim()
+    if high - low < span:
+        middle = (low + high) / 2
+        axis.set_ylim(middle - span / 2, middle + span / 2)
+
+
+def _is(entry: dict[str, Any], criteria: str | tuple[str, ...], allocation: str) -> bool:
+    criteria = (criteria,) if isinstance(criteria, str) else criteria
+    return entry["criterion"] in criteria and entry["allocation"] == allocation
+
+
+def _accuracy_lines(
+    axis: plt.Axes, entries: list[dict[str, Any]], metric: str, budgets: list[str]
+) -> dict[str, Any]:
+    """One line per criterion of ``entries``: ``metric`` (in %) ± std at each of ``budgets``
+    (evenly spaced, each criterion nudged sideways so the error bars do not overlap); the
+    legend handles by criterion."""
+    criteria = list(dict.fromkeys(e["criterion"] for e in entries))
+    # Dirichlet first in the legend (and on top of the others: its zorder)
+    criteria.sort(key=lambda c: (c != "dirichlet", list(COLOURS).index(c) if c in COLOURS else 99))
+    handles = {}
+    for index, criterion in enumerate(criteria):
+        points = sorted(
+            (budgets.index(e["budget"]), 100 * e[metric], 100 * e[f"{metric}_std"])
+            for e in entries
+            if e["criterion"] == criterion
+        )
+        x, y, error = (np.array(values) for values in zip(*points))
+        nudge = 0.07 * (index - (len(criteria) - 1) / 2)
+        ours = criterion == "dirichlet"
+        handles[criterion] = axis.errorbar(
+            x + nudge, y, yerr=error, color=COLOURS.get(criterion), marker="o" if ours else ".",
+            ms=5 if ours else 6, lw=2.2 if ours else 1.2, capsize=2, elinewidth=0.8,
+            zorder=3 if ours else 2, label=criterion,
+        )  # fmt: skip
+    axis.set_xticks(range(len(budgets)), budgets)
+    axis.set_xlim(-0.5, len(budgets) - 0.5)
+    return handles
 
 
 def plot_settling(settles: list[dict[str, Any]], title: str = "") -> plt.Figure:
