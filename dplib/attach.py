@@ -40,7 +40,7 @@ class GatedModel(nn.Module):
         for layer in graph.layers:
             gate = gates[layer.name]
             for target in layer.gate_targets(position):  # a hook's result replaces the output
-                hook = modules[target].register_forward_hook(lambda _m, _i, out, g=gate: g(out))
+                hook = modules[target].register_forward_hook(_gate_hook(gate))
                 self._handles.append(hook)
 
     @property
@@ -74,6 +74,32 @@ class GatedModel(nn.Module):
             handle.remove()
         self._handles.clear()
         return self.model
+
+
+def _gate_hook(gate: DirichletGate) -> Any:
+    """The forward hook that applies ``gate`` (its result replaces the layer's output), marked so
+    that :func:`check_ungated` can find it."""
+
+    def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        return gate(output)
+
+    hook.dplib_gate = True
+    return hook
+
+
+def check_ungated(model: nn.Module, what: str) -> None:
+    """A ValueError when Dirichlet gates still hook into ``model``: ``what`` would measure or
+    copy the gated network, not the network."""
+    if any(
+        getattr(hook, "dplib_gate", False)
+        for module in model.modules()
+        for hook in module._forward_hooks.values()
+    ):
+        raise ValueError(
+            f"{what} was given a network whose Dirichlet gates are still attached: call "
+            ".remove() on the GatedModel from dplib.attach_gates first (it returns the "
+            "network, unchanged)"
+        )
 
 
 def unwrap(model: nn.Module) -> nn.Module:

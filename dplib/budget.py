@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .attach import unwrap
+from .attach import check_ungated, unwrap
 from .importance import Importance
 from .measure import CostModel, Quadratic, count
 from .measured import measured_removal
@@ -153,6 +153,7 @@ def choose_widths(
     if allocation == "measured" and data is None:
         raise ValueError("the measured allocation needs data: a few fixed training batches")
     model = unwrap(model)
+    check_ungated(model, "dplib.choose_widths")
     layers = importance.names if importance is not None else None
     if costs is None:
         costs = CostModel(model, input_shape_for(model, input_shape), layers)

@@ -28,7 +28,7 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 from torch.utils.flop_counter import FlopCounterMode
 
-from .attach import unwrap
+from .attach import check_ungated, unwrap
 from .graph import PrunableLayer, _inputs, _units, find_prunable_layers, flatten_factor
 from .importance import ImportanceMismatchError
 from .loop import resolve_device
@@ -44,6 +44,13 @@ class Count(NamedTuple):
 def count(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> Count:
     """Parameters and MACs of ``model`` for one forward pass of a tensor of ``input_shape``
     (batch axis included: (1, C, H, W) gives the MACs of one image)."""
+    check_ungated(model, "dplib.count")
+    return _counted(model, input_shape)
+
+
+def _counted(model: nn.Module, input_shape: tuple[int, ...]) -> Count:
+    """:func:`count` of any model, gated ones included (their gates change no shape: the cost
+    model of the learnt allocation counts the gated network)."""
     if len(input_shape) < 2:
         raise ValueError(f"input_shape must include the batch axis, got {input_shape}")
     params = sum(p.numel() for p in model.parameters())
@@ -134,7 +141,7 @@ class CostModel:
         self.names = [layer.name for layer in self.layers]
         self.units = np.array([layer.units for layer in self.layers], dtype=np.int64)
         try:
-            self.full = count(model, self.input_shape)
+            self.full = _counted(model, self.input_shape)
             positions = _output_positions(model, self.input_shape)
         except RuntimeError as error:
             raise ValueError(

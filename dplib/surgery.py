@@ -16,7 +16,7 @@ import copy
 import torch
 from torch import nn
 
-from .attach import unwrap
+from .attach import check_ungated, unwrap
 from .graph import find_prunable_layers, flatten_factor
 from .importance import Importance, Widths, parse_widths
 
@@ -68,7 +68,8 @@ def prune(model: nn.Module, importance: Importance, widths: Widths) -> nn.Module
     """Return a new network that keeps, per prunable layer, its top-``width`` units.
 
     Args:
-        model: the network (not changed; a :class:`~dplib.attach.GatedModel` is unwrapped).
+        model: the network (not changed; a :class:`~dplib.attach.GatedModel` whose gates were
+            removed is unwrapped; with its gates still attached it is refused).
         importance: scores for the layers to prune (any criterion); layers (or residual groups)
             it does not score keep all their units.
         widths: kept units per scored layer, in any widths notation (``"5-8-45-15"``).
@@ -77,6 +78,7 @@ def prune(model: nn.Module, importance: Importance, widths: Widths) -> nn.Module
     WidthsError (impossible widths).
     """
     model = unwrap(model)
+    check_ungated(model, "dplib.prune")
     graph = find_prunable_layers(model, coupled=True)
     importance.check_fits({layer.name: layer.units for layer in graph.layers}, type(model).__name__)
     groups = {layer.name: layer.groups for layer in graph.layers}

@@ -91,3 +91,21 @@ def test_attach_gates_errors():
         dplib.attach_gates(gated)
     with pytest.raises(ValueError, match="position"):
         dplib.attach_gates(dplib.models.build("lenet300"), position="middle")
+
+
+def test_a_network_with_its_gates_attached_is_refused_by_name():
+    model = dplib.models.build("lenet5", seed=0).eval()
+    importance = dplib.criteria.compute("l1", model)
+    gated = dplib.attach_gates(model)
+    calls = {
+        "dplib.prune": lambda: dplib.prune(model, importance, "5-10-76"),
+        "dplib.choose_widths": lambda: dplib.choose_widths(model, importance, target_macs="4x"),
+        "dplib.count": lambda: dplib.count(gated, (1, 1, 28, 28)),
+    }
+    for what, call in calls.items():
+        with pytest.raises(ValueError, match=rf"{what} .* call \.remove\(\)"):
+            call()
+    gated.remove()  # then every call works on the network itself
+    small = dplib.prune(model, importance, "5-10-76")
+    assert dplib.count(small, (1, 1, 28, 28)).params == 14_396
+    assert dplib.choose_widths(model, importance, target_macs="4x")
