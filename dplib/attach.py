@@ -108,9 +108,12 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def attach_gates(
-    model: nn.Module, settings: DirichletSettings | None = None, *, coupled: bool = False,
+    model: nn.Module,
+    settings: DirichletSettings | None = None,
+    *,
+    coupled: bool = False,
     **knobs: Any,
-) -> GatedModel:  # fmt: skip
+) -> GatedModel:
     """Place a Dirichlet gate after every prunable layer of ``model``.
 
     Args:

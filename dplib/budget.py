@@ -113,12 +113,21 @@ def parse_budget(target: int | float | str, full: int, what: str = "macs") -> in
 
 
 def choose_widths(
-    model: nn.Module, importance: Importance | None, target_macs: float | str | None = None,
-    target_params: float | str | None = None, input_shape: tuple[int, ...] | None = None, *,
-    allocation: str | None = None, verify: bool = True, costs: CostModel | None = None,
-    multiple_of: int = 1, min_keep: Limit = 0.0, max_keep: Limit = 1.0,
-    overrides: dict[str, int] | None = None, data: Iterable | None = None,
-) -> dict[str, int]:  # fmt: skip
+    model: nn.Module,
+    importance: Importance | None,
+    target_macs: float | str | None = None,
+    target_params: float | str | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    *,
+    allocation: str | None = None,
+    verify: bool = True,
+    costs: CostModel | None = None,
+    multiple_of: int = 1,
+    min_keep: Limit = 0.0,
+    max_keep: Limit = 1.0,
+    overrides: dict[str, int] | None = None,
+    data: Iterable | None = None,
+) -> dict[str, int]:
     """Kept units per prunable layer, ``{layer name: width}`` in layer order, whose cost lies in
     [0.98 * target, target].
 
@@ -180,9 +189,12 @@ def choose_widths(
 
 
 def _requested_budget(
-    importance: Importance | None, target_macs: float | str | None,
-    target_params: float | str | None, allocation: str, multiple_of: object,
-) -> tuple[str, int | str]:  # fmt: skip
+    importance: Importance | None,
+    target_macs: float | str | None,
+    target_params: float | str | None,
+    allocation: str,
+    multiple_of: object,
+) -> tuple[str, int | str]:
     """Check the options of :func:`choose_widths` before any forward pass; return what is
     budgeted and the target."""
     if allocation not in ALLOCATIONS:
@@ -248,13 +260,21 @@ class _Grid:
 
 
 def _limits(
-    costs: CostModel, step: np.ndarray, min_keep: Limit, max_keep: Limit,
+    costs: CostModel,
+    step: np.ndarray,
+    min_keep: Limit,
+    max_keep: Limit,
     overrides: dict[str, int],
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-layer (floor, ceiling) widths on the grid from kept fractions and overrides."""
     units, names = costs.units, costs.names
-    unknown = [n for limit in (min_keep, max_keep, overrides) if isinstance(limit, dict)
-               for n in limit if n not in names]  # fmt: skip
+    unknown = [
+        n
+        for limit in (min_keep, max_keep, overrides)
+        if isinstance(limit, dict)
+        for n in limit
+        if n not in names
+    ]
     if unknown:
         raise ValueError(f"limits name layers this model does not prune {unknown}; its: {names}")
     low, high = (
@@ -282,9 +302,14 @@ def _limits(
 
 
 def _allocate(
-    quadratic: Quadratic, costs: CostModel, grid: _Grid, importance: Importance | None,
-    budget: tuple[int, str], allocation: str, found: tuple[nn.Module, Iterable | None],
-) -> np.ndarray:  # fmt: skip
+    quadratic: Quadratic,
+    costs: CostModel,
+    grid: _Grid,
+    importance: Importance | None,
+    budget: tuple[int, str],
+    allocation: str,
+    found: tuple[nn.Module, Iterable | None],
+) -> np.ndarray:
     """Widths on ``grid`` under the budget (target, what): allocation, add-back, exchanges;
     ``found``: the model and the measured allocation's data."""
     if importance is not None:
@@ -335,8 +360,10 @@ class _ImportanceRank:
     def __init__(self, importance: Importance, names: list[str], groups: np.ndarray):
         relative = importance.relative()
         # ranked[l][j]: score of layer l's (j+1)-th most important unit; prune() keeps the top w
-        self.ranked = [relative[name][importance.ranking(name, int(g))].numpy()
-                       for name, g in zip(names, groups)]  # fmt: skip
+        self.ranked = [
+            relative[name][importance.ranking(name, int(g))].numpy()
+            for name, g in zip(names, groups)
+        ]
 
     def removal(self, widths: np.ndarray, lower: np.ndarray, savings: np.ndarray) -> np.ndarray:
         """Per layer: the mean score of the last kept units, down to ``lower``."""
@@ -365,9 +392,13 @@ _Rank = _ImportanceRank | _UniformRank
 
 
 def _remove_until(
-    quadratic: Quadratic, grid: _Grid, target: int, rank: _Rank, start: np.ndarray | None = None,
+    quadratic: Quadratic,
+    grid: _Grid,
+    target: int,
+    rank: _Rank,
+    start: np.ndarray | None = None,
     frozen: np.ndarray | None = None,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """Remove the lowest-ranked block (down to the next allowed width), one at a time, until
     the cost is at most ``target``; ``frozen`` layers keep their widths."""
     widths = grid.ceiling.copy() if start is None else start.copy()

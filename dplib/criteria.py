@@ -80,10 +80,16 @@ REGISTRY: dict[str, Criterion] = {}
 
 
 def register(
-    name: str, *, description: str = "", needs_data: bool = False,
-    applies_to: Callable[[nn.Module], bool] | None = None, requires: str | None = None,
-    peer: bool = False, in_defaults: bool = True, replace: bool = False,
-) -> Callable[[ImportanceFunction], ImportanceFunction]:  # fmt: skip
+    name: str,
+    *,
+    description: str = "",
+    needs_data: bool = False,
+    applies_to: Callable[[nn.Module], bool] | None = None,
+    requires: str | None = None,
+    peer: bool = False,
+    in_defaults: bool = True,
+    replace: bool = False,
+) -> Callable[[ImportanceFunction], ImportanceFunction]:
     """Decorator: register ``function(model, loader=None, *, options)`` as criterion ``name``;
     a name registered again raises, unless ``replace=True`` or it is the same function."""
     if not isinstance(name, str) or not name:
@@ -98,9 +104,16 @@ def register(
             )
         options = _options_of(name, function)
         REGISTRY[name] = Criterion(
-            name, function, options, description, needs_data, applies_to, requires, peer,
+            name,
+            function,
+            options,
+            description,
+            needs_data,
+            applies_to,
+            requires,
+            peer,
             in_defaults,
-        )  # fmt: skip
+        )
         return function
 
     return decorator
@@ -189,9 +202,14 @@ def _has_batchnorm(model: nn.Module) -> bool:
 # The criteria, in the order of every list of them (tables, comparisons) -----------------------
 @register("dirichlet", description="posterior mean E[s] of the Dirichlet gates", needs_data=True)
 def dirichlet_importance(
-    model: nn.Module, loader: DataLoader, *, seed: int = 0, device: str | torch.device = "auto",
-    coupled: bool = False, settings: DirichletSettings | None = None,
-) -> Importance:  # fmt: skip
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    coupled: bool = False,
+    settings: DirichletSettings | None = None,
+) -> Importance:
     """Attach gates with ``settings``, learn their posteriors, remove the gates."""
     settings = settings or DirichletSettings()
     gated = attach_gates(unwrap(model), settings=settings, coupled=coupled)
@@ -226,9 +244,13 @@ def l1_importance(model: nn.Module, loader: None = None, *, coupled: bool = Fals
 
 @register("taylor", description="first-order Taylor |a dL/da|", needs_data=True)
 def taylor_importance(
-    model: nn.Module, loader: DataLoader, *, batches: int = 10, device: str | torch.device = "auto",
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    batches: int = 10,
+    device: str | torch.device = "auto",
     coupled: bool = False,
-) -> Importance:  # fmt: skip
+) -> Importance:
     """First-order Taylor scores |a * dL/da| per unit, over ``batches`` mini-batches (a group
     sums its layers' contributions before the absolute value: one shared unit scale)."""
     if batches < 1:
@@ -310,9 +332,14 @@ def bn_scale_importance(
     "oracle", description="loss increase of removing one unit", needs_data=True, in_defaults=False
 )
 def oracle_importance(
-    model: nn.Module, loader: DataLoader, *, batches: int | None = None, chunk: int = 16,
-    device: str | torch.device = "auto", coupled: bool = False,
-) -> Importance:  # fmt: skip
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    batches: int | None = None,
+    chunk: int = 16,
+    device: str | torch.device = "auto",
+    coupled: bool = False,
+) -> Importance:
     """Loss increase when one unit alone is removed, on ``loader``'s data (validation data,
     never the test split); ``chunk`` copies of a batch per pass, each without one unit."""
     model = unwrap(model)
@@ -363,21 +390,34 @@ def _torch_pruning(name: str, description: str, *, needs_data: bool = False, **f
     """Register Torch-Pruning's group criterion ``name`` (see :mod:`dplib.torch_pruning`)."""
 
     def criterion(
-        model: nn.Module, loader: DataLoader | None = None, *, batches: int = 10,
-        device: str | torch.device = "auto", coupled: bool = False,
+        model: nn.Module,
+        loader: DataLoader | None = None,
+        *,
+        batches: int = 10,
+        device: str | torch.device = "auto",
+        coupled: bool = False,
         input_shape: tuple[int, ...] | None = None,
-    ) -> Importance:  # fmt: skip
+    ) -> Importance:
         return torch_pruning.tp_importance(
-            model, name, loader, batches=batches, input_shape=input_shape, coupled=coupled,
+            model,
+            name,
+            loader,
+            batches=batches,
+            input_shape=input_shape,
+            coupled=coupled,
             device=device,
-        )  # fmt: skip
+        )
 
     criterion.__qualname__ = f"torch_pruning_{name}"
     criterion.__doc__ = description
     register(
-        name, description=description, needs_data=needs_data, requires="torch_pruning",
-        peer=True, **flags,
-    )(criterion)  # fmt: skip
+        name,
+        description=description,
+        needs_data=needs_data,
+        requires="torch_pruning",
+        peer=True,
+        **flags,
+    )(criterion)
 
 
 # tp_l1 is Torch-Pruning's version of l1: selectable by name, left out of the defaults.

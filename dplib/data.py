@@ -78,7 +78,7 @@ DATASETS: dict[str, DatasetSpec] = {
         (0.2470, 0.2435, 0.2616),
         5000,
         tuple(CIFAR10_CLASSES.split(",")),
-    ),  # fmt: skip
+    ),
 }
 MNIST5K_TEST_SIZE = 1000
 
@@ -257,9 +257,14 @@ def _normalised(images: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
 
 
 def load_splits(
-    name: str, root: str | os.PathLike | None = None, *, val_size: int | None = None,
-    split_seed: int = 0, download: bool = True, cifar10_copy: str | os.PathLike | None = None,
-) -> Splits:  # fmt: skip
+    name: str,
+    root: str | os.PathLike | None = None,
+    *,
+    val_size: int | None = None,
+    split_seed: int = 0,
+    download: bool = True,
+    cifar10_copy: str | os.PathLike | None = None,
+) -> Splits:
     """Read data set ``name`` into normalised train / validation / test tensors.
 
     Args:
@@ -328,11 +333,18 @@ def make_loader(
 
 
 def loaders(
-    name: str, *, batch_size: int = 128, eval_batch_size: int = 1000, subset: int | None = None,
-    eval_subset: int | None = None, seed: int = 0, root: str | os.PathLike | None = None,
-    download: bool = True, val_size: int | None = None,
+    name: str,
+    *,
+    batch_size: int = 128,
+    eval_batch_size: int = 1000,
+    subset: int | None = None,
+    eval_subset: int | None = None,
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+    download: bool = True,
+    val_size: int | None = None,
     cifar10_copy: str | os.PathLike | None = None,
-) -> Loaders:  # fmt: skip
+) -> Loaders:
     """Loaders over the splits of data set ``name``.
 
     Args:

@@ -70,9 +70,13 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def read_torch_file(
-    path: str | os.PathLike, file_format: str, what: str, *, error: type[Exception] = ValueError,
+    path: str | os.PathLike,
+    file_format: str,
+    what: str,
+    *,
+    error: type[Exception] = ValueError,
     weights_only: bool = True,
-) -> dict:  # fmt: skip
+) -> dict:
     """Load a dict written by ``torch.save`` whose ``"format"`` entry is ``file_format``; a
     FileNotFoundError, or ``error`` for a file unreadable (truncated, corrupt) or of another kind
     (the message says deleting it lets the stage that writes it run again)."""

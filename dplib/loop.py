@@ -94,9 +94,13 @@ class Loop:
         return images
 
     def run(
-        self, loader: DataLoader, seed: int, step: Callable[[torch.Tensor, torch.Tensor], None],
-        end_epoch: Callable[[], dict[str, str] | None], label: str,
-    ) -> None:  # fmt: skip
+        self,
+        loader: DataLoader,
+        seed: int,
+        step: Callable[[torch.Tensor, torch.Tensor], None],
+        end_epoch: Callable[[], dict[str, str] | None],
+        label: str,
+    ) -> None:
         """Call ``step(images, labels)`` on each batch until the run is done, and
         ``end_epoch()`` after each pass (a partial last pass included)."""
         bar = progress(total=self.total_steps, desc=label, enabled=distributed.is_main())

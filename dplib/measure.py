@@ -257,9 +257,14 @@ def for_inference(model: nn.Module) -> nn.Module:
 
 
 def latency(
-    model: nn.Module, input_shape: tuple[int, ...] = (64, 1, 28, 28), *, repeats: int = 50,
-    warmup: int = 5, device: str | torch.device = "cpu", memory_format: str = "contiguous",
-) -> float:  # fmt: skip
+    model: nn.Module,
+    input_shape: tuple[int, ...] = (64, 1, 28, 28),
+    *,
+    repeats: int = 50,
+    warmup: int = 5,
+    device: str | torch.device = "cpu",
+    memory_format: str = "contiguous",
+) -> float:
     """Median wall time in seconds of one forward pass on a batch of ``input_shape``, in the
     ``memory_format`` ``"contiguous"``, ``"channels_last"`` (often much faster for the odd channel
     counts of pruned convolutions on CPU) or ``"auto"`` (the faster one)."""
@@ -308,9 +313,15 @@ def _forward_times(
 
 
 def speedup(
-    base: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...] = (64, 1, 28, 28), *,
-    repeats: int = 50, rounds: int = 3, device: str | torch.device = "cpu", optimize: bool = False,
-) -> float:  # fmt: skip
+    base: nn.Module,
+    pruned: nn.Module,
+    input_shape: tuple[int, ...] = (64, 1, 28, 28),
+    *,
+    repeats: int = 50,
+    rounds: int = 3,
+    device: str | torch.device = "cpu",
+    optimize: bool = False,
+) -> float:
     """Measured latency ratio base / pruned: the median over ``rounds`` interleaved runs;
     ``optimize=True``: both as deployed (:func:`for_inference`, ``memory_format="auto"``)."""
     memory_format = "auto" if optimize else "contiguous"

@@ -40,9 +40,13 @@ REVISION = 2  # raised when the rule's widths change (2: batch statistics), so c
 
 
 def measured_removal(
-    model: nn.Module, importance: Importance, quadratic: Any, grid: Any, target: int,
+    model: nn.Module,
+    importance: Importance,
+    quadratic: Any,
+    grid: Any,
+    target: int,
     data: Iterable,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """Widths (on ``grid``, from its ceiling) whose ``quadratic`` cost is at most ``target``,
     removed block by block by measured loss increase per MAC saved (the module docstring)."""
     model = unwrap(model)
@@ -114,8 +118,10 @@ def _remove(
         per_mac = (losses[1:] - losses[0]) / torch.as_tensor(savings, dtype=losses.dtype)[:, None]
         gaps = per_mac - per_mac[per_mac.mean(1).argmin()]
         near = gaps.mean(1) <= gaps.std(1) / gaps.shape[1] ** 0.5
-        keys = [bounds[o][lower[o] : widths[o]].mean() if near[i] else np.inf
-                for i, o in enumerate(offers)]  # fmt: skip
+        keys = [
+            bounds[o][lower[o] : widths[o]].mean() if near[i] else np.inf
+            for i, o in enumerate(offers)
+        ]
         chosen = offers[int(np.argmin(keys))]
         widths[chosen] = lower[chosen]
     return widths
@@ -141,9 +147,12 @@ def _upper_bounds(importance: Importance, groups: np.ndarray) -> list[np.ndarray
 
 
 def _losses(
-    gated: Any, names: list[str], rankings: list[torch.Tensor], rows: list[np.ndarray],
+    gated: Any,
+    names: list[str],
+    rankings: list[torch.Tensor],
+    rows: list[np.ndarray],
     batches: list,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """Per-image cross-entropy (rows, images) with each row's widths kept (its top units)."""
     copies = len(rows)
     for index, name in enumerate(names):

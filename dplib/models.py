@@ -105,9 +105,12 @@ class VGG16(nn.Module):
     ``width_multiplier`` scales every width (for quick CPU runs)."""
 
     def __init__(
-        self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        image_size: int = 32,
         width_multiplier: float = 1.0,
-    ):  # fmt: skip
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
@@ -161,9 +164,13 @@ class CifarResNet(nn.Module):
     ``blocks`` basic blocks, 16, 32, 64 channels (times ``width_multiplier``)."""
 
     def __init__(
-        self, blocks: int, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+        self,
+        blocks: int,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        image_size: int = 32,
         width_multiplier: float = 1.0,
-    ):  # fmt: skip
+    ):
         super().__init__()
         widths = [_scaled(w, width_multiplier) for w in (16, 32, 64)]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
@@ -211,9 +218,15 @@ class WideResNet(nn.Module):
     ``wrn28_10``: depth 28 (4 blocks per stage), widen factor 10: stages of 160, 320, 640."""
 
     def __init__(
-        self, depth: int = 28, widen: int = 10, dropout: float = 0.3, num_classes: int = 10,
-        in_channels: int = 3, image_size: int = 32, width_multiplier: float = 1.0,
-    ):  # fmt: skip
+        self,
+        depth: int = 28,
+        widen: int = 10,
+        dropout: float = 0.3,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        image_size: int = 32,
+        width_multiplier: float = 1.0,
+    ):
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
@@ -274,10 +287,15 @@ def check_model_name(name: str) -> ModelSpec:
 
 
 def build(
-    name: str, num_classes: int = 10, *, widths=None, seed: int | None = None,
-    in_channels: int | None = None, image_size: int | None = None,
+    name: str,
+    num_classes: int = 10,
+    *,
+    widths=None,
+    seed: int | None = None,
+    in_channels: int | None = None,
+    image_size: int | None = None,
     width_multiplier: float | None = None,
-) -> nn.Module:  # fmt: skip
+) -> nn.Module:
     """Build the preset network ``name`` (one of :data:`MODELS`).
 
     Args:

@@ -39,9 +39,12 @@ def _in_kernel() -> bool:
 
 
 def progress(
-    iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
+    iterable: Iterable | None = None,
+    *,
+    total: int | None = None,
+    desc: str = "",
     enabled: bool = True,
-) -> tqdm:  # fmt: skip
+) -> tqdm:
     """A tqdm bar suited to where the code runs (see the module docstring)."""
     style = os.environ.get(PROGRESS_ENV, "auto")
     disable = not enabled or style == "off" or _hidden

@@ -76,10 +76,15 @@ def _criterion(criterion: str, **options: Any):
 
 
 def tp_importance(
-    model: nn.Module, criterion: str = "tp_l2", loader: DataLoader | None = None, *,
-    batches: int = 10, input_shape: tuple[int, ...] | None = None, coupled: bool = False,
+    model: nn.Module,
+    criterion: str = "tp_l2",
+    loader: DataLoader | None = None,
+    *,
+    batches: int = 10,
+    input_shape: tuple[int, ...] | None = None,
+    coupled: bool = False,
     device: str = "auto",
-) -> Importance:  # fmt: skip
+) -> Importance:
     """Torch-Pruning's group score of every unit of dplib's prunable layers (the model is not
     changed; its gradients are cleared); ``loader``: training data, for ``tp_taylor`` only."""
     scorer = _criterion(criterion, normalizer=None)
@@ -132,10 +137,16 @@ def prune_like_dplib(
 
 
 def tp_global_prune(
-    model: nn.Module, target_macs: int | str, criterion: str = "tp_l2",
-    loader: DataLoader | None = None, *, batches: int = 10,
-    input_shape: tuple[int, ...] | None = None, coupled: bool = False, steps: int = 400,
-) -> tuple[nn.Module, dict[str, int]]:  # fmt: skip
+    model: nn.Module,
+    target_macs: int | str,
+    criterion: str = "tp_l2",
+    loader: DataLoader | None = None,
+    *,
+    batches: int = 10,
+    input_shape: tuple[int, ...] | None = None,
+    coupled: bool = False,
+    steps: int = 400,
+) -> tuple[nn.Module, dict[str, int]]:
     """Torch-Pruning's global pruning of a copy of ``model`` to ``target_macs`` ("4x": four
     times fewer), as its benchmark reaches a speed-up: ``MetaPruner(global_pruning=True,
     pruning_ratio=1.0, iterative_steps=steps)`` stepped until the MACs are at most the target
@@ -154,9 +165,14 @@ def tp_global_prune(
     if criterion == "tp_taylor":
         _backward_cross_entropy(pruned, loader, batches)
     pruner = tp.pruner.MetaPruner(
-        pruned, torch.zeros(shape), importance=scorer, global_pruning=True, pruning_ratio=1.0,
-        iterative_steps=steps, ignored_layers=_layers_left_alone(pruned, layers),
-    )  # fmt: skip
+        pruned,
+        torch.zeros(shape),
+        importance=scorer,
+        global_pruning=True,
+        pruning_ratio=1.0,
+        iterative_steps=steps,
+        ignored_layers=_layers_left_alone(pruned, layers),
+    )
     while count(pruned, shape).macs > target and pruner.current_step < steps:
         pruner.step()
     pruned.zero_grad(set_to_none=True)

@@ -111,10 +111,16 @@ def learning_rate(schedule: str, lr: float, step: int, total: int) -> float:
 
 
 def fit(
-    model: nn.Module, train_loader: DataLoader, settings: TrainSettings | None = None, *,
-    val_loader: DataLoader | None = None, device: str | torch.device = "auto", seed: int = 0,
-    checkpoint: str | os.PathLike | None = None, **knobs: Any,
-) -> dict[str, Any]:  # fmt: skip
+    model: nn.Module,
+    train_loader: DataLoader,
+    settings: TrainSettings | None = None,
+    *,
+    val_loader: DataLoader | None = None,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    checkpoint: str | os.PathLike | None = None,
+    **knobs: Any,
+) -> dict[str, Any]:
     """Train ``model`` in place with SGD; its history: lists ``epochs``, ``val_accuracy``,
     ``train_loss``, and ``seconds``, ``seconds_per_epoch``.
 
@@ -166,9 +172,12 @@ class _Training:
 
     @classmethod
     def start(
-        cls, model: nn.Module, loop: Loop, settings: TrainSettings,
+        cls,
+        model: nn.Module,
+        loop: Loop,
+        settings: TrainSettings,
         checkpoint: str | os.PathLike | None,
-    ) -> _Training:  # fmt: skip
+    ) -> _Training:
         """The model on its device and format, its optimiser, and a resumed state if any."""
         model.to(loop.device).train()
         if loop.channels_last:

@@ -97,9 +97,14 @@ def elbo_loss(
 
 
 def learn_importance(
-    gated: GatedModel, loader: DataLoader, settings: DirichletSettings | None = None, *,
-    device: str | torch.device = "auto", seed: int = 0, **knobs: Any,
-) -> Importance:  # fmt: skip
+    gated: GatedModel,
+    loader: DataLoader,
+    settings: DirichletSettings | None = None,
+    *,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    **knobs: Any,
+) -> Importance:
     """Learn each gate's Dirichlet posterior by minimising the negative ELBO, weights frozen.
 
     Args:
@@ -300,9 +305,12 @@ class _BudgetTerm:
     """lambda * max(0, MACs(w) / T - 1) at the gates' effective widths (the module docstring)."""
 
     def __init__(
-        self, gated: GatedModel, loader: DataLoader, settings: DirichletSettings,
+        self,
+        gated: GatedModel,
+        loader: DataLoader,
+        settings: DirichletSettings,
         device: torch.device,
-    ) -> None:  # fmt: skip
+    ) -> None:
         shape = (1, *loader.dataset[0][0].shape)
         costs = CostModel(gated.model, shape, gated.layers)
         macs = costs.macs

@@ -113,9 +113,14 @@ def run(
     for experiment in experiments:
         experiment = experiment if fixed_widths else experiment.replace(widths=())
         found = compare.run_setup(
-            experiment, root, seeds=seeds, budgets=budgets, criteria=criteria,
-            allocations=allocations, log=log,
-        )  # fmt: skip
+            experiment,
+            root,
+            seeds=seeds,
+            budgets=budgets,
+            criteria=criteria,
+            allocations=allocations,
+            log=log,
+        )
         # a fixed-width row's budget is its widths, and every run of a criterion redoes them
         redone = (set(seeds), {*budgets, *experiment.widths}, set(criteria), set(allocations))
         found = merge_rows(results / f"{experiment.name}.json", found, *redone)
@@ -138,14 +143,24 @@ def merge_rows(
     if not path.exists():
         return found
     previous = read_json(path)
-    redone = [(r["seed"] in seeds, r["budget"] in budgets, r["criterion"] in criteria,
-               r["allocation"] in set(allocations)) for r in previous["rows"]]  # fmt: skip
+    redone = [
+        (
+            r["seed"] in seeds,
+            r["budget"] in budgets,
+            r["criterion"] in criteria,
+            r["allocation"] in set(allocations),
+        )
+        for r in previous["rows"]
+    ]
     kept = [r for r, again in zip(previous["rows"], redone) if not all(again)]
     found["rows"] = kept + found["rows"]
     bases = [b for b in previous.get("bases", []) if b["seed"] not in seeds]
     found["bases"] = bases + [_first_timed(b, previous.get("bases", [])) for b in found["bases"]]
-    timed = [t for t in previous.get("importance_seconds", [])  # the criteria not run again
-             if t["seed"] not in seeds or t["criterion"] not in criteria]  # fmt: skip
+    timed = [
+        t
+        for t in previous.get("importance_seconds", [])  # the criteria not run again
+        if t["seed"] not in seeds or t["criterion"] not in criteria
+    ]
     found["importance_seconds"] = timed + found["importance_seconds"]
     if "dirichlet" not in criteria:  # the settling of the Dirichlet ranking was not redone
         found["settling"] = previous.get("settling", [])

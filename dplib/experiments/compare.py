@@ -124,8 +124,12 @@ def run_setup(
 
 
 # the allocations compared besides own and same: the rules on Dirichlet and on L1 (the control)
-RULES = {"dirichlet": ("measured", "effective", "learnt"), "l1": ("measured", "effective"),
-         "tp_l2": (GLOBAL,), "tp_taylor": (GLOBAL,)}  # fmt: skip
+RULES = {
+    "dirichlet": ("measured", "effective", "learnt"),
+    "l1": ("measured", "effective"),
+    "tp_l2": (GLOBAL,),
+    "tp_taylor": (GLOBAL,),
+}
 
 
 ALLOCATION_NAMES = ("own", "same", "measured", "effective", "learnt", GLOBAL, FIXED)

@@ -57,8 +57,13 @@ from ..train import (
 from .cache import Log, cached, config_hash, log_line
 
 # a budget's allocations: row name -> dplib.choose_widths' allocation
-ALLOCATIONS = {"own": "importance", "same": "uniform", "measured": "measured",
-               "effective": "effective", "learnt": "effective"}  # fmt: skip
+ALLOCATIONS = {
+    "own": "importance",
+    "same": "uniform",
+    "measured": "measured",
+    "effective": "effective",
+    "learnt": "effective",
+}
 FIXED = "fixed"  # widths given by hand (the reference code's, the notebooks' settings)
 GLOBAL = "global"  # Torch-Pruning's global pruning to the budget (its tp_ criteria only)
 
@@ -169,9 +174,13 @@ Training = Callable[[nn.Module, data.Loaders], dict[str, Any]]  # (model, loader
 
 
 def pretrain(
-    experiment: Experiment, root: str | Path, seed: int = 0, *, log: Log = log_line,
+    experiment: Experiment,
+    root: str | Path,
+    seed: int = 0,
+    *,
+    log: Log = log_line,
     train: Training | None = None,
-) -> Base:  # fmt: skip
+) -> Base:
     """Train the base network of ``seed`` (or reuse it) and measure it. ``train(model,
     loaders)`` trains it (01_pretrain passes its call of :func:`dplib.fit`, in view; by default
     the kit's, resumable from the last complete epoch); the cache keys on the experiment."""
@@ -191,8 +200,16 @@ def pretrain(
     if result.reused:
         log(f"{experiment.name} seed {seed}: reusing {path.name}")
     training_state(path).unlink(missing_ok=True)  # a stale one, once the network exists
-    return Base(experiment, seed, folder, found, result.value, result.meta["metrics"],
-                config_hash(key), result.reused)  # fmt: skip
+    return Base(
+        experiment,
+        seed,
+        folder,
+        found,
+        result.value,
+        result.meta["metrics"],
+        config_hash(key),
+        result.reused,
+    )
 
 
 def training_state(checkpoint: Path) -> Path:
@@ -301,8 +318,11 @@ def learnt(base: Base, budget: str, *, log: Log = log_line) -> Importance:
     """The Dirichlet importance learnt with ``budget``'s MAC term (:mod:`dplib.vi`), cached; the
     term ties the layers, so every gate learns together (``layerwise=False``)."""
     settings = base.experiment.importance.replace(budget_macs=budget, layerwise=False)
-    return score(dataclasses.replace(base, experiment=base.experiment.replace(importance=settings)),
-                 "dirichlet", log=log)  # fmt: skip
+    return score(
+        dataclasses.replace(base, experiment=base.experiment.replace(importance=settings)),
+        "dirichlet",
+        log=log,
+    )
 
 
 def widths_for(base: Base, importance: Importance, budget: str, allocation: str) -> dict:
@@ -352,9 +372,13 @@ def prune_and_finetune(
         if experiment.speedup_batch:
             shape = (experiment.speedup_batch, *base.input_shape[1:])
             row["speedup"] = measure.speedup(
-                base.model, small, shape, repeats=experiment.speedup_repeats,
-                rounds=experiment.speedup_rounds, optimize=True,
-            )  # fmt: skip
+                base.model,
+                small,
+                shape,
+                repeats=experiment.speedup_repeats,
+                rounds=experiment.speedup_rounds,
+                optimize=True,
+            )
         row["seconds"] = time.perf_counter() - started
         if experiment.keep_pruned:
             save_pruned(path.with_suffix(".pt"), small, **row)
@@ -402,9 +426,14 @@ def _global(base: Base, criterion: str, budget: str) -> tuple[nn.Module, dict[st
 
     data.reseed(base.loaders.train, base.seed)
     return tp_global_prune(
-        base.model, budget, criterion, base.loaders.train, batches=base.experiment.taylor_batches,
-        input_shape=base.input_shape, coupled=base.experiment.coupled,
-    )  # fmt: skip
+        base.model,
+        budget,
+        criterion,
+        base.loaders.train,
+        batches=base.experiment.taylor_batches,
+        input_shape=base.input_shape,
+        coupled=base.experiment.coupled,
+    )
 
 
 def _finetuned(base: Base, small: nn.Module) -> dict[str, Any]:

@@ -244,9 +244,11 @@ def accuracy_vs_compression(frame: pd.DataFrame, title: str = "") -> plt.Figure:
 # The comparison at a MAC budget ------------------------------------------------------------
 STAGES = (("pruned_val", "right after pruning"), ("finetuned_val", "after fine-tuning"))
 RULE_TITLES = {
-    "own": "own: greedy on the scores", "measured": "measured: loss per MAC",
-    "effective": "effective widths", "learnt": "learnt with the budget (no L1 control)",
-}  # fmt: skip
+    "own": "own: greedy on the scores",
+    "measured": "measured: loss per MAC",
+    "effective": "effective widths",
+    "learnt": "learnt with the budget (no L1 control)",
+}
 RANKING_WIDTH = 1.5  # the ranking's panel (six lines) against one rule's panel (two)
 MIN_SPAN = 2.0  # points of accuracy at least on a y axis: one seed's noise does not look big
 _BUDGET = re.compile(r"^\d+(\.\d+)?x$")  # "4x"; fixed widths and references are not budgets
@@ -340,10 +342,18 @@ def _accuracy_lines(
         nudge = 0.07 * (index - (len(criteria) - 1) / 2)
         ours = criterion == "dirichlet"
         handles[criterion] = axis.errorbar(
-            x + nudge, y, yerr=error, color=COLOURS.get(criterion), marker="o" if ours else ".",
-            ms=5 if ours else 6, lw=2.2 if ours else 1.2, capsize=2, elinewidth=0.8,
-            zorder=3 if ours else 2, label=criterion,
-        )  # fmt: skip
+            x + nudge,
+            y,
+            yerr=error,
+            color=COLOURS.get(criterion),
+            marker="o" if ours else ".",
+            ms=5 if ours else 6,
+            lw=2.2 if ours else 1.2,
+            capsize=2,
+            elinewidth=0.8,
+            zorder=3 if ours else 2,
+            label=criterion,
+        )
     axis.set_xticks(range(len(budgets)), budgets)
     axis.set_xlim(-0.5, len(budgets) - 0.5)
     return handles

@@ -427,9 +427,10 @@ def check_parameters(namespace: dict[str, Any], notebook: str) -> None:
     unknown = sorted(
         name
         for name, value in namespace.items()
-        if not name.startswith("_") and name not in assigned | {"In", "Out"}
+        if not name.startswith("_")
+        and name not in assigned | {"In", "Out"}
         and isinstance(value, plain)
-    )  # fmt: skip
+    )
     if unknown:
         raise ValueError(
             f"{notebook} takes no parameter {', '.join(map(repr, unknown))}; it takes "

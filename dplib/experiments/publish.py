@@ -55,9 +55,10 @@ def _drawn_importance(seed: Path, wanted: str | None, base_key: str | None) -> I
     learns one with the same settings in the same folder."""
     files = sorted(seed.glob("importance-dirichlet-*.pt"), key=lambda p: p.stat().st_mtime)
     matching = [
-        path for path in files
+        path
+        for path in files
         if _is_the_tables(_cached_base(path), Importance.load(path).config, wanted, base_key)
-    ]  # fmt: skip
+    ]
     chosen = (matching or files or [None])[-1]
     return None if chosen is None else Importance.load(chosen)
 
@@ -74,9 +75,10 @@ def _drawn_maps(seed: Path, wanted: str | None, base_key: str | None) -> Path | 
     files = sorted(seed.glob("feature-maps-*.json"), key=lambda p: p.stat().st_mtime)
     configs = {path: read_json(path)["config"] for path in files}
     matching = [
-        path for path, config in configs.items()
+        path
+        for path, config in configs.items()
         if _is_the_tables(config.get("base"), config["importance"], wanted, base_key)
-    ]  # fmt: skip
+    ]
     return (matching or files or [None])[-1]
 
 

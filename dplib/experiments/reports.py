@@ -126,12 +126,16 @@ def paired_gains(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x"
     rows = []
     for (criterion, rule, metric), values in sorted(gains.items()):
         error = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
-        rows.append({
-            "criterion": criterion, "rule": rule, "cases": len(values),
-            "metric": "after fine-tune" if metric == "finetuned_val" else "after pruning",
-            "gain over own (points)": f"{statistics.mean(values):+.2f} ± {error:.2f}",
-            "wins / losses": f"{sum(v > 0 for v in values)} / {sum(v < 0 for v in values)}",
-        })  # fmt: skip
+        rows.append(
+            {
+                "criterion": criterion,
+                "rule": rule,
+                "cases": len(values),
+                "metric": "after fine-tune" if metric == "finetuned_val" else "after pruning",
+                "gain over own (points)": f"{statistics.mean(values):+.2f} ± {error:.2f}",
+                "wins / losses": f"{sum(v > 0 for v in values)} / {sum(v < 0 for v in values)}",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -187,14 +191,18 @@ def verdict(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)) -
     rows = []
     for (criterion, rule), leads in tally.items():
         tuned, pruned = zip(*leads)
-        rows.append({
-            "criterion": criterion, "allocation": rule, "cases": len(leads),
-            "at least the best peer after fine-tune": sum(v >= 0 for v in tuned),
-            "after pruning": sum(v >= 0 for v in pruned),
-            "mean lead after fine-tune (points)": round(100 * statistics.mean(tuned), 2),
-            "mean lead after pruning (points)": round(100 * statistics.mean(pruned), 2),
-            "allocation seconds (median)": _median(seconds[(criterion, rule)]),
-        })  # fmt: skip
+        rows.append(
+            {
+                "criterion": criterion,
+                "allocation": rule,
+                "cases": len(leads),
+                "at least the best peer after fine-tune": sum(v >= 0 for v in tuned),
+                "after pruning": sum(v >= 0 for v in pruned),
+                "mean lead after fine-tune (points)": round(100 * statistics.mean(tuned), 2),
+                "mean lead after pruning (points)": round(100 * statistics.mean(pruned), 2),
+                "allocation seconds (median)": _median(seconds[(criterion, rule)]),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -210,21 +218,30 @@ def same_widths_verdict(
             continue  # the same setups as verdict's cases
         summary = summarise(result["rows"])
         for budget in dict.fromkeys(e["budget"] for e in summary):
-            same = {e["criterion"]: e for e in summary
-                    if e["budget"] == budget and e["allocation"] == "same"}  # fmt: skip
+            same = {
+                e["criterion"]: e
+                for e in summary
+                if e["budget"] == budget and e["allocation"] == "same"
+            }
             others = [entry for criterion, entry in same.items() if criterion != "dirichlet"]
             if budget in skip or "dirichlet" not in same or not others:
                 continue
             for metric, values in leads.items():
                 best = max(entry[metric] for entry in others)
                 values.append(round(100 * (same["dirichlet"][metric] - best), 6))
-    return pd.DataFrame([
-        {"metric": "after fine-tune" if metric == "finetuned_val" else "after pruning",
-         "cases": len(values), "at least the best other": sum(v >= 0 for v in values),
-         "mean lead (points)": round(statistics.mean(values), 2),
-         "worst lead (points)": round(min(values), 2)}
-        for metric, values in leads.items() if values
-    ])  # fmt: skip
+    return pd.DataFrame(
+        [
+            {
+                "metric": "after fine-tune" if metric == "finetuned_val" else "after pruning",
+                "cases": len(values),
+                "at least the best other": sum(v >= 0 for v in values),
+                "mean lead (points)": round(statistics.mean(values), 2),
+                "worst lead (points)": round(min(values), 2),
+            }
+            for metric, values in leads.items()
+            if values
+        ]
+    )
 
 
 def what_the_kit_found(results: dict[str, dict[str, Any]], link: str = "compare.md") -> str:
@@ -352,8 +369,10 @@ def comparison_markdown(results: dict[str, dict[str, Any]]) -> str:
         "against the best other criterion, over the same cases, validation:\n\n"
     ) + frame_markdown(same_widths_verdict(results))
     sections = [setup_section(name, result) for name, result in results.items()]
-    return (header + goals_table(results) + "\nCases at least as high as the best peer (4x, 10x "
-            "and 20x):\n\n" + ruled + "\n\n" + "\n".join(sections))  # fmt: skip
+    return (
+        header + goals_table(results) + "\nCases at least as high as the best peer (4x, 10x "
+        "and 20x):\n\n" + ruled + "\n\n" + "\n".join(sections)
+    )
 
 
 # The study ---------------------------------------------------------------------------------
@@ -526,13 +545,21 @@ def cifar_markdown(results: dict[str, dict[str, Any]], where: str = "the CPU") -
                 f"{speed} | {row['seeds']} |"
             )
         if rules_ran(result):
-            lines += ["", "Leads over the best peer (validation, as in compare.md):", "",
-                      goals_table({name: result}, skip=()),
-                      frame_markdown(verdict({name: result}, skip=()))]  # fmt: skip
+            lines += [
+                "",
+                "Leads over the best peer (validation, as in compare.md):",
+                "",
+                goals_table({name: result}, skip=()),
+                frame_markdown(verdict({name: result}, skip=())),
+            ]
             same = same_widths_verdict({name: result}, skip=())
             if len(same):
-                lines += ["", "At the same widths, Dirichlet against the best other criterion "
-                          "(validation):", "", frame_markdown(same)]  # fmt: skip
+                lines += [
+                    "",
+                    "At the same widths, Dirichlet against the best other criterion (validation):",
+                    "",
+                    frame_markdown(same),
+                ]
         lines.append("")
     return "\n".join(lines) + "\n"
 
