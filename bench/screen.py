@@ -66,9 +66,13 @@ def settings_for(name: str, epochs: float, layers: int) -> DirichletSettings:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--setups", nargs="+", default=list(compare.DEFAULT_SETUPS))
+    parser.add_argument(
+        "--setups", nargs="+", default=list(compare.DEFAULT_SETUPS), choices=list(compare.SETUPS)
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
+    parser.add_argument(
+        "--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES)
+    )
     parser.add_argument(
         "--fresh-peers",
         action="store_true",
@@ -118,7 +122,6 @@ def main() -> None:
                             "candidate": label,
                             "budget": budget,
                             "pruned_val": row["pruned_val"],
-                            "finetuned_val": row.get("finetuned_val"),
                             "importance_seconds": seconds,
                             "spread": importance.history.get("spread"),
                             "late_change": importance.history.get("late_change"),
@@ -136,7 +139,9 @@ def committed_peers(rows: list[dict] = ()) -> dict[tuple, dict[str, float]]:
     from the comparison's committed rows (the base networks are seeded: the same networks), or
     from the screen's own ``rows`` of them where it scored them (``--fresh-peers``)."""
     peers: dict[tuple, dict[str, float]] = {}
-    for name, result in compare.load_results(ROOT / "nothing", compare.committed_results()).items():
+    for name, result in compare.load_results(
+        compare.committed_results(), compare.committed_results()
+    ).items():
         for r in result["rows"]:
             if r["allocation"] == "same" and r["criterion"] in PEERS:
                 key = (name, r["seed"], r["budget"])
