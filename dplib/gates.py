@@ -16,7 +16,7 @@ symmetric :math:`p(s) = \mathrm{Dir}(\alpha_0 \mathbf{1}_K)`; with :math:`\varph
 
 .. math::
 
-    \mathrm{KL}(\mathrm{Dir}(\varphi)\,\|\,\mathrm{Dir}(\alpha_0))
+    \mathrm{KL}(\mathrm{Dir}(\varphi)\,\|\,\mathrm{Dir}(\alpha_0 \mathbf{1}_K))
     = \ln\Gamma(\varphi_0) - \sum_k \ln\Gamma(\varphi_k) - \ln\Gamma(a_0) + K \ln\Gamma(\alpha_0)
       + \sum_k (\varphi_k - \alpha_0)\,(\psi(\varphi_k) - \psi(\varphi_0)) .
 

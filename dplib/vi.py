@@ -13,7 +13,8 @@ its negative is the loss each step minimises over the gates' parameters :math:`\
     \mathcal{L}(\theta) = \underbrace{\frac{1}{M} \sum_{m=1}^{M}
         \mathrm{CE}\big(f(x_B;\, W,\, K \odot s^{(m)}),\, y_B\big)}_{\text{cross\_entropy}}
       + \beta\, \frac{1}{Z} \underbrace{\sum_l
-        \mathrm{KL}\big(\mathrm{Dir}(\varphi_l)\,\|\,\mathrm{Dir}(\alpha_0)\big)}_{\text{kl}},
+        \mathrm{KL}\big(\mathrm{Dir}(\varphi_l)\,\|\,
+        \mathrm{Dir}(\alpha_0 \mathbf{1}_{K_l})\big)}_{\text{kl}},
     \qquad s^{(m)} \sim q .
 
 The method as specified has :math:`\beta = 1` and :math:`Z = N` (the negative ELBO proper, per

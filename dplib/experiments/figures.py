@@ -99,7 +99,7 @@ def synthetic(results: list[dict[str, Any]]) -> plt.Figure:
         axis.bar(x, result["s_star"][shown].numpy(), color="#cccccc", label="true s*")
         mean, std = result["mean"][shown].numpy(), result["std"][shown].numpy()
         axis.errorbar(x, mean, yerr=std, fmt="o", ms=3, color="#d62728", label="E[s] ± std")
-        title = f"H = {result['hidden']}, {result['estimator']}: Pearson {result['pearson']:.2f}"
+        title = f"K = {result['hidden']}, {result['estimator']}: Pearson {result['pearson']:.2f}"
         axis.set_title(title, fontsize=10)
         axis.set_xlabel(f"hidden units by true s* (top {len(shown)})")
     axes[0, 0].legend(fontsize=8)
