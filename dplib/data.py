@@ -24,6 +24,7 @@ import gzip
 import os
 import pickle
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -384,10 +385,20 @@ def random_crop_flip(images: torch.Tensor, padding: int = 4) -> torch.Tensor:
 
 
 def reseed(loader: DataLoader, seed: int) -> None:
-    """Restart the shuffling of a loader made by :func:`make_loader` from ``seed`` (the same
-    batches for the same seed, even when a loader object is reused)."""
+    """Restart the shuffling of a loader from ``seed`` (the same batches for the same seed, even
+    when a loader object is reused): a loader made by :func:`make_loader`, or any loader whose
+    sampler has a ``torch.Generator``. A shuffling loader without one is left as it is, with a
+    warning: its order follows torch's global generator, so a resumed run sees other batches."""
     # make_loader's DataLoader has batch_size=None: its .sampler is our BatchSampler.
     batches = loader.batch_sampler or loader.sampler
-    generator = getattr(getattr(batches, "sampler", None), "generator", None)
+    sampler = getattr(batches, "sampler", batches)
+    generator = getattr(sampler, "generator", None)
     if generator is not None:
         generator.manual_seed(seed)
+    elif isinstance(sampler, torch.utils.data.RandomSampler):
+        warnings.warn(
+            "this DataLoader shuffles with torch's global generator, which the kit cannot "
+            "restart per epoch: runs are seeded, but a resumed run sees other batches. Give it "
+            "generator=torch.Generator() or make it with dplib.data.make_loader",
+            stacklevel=3,
+        )

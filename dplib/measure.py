@@ -16,6 +16,7 @@ import copy
 import math
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -63,11 +64,12 @@ def _counted(model: nn.Module, input_shape: tuple[int, ...]) -> Count:
     try:
         with torch.no_grad(), counter:
             model(torch.zeros(input_shape, device=device, dtype=dtype))
-    except RuntimeError as error:
+    except RuntimeError as error:  # the cause is kept: the shape may not be what went wrong
         raise ValueError(
-            f"input_shape {tuple(input_shape)} does not fit this {type(model).__name__} "
-            f"({str(error).splitlines()[0]}); give (batch, channels, height, width) of its input"
-        ) from None
+            f"{type(model).__name__} failed on an input of shape {tuple(input_shape)} "
+            f"({str(error).splitlines()[0]}); if that shape is wrong, give (batch, channels, "
+            "height, width) of its input"
+        ) from error
     finally:
         model.train(was_training)
     return Count(params=params, macs=counter.get_total_flops() // 2)
@@ -247,12 +249,18 @@ MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 
 def for_inference(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with BatchNorm folded into the convolution before it
-    (``torch.fx``'s ``fuse``; not folded when it cannot trace the model); the same outputs up to
-    float rounding."""
+    (``torch.fx``'s ``fuse``); the same outputs up to float rounding. When fx cannot trace the
+    model the copy is returned unfolded, with a warning: a speed-up timed on it is a lower bound."""
     copy_ = copy.deepcopy(model).eval()
     try:
         return fuse(copy_)
-    except Exception:  # fx cannot trace every model; folding is an optimisation, not a must
+    except Exception as error:  # fx raises many types; folding is an optimisation, not a must
+        warnings.warn(
+            f"BatchNorm not folded into the convolutions of this {type(model).__name__}: torch.fx "
+            f"could not trace it ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+            "its deployed latency is measured unfolded",
+            stacklevel=2,
+        )
         return copy_
 
 

@@ -1,4 +1,5 @@
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +102,19 @@ def test_unknown_dataset_name():
 def test_data_root_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv(data.DATA_ENV, str(tmp_path))
     assert data.data_root() == tmp_path
+
+
+def test_reseed_restarts_a_loader_with_a_generator_and_warns_for_one_without():
+    dataset = torch.utils.data.TensorDataset(torch.arange(64.0))
+    seeded = torch.utils.data.DataLoader(dataset, 8, shuffle=True, generator=torch.Generator())
+    data.reseed(seeded, 3)
+    first = torch.cat([batch for (batch,) in seeded])
+    data.reseed(seeded, 3)
+    assert torch.equal(first, torch.cat([batch for (batch,) in seeded]))
+    unseeded = torch.utils.data.DataLoader(dataset, 8, shuffle=True)
+    with pytest.warns(UserWarning, match="global generator.*generator=torch.Generator"):
+        data.reseed(unseeded, 3)
+    in_order = torch.utils.data.DataLoader(dataset, 8)  # nothing to restart, nothing to say
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data.reseed(in_order, 3)

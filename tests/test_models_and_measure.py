@@ -87,3 +87,33 @@ def test_latency_memory_formats_leave_the_model_as_it_was(memory_format):
     assert model.conv1.weight.is_contiguous()
     with pytest.raises(ValueError, match="memory_format"):
         dplib.latency(model, memory_format="nhwc")
+
+
+class _Branchy(torch.nn.Module):
+    """A network torch.fx cannot trace: its control flow depends on the data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.norm = torch.nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(self.conv(x))
+        return y if y.sum() > 0 else -y
+
+
+def test_for_inference_warns_when_it_cannot_fold_and_returns_a_working_copy():
+    model = _Branchy().eval()
+    with pytest.warns(UserWarning, match="BatchNorm not folded.*_Branchy.*unfolded"):
+        deployed = dplib.measure.for_inference(model)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), model(x))
+
+
+def test_count_keeps_the_original_error_as_the_cause():
+    with pytest.raises(
+        ValueError, match=r"LeNet5 failed on an input of shape \(1, 3, 28, 28\)"
+    ) as info:
+        dplib.count(dplib.models.build("lenet5"), (1, 3, 28, 28))
+    assert isinstance(info.value.__cause__, RuntimeError)
