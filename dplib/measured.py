@@ -36,7 +36,6 @@ from .importance import Importance
 
 BLOCKS_PER_LAYER = 16  # a layer's offer: 1/16 of its units (at least one grid step)
 MEASURED_BATCHES = 2  # the batches of ``data`` read
-REVISION = 2  # raised when the rule's widths change (2: batch statistics), so caches rebuild
 
 
 def measured_removal(

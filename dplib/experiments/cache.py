@@ -5,11 +5,17 @@ holds the configuration that produced it (``"config"``) and what the stage measu
 written atomically and the JSON last, so a run killed at any moment leaves only complete
 artefacts. :func:`cached` reuses an artefact when its JSON holds the same configuration and its
 file reads back; anything else is rebuilt (a damaged one with a line in the log saying why).
+Each stage's configuration holds the :func:`code_version` of the method modules it runs, so a
+changed statement in them rebuilds what they made (a changed comment or docstring does not).
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import importlib
+import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +37,32 @@ def config_hash(config: Any) -> str:
     """A short, stable hash of a JSON-able configuration (10 hex digits)."""
     text = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def code_version(*modules: str) -> str:
+    """A short hash of what the ``dplib`` modules named ``modules`` (e.g. ``"vi"``) do (10 hex
+    digits): their syntax trees without docstrings, so that an edited statement changes it and an
+    edited comment, docstring or layout does not."""
+    return config_hash([_code_of(name) for name in sorted(modules)])
+
+
+@functools.cache
+def _code_of(name: str) -> str:
+    module = importlib.import_module(f"dplib.{name}")
+    tree = ast.parse(inspect.getsource(module))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and _is_docstring(body[0]):
+            node.body = body[1:] or [ast.Pass()]
+    return f"{name}:{ast.dump(tree)}"
+
+
+def _is_docstring(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    )
 
 
 def _as_json(value: Any) -> Any:

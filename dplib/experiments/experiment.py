@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .. import criteria, data, measure, measured, models
+from .. import criteria, data, measure, models
 from ..budget import choose_widths
 from ..importance import Importance, format_widths, parse_widths
 from ..pruned import save_pruned
@@ -54,7 +54,7 @@ from ..train import (
     recalibrate_batchnorm,
     save_checkpoint,
 )
-from .cache import Log, cached, config_hash, log_line
+from .cache import Log, cached, code_version, config_hash, log_line
 
 # a budget's allocations: row name -> dplib.choose_widths' allocation
 ALLOCATIONS = {
@@ -156,9 +156,24 @@ def loaders(experiment: Experiment, seed: int) -> data.Loaders:
     )
 
 
+# the method modules each stage runs: a changed statement in them rebuilds the stage's artefacts
+PRETRAINING_CODE = ("models", "data", "loop", "train")
+IMPORTANCE_CODE = (
+    *PRETRAINING_CODE,
+    "criteria",
+    "gates",
+    "attach",
+    "vi",
+    "importance",
+    "torch_pruning",
+)
+ROW_CODE = (*PRETRAINING_CODE, "budget", "measured", "surgery", "measure")
+
+
 def pretraining_key(experiment: Experiment, seed: int) -> dict[str, Any]:
     """What the base network depends on (its hash names the checkpoint)."""
     return {
+        "code": code_version(*PRETRAINING_CODE),
         "model": experiment.model,
         "dataset": experiment.name,
         "width_multiplier": experiment.width_multiplier,
@@ -290,7 +305,8 @@ def score(
         input_shape=base.input_shape,
     )
     plain = {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in options.items()}
-    key = {"base": base.key, "criterion": criterion, **plain}
+    key = {"base": base.key, "criterion": criterion, "code": code_version(*IMPORTANCE_CODE)}
+    key |= plain
 
     def build() -> tuple[Importance, dict[str, Any]]:
         started = time.perf_counter()
@@ -358,9 +374,8 @@ def prune_and_finetune(
         "allocation": allocation,
         "finetuning": experiment.finetuning.to_dict() if finetune else None,
         "measure": [experiment.recalibration_batches, experiment.speedup_batch],
+        "code": code_version(*ROW_CODE),
     }
-    if allocation == "measured":  # the rows of an earlier revision of the rule are rebuilt
-        key["revision"] = measured.REVISION
     name = f"{criterion}-{allocation}-{config_hash(key)}.json"
     path = base.folder / "results" / name
 
