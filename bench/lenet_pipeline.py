@@ -70,10 +70,12 @@ def main() -> None:
     base = pretrain(experiment, root, args.seed)
     print(f"data: {base.loaders.splits.source}; sizes {base.loaders.splits.sizes}")
     importances = {
-        name: score(dataclasses.replace(base, experiment=experiment.replace(importance=settings)),
-                    "dirichlet")
+        name: score(
+            dataclasses.replace(base, experiment=experiment.replace(importance=settings)),
+            "dirichlet",
+        )
         for name, settings in DIRICHLET.items()
-    }  # fmt: skip
+    }
     importances |= {name: score(base, name) for name in ("l1", "taylor", "random")}
     oracle = cached(
         base.folder / "oracle-validation.pt",

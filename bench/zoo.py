@@ -91,14 +91,21 @@ def torch_pruning_case(model: torch.nn.Module, shape: tuple[int, ...]) -> dict[s
     tp = require_torch_pruning()
     example = torch.zeros(shape)
     classifier = [
-        m for m in model.modules()
-        if isinstance(m, torch.nn.Linear) and m.out_features == 10
-        or isinstance(m, torch.nn.Conv2d) and m.out_channels == 10
-    ]  # fmt: skip
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear)
+        and m.out_features == 10
+        or isinstance(m, torch.nn.Conv2d)
+        and m.out_channels == 10
+    ]
     pruner = tp.pruner.MetaPruner(
-        model, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=1.0,
-        iterative_steps=100, ignored_layers=classifier,
-    )  # fmt: skip
+        model,
+        example,
+        importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=1.0,
+        iterative_steps=100,
+        ignored_layers=classifier,
+    )
     full = dplib.count(model, shape).macs
     while dplib.count(model, shape).macs > full / 2 and pruner.current_step < 100:
         pruner.step()
@@ -154,8 +161,11 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         )
     ways = ("l1", "dirichlet", "torch_pruning")
     pruned = [sum("error" not in row[way] for row in rows) for way in ways]
-    lines += ["", f"Pruned to 2x fewer MACs, of {len(rows)}: L1 {pruned[0]}, Dirichlet "
-              f"{pruned[1]}, Torch-Pruning {pruned[2]}."]  # fmt: skip
+    lines += [
+        "",
+        f"Pruned to 2x fewer MACs, of {len(rows)}: L1 {pruned[0]}, Dirichlet "
+        f"{pruned[1]}, Torch-Pruning {pruned[2]}.",
+    ]
     return "\n".join(lines) + "\n"
 
 

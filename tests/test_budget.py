@@ -465,9 +465,14 @@ def test_floors_caps_and_overrides_hold_for_every_allocation(name, allocation):
     limits = {"min_keep": 0.2, "max_keep": {first: 0.5}, "overrides": {last: units[last] // 2}}
     data = _fixed_batches(model, 1) if allocation == "measured" else None
     widths = dplib.choose_widths(
-        model, importance, target_macs="4x", allocation=allocation, data=data, costs=costs,
+        model,
+        importance,
+        target_macs="4x",
+        allocation=allocation,
+        data=data,
+        costs=costs,
         **limits,
-    )  # fmt: skip
+    )
     assert widths[last] == units[last] // 2
     assert widths[first] <= units[first] // 2
     assert all(widths[n] >= 0.2 * k for n, k in units.items())

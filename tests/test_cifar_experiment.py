@@ -58,8 +58,14 @@ def test_toy_cifar_experiment_writes_rows_report_and_loadable_networks(tmp_path,
 
     # a second seed at one budget: its own importance of the same base network; the first
     # seed's rows are kept
-    more = cifar.run([toy("cifar10-resnet20")], tmp_path / "runs", seeds=(1,),
-                     criteria=("dirichlet", "l1"), budgets=("2x",), results=results)  # fmt: skip
+    more = cifar.run(
+        [toy("cifar10-resnet20")],
+        tmp_path / "runs",
+        seeds=(1,),
+        criteria=("dirichlet", "l1"),
+        budgets=("2x",),
+        results=results,
+    )
     merged = more["cifar10-resnet20"]
     assert [b["seed"] for b in merged["bases"]] == [0, 1]
     assert merged["bases"][0]["val"] == merged["bases"][1]["val"]  # one base network
@@ -207,8 +213,11 @@ def test_a_partial_rerun_keeps_what_it_did_not_redo(tmp_path):
         "note": "seed 1's rows are the first run's",
     }
     write_json(tmp_path / "setup.json", previous)
-    found = {"rows": [row | {"finetuned_val": 0.5}], "bases": [{"seed": 0, "val": 0.8}],
-             "importance_seconds": [{"seed": 0, "criterion": "l1", "seconds": 2.0}]}  # fmt: skip
+    found = {
+        "rows": [row | {"finetuned_val": 0.5}],
+        "bases": [{"seed": 0, "val": 0.8}],
+        "importance_seconds": [{"seed": 0, "criterion": "l1", "seconds": 2.0}],
+    }
     new_rows = found["rows"]
     merged = cifar.merge_rows(tmp_path / "setup.json", found, {0}, {"4x"}, {"l1"})
     assert merged["rows"] == previous["rows"][1:] + new_rows
@@ -225,11 +234,19 @@ def test_a_rerun_of_some_allocations_keeps_the_others_and_bad_names_fail_first(t
     settling of the Dirichlet ranking stays when Dirichlet is not rerun; an unknown allocation
     fails before any pretraining."""
     row = {"seed": 0, "budget": "4x", "criterion": "l1", "allocation": "own"}
-    previous = {"rows": [row, row | {"allocation": "measured"}], "bases": [],
-                "importance_seconds": [], "settling": [{"fraction": [1.0]}]}  # fmt: skip
+    previous = {
+        "rows": [row, row | {"allocation": "measured"}],
+        "bases": [],
+        "importance_seconds": [],
+        "settling": [{"fraction": [1.0]}],
+    }
     write_json(tmp_path / "setup.json", previous)
-    found = {"rows": [row | {"finetuned_val": 0.5}], "bases": [], "importance_seconds": [],
-             "settling": []}  # fmt: skip
+    found = {
+        "rows": [row | {"finetuned_val": 0.5}],
+        "bases": [],
+        "importance_seconds": [],
+        "settling": [],
+    }
     merged = cifar.merge_rows(tmp_path / "setup.json", found, {0}, {"4x"}, {"l1"}, {"own"})
     assert merged["rows"] == [row | {"allocation": "measured"}, row | {"finetuned_val": 0.5}]
     assert merged["settling"] == previous["settling"]
@@ -268,8 +285,15 @@ def test_fixed_width_rows_are_replaced_or_kept_whole(tmp_path, monkeypatch, fixe
         return {"rows": rows, "bases": [], "importance_seconds": []}
 
     monkeypatch.setattr(cifar.compare, "run_setup", run_setup)
-    done = cifar.run([setup], tmp_path / "runs", criteria=("l1",), budgets=("2x",),
-                     results=tmp_path, fixed_widths=fixed_widths, log=lambda _: None)  # fmt: skip
+    done = cifar.run(
+        [setup],
+        tmp_path / "runs",
+        criteria=("l1",),
+        budgets=("2x",),
+        results=tmp_path,
+        fixed_widths=fixed_widths,
+        log=lambda _: None,
+    )
     fixed_rows = [r for r in done[setup.name]["rows"] if r["allocation"] == "fixed"]
     assert [r["finetuned_val"] for r in fixed_rows] == [0.2 if fixed_widths else 0.1]
 
@@ -278,8 +302,9 @@ def test_a_network_gets_its_leads_table_once_the_rules_ran():
     """cifar.md judges a network against its best peer where the allocation rules ran (VGG-16
     at 2x, one seed), not where only the own allocation and the same widths did (ResNet-56)."""
     folder = cifar.committed_results()
-    results = {name: read_json(folder / f"{name}.json") for name in ("cifar10-vgg16",
-               "cifar10-resnet56")}  # fmt: skip
+    results = {
+        name: read_json(folder / f"{name}.json") for name in ("cifar10-vgg16", "cifar10-resnet56")
+    }
     sections = reports.cifar_markdown(results).split("\n## ")
     assert "Leads over the best peer" in sections[1] and "| cifar10-vgg16 | 2x |" in sections[1]
     # and at the same widths for all, the ranking alone: one case, each metric once
@@ -299,8 +324,12 @@ def test_bench_cifar_answers_a_bad_budget_or_name_with_a_usage_error(tmp_path):
         (["--budgets", "0.5x"], "a ratio must be at least 1x"),
         (["--criteria", "dirichlet", "l0"], "unknown criteria ['l0']"),
     ):
-        done = subprocess.run([sys.executable, str(script), "--root", str(tmp_path), *arguments],
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, str(script), "--root", str(tmp_path), *arguments],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 2 and "Traceback" not in done.stderr
         assert "cifar.py: error: " in done.stderr and fault in done.stderr
     assert not list(tmp_path.iterdir()), "nothing is pretrained or written"

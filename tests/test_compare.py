@@ -79,9 +79,14 @@ def test_comparison_rows_meet_budgets_and_cache(tmp_path):
 
 def test_only_the_allocations_asked_for_are_run(tmp_path):
     result = compare.run_setup(
-        SETUP, tmp_path, seeds=[0], budgets=("4x",), criteria=("l1",),
-        allocations=("own", "measured"), log=lambda _: None,
-    )  # fmt: skip
+        SETUP,
+        tmp_path,
+        seeds=[0],
+        budgets=("4x",),
+        criteria=("l1",),
+        allocations=("own", "measured"),
+        log=lambda _: None,
+    )
     assert sorted(r["allocation"] for r in result["rows"]) == ["measured", "own"]
 
 

@@ -133,9 +133,13 @@ def test_interrupted_pretraining_resumes_to_the_same_network(tmp_path, monkeypat
     from dplib.experiments import experiment
 
     setup = experiment.Experiment(
-        "lenet5_bn", "mnist5k", dplib.TrainSettings(epochs=2), batch_size=64, subset=640,
+        "lenet5_bn",
+        "mnist5k",
+        dplib.TrainSettings(epochs=2),
+        batch_size=64,
+        subset=640,
         eval_subset=200,
-    )  # fmt: skip
+    )
     quiet = {"log": lambda line: None}
     reference = experiment.pretrain(setup, tmp_path / "reference", **quiet)
 

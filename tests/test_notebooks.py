@@ -44,8 +44,11 @@ def test_one_parameters_cell_then_the_check_of_its_names(name):
     tagged = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{name} needs exactly one cell tagged 'parameters'"
     assert "\nprofile = " in f"\n{cells[tagged[0]].source}", f"{name}: no profile parameter"
-    following = cells[tagged[0] + 1]
-    assert f'profiles.check_parameters(globals(), "{name}")' in following.source
+    following = cells[tagged[0] + 1].source
+    checks = (
+        f'profiles.{call}(globals(), "{name}")' for call in ("check_parameters", "from_notebook")
+    )
+    assert any(check in following for check in checks), f"{name}: its parameters go unchecked"
 
 
 def test_notebooks_check_what_a_student_should_see():

@@ -166,8 +166,10 @@ def test_figures_draw_the_importance_the_table_was_pruned_with(runs):
     time.sleep(0.01)
     weaker.save(folder / "importance-dirichlet-c.pt")
     write_json(folder / "importance-dirichlet-c.json", {"config": {"base": "weaker"}})
-    write_json(folder / "table.json", table | {"importance_hash": config_hash(plain.config),
-                                               "base_key": "profile"})  # fmt: skip
+    write_json(
+        folder / "table.json",
+        table | {"importance_hash": config_hash(plain.config), "base_key": "profile"},
+    )
     drawn = publish.collect("smoke")["fashion_mnist-lenet5"]["importance"]
     assert torch.equal(drawn.scores["fc1"], plain.scores["fc1"]), "the table's base, not the newest"
 

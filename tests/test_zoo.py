@@ -39,9 +39,14 @@ def _build(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if name == "small_vit":
         vit = torchvision.models.VisionTransformer(
-            image_size=64, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=256,
+            image_size=64,
+            patch_size=16,
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=32,
+            mlp_dim=256,
             num_classes=10,
-        ).eval()  # fmt: skip
+        ).eval()
         torch.nn.init.normal_(vit.heads.head.weight, std=0.1)  # torchvision starts it at zero
         return vit
     model = getattr(torchvision.models, name)(num_classes=10).eval()

@@ -22,12 +22,15 @@ from ..importance import Importance
 from . import compare, reports, study
 
 # One colour per criterion in every figure (a criterion not listed gets matplotlib's next one).
-# fmt: off
 COLOURS = {
-    "dirichlet": "#d62728", "random": "#7f7f7f", "l1": "#1f77b4", "taylor": "#2ca02c",
-    "bn_scale": "#9467bd", "tp_l2": "#17becf", "tp_taylor": "#bcbd22",
+    "dirichlet": "#d62728",
+    "random": "#7f7f7f",
+    "l1": "#1f77b4",
+    "taylor": "#2ca02c",
+    "bn_scale": "#9467bd",
+    "tp_l2": "#17becf",
+    "tp_taylor": "#bcbd22",
 }
-# fmt: on
 
 
 def save(figure: plt.Figure, folder: str | os.PathLike, name: str) -> list[Path]:

@@ -66,20 +66,25 @@ DEFAULT_FRACTIONS: tuple[str, ...] = ("0.5", "0.25", "0.1")
 DIRICHLET_PARAMETERS = {"importance_epochs": "epochs", "importance_lr": "lr", "gate_scale": "scale"}
 
 # Settings shared by every profile (the Dirichlet knobs are dplib.DirichletSettings' defaults).
-# fmt: off
 COMMON: dict[str, Any] = {
-    "seed": 0, "device": "cpu", "batch_size": 128, "pretrain_lr": 0.05, "finetune_lr": 0.01,
-    "taylor_batches": 10, "speedup_batch": 64,
+    "seed": 0,
+    "device": "cpu",
+    "batch_size": 128,
+    "pretrain_lr": 0.05,
+    "finetune_lr": 0.01,
+    "taylor_batches": 10,
+    "speedup_batch": 64,
     "width_multiplier": None,  # CIFAR networks only; None: the profile's cifar_width_multiplier
     "widths": None,  # None: WIDTHS[model]
     "criteria": None,  # None: the registry's defaults that apply to the model
     # The comparison at a MAC budget of 03_prune (dplib.experiments.compare): seeds, budgets,
     # criteria (None: the registry's defaults with Torch-Pruning's where installed); compare
     # None: the profile decides.
-    "compare": None, "compare_seeds": (0, 1, 2), "compare_budgets": ("4x", "10x", "20x"),
+    "compare": None,
+    "compare_seeds": (0, 1, 2),
+    "compare_budgets": ("4x", "10x", "20x"),
     "compare_criteria": None,
 }
-# fmt: on
 # The experiments each profile compares at a MAC budget: LeNet-5 and LeNet-300-100.
 LENET_COMPARISONS = tuple(
     (d, m) for d in ("mnist", "fashion_mnist") for m in ("lenet300", "lenet5")
@@ -87,25 +92,41 @@ LENET_COMPARISONS = tuple(
 LENETS = (("mnist", "lenet5"), ("fashion_mnist", "lenet5"), ("mnist", "lenet300"))
 LENETS += (("fashion_mnist", "lenet300"), ("mnist", "lenet5_bn"))
 
-# fmt: off
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
         "cifar_width_multiplier": 0.125,  # CIFAR networks at 1/8 width: seconds on a CPU
-        "subset": 4096, "eval_subset": 500, "batch_size": 64,
-        "pretrain_epochs": 2.0, "importance_epochs": 3.0, "finetune_epochs": 0.25,
-        "taylor_batches": 2, "speedup_repeats": 3, "speedup_rounds": 1,
-        "small_data_epoch_factor": 1, "synthetic_hidden": (20, 50), "synthetic_steps": 150,
+        "subset": 4096,
+        "eval_subset": 500,
+        "batch_size": 64,
+        "pretrain_epochs": 2.0,
+        "importance_epochs": 3.0,
+        "finetune_epochs": 0.25,
+        "taylor_batches": 2,
+        "speedup_repeats": 3,
+        "speedup_rounds": 1,
+        "small_data_epoch_factor": 1,
+        "synthetic_hidden": (20, 50),
+        "synthetic_steps": 150,
         "experiments": (("fashion_mnist", "lenet5"),),
-        "compare_experiments": (("fashion_mnist", "lenet5"),), "compare_seeds": (0,),
-        "compare_budgets": ("4x",), "compare_criteria": ("dirichlet", "l1"),
+        "compare_experiments": (("fashion_mnist", "lenet5"),),
+        "compare_seeds": (0,),
+        "compare_budgets": ("4x",),
+        "compare_criteria": ("dirichlet", "l1"),
     },
     "cpu": {
-        "cifar_width_multiplier": 0.25, "subset": None, "eval_subset": None,
-        "pretrain_epochs": 3.0, "importance_epochs": 1.0, "finetune_epochs": 1.0,
-        "speedup_repeats": 20, "speedup_rounds": 3,
+        "cifar_width_multiplier": 0.25,
+        "subset": None,
+        "eval_subset": None,
+        "pretrain_epochs": 3.0,
+        "importance_epochs": 1.0,
+        "finetune_epochs": 1.0,
+        "speedup_repeats": 20,
+        "speedup_rounds": 3,
         # mnist5k has 3,500 training images: 10x the epochs gives about as many steps as
         # the full data sets' schedule.
-        "small_data_epoch_factor": 10, "synthetic_hidden": (20, 200, 500), "synthetic_steps": 3000,
+        "small_data_epoch_factor": 10,
+        "synthetic_hidden": (20, 200, 500),
+        "synthetic_steps": 3000,
         "experiments": LENETS,
         # The comparison (3 seeds, 4x-20x, every criterion and rule) is not rerun by the main
         # job: 03_prune and 04_figures read its committed rows (bench/results/compare/, written
@@ -113,16 +134,23 @@ PROFILES: dict[str, dict[str, Any]] = {
         "compare_experiments": (),
     },
     "paper": {
-        "cifar_width_multiplier": None, "subset": None, "eval_subset": None, "device": "auto",
-        "pretrain_epochs": 20.0, "importance_epochs": 1.0, "finetune_epochs": 5.0,
-        "speedup_repeats": 50, "speedup_rounds": 5,
-        "small_data_epoch_factor": 10, "synthetic_hidden": (20, 200, 500), "synthetic_steps": 5000,
+        "cifar_width_multiplier": None,
+        "subset": None,
+        "eval_subset": None,
+        "device": "auto",
+        "pretrain_epochs": 20.0,
+        "importance_epochs": 1.0,
+        "finetune_epochs": 5.0,
+        "speedup_repeats": 50,
+        "speedup_rounds": 5,
+        "small_data_epoch_factor": 10,
+        "synthetic_hidden": (20, 200, 500),
+        "synthetic_steps": 5000,
         # and the CIFAR-10 networks of the paper
         "experiments": LENETS + tuple(("cifar10", m) for m in ("vgg16", "resnet56", "wrn28_10")),
         "compare_experiments": LENET_COMPARISONS,
     },
 }
-# fmt: on
 SMALL_DATASETS = ("mnist5k",)
 # CIFAR-10 schedules of the paper profile (standard for these networks: SGD 0.1, cosine, crops
 # and flips); the other profiles keep their short schedules.
@@ -405,10 +433,17 @@ def _normalise_widths(widths: str | list[int], units: dict[str, int]) -> str:
     return format_widths(parse_widths(widths, units))
 
 
-def check_parameters(namespace: dict[str, Any], notebook: str) -> None:
+def from_notebook(namespace: dict[str, Any], notebook: str) -> Config:
+    """The :class:`Config` of ``notebook``'s parameters as ``namespace`` holds them, after
+    :func:`check_parameters`: every name its ``parameters`` cell assigns goes to :func:`resolve`."""
+    taken = check_parameters(namespace, notebook)
+    return resolve(**{name: namespace[name] for name in taken})
+
+
+def check_parameters(namespace: dict[str, Any], notebook: str) -> set[str]:
     """A ValueError naming the parameters given to ``notebook`` (``-p name value``) that it
     does not take: plain values under names none of its cells assigns. It lists those it takes
-    (the names its cell tagged ``parameters`` assigns)."""
+    (the names its cell tagged ``parameters`` assigns), and returns them."""
     import nbformat  # a notebook's dependency, not the method's
 
     cells = nbformat.read(paths.notebook_dir() / f"{notebook}.ipynb", as_version=4).cells
@@ -436,6 +471,7 @@ def check_parameters(namespace: dict[str, Any], notebook: str) -> None:
             f"{notebook} takes no parameter {', '.join(map(repr, unknown))}; it takes "
             f"{', '.join(sorted(taken))}"
         )
+    return taken
 
 
 def describe(config: Config) -> str:

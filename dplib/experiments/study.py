@@ -67,7 +67,6 @@ GridFunction = Callable[[Experiment], list[dict[str, Any]]]
 # Combinations chosen by hand rather than by the screen (notebooks/METHOD.md, section 7): a
 # sparse prior whose KL is not divided by N (so that it competes with the data term and squeezes
 # the posterior mass onto the units the loss cannot do without), with or without the factor K.
-# fmt: off
 HYPOTHESES: list[dict[str, Any]] = [
     {"alpha0": 0.1, "kl_divided_by_n": False},
     {"alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01},
@@ -85,10 +84,14 @@ HYPOTHESES: list[dict[str, Any]] = [
     {"phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01, "lr": 0.3},
     {"phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01, "epochs": 3.0},
     {"phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01, "samples": 4},
-    {"scale": "none", "phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False,
-     "kl_weight": 0.01},
+    {
+        "scale": "none",
+        "phi_init": 100.0,
+        "alpha0": 0.1,
+        "kl_divided_by_n": False,
+        "kl_weight": 0.01,
+    },
 ]
-# fmt: on
 
 ORACLE_IMAGES = 1000  # validation images the oracle is measured on
 
@@ -390,13 +393,21 @@ def _cached_result(path: Path) -> dict[str, Any] | None:
         return None
 
 
-# fmt: off
 SHORT_NAMES = {
-    "scale": "scale", "position": "gate", "phi_init": "phi0", "alpha0": "alpha0",
-    "kl_weight": "beta", "kl_divided_by_n": "KL/N", "estimator": "est", "samples": "M", "lr": "lr",
-    "epochs": "epochs", "batchnorm": "BN", "weights_lr": "joint lr", "statistic": "rank by",
+    "scale": "scale",
+    "position": "gate",
+    "phi_init": "phi0",
+    "alpha0": "alpha0",
+    "kl_weight": "beta",
+    "kl_divided_by_n": "KL/N",
+    "estimator": "est",
+    "samples": "M",
+    "lr": "lr",
+    "epochs": "epochs",
+    "batchnorm": "BN",
+    "weights_lr": "joint lr",
+    "statistic": "rank by",
 }
-# fmt: on
 
 
 def label(result: dict[str, Any]) -> str:
