@@ -49,9 +49,10 @@ def pretrain(
 def importance(base: Base, learn: Scoring | None = None, *, log: Log = log_line) -> tuple:
     """The Dirichlet importance of ``base``, learnt by ``learn`` (02_importance's calls; the
     kit's own by default) or read back, and its cost: ``steps``, ``seconds`` and
-    ``fraction_of_training_epoch`` (per epoch of importance learning)."""
+    ``fraction_of_training_epoch`` (per pass over the training data; one pass per layer when
+    layerwise)."""
     learned = score(base, "dirichlet", log=log, compute=learn)
-    epochs = max(base.experiment.importance.epochs, 1e-9)
+    epochs = learned.history.get("epochs") or max(base.experiment.importance.epochs, 1e-9)
     seconds = learned.history["seconds"]
     return learned, {
         "steps": len(learned.history["loss"]),
