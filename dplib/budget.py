@@ -3,11 +3,12 @@
 Unit k of layer l has a score comparable across layers, r_lk = ``importance.relative()`` (K_l
 E[s_lk] for the Dirichlet posterior mean; notebooks/METHOD.md, section 4), and
 :class:`dplib.measure.CostModel` gives the exact cost of any widths. The importance allocation
-removes the lowest-ranked kept unit of all layers, one at a time, until the cost is at most the
-target, then adds back, highest rank first, removed units that still fit. If the result is more
-than 2% under the target (coarse units leave a gap), it exchanges units (one more in a layer,
-the lowest-ranked elsewhere removed to make room, a refill) and keeps the exchange that lands
-highest: the result lies in [0.98 * target, target], with at least one unit per layer.
+(``allocation="importance"``: the greedy rule, the comparison tables' ``own``) removes the
+lowest-ranked kept unit of all layers, one at a time, until the cost is at most the target, then
+adds back, highest rank first, removed units that still fit. If the result is more than 2% under
+the target (coarse units leave a gap), it exchanges units (one more in a layer, the lowest-ranked
+elsewhere removed to make room, a refill) and keeps the exchange that lands highest: the result
+lies in [0.98 * target, target], with at least one unit per layer.
 
 The measured allocation (``allocation="measured"``, :mod:`dplib.measured`) removes instead the
 block whose removal raises the loss on a few fixed batches the least per MAC saved, measured
@@ -20,8 +21,8 @@ per-layer floors and caps (``min_keep``, ``max_keep``: kept fractions) and overr
 The hardware grid (``multiple_of=m``, default 1): every kept width is a multiple of m or the
 layer's full width (a layer narrower than m keeps any width). Each step then moves a whole block
 of units, ranked by their mean r_lk. The uniform allocation (the naive reference) keeps the same
-fraction f of every layer (``max(1, round(K_l * f))`` units, rounded down to the grid), f the
-largest that fits (bisection; the effective allocation: K_l replaced by the effective widths),
+fraction rho of every layer (``max(1, round(K_l * rho))`` units, rounded down to the grid), rho
+the largest that fits (bisection; the effective allocation: K_l replaced by the effective widths),
 then adds back one unit (block) at a time to the layer with the
 lowest kept fraction.
 """

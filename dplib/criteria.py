@@ -6,10 +6,11 @@ layer, higher = keep), so every comparison runs through the same surgery. Score 
 - ``dirichlet``: the posterior mean :math:`E[s_k] = \varphi_k / \varphi_0` learnt by
   :func:`dplib.learn_importance` (the method; its knobs: :class:`dplib.DirichletSettings`).
 - ``random``: a uniform random number (seeded): the floor every criterion should beat.
-- ``l1``: :math:`\sum |W_k|`, the L1 norm of the unit's weights (its output row; no bias).
+- ``l1``: :math:`\sum |W_{lk}|`, the L1 norm of the unit's weights (its output row; no bias).
 - ``taylor``: the first-order Taylor estimate of the loss change when the unit is removed
-  (Molchanov et al., ICLR 2017): :math:`|\sum_{\text{positions}} a_k\, \partial L / \partial
-  a_k|` per image (:math:`a_k`: the unit's output after its BatchNorm), summed over the images.
+  (Molchanov et al., ICLR 2017): :math:`|\sum_{\text{positions}} h_{lk}\, \partial \mathrm{CE} /
+  \partial h_{lk}|` per image (:math:`h_{lk}`: the unit's output after its BatchNorm), summed
+  over the images.
 - ``bn_scale``: :math:`|\gamma_k|` of the BatchNorm after the layer (network slimming); a layer
   without BatchNorm falls back to ``l1``, recorded in ``config["fallback"]``.
 - ``oracle``: the increase of the mean cross-entropy on the given data when that unit alone is

@@ -12,17 +12,18 @@ unit :math:`k` of the layer's output :math:`h` by :math:`K s_k` (``scale="K"``: 
 :math:`s = 1/K` is the identity), :math:`h \mapsto (K\, s) \odot h` over the batch and spatial
 axes, or by :math:`s_k` (``scale="none"``, as the authors' reference code). The prior is the
 symmetric :math:`p(s) = \mathrm{Dir}(\alpha_0 \mathbf{1}_K)`; with :math:`\varphi_0 = \sum_k
-\varphi_k` and :math:`a_0 = K \alpha_0` the KL divergence in closed form is
+\varphi_k` the KL divergence in closed form is
 
 .. math::
 
     \mathrm{KL}(\mathrm{Dir}(\varphi)\,\|\,\mathrm{Dir}(\alpha_0 \mathbf{1}_K))
-    = \ln\Gamma(\varphi_0) - \sum_k \ln\Gamma(\varphi_k) - \ln\Gamma(a_0) + K \ln\Gamma(\alpha_0)
-      + \sum_k (\varphi_k - \alpha_0)\,(\psi(\varphi_k) - \psi(\varphi_0)) .
+    = \ln\Gamma(\varphi_0) - \sum_k \ln\Gamma(\varphi_k) - \ln\Gamma(K \alpha_0)
+      + K \ln\Gamma(\alpha_0) + \sum_k (\varphi_k - \alpha_0)\,(\psi(\varphi_k) - \psi(\varphi_0)) .
 
 Samples are reparameterised (``Dirichlet.rsample``: normalised Gamma samples with implicit
 gradients), so the cross-entropy's gradient reaches :math:`\theta`. A gate holds a *factor* of
-shape ``(M, K)``: row ``m`` scales the ``m``-th block of ``B`` images of a batch of ``M * B``.
+shape ``(M, K)``: row ``m`` scales the ``m``-th block of :math:`|B|` images of a batch of
+:math:`M |B|`.
 Importance learning stacks ``M`` copies of a mini-batch, each gated by its own sample; the
 oracle criterion removes one unit per block the same way.
 """

@@ -2,13 +2,15 @@ r"""The measured allocation: remove the block whose removal raises the loss leas
 
 Each layer l offers its next block of b_l lowest-ranked kept units (b_l = K_l / 16, at least one
 step of the grid). With the gates switching units off (mode ``fixed``), the cross-entropy of a
-few fixed batches is measured for the current widths w and for each offer, all in one stacked
-forward pass, and the offer with the smallest
+few fixed batches, :math:`\mathrm{CE}_{\text{fixed}}(w)`, is measured for the current widths w
+and for each offer, all in one stacked forward pass, and the offer with the smallest
 
 .. math::
 
-    \frac{\Delta L_l}{\Delta \mathrm{MACs}_l}
-    = \frac{L(w - b_l e_l) - L(w)}{\mathrm{cost}(w) - \mathrm{cost}(w - b_l e_l)}
+    \frac{\mathrm{CE}_{\text{fixed}}(w - b_l e_l) - \mathrm{CE}_{\text{fixed}}(w)}
+         {\mathrm{MACs}(w) - \mathrm{MACs}(w - b_l e_l)}
+
+(:math:`e_l` the l-th unit vector: :math:`w - b_l e_l` removes layer l's block)
 
 goes; the increases are measured again after every removal, until the cost meets the target.
 BatchNorm normalises each offer by its own batch statistics, as the pruned network's statistics
@@ -33,6 +35,7 @@ from torch.nn import functional as F
 
 from .attach import attach_gates, unwrap
 from .importance import Importance
+from .progress import progress
 
 BLOCKS_PER_LAYER = 16  # a layer's offer: 1/16 of its units (at least one grid step)
 MEASURED_BATCHES = 2  # the batches of ``data`` read
@@ -104,6 +107,7 @@ def _remove(
     rankings = [importance.ranking(name, int(g)) for name, g in zip(names, grid.groups)]
     bounds = _upper_bounds(importance, grid.groups)
     widths = grid.ceiling.copy()
+    bar = progress(total=max(int(quadratic(widths) - target), 0), desc="measured allocation (MACs)")
     while quadratic(widths) > target:
         lower = grid.floor(np.maximum(widths - block, 0))
         offers = np.flatnonzero(lower < widths)
@@ -121,8 +125,11 @@ def _remove(
             bounds[o][lower[o] : widths[o]].mean() if near[i] else np.inf
             for i, o in enumerate(offers)
         ]
-        chosen = offers[int(np.argmin(keys))]
+        best = int(np.argmin(keys))
+        chosen = offers[best]
+        bar.update(min(int(savings[best]), bar.total - bar.n))
         widths[chosen] = lower[chosen]
+    bar.close()
     return widths
 
 

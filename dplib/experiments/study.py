@@ -76,7 +76,7 @@ HYPOTHESES: list[dict[str, Any]] = [
     {"phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01},
     {"estimator": "point", "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01},
     {"scale": "none", "alpha0": 0.1, "kl_divided_by_n": False, "weights_lr": 0.001},
-    # second round, around the best of the first (phi0 100, sparse prior, beta 0.01, KL not /N)
+    # second round, around the best of the first (phi_init 100, sparse prior, beta 0.01, KL not /N)
     {"phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.1},
     {"phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.001},
     {"phi_init": 100.0, "alpha0": 0.01, "kl_divided_by_n": False, "kl_weight": 0.01},

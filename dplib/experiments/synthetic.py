@@ -1,10 +1,10 @@
 r"""The synthetic check of the method (figure 2): recover a known importance vector.
 
-A small MLP :math:`x \mapsto W_2\, \mathrm{relu}((H s^*) \odot (W_1 x + b_1)) + b_2` with
-:math:`H` hidden units labels random inputs; its hidden units are scaled by a known
-:math:`s^* \sim \mathrm{Dir}(0.01)` (sparse: a few units carry almost all the mass). The same
+A small MLP :math:`x \mapsto W_2\, \mathrm{relu}((K s^*) \odot (W_1 x + b_1)) + b_2` with :math:`K`
+hidden units labels random inputs; its hidden units are scaled by a known :math:`s^* \sim
+\mathrm{Dir}(0.01\, \mathbf{1}_K)` (sparse: a few units carry almost all the mass). The same
 network with the same weights, its hidden layer gated by a Dirichlet gate (scale ``K``, so the
-start is the uniform :math:`s = 1/H`), then learns :math:`q(s)` by the ELBO. If the method works
+start is the uniform :math:`s = 1/K`), then learns :math:`q(s)` by the ELBO. If the method works
 the posterior mean lands on :math:`s^*`, with a small standard deviation where the data pin it.
 """
 
