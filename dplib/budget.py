@@ -36,6 +36,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 from torch import nn
+from torch.distributions import Categorical
 
 from .attach import check_ungated, unwrap
 from .importance import Importance
@@ -423,11 +424,13 @@ def effective_widths(importance: Importance, names: list[str] | None = None) -> 
     """Each layer's effective number of units exp(H(p)), p its scores normalised to sum to
     one (the posterior mean for Dirichlet): K for equal scores, 1 when one unit has them all."""
     relative = importance.relative()
-    shares = []
-    for name in names or importance.names:
-        p = relative[name] / relative[name].sum()
-        shares.append(float(torch.exp(-(p * torch.log(p.clamp_min(1e-300))).sum())))
-    return np.array(shares)
+    return np.array([float(perplexity(relative[name])) for name in names or importance.names])
+
+
+def perplexity(scores: torch.Tensor) -> torch.Tensor:
+    """exp H(p) of the scores normalised to sum to one (differentiable): the effective number of
+    units, K for equal scores, 1 when one unit has them all."""
+    return Categorical(probs=scores).entropy().exp()
 
 
 def _fractions(quadratic: Quadratic, grid: _Grid, target: int, shares: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +42,7 @@ from .checks import check_data
 from .gates import DirichletGate
 from .graph import find_prunable_layers
 from .importance import Importance
-from .loop import resolve_device
+from .loop import evaluating, resolve_device
 from .progress import progress
 from .settings import DirichletSettings
 from .vi import learn_importance
@@ -257,34 +257,44 @@ def taylor_importance(
     if batches < 1:
         raise ValueError(f"batches must be at least 1, got {batches}")
     model = unwrap(model)
-    device = resolve_device(device)
-    original_device = next(model.parameters()).device
     graph = find_prunable_layers(model, coupled=coupled)
     outputs: dict[str, list[torch.Tensor]] = {}
     handles = _keep_outputs(model, graph.layers, outputs)
     scores = {layer.name: torch.zeros(layer.units) for layer in graph.layers}
-    was_training = model.training
-    model.to(device).eval()
     try:
-        for index, (images, labels) in enumerate(loader):
-            if index >= batches:
-                break
-            # Input that requires grad makes every activation require grad, frozen weights or not.
-            images = images.to(device).requires_grad_(True)
-            with torch.enable_grad():
-                F.cross_entropy(model(images), labels.to(device), reduction="sum").backward()
-            for name, tensors in outputs.items():  # the units on axis 1, positions after
-                axis = graph[name].axis
-                products = [(out * out.grad).detach().movedim(axis, 1) for out in tensors]
-                per_image = sum(p.flatten(2).sum(2) if p.dim() > 2 else p for p in products)
-                scores[name] += per_image.abs().sum(0).cpu()
-            outputs.clear()
+        with evaluating(model, device) as device:
+            _taylor_batches(model, loader, batches, device, graph, outputs, scores)
     finally:
         for handle in handles:
             handle.remove()
         model.zero_grad(set_to_none=True)
-        model.train(was_training).to(original_device)
     return Importance(scores, criterion="taylor", config={"batches": batches})
+
+
+def _taylor_batches(
+    model: nn.Module,
+    loader: Iterable,
+    batches: int,
+    device: torch.device,
+    graph: Any,
+    outputs: dict[str, list[torch.Tensor]],
+    scores: dict[str, torch.Tensor],
+) -> None:
+    """Add |sum over positions of h dCE/dh| per image, over ``batches`` batches, into ``scores``
+    (``outputs``: what the hooks kept of the last forward pass)."""
+    for index, (images, labels) in enumerate(loader):
+        if index >= batches:
+            break
+        # Input that requires grad makes every activation require grad, frozen weights or not.
+        images = images.to(device).requires_grad_(True)
+        with torch.enable_grad():
+            F.cross_entropy(model(images), labels.to(device), reduction="sum").backward()
+        for name, tensors in outputs.items():  # the units on axis 1, positions after
+            axis = graph[name].axis
+            products = [(out * out.grad).detach().movedim(axis, 1) for out in tensors]
+            per_image = sum(p.flatten(2).sum(2) if p.dim() > 2 else p for p in products)
+            scores[name] += per_image.abs().sum(0).cpu()
+        outputs.clear()
 
 
 def _keep_outputs(model: nn.Module, layers: list, outputs: dict[str, list[torch.Tensor]]) -> list:

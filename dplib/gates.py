@@ -124,9 +124,7 @@ class DirichletGate(nn.Module):
 
     def std(self) -> torch.Tensor:
         """Posterior standard deviation of each s_k, shape (K,)."""
-        phi = self.concentration()
-        phi0 = phi.sum()
-        return torch.sqrt(phi * (phi0 - phi) / (phi0**2 * (phi0 + 1)))
+        return Dirichlet(self.concentration()).stddev
 
     def kl(self, alpha0: float) -> torch.Tensor:
         """KL( q(s) || Dir(alpha0 * 1_K) ) in closed form (a scalar)."""

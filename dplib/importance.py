@@ -4,7 +4,7 @@ An :class:`Importance` holds one score per unit of each prunable layer, keyed by
 module name, higher = more important. For the Dirichlet criterion the scores are the posterior
 means E[s_k] = phi_k / phi_0, and the concentrations phi are kept too (for the posterior std).
 Widths say how many units each prunable layer keeps: a dict ``{layer name: kept units}``, a list
-in layer order, or the paper's string ``"5-8-45-15"``.
+in layer order, the paper's string ``"5-8-45-15"``, or a fraction kept in every layer (``0.5``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributions import Dirichlet
 
 from .files import atomic_torch_save, read_torch_file
 
-Widths = dict[str, int] | list[int] | tuple[int, ...] | str
+Widths = dict[str, int] | list[int] | tuple[int, ...] | str | float
 
 
 class WidthsError(ValueError):
@@ -32,8 +33,13 @@ class ImportanceMismatchError(ValueError):
 
 def parse_widths(widths: Widths, units: dict[str, int]) -> dict[str, int]:
     """Turn any widths notation (a dict whose missing layers keep all their units, a list in
-    layer order, ``"5-8-45-15"``) into ``{layer name: kept units}`` for the layers ``units``
-    (``{name: units}`` in layer order), or raise a :class:`WidthsError`."""
+    layer order, ``"5-8-45-15"``, a fraction in (0, 1] kept in every layer, rounded, at least one
+    unit) into ``{layer name: kept units}`` for the layers ``units`` (``{name: units}`` in layer
+    order), or raise a :class:`WidthsError`."""
+    if isinstance(widths, float):
+        if not 0 < widths <= 1:
+            raise WidthsError(f"a kept fraction must be in (0, 1], got {widths}")
+        return {name: max(1, round(k * widths)) for name, k in units.items()}
     order = list(units)
     notation = "-".join(order)
     if isinstance(widths, str):
@@ -122,10 +128,7 @@ class Importance:
                 f"the {self.criterion!r} criterion has no uncertainty; std() needs a Dirichlet "
                 "posterior from learn_importance"
             )
-        stds = {}
-        for name, phi in self.concentration.items():
-            total = phi.sum()
-            stds[name] = torch.sqrt(phi * (total - phi) / (total**2 * (total + 1)))
+        stds = {name: Dirichlet(phi).stddev for name, phi in self.concentration.items()}
         return self._pick(stds, layer)
 
     def relative(self, layer: str | None = None):
@@ -215,12 +218,8 @@ class Importance:
         return order[torch.argsort(rank * groups + group, stable=True)]
 
     def widths(self, keep: float | Widths) -> dict[str, int]:
-        """Widths as ``{layer: kept units}`` from a fraction in (0, 1] kept in every layer
-        (rounded, at least one unit) or any widths notation."""
-        if isinstance(keep, float):
-            if not 0 < keep <= 1:
-                raise WidthsError(f"a kept fraction must be in (0, 1], got {keep}")
-            return {name: max(1, round(k * keep)) for name, k in self.units.items()}
+        """Widths as ``{layer: kept units}`` from any widths notation of :func:`parse_widths`
+        (a fraction in (0, 1] kept in every layer included)."""
         return parse_widths(keep, self.units)
 
     def keep_indices(

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from . import distributed
@@ -34,6 +36,28 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device(device)
     except RuntimeError as error:
         raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from error
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters are (the CPU for a model without any)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+@contextmanager
+def evaluating(
+    model: nn.Module, device: str | torch.device | None = None
+) -> Iterator[torch.device]:
+    """``model`` in eval mode on ``device`` (default: where it is) inside the block, which gets
+    the device; its mode and device are restored afterwards, whatever happens."""
+    original = device_of(model)
+    target = original if device is None else resolve_device(device)
+    was_training = model.training
+    model.to(target).eval()
+    try:
+        yield target
+    finally:
+        model.train(was_training).to(original)
 
 
 def set_seed(seed: int) -> None:

@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .attach import check_ungated, unwrap
 from .graph import PrunableLayer, _inputs, _units, find_prunable_layers, flatten_factor
 from .importance import ImportanceMismatchError
-from .loop import resolve_device
+from .loop import evaluating
 
 
 class Count(NamedTuple):
@@ -56,13 +56,10 @@ def _counted(model: nn.Module, input_shape: tuple[int, ...]) -> Count:
         raise ValueError(f"input_shape must include the batch axis, got {input_shape}")
     params = sum(p.numel() for p in model.parameters())
     parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
     dtype = parameter.dtype if parameter is not None else torch.float32
-    was_training = model.training
-    model.eval()
     counter = FlopCounterMode(display=False)
     try:
-        with torch.no_grad(), counter:
+        with evaluating(model) as device, torch.no_grad(), counter:
             model(torch.zeros(input_shape, device=device, dtype=dtype))
     except RuntimeError as error:  # the cause is kept: the shape may not be what went wrong
         raise ValueError(
@@ -70,8 +67,6 @@ def _counted(model: nn.Module, input_shape: tuple[int, ...]) -> Count:
             f"({str(error).splitlines()[0]}); if that shape is wrong, give (batch, channels, "
             "height, width) of its input"
         ) from error
-    finally:
-        model.train(was_training)
     return Count(params=params, macs=counter.get_total_flops() // 2)
 
 
@@ -230,17 +225,13 @@ def _output_positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[st
 
             handles.append(module.register_forward_hook(record))
     parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
     dtype = parameter.dtype if parameter is not None else torch.float32
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model) as device, torch.no_grad():
             model(torch.zeros(input_shape, device=device, dtype=dtype))
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     return positions
 
 
@@ -283,21 +274,18 @@ def latency(
     if memory_format == "auto":
         timed = partial(latency, model, input_shape, repeats=repeats, warmup=warmup, device=device)
         return min(timed(memory_format=choice) for choice in ("contiguous", "channels_last"))
-    device = resolve_device(device)
-    was_training = model.training
-    model.eval().to(device)
-    batch = torch.randn(input_shape, device=device)
-    # channels_last only means something for a 4-D (N, C, H, W) batch
-    channels_last = memory_format == "channels_last" and batch.dim() == 4
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-        batch = batch.to(memory_format=torch.channels_last)
-    try:
-        times = _forward_times(model, batch, device, warmup, repeats)
-    finally:
+    with evaluating(model, device) as device:
+        batch = torch.randn(input_shape, device=device)
+        # channels_last only means something for a 4-D (batch, channels, height, width) batch
+        channels_last = memory_format == "channels_last" and batch.dim() == 4
         if channels_last:
-            model.to(memory_format=torch.contiguous_format)
-        model.train(was_training)
+            model.to(memory_format=torch.channels_last)
+            batch = batch.to(memory_format=torch.channels_last)
+        try:
+            times = _forward_times(model, batch, device, warmup, repeats)
+        finally:
+            if channels_last:
+                model.to(memory_format=torch.contiguous_format)
     return statistics.median(times)
 
 

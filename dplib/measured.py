@@ -35,6 +35,7 @@ from torch.nn import functional as F
 
 from .attach import attach_gates, unwrap
 from .importance import Importance
+from .loop import evaluating
 from .progress import progress
 
 BLOCKS_PER_LAYER = 16  # a layer's offer: 1/16 of its units (at least one grid step)
@@ -54,19 +55,19 @@ def measured_removal(
     model = unwrap(model)
     gated = attach_gates(model, coupled=True)
     missing = [name for name in importance.names if name not in gated.layers]
-    device = next(model.parameters()).device
-    batches = [(x.to(device), y.to(device)) for x, y in itertools.islice(data, MEASURED_BATCHES)]
-    was_training = model.training
     try:
-        if missing or not batches:
-            raise ValueError(f"the measured allocation needs data and prunable layers {missing}")
-        model.eval()
-        gated.set_mode("identity")
-        with torch.no_grad():
+        with evaluating(model) as device, torch.no_grad():
+            batches = [
+                (x.to(device), y.to(device)) for x, y in itertools.islice(data, MEASURED_BATCHES)
+            ]
+            if missing or not batches:
+                raise ValueError(
+                    f"the measured allocation needs data and prunable layers {missing}"
+                )
+            gated.set_mode("identity")
             return _remove(gated, importance, quadratic, grid, target, batches)
     finally:
         gated.remove()
-        model.train(was_training)
 
 
 @contextlib.contextmanager

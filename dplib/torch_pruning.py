@@ -30,7 +30,7 @@ from .attach import unwrap
 from .budget import input_shape_for, parse_budget
 from .graph import PrunableLayer, _units, find_prunable_layers
 from .importance import Importance, Widths, parse_widths
-from .loop import resolve_device
+from .loop import evaluating
 from .measure import count
 
 CRITERIA = ("tp_l1", "tp_l2", "tp_magnitude", "tp_taylor")
@@ -95,22 +95,18 @@ def tp_importance(
         if batches < 1:
             raise ValueError(f"batches must be at least 1, got {batches}")
     layers = find_prunable_layers(model, coupled=coupled).layers
-    device = resolve_device(device)
-    original_device = next(model.parameters()).device
-    was_training = model.training
-    model.to(device).eval()
-    try:
-        graph = dependency_graph(model, input_shape)
-        if criterion == "tp_taylor":
-            with torch.enable_grad():
-                _backward_cross_entropy(model, loader, batches, device)
-        scores = {}
-        for layer in layers:
-            group = _group(graph, model, layer, list(range(layer.units)))
-            scores[layer.name] = scorer(group).detach().float().cpu()
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training).to(original_device)
+    with evaluating(model, device) as device:
+        try:
+            graph = dependency_graph(model, input_shape)
+            if criterion == "tp_taylor":
+                with torch.enable_grad():
+                    _backward_cross_entropy(model, loader, batches, device)
+            scores = {}
+            for layer in layers:
+                group = _group(graph, model, layer, list(range(layer.units)))
+                scores[layer.name] = scorer(group).detach().float().cpu()
+        finally:
+            model.zero_grad(set_to_none=True)
     config = {"batches": batches} if criterion == "tp_taylor" else {}
     return Importance(scores, criterion=criterion, config=config)
 

@@ -26,7 +26,7 @@ from . import distributed
 from .checks import check_data
 from .data import random_crop_flip
 from .files import atomic_torch_save, read_torch_file
-from .loop import Loop, resolve_device, set_seed, total_dtype
+from .loop import Loop, device_of, evaluating, set_seed, total_dtype
 from .settings import TrainSettings, with_knobs
 
 CHECKPOINT_FORMAT = "dplib-checkpoint-1"
@@ -42,16 +42,12 @@ def evaluate(
     model: nn.Module, loader: DataLoader, device: str | torch.device | None = None
 ) -> dict[str, float]:
     """Mean cross-entropy ``loss`` and ``accuracy`` (0..1) of ``model`` over ``loader``, in eval
-    mode (restored afterwards), on ``device`` (default: where the model is); the sums stay on
+    mode on ``device`` (default: where the model is), both restored afterwards; the sums stay on
     the device and are read once, at the end."""
-    parameter = next(model.parameters(), None)
-    device = resolve_device(device or (parameter.device if parameter is not None else "cpu"))
-    was_training = model.training
-    model.eval()
-    total_loss = torch.zeros((), dtype=total_dtype(device), device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    count = 0
-    with torch.no_grad():
+    with evaluating(model, device) as device, torch.no_grad():
+        total_loss = torch.zeros((), dtype=total_dtype(device), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        count = 0
         for images, labels in loader:
             images, labels = images.to(device), labels.to(device)
             logits = model(images)
@@ -59,7 +55,6 @@ def evaluate(
             total_loss += loss.to(total_loss.dtype)
             correct += (logits.argmax(1) == labels).sum()
             count += labels.numel()
-    model.train(was_training)
     if count == 0:
         raise ValueError("the loader is empty: nothing to evaluate")
     return {"loss": total_loss.item() / count, "accuracy": correct.item() / count}
@@ -82,7 +77,7 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, batches: int = 2
         norm.reset_running_stats()
         norm.momentum = None  # a cumulative average over the batches seen
     model.train()
-    device = next(model.parameters()).device
+    device = device_of(model)
     for index, (images, _) in enumerate(loader):
         if index == batches:
             break

@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader
 
 from . import distributed
 from .attach import GatedModel
-from .budget import parse_budget
+from .budget import parse_budget, perplexity
 from .checks import check_data
 from .importance import Importance
 from .loop import Loop, set_seed
@@ -324,14 +324,10 @@ class _BudgetTerm:
         )
 
     def __call__(self) -> torch.Tensor:
-        widths = torch.stack([_perplexity(gate.mean()) for _, gate in self.gated.named_gates()])
+        widths = torch.stack([perplexity(gate.mean()) for _, gate in self.gated.named_gates()])
         widths = widths.double()
         cost = (self.const + self.linear @ widths + widths @ self.quadratic @ widths) / self.scale
         return self.weight * torch.relu(cost / self.target - 1).float()
-
-
-def _perplexity(p: torch.Tensor) -> torch.Tensor:
-    return torch.exp(-(p * torch.log(p.clamp_min(1e-30))).sum())
 
 
 class _Record:

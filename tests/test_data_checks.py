@@ -43,5 +43,5 @@ def test_images_of_the_wrong_shape_are_refused_everywhere():
     plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
     with pytest.raises(ValueError, match="cannot take the data set's images of shape 3x32x32"):
         dplib.fit(plain, _loader(shape=(3, 32, 32)), device="cpu")
-    with pytest.raises(ValueError, match=r"input_shape \(1, 3, 32, 32\) does not fit"):
+    with pytest.raises(ValueError, match=r"failed on an input of shape \(1, 3, 32, 32\)"):
         dplib.count(model, (1, 3, 32, 32))

@@ -426,10 +426,7 @@ def _normalise_widths(widths: str | list[int], units: dict[str, int]) -> str:
     if split_budget_widths(widths) is not None:
         return widths
     if isinstance(widths, str) and widths.replace(".", "", 1).isdigit() and "." in widths:
-        share = float(widths)
-        if not 0 < share <= 1:
-            raise ValueError(f"a kept fraction must be in (0, 1], got {widths}")
-        return format_widths({n: max(1, round(k * share)) for n, k in units.items()})
+        widths = float(widths)  # a kept fraction
     return format_widths(parse_widths(widths, units))
 
 

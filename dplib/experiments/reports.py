@@ -589,8 +589,8 @@ def _importance_cost(result: dict[str, Any], base: dict[str, Any]) -> str:
     ]
     if not seconds or not base.get("seconds_per_epoch"):
         return ""
-    fraction = statistics.mean(seconds) / base["seconds_per_epoch"]
+    median = statistics.median(seconds)  # a run slowed by a busy machine moves it least
     return (
-        f"Dirichlet importance: {statistics.mean(seconds):.1f} s, {fraction:.2f} training "
-        "epochs (mean over seeds)."
+        f"Dirichlet importance: {median:.1f} s, {median / base['seconds_per_epoch']:.2f} training "
+        "epochs (median over seeds)."
     )
