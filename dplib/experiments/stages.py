@@ -26,15 +26,22 @@ from torch import nn
 
 from .. import measure
 from ..budget import split_budget_widths
+from ..data import Loaders
 from ..files import atomic_torch_save, write_json
 from ..importance import Importance, format_widths
 from ..surgery import widths_of
 from . import paths, profiles
 from .cache import Log, cached, config_hash, log_line
 from .experiment import FIXED, Base, Scoring, Training, prune_and_finetune, score
+from .experiment import loaders as experiment_loaders
 from .experiment import pretrain as pretrain_base
 
 BASE_CRITERION = "base (unpruned)"
+
+
+def loaders(config: profiles.Config) -> Loaders:
+    """The configuration's train / val / test loaders, as its base network is trained on them."""
+    return experiment_loaders(config.experiment, config.seed)
 
 
 def pretrain(
