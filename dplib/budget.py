@@ -18,7 +18,7 @@ p_l = r_l / K_l (the posterior's perplexity), scaled to the budget. Every alloca
 per-layer floors and caps (``min_keep``, ``max_keep``: kept fractions) and overrides
 (``overrides``: widths given).
 
-The hardware grid (``multiple_of=m``, default 1): every kept width is a multiple of m or the
+The hardware grid (``multiple_of``, default 1): every kept width is a multiple of it or the
 layer's full width (a layer narrower than m keeps any width). Each step then moves a whole block
 of units, ranked by their mean r_lk. The uniform allocation (the naive reference) keeps the same
 fraction rho of every layer (``max(1, round(K_l * rho))`` units, rounded down to the grid), rho
@@ -57,7 +57,7 @@ class BudgetError(ValueError):
 
 
 def input_shape_for(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> tuple:
-    """``input_shape`` (a batch's shape), or (1, C, H, W) of a network built by
+    """``input_shape`` (a batch's shape), or (1, channels, height, width) of a network built by
     :func:`dplib.models.build` (from the preset it records); a clear error for other models."""
     if input_shape is not None:
         return tuple(input_shape)
@@ -65,7 +65,7 @@ def input_shape_for(model: nn.Module, input_shape: tuple[int, ...] | None = None
     if image is None:
         raise ValueError(
             f"this {type(model).__name__} was not built by dplib.models.build, so its input is "
-            "unknown; pass input_shape=(1, C, H, W), the shape of one input batch"
+            "unknown; pass input_shape=(1, channels, height, width), the shape of one input batch"
         )
     return (1, *image)
 

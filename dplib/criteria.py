@@ -18,9 +18,9 @@ layer, higher = keep), so every comparison runs through the same surgery. Score 
 - ``tp_l1``, ``tp_l2``, ``tp_taylor``: Torch-Pruning's group criteria (:mod:`dplib.torch_pruning`),
   where the optional package ``torch-pruning`` is installed.
 
-A criterion is a function ``f(model, loader=None, *, <its options>) -> Importance`` registered
-with :func:`register`; :func:`compute` runs one by name. Every list of criteria reads this
-registry."""
+A criterion is a function ``criterion(model, loader=None, *, <its options>) -> Importance``
+registered with :func:`register`; :func:`compute` runs one by name. Every list of criteria reads
+this registry."""
 
 from __future__ import annotations
 

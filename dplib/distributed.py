@@ -3,8 +3,8 @@
     torchrun --standalone --nproc_per_node=4 bench/your_script.py   # one machine, 4 GPUs
 
 Call :func:`setup` first; :func:`dplib.fit` and :func:`dplib.learn_importance` then shard the
-loader (each of W processes takes every W-th image of the same seeded permutation, in batches
-of ``batch_size / W``), average the gradients and log, show progress and write checkpoints on
+loader (each of P processes takes every P-th image of the same seeded permutation, in batches
+of ``batch_size / P``), average the gradients and log, show progress and write checkpoints on
 rank 0 only. The numbers equal one process's up to the order of floating-point sums, except
 that BatchNorm in training mode normalises with each process's share of the batch (standard
 DDP behaviour); importance learning runs in eval mode.

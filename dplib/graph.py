@@ -6,8 +6,8 @@ pooling, dropout, flatten / view, scaling by a number, a depthwise convolution) 
 addition ties its operands' spaces into one (a residual connection), and so does a product of
 two maps (``x * scale(x)``: squeeze-and-excitation), whose newer operand, the scale, is pruned
 with ``x`` but not gated. A space lists its *producers* (the layers whose output units it holds),
-*BatchNorms* and *consumers* (the layers that read the units; a Linear after a flatten reads H*W
-inputs per channel).
+*BatchNorms* and *consumers* (the layers that read the units; a Linear after a flatten reads
+height*width inputs per channel).
 
 A space is prunable when it has consumers and nothing fixes its units: not the network's input
 or output (the classifier), not an operation that mixes units (a concatenation, a reduction over
@@ -432,5 +432,6 @@ def _check_consumers(units: int, consumers: list[str], modules) -> str | None:
 
 
 def flatten_factor(producer: nn.Module, consumer: nn.Module) -> int:
-    """Inputs of ``consumer`` owned by each unit of ``producer`` (H*W after a flatten, else 1)."""
+    """Inputs of ``consumer`` owned by each unit of ``producer`` (height*width after a flatten,
+    else 1)."""
     return _inputs(consumer) // _units(producer)

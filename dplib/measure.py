@@ -1,6 +1,6 @@
 """Measure networks: exact parameters and MACs, the cost of any widths, latency, rank agreement.
 
-Parameters: ``sum(p.numel())`` (BatchNorm's gamma and beta count, its running statistics do
+Parameters: ``sum(p.numel())`` (BatchNorm's scale and shift count, its running statistics do
 not). MACs: the multiply-adds of one forward pass of the given input shape, as
 ``torch.utils.flop_counter`` counts them in convolutions and matrix products (2 FLOPs = 1 MAC;
 bias additions, BatchNorm, activations and pooling are not counted).
@@ -44,7 +44,7 @@ class Count(NamedTuple):
 
 def count(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> Count:
     """Parameters and MACs of ``model`` for one forward pass of a tensor of ``input_shape``
-    (batch axis included: (1, C, H, W) gives the MACs of one image)."""
+    (batch axis included: (1, channels, height, width) gives the MACs of one image)."""
     check_ungated(model, "dplib.count")
     return _counted(model, input_shape)
 
@@ -169,7 +169,7 @@ class CostModel:
                 )
             for bn in layer.batchnorms:
                 if modules[bn].affine:
-                    params.linear[index] += 2 * scale  # gamma and beta per unit
+                    params.linear[index] += 2 * scale  # BatchNorm scale and shift per unit
             for conv in layer.depthwise:  # per unit: its k*k filter (and bias), k*k MACs a position
                 kernel, biased = (
                     int(np.prod(modules[conv].kernel_size)),

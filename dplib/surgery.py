@@ -1,11 +1,11 @@
 """Physical pruning: a new, smaller network that holds only the kept units.
 
-For every prunable layer with kept unit indices ``idx`` (the top-k by importance), its weight
-keeps rows ``W[idx]`` and its bias ``b[idx]``; every BatchNorm on those units keeps
-``gamma[idx]``, ``beta[idx]`` and the running statistics, every depthwise convolution on them its
+For every prunable layer with kept unit indices ``idx`` (its top-w_l by importance), its weight
+keeps rows ``W[idx]`` and its bias ``b[idx]``; every BatchNorm on those units keeps its scale
+and shift at ``idx`` and the running statistics, every depthwise convolution on them its
 filters ``W[idx]``; every consumer keeps the matching input
-columns ``W[:, idx]`` (after a ``flatten``, unit ``k`` owns the ``H*W`` inputs ``k*H*W ...
-(k+1)*H*W - 1``). No masks, no zero units: the parameter count and MACs are real, and the
+columns ``W[:, idx]`` (after a ``flatten``, unit ``k`` owns the P = height*width inputs ``k*P ...
+(k+1)*P - 1``). No masks, no zero units: the parameter count and MACs are real, and the
 outputs equal those of the unpruned network with the removed units zeroed (tested).
 """
 
