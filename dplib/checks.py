@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .gates import GateShapeError
+from .loop import device_of
 from .models import input_shape_of
 
 
@@ -52,8 +53,7 @@ def _first_example(loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _outputs(model: nn.Module, image: torch.Tensor, what: str) -> int:
     """The number of classifier outputs, from one forward pass of ``image``."""
-    parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
+    device = device_of(model)
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:

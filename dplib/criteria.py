@@ -42,7 +42,7 @@ from .checks import check_data
 from .gates import DirichletGate
 from .graph import find_prunable_layers
 from .importance import Importance
-from .loop import evaluating, resolve_device
+from .loop import evaluating
 from .progress import progress
 from .settings import DirichletSettings
 from .vi import learn_importance
@@ -354,16 +354,12 @@ def oracle_importance(
     """Loss increase when one unit alone is removed, on ``loader``'s data (validation data,
     never the test split); ``chunk`` copies of a batch per pass, each without one unit."""
     model = unwrap(model)
-    device = resolve_device(device)
-    original_device = next(model.parameters()).device
-    data = [(x.to(device), y.to(device)) for x, y in itertools.islice(loader, batches)]
-    total = sum(len(labels) for _, labels in data)
     gated = attach_gates(model, coupled=coupled)
-    was_training = model.training
-    gated.to(device).eval()
     gated.set_mode("identity")
     try:
-        with torch.no_grad():
+        with evaluating(gated, device) as device, torch.no_grad():
+            data = [(x.to(device), y.to(device)) for x, y in itertools.islice(loader, batches)]
+            total = sum(len(labels) for _, labels in data)
             base = sum(F.cross_entropy(model(x), y, reduction="sum").item() for x, y in data)
             bar = progress(total=sum(g.num_units for _, g in gated.named_gates()), desc="oracle")
             scores = {
@@ -373,7 +369,6 @@ def oracle_importance(
             bar.close()
     finally:
         gated.remove()
-        model.train(was_training).to(original_device)
     return Importance(scores, criterion="oracle", config={"images": total})
 
 
