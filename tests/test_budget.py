@@ -15,6 +15,8 @@ from dplib.budget import input_shape_for
 from dplib.measure import CostModel
 from dplib.train import copy_state
 
+from conftest import trained_like
+
 RATIOS = ("2x", "4x", "10x", "20x")
 
 
@@ -581,4 +583,35 @@ def test_the_measured_rule_reads_every_offer_with_batch_statistics(monkeypatch):
     monkeypatch.setattr(dplib.measured, "batch_statistics", spy)
     data = [(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))) for _ in range(2)]
     dplib.choose_widths(model, importance, target_macs="2x", data=data)
-    assert copies and all(count == 1 + len(importance.names) for count in copies[:2])
+    # the widths alone, then every layer's first offer, AT_ONCE at a time (two batches each)
+    at_once, layers = dplib.measured.AT_ONCE, len(importance.names)
+    assert copies[:2] == [1, 1] and all(1 <= count <= at_once for count in copies)
+    assert sum(copies[2 : 2 + 2 * -(-layers // at_once) : 2]) == layers
+
+
+@pytest.mark.parametrize("name", ["lenet300", "lenet5", "lenet5_bn"])
+@pytest.mark.parametrize("budget", ["4x", "20x"])
+def test_the_lazy_measured_rule_chooses_as_the_exhaustive_one(name, budget, monkeypatch):
+    """The measured rule re-measures, at each removal, only the offers whose last estimate could
+    still lead (dplib.measured.AT_ONCE at a time). Against the exhaustive rule (every offer
+    measured at every removal), the tolerance: each layer's width within one block (1/16 of its
+    units) and the loss on the fixed batches at most 2 % higher."""
+    model = trained_like(dplib.models.build(name, seed=0))
+    importance = dplib.criteria.l1_importance(model, coupled=True)
+    data = _fixed_batches(model)
+    chosen = {}
+    for rule, at_once in (("lazy", dplib.measured.AT_ONCE), ("exhaustive", 10**6)):
+        monkeypatch.setattr(dplib.measured, "AT_ONCE", at_once)
+        chosen[rule] = dplib.choose_widths(model, importance, target_macs=budget, data=data)
+    for layer, units in importance.units.items():
+        block = -(-units // dplib.measured.BLOCKS_PER_LAYER)
+        assert abs(chosen["lazy"][layer] - chosen["exhaustive"][layer]) <= block, layer
+    losses = {rule: _fixed_loss(model, importance, widths, data) for rule, widths in chosen.items()}
+    assert losses["lazy"] <= 1.02 * losses["exhaustive"], losses
+
+
+def _fixed_loss(model: nn.Module, importance, widths: dict, data: list) -> float:
+    """Cross-entropy of the pruned network on ``data``, BatchNorm re-estimated on it."""
+    pruned = dplib.prune(model, importance, widths)
+    with torch.no_grad():
+        return float(np.mean([nn.functional.cross_entropy(pruned.train()(x), y) for x, y in data]))

@@ -1,0 +1,134 @@
+"""What the measured allocation costs as networks grow: ResNet-20, ResNet-56, VGG-16, ResNet-50.
+
+    python bench/measured_cost.py                        # the four networks (about 15 minutes)
+    python bench/measured_cost.py --networks resnet20 --exhaustive   # and the exhaustive rule
+
+Each network (random weights, BatchNorm statistics as after training, L1 scores) is allocated
+by dplib.choose_widths(..., data=...) with the measured rule: CIFAR networks at 32x32 with two
+fixed batches of 128 images (what the kit's CIFAR rows read), ResNet-50 from torchvision at
+224x224 with two batches of 16. The table counts the removals, the forward passes and the
+images they forwarded, and times the whole allocation; ``--exhaustive`` also times the rule that
+measures every offer at every removal (what the kit did before), for the ratio in one run.
+The table goes to figures/bench/measured_cost.md, the rows to figures/bench/measured_cost.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from zoo import build as build_zoo
+
+import dplib
+from dplib.files import atomic_write_text, read_json, write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+NETWORKS = {  # name: (input size, images per batch, budget)
+    "resnet20": (32, 128, "4x"),
+    "resnet56": (32, 128, "4x"),
+    "vgg16": (32, 128, "2x"),
+    "resnet50": (224, 16, "2x"),
+}
+
+
+def network(name: str) -> torch.nn.Module:
+    """The network with random weights (seed 0), BatchNorm as after training, in eval mode."""
+    if name == "resnet50":
+        return build_zoo(name)[0]
+    model = dplib.models.build(name, seed=0)
+    with torch.no_grad():
+        for norm in model.modules():
+            if isinstance(norm, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+                norm.running_mean.uniform_(-0.5, 0.5), norm.running_var.uniform_(0.5, 2.0)
+                norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+@contextlib.contextmanager
+def counting(counts: dict[str, int]) -> Iterator[None]:
+    """Count the measured rule's forward passes and the images they forward."""
+    original = dplib.measured.batch_statistics
+
+    def spy(model: torch.nn.Module, copies: int) -> Any:
+        counts["passes"] += 1
+        counts["rows"] += copies
+        return original(model, copies)
+
+    dplib.measured.batch_statistics = spy
+    try:
+        yield
+    finally:
+        dplib.measured.batch_statistics = original
+
+
+def run(name: str, exhaustive: bool) -> dict[str, Any]:
+    """One network's row: its size, and per rule the time, removals and passes."""
+    size, batch, budget = NETWORKS[name]
+    model = network(name)
+    importance = dplib.criteria.l1_importance(model, coupled=True)
+    shape = (1, 3, size, size)
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.randn(batch, *shape[1:], generator=generator) for _ in range(2)]
+    with torch.no_grad():  # labelled by the network: a removed unit that matters raises the loss
+        data = [(x, model(x).argmax(1)) for x in images]
+    row = {"network": name, "budget": budget, "input": size, "batch": batch}
+    row |= {"layers": len(importance.names), "macs": dplib.count(model, shape).macs}
+    rules = {"lazy": dplib.measured.AT_ONCE} | ({"exhaustive": 10**6} if exhaustive else {})
+    for rule, at_once in rules.items():
+        counts = {"passes": 0, "rows": 0}
+        dplib.measured.AT_ONCE = at_once
+        started = time.perf_counter()
+        with counting(counts):
+            widths = dplib.choose_widths(
+                model, importance, target_macs=budget, input_shape=shape, data=data
+            )
+        seconds = time.perf_counter() - started
+        dplib.measured.AT_ONCE = rules["lazy"]
+        images = counts["rows"] * batch  # per batch: rows x batch images
+        row[rule] = {"seconds": seconds, "forwarded_images": images, **counts, "widths": widths}
+        print(f"{name} {rule}: {seconds:.1f} s, {counts['passes']} passes", flush=True)
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The markdown table of the rows."""
+    lines = [
+        "| network | input, batch | budget | gated layers | MACs | seconds | forward passes | "
+        "images forwarded | exhaustive rule: seconds, images forwarded |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lazy, old = row["lazy"], row.get("exhaustive")
+        before = f"{old['seconds']:.1f}, {old['forwarded_images']:,}" if old else "not timed"
+        lines.append(
+            f"| {row['network']} | {row['input']}x{row['input']}, 2 x {row['batch']} | "
+            f"{row['budget']} | {row['layers']} | {row['macs']:,} | {lazy['seconds']:.1f} | "
+            f"{lazy['passes']:,} | {lazy['forwarded_images']:,} | {before} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
+    parser.add_argument("--exhaustive", action="store_true", help="time the exhaustive rule too")
+    args = parser.parse_args()
+    out = ROOT / "figures" / "bench"
+    rows_path = out / "measured_cost.json"
+    rows = {r["network"]: r for r in (read_json(rows_path) if rows_path.exists() else [])}
+    for name in args.networks:
+        rows[name] = run(name, args.exhaustive)
+    ordered = [rows[name] for name in NETWORKS if name in rows]
+    write_json(rows_path, ordered)
+    text = "# The measured allocation's cost against depth\n\n" + table(ordered)
+    atomic_write_text(out / "measured_cost.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
