@@ -142,8 +142,9 @@ def choose_widths(
         allocation: ``"importance"`` (the greedy rule above), ``"uniform"``, ``"measured"``
             (needs ``data``) or ``"effective"``; None (default): ``"measured"`` when ``data`` is
             given, else ``"importance"`` (the measured rule won on validation: figures/compare.md
-            and figures/cifar.md). It costs a stacked forward pass of the batches per removed
-            block: about 0.8 s for a LeNet, 9 minutes for ResNet-20 at 4x on 2 CPU cores.
+            and figures/cifar.md). It costs about one forward pass of the batches per removed
+            block (dplib.measured): about 1 s for LeNet-5, under a training epoch for ResNet-20
+            on 2 CPU cores (figures/cifar.md, figures/bench/measured_cost.md).
         verify: check the analytic cost against :func:`dplib.count` of the pruned network.
         costs: a :class:`CostModel` of this model, input shape and layers, to reuse.
         multiple_of: every width a multiple of it (e.g. 8, for tensor cores) or the full width.

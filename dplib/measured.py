@@ -19,7 +19,7 @@ per stacked pass), the lowest estimate first, until no estimate is below the bes
 measurement. Increases that only grow as the network narrows (and as a layer gives up units
 ranked higher) would make this the exhaustive rule (every offer measured at every removal).
 They do not always: the test suite bounds what the laziness may cost in loss against the
-exhaustive rule, and bench/measured_cost.py counts the passes it saves.
+exhaustive rule, and bench/measured_cost.py counts its passes.
 
 BatchNorm normalises each offer by its own batch statistics, as the pruned network's statistics
 are re-estimated after surgery (EagleEye's lesson: stale running statistics misjudge a candidate).
