@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from zoo import as_trained
 from zoo import build as build_zoo
 
 import dplib
@@ -40,13 +41,7 @@ def network(name: str) -> torch.nn.Module:
     """The network with random weights (seed 0), BatchNorm as after training, in eval mode."""
     if name == "resnet50":
         return build_zoo(name)[0]
-    model = dplib.models.build(name, seed=0)
-    with torch.no_grad():
-        for norm in model.modules():
-            if isinstance(norm, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
-                norm.running_mean.uniform_(-0.5, 0.5), norm.running_var.uniform_(0.5, 2.0)
-                norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.2, 0.2)
-    return model.eval()
+    return as_trained(dplib.models.build(name, seed=0)).eval()
 
 
 @contextlib.contextmanager

@@ -42,15 +42,22 @@ def build(name: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
         {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
     )
     model = getattr(torchvision.models, name)(num_classes=10, **options).eval()
-    with torch.no_grad():  # as if trained: torchvision starts some scales at zero or 1e-6
-        for norm in model.modules():
-            if isinstance(norm, torch.nn.BatchNorm2d):
-                norm.running_mean.uniform_(-0.5, 0.5), norm.running_var.uniform_(0.5, 2.0)
-                norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.2, 0.2)
+    as_trained(model)  # torchvision starts some scales at zero or 1e-6
+    with torch.no_grad():
         for key, parameter in model.named_parameters():
             if key.endswith("layer_scale") or key == "heads.head.weight":
                 parameter.normal_(1.0 if key.endswith("layer_scale") else 0.0, 0.1)
     return model, (1, 3, SIZES.get(name, 64), SIZES.get(name, 64))
+
+
+def as_trained(model: torch.nn.Module) -> torch.nn.Module:
+    """Give every BatchNorm of ``model`` statistics and an affine map as after training."""
+    with torch.no_grad():
+        for norm in model.modules():
+            if isinstance(norm, torch.nn.modules.batchnorm._BatchNorm):
+                norm.running_mean.uniform_(-0.5, 0.5), norm.running_var.uniform_(0.5, 2.0)
+                norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.2, 0.2)
+    return model
 
 
 def dplib_case(model: torch.nn.Module, shape: tuple[int, ...], criterion: str) -> dict[str, Any]:
