@@ -5,7 +5,7 @@
     python bench/cifar.py --setups cifar10-vgg16 --budgets  # the reference widths only
     python bench/cifar.py --setups cifar10-vgg16 --budgets 2x --no-fixed-widths  # 2x only
     python bench/cifar.py --setups cifar10-vgg16 --budgets 2x --no-fixed-widths \
-        --allocations own global measured        # the rows that decide, first
+        --allocations greedy global measured        # the rows that decide, first
     python bench/cifar.py --evaluate                 # the shipped networks on the test split
     python bench/cifar.py --setups cifar10-vgg16 --budgets --criteria dirichlet l1 \
         --finetune-epochs 20                         # a longer fine-tuning, on the side

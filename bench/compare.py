@@ -5,7 +5,7 @@
     python bench/compare.py --setups mnist5k-lenet300 --seeds 0
     python bench/compare.py --criteria dirichlet              # redo one criterion's rows only
     python bench/compare.py --setups fashion_mnist32-resnet20 --criteria dirichlet \
-        --allocations own same                                # and only some allocations
+        --allocations greedy uniform                          # and only some allocations
 
 Results are cached under runs/cpu/<dataset>-<model>/seed<k>/ (a rerun continues where it
 stopped; the notebooks of the cpu profile share this cache), the raw rows in

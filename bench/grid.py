@@ -1,4 +1,4 @@
-"""Widths on a hardware grid: what ``choose_widths(..., multiple_of=8)`` buys and costs.
+"""Widths on a hardware grid: what ``dplib.budget.Greedy(multiple_of=8)`` buys and costs.
 
     python bench/grid.py                        # every row whose base network is cached
     python bench/grid.py --rows lenet5          # LeNet-5 on Fashion-MNIST only (minutes)
@@ -36,9 +36,8 @@ GRID = 8
 
 def measure(base: Base, importance: dplib.Importance, budget: str, grid: int) -> dict:
     """One pruned network: widths, MACs, deployed speed-up, accuracy before/after fine-tuning."""
-    widths = dplib.choose_widths(
-        base.model, importance, target_macs=budget, input_shape=base.input_shape, multiple_of=grid
-    )
+    rule = dplib.budget.Greedy(multiple_of=grid)
+    widths = dplib.choose_widths(base.model, importance, budget, rule, base.input_shape)
     experiment = base.experiment.replace(speedup_batch=64, keep_pruned=False)
     base = dataclasses.replace(base, experiment=experiment)
     row = prune_and_finetune(base, "dirichlet", importance, dplib.format_widths(widths))

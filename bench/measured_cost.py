@@ -4,8 +4,8 @@
     python bench/measured_cost.py --networks resnet20 --exhaustive   # and the exhaustive rule
 
 Each network (random weights, BatchNorm statistics as after training, L1 scores) is allocated
-by dplib.choose_widths(..., data=...) with the measured rule: CIFAR networks at 32x32 with two
-fixed batches of 128 images (what the kit's CIFAR rows read), ResNet-50 from torchvision at
+by dplib.choose_widths with the measured rule (dplib.budget.Measured): CIFAR networks at 32x32
+with two fixed batches of 128 images (what the kit's CIFAR rows read), ResNet-50 from torchvision at
 224x224 with two batches of 16. The table counts the removals, the forward passes and the
 images they forwarded, and times the whole allocation; ``--exhaustive`` also times the rule that
 measures every offer at every removal (what the kit did before), for the ratio in one run.
@@ -79,9 +79,8 @@ def run(name: str, exhaustive: bool) -> dict[str, Any]:
         dplib.measured.AT_ONCE = at_once
         started = time.perf_counter()
         with counting(counts):
-            widths = dplib.choose_widths(
-                model, importance, target_macs=budget, input_shape=shape, data=data
-            )
+            rule = dplib.budget.Measured(data)
+            widths = dplib.choose_widths(model, importance, budget, rule, shape)
         seconds = time.perf_counter() - started
         dplib.measured.AT_ONCE = rules["lazy"]
         images = counts["rows"] * batch  # per batch: rows x batch images

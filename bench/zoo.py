@@ -75,7 +75,7 @@ def dplib_case(model: torch.nn.Module, shape: tuple[int, ...], criterion: str) -
             gated.remove()
     else:
         importance = dplib.criteria.compute("l1", model)
-    widths = dplib.choose_widths(model, importance, target_macs="2x", input_shape=shape)
+    widths = dplib.choose_widths(model, importance, "2x", input_shape=shape)
     small = dplib.prune(model, importance, widths)
     images = torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(2))
     gated = dplib.attach_gates(model)

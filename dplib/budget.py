@@ -1,30 +1,28 @@
-"""Choose per-layer widths that meet a budget of parameters or MACs.
+"""Choose per-layer widths that meet a budget of parameters or MACs, by a pluggable rule.
 
 Unit k of layer l has a score comparable across layers, r_lk = ``importance.relative()`` (K_l
 E[s_lk] for the Dirichlet posterior mean; notebooks/METHOD.md, section 4), and
-:class:`dplib.measure.CostModel` gives the exact cost of any widths. The importance allocation
-(``allocation="importance"``: the greedy rule, the comparison tables' ``own``) removes the
-lowest-ranked kept unit of all layers, one at a time, until the cost is at most the target, then
-adds back, highest rank first, removed units that still fit. If the result is more than 2% under
-the target (coarse units leave a gap), it exchanges units (one more in a layer, the lowest-ranked
-elsewhere removed to make room, a refill) and keeps the exchange that lands highest: the result
-lies in [0.98 * target, target], with at least one unit per layer.
+:class:`dplib.measure.CostModel` gives the exact cost of any widths. An allocation rule (a
+:class:`Rule`, registered in :data:`RULES` as criteria are) chooses widths at most the target:
 
-The measured allocation (``allocation="measured"``, :mod:`dplib.measured`) removes instead the
-block whose removal raises the loss on a few fixed batches the least per MAC saved, measured
-again after every removal (BatchNorm on each offer's own batch statistics); the effective
-allocation (``"effective"``) keeps in every layer a share of its effective width exp(H(p_l)),
-p_l = r_l / K_l (the posterior's perplexity), scaled to the budget. Every allocation honours
-per-layer floors and caps (``min_keep``, ``max_keep``: kept fractions) and overrides
-(``overrides``: widths given).
+- ``greedy`` (the default) removes the lowest-ranked kept unit of all layers, one at a time;
+- ``uniform`` keeps the same fraction rho of every layer (``max(1, round(K_l * rho))`` units,
+  rounded down to the grid), rho the largest that fits (bisection), the naive reference;
+- ``effective`` keeps in every layer a share of its effective width exp(H(p_l)), p_l = r_l / K_l
+  (the posterior's perplexity), scaled to the budget;
+- ``measured`` (:class:`Measured`, :mod:`dplib.measured`) removes the block whose removal raises
+  the loss on a few fixed batches the least per MAC saved, measured again after every removal.
 
-The hardware grid (``multiple_of``, default 1): every kept width is a multiple of it or the
-layer's full width (a layer narrower than m keeps any width). Each step then moves a whole block
-of units, ranked by their mean r_lk. The uniform allocation (the naive reference) keeps the same
-fraction rho of every layer (``max(1, round(K_l * rho))`` units, rounded down to the grid), rho
-the largest that fits (bisection; the effective allocation: K_l replaced by the effective widths),
-then adds back one unit (block) at a time to the layer with the
-lowest kept fraction.
+Then, whatever the rule, removed units that still fit are added back, highest rank first (the
+uniform rule: to the layer with the lowest kept fraction). If the result is more than 2% under
+the target (coarse units leave a gap), units are exchanged (one more in a layer, the
+lowest-ranked elsewhere removed to make room, a refill), keeping the exchange that lands
+highest: the result lies in [0.98 * target, target], with at least one unit per layer.
+
+Every rule honours per-layer floors and caps (``min_keep``, ``max_keep``: kept fractions),
+overrides (``overrides``: widths given) and the hardware grid (``multiple_of``, default 1):
+every kept width is a multiple of it or the layer's full width (a layer narrower than m keeps
+any width); each step then moves a whole block of units, ranked by their mean r_lk.
 """
 
 from __future__ import annotations
@@ -32,6 +30,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -45,7 +44,6 @@ from .measured import measured_removal
 from .models import input_shape_of
 from .surgery import prune
 
-ALLOCATIONS = ("importance", "uniform", "measured", "effective")
 TOLERANCE = 0.02  # the answer lands in [(1 - TOLERANCE) * target, target]
 _REPAIR_ROUNDS = 20  # at most this many exchanges when the greedy result is under the window
 Limit = float | dict[str, float]  # a kept fraction for every layer, or per layer
@@ -76,21 +74,21 @@ def _check_budget_syntax(target: object, what: str) -> None:
         match = _RATIO.match(target)
         if not match:
             raise BudgetError(
-                f"target_{what} {target!r} is neither a whole number nor a ratio such as '4x' "
+                f"the {what} budget {target!r} is neither a whole number nor a ratio such as '4x' "
                 f"(4 times fewer {what} than the full model)"
             )
         if float(match.group(1)) < 1:
             raise BudgetError(
-                f"target_{what} {target!r} asks for more {what} than the full model has; a "
+                f"the {what} budget {target!r} asks for more {what} than the full model has; a "
                 "ratio must be at least 1x"
             )
     elif isinstance(target, bool) or not isinstance(target, (int, float, np.integer, np.floating)):
         raise BudgetError(
-            f"target_{what} must be a whole number or a ratio string such as '4x', got "
+            f"the {what} budget must be a whole number or a ratio string such as '4x', got "
             f"{target!r} ({type(target).__name__})"
         )
     elif not np.isfinite(target):
-        raise BudgetError(f"target_{what} must be a finite number, got {target!r}")
+        raise BudgetError(f"the {what} budget must be a finite number, got {target!r}")
 
 
 def split_budget_widths(widths: str) -> tuple[str, str] | None:
@@ -114,76 +112,198 @@ def parse_budget(target: int | float | str, full: int, what: str = "macs") -> in
     return math.floor(target)
 
 
+class Rule:
+    """An allocation rule: how :func:`choose_widths` spends a budget across layers. Every rule
+    honours the hardware grid and per-layer limits, which it carries:
+
+    Args:
+        multiple_of: every width a multiple of it (e.g. 8, for tensor cores) or the full width.
+        min_keep, max_keep: the fraction of its units every layer keeps at least (a floor) and
+            at most (a cap): one number for all layers or ``{layer: fraction}``.
+        overrides: ``{layer: width}`` kept as given, whatever the rule.
+
+    A rule is a subclass with a ``name``, registered with :func:`register`, that implements
+    :meth:`widths` (and :meth:`rank` where it does not rank by the scores)."""
+
+    name = ""
+    needs_importance = True
+
+    def __init__(
+        self,
+        *,
+        multiple_of: int = 1,
+        min_keep: Limit = 0.0,
+        max_keep: Limit = 1.0,
+        overrides: dict[str, int] | None = None,
+    ):
+        integer = isinstance(multiple_of, (int, np.integer)) and not isinstance(multiple_of, bool)
+        if not integer or multiple_of < 1:
+            raise ValueError(
+                f"multiple_of must be a positive integer (1: any width; 8: multiples of 8), got "
+                f"{multiple_of!r} ({type(multiple_of).__name__})"
+            )
+        self.multiple_of, self.min_keep, self.max_keep = int(multiple_of), min_keep, max_keep
+        self.overrides = dict(overrides or {})
+
+    def widths(self, task: Task) -> np.ndarray:
+        """Widths on ``task.grid`` whose cost is at most ``task.target`` (before the add-back
+        and exchanges that :func:`choose_widths` runs after every rule)."""
+        raise NotImplementedError
+
+    def rank(self, task: Task) -> _Rank:
+        """The order of the add-back and the exchanges: by the scores."""
+        return _ImportanceRank(task.importance, task.costs.names, task.grid.groups)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+
+class Task(NamedTuple):
+    """What a rule allocates: the full ``model``, the scores, the cost model (``quadratic``: the
+    budgeted cost, MACs or parameters), the allowed widths and the absolute target."""
+
+    model: nn.Module
+    importance: Importance | None
+    costs: CostModel
+    quadratic: Quadratic
+    grid: _Grid
+    target: int
+
+
+RULES: dict[str, type[Rule]] = {}
+
+
+def register(rule: type[Rule]) -> type[Rule]:
+    """Register an allocation rule class under its ``name`` (a class decorator)."""
+    if not rule.name or rule.name in RULES:
+        raise ValueError(f"a rule needs a new name; taken: {', '.join(RULES)}")
+    RULES[rule.name] = rule
+    return rule
+
+
+def rule_for(rule: str | Rule | None) -> Rule:
+    """A :class:`Rule`: ``rule`` itself, a registered rule by name with its defaults, or the
+    greedy rule for None."""
+    if isinstance(rule, Rule):
+        return rule
+    if rule is None:
+        return Greedy()
+    if rule not in RULES:
+        raise ValueError(f"unknown allocation rule {rule!r}; registered: {', '.join(RULES)}")
+    return RULES[rule]()
+
+
+@register
+class Greedy(Rule):
+    """Remove the lowest-scored kept unit (block) of all layers, one at a time, until the cost
+    fits: r_lk = ``importance.relative()`` compared across layers."""
+
+    name = "greedy"
+
+    def widths(self, task: Task) -> np.ndarray:
+        return _remove_until(task.quadratic, task.grid, task.target, self.rank(task))
+
+
+@register
+class Uniform(Rule):
+    """Keep the same fraction of every layer (the naive reference; the scores only choose which
+    units within a layer)."""
+
+    name = "uniform"
+    needs_importance = False
+
+    def widths(self, task: Task) -> np.ndarray:
+        return _fractions(task.quadratic, task.grid, task.target, task.costs.units)
+
+    def rank(self, task: Task) -> _Rank:
+        return _UniformRank(task.costs.units)
+
+
+@register
+class Effective(Rule):
+    """Keep in every layer the same share of its effective width exp(H(p_l)), p_l = r_l / K_l
+    (the posterior's perplexity)."""
+
+    name = "effective"
+
+    def widths(self, task: Task) -> np.ndarray:
+        shares = effective_widths(task.importance, task.costs.names)
+        return _fractions(task.quadratic, task.grid, task.target, shares)
+
+
+@register
+class Measured(Rule):
+    """Remove the block whose removal raises the loss of a few fixed batches the least per MAC
+    saved, measured again lazily after every removal (:mod:`dplib.measured`). ``data``: a few
+    fixed (images, labels) batches (its first 2 are read). It costs about one forward pass of
+    the batches per removed block: about 1 s for LeNet-5, under a training epoch for ResNet-20
+    on 2 CPU cores (figures/cifar.md, figures/bench/measured_cost.md)."""
+
+    name = "measured"
+
+    def __init__(self, data: Iterable | None = None, **limits: Any):
+        super().__init__(**limits)
+        if data is None:
+            raise ValueError(
+                "the measured rule needs data, a few fixed training batches: "
+                "dplib.budget.Measured(data=[(images, labels), ...])"
+            )
+        self.data = data
+
+    def widths(self, task: Task) -> np.ndarray:
+        return measured_removal(
+            task.model, task.importance, task.quadratic, task.grid, task.target, self.data
+        )
+
+
 def choose_widths(
     model: nn.Module,
     importance: Importance | None,
-    target_macs: float | str | None = None,
-    target_params: float | str | None = None,
+    budget: float | str,
+    rule: str | Rule | None = None,
     input_shape: tuple[int, ...] | None = None,
     *,
-    allocation: str | None = None,
     verify: bool = True,
-    costs: CostModel | None = None,
-    multiple_of: int = 1,
-    min_keep: Limit = 0.0,
-    max_keep: Limit = 1.0,
-    overrides: dict[str, int] | None = None,
-    data: Iterable | None = None,
 ) -> dict[str, int]:
     """Kept units per prunable layer, ``{layer name: width}`` in layer order, whose cost lies in
-    [0.98 * target, target].
+    [0.98 * budget, budget].
 
     Args:
         model: the full network (a :class:`~dplib.GatedModel` is unwrapped).
         importance: scores of every prunable layer (any criterion); None allowed for "uniform".
-        target_macs, target_params: MACs of one forward pass of ``input_shape``, or parameters:
-            an int, or ``"4x"`` (four times fewer than the full model); give exactly one.
+        budget: MACs of one forward pass of ``input_shape``, as a number or ``"4x"`` (four times
+            fewer than the full model); or parameters, ``"params:4x"`` or ``"params:50000"``.
+        rule: an allocation rule, a :class:`Rule` (its grid and limits given) or a registered
+            name, :data:`RULES`: ``"greedy"`` (default), ``"uniform"``, ``"effective"``, or
+            ``Measured(data)``, which won on validation right after pruning
+            (figures/compare.md, figures/cifar.md).
         input_shape: the input batch shape (default: that of a :func:`dplib.models.build` net).
-        allocation: ``"importance"`` (the greedy rule above), ``"uniform"``, ``"measured"``
-            (needs ``data``) or ``"effective"``; None (default): ``"measured"`` when ``data`` is
-            given, else ``"importance"`` (the measured rule won on validation: figures/compare.md
-            and figures/cifar.md). It costs about one forward pass of the batches per removed
-            block (dplib.measured): about 1 s for LeNet-5, under a training epoch for ResNet-20
-            on 2 CPU cores (figures/cifar.md, figures/bench/measured_cost.md).
         verify: check the analytic cost against :func:`dplib.count` of the pruned network.
-        costs: a :class:`CostModel` of this model, input shape and layers, to reuse.
-        multiple_of: every width a multiple of it (e.g. 8, for tensor cores) or the full width.
-        min_keep, max_keep: the fraction of its units every layer keeps at least (a floor) and
-            at most (a cap): one number for all layers or ``{layer: fraction}``.
-        overrides: ``{layer: width}`` kept as given, whatever the allocation.
-        data: a few fixed (images, labels) batches for ``"measured"`` (its first 2 are read).
 
     Raises:
-        BudgetError (a ValueError): malformed budget, both or neither target, a target outside
-            [one unit per layer, the full model], or one the grid cannot meet ("too coarse");
-            limits outside [0, 1], a floor above its cap, or a layer the model does not prune.
+        BudgetError (a ValueError): a malformed budget, one outside [one unit per layer, the
+            full model], or one the grid cannot meet ("too coarse"); ValueError: an unknown
+            rule, limits outside [0, 1], a floor above its cap, a layer the model does not prune.
     """
-    allocation = allocation or ("measured" if data is not None else "importance")
-    what, target = _requested_budget(
-        importance, target_macs, target_params, allocation, multiple_of
-    )
-    if allocation == "measured" and data is None:
-        raise ValueError("the measured allocation needs data: a few fixed training batches")
+    rule = rule_for(rule)
+    what, target = _requested_budget(importance, budget, rule)
     model = unwrap(model)
     check_ungated(model, "dplib.choose_widths")
     layers = importance.names if importance is not None else None
-    if costs is None:
-        costs = CostModel(model, input_shape_for(model, input_shape), layers)
-    elif layers is not None and costs.names != layers:
-        raise ValueError(f"the cost model varies {costs.names}, the importance scores {layers}")
+    costs = CostModel(model, input_shape_for(model, input_shape), layers)
     quadratic = costs.macs if what == "macs" else costs.params
     target = _target_in_range(model, quadratic, costs.units, target, what)
-    grid = _Grid(costs.units, multiple_of, np.array([layer.groups for layer in costs.layers]))
-    grid.minimum, grid.ceiling = _limits(costs, grid.step, min_keep, max_keep, overrides or {})
-    found = (model, data)
-    widths = _allocate(quadratic, costs, grid, importance, (target, what), allocation, found)
+    grid = _Grid(costs.units, rule.multiple_of, np.array([layer.groups for layer in costs.layers]))
+    grid.minimum, grid.ceiling = _limits(costs, grid.step, rule)
+    task = Task(model, importance, costs, quadratic, grid, target)
+    widths = _allocate(task, rule, what)
     cost = quadratic(widths)
     if cost < (1 - TOLERANCE) * target < quadratic(grid.ceiling):  # outside the window
-        where, other = _grid_hint(multiple_of)
+        where, other = _grid_hint(rule.multiple_of)
         raise BudgetError(
-            f"no widths found within {TOLERANCE:.0%} under target_{what} {target:,}{where} "
+            f"no widths found within {TOLERANCE:.0%} under the {what} budget {target:,}{where} "
             f"(best: {cost:,}); the units of this network are too coarse for this budget, try a "
-            f"nearby target{other}"
+            f"nearby budget{other}"
         )
     result = {name: int(w) for name, w in zip(costs.names, widths)}
     if verify:
@@ -192,28 +312,17 @@ def choose_widths(
 
 
 def _requested_budget(
-    importance: Importance | None,
-    target_macs: float | str | None,
-    target_params: float | str | None,
-    allocation: str,
-    multiple_of: object,
+    importance: Importance | None, budget: float | str, rule: Rule
 ) -> tuple[str, int | str]:
-    """Check the options of :func:`choose_widths` before any forward pass; return what is
-    budgeted and the target."""
-    if allocation not in ALLOCATIONS:
-        raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
-    if (target_macs is None) == (target_params is None):
-        raise BudgetError("give exactly one of target_macs and target_params")
-    if importance is None and allocation != "uniform":
-        raise ValueError(f"the {allocation} allocation needs an importance (or use 'uniform')")
-    what, target = ("macs", target_macs) if target_macs is not None else ("params", target_params)
+    """Check the budget and rule of :func:`choose_widths` before any forward pass; return what
+    is budgeted ("macs" or "params") and the target."""
+    if importance is None and rule.needs_importance:
+        raise ValueError(f"the {rule.name} rule needs an importance (or use 'uniform')")
+    split = split_budget_widths(budget) if isinstance(budget, str) else None
+    what, target = split if split is not None else ("macs", budget)
+    if isinstance(target, str) and target.strip().isdigit():
+        target = int(target)
     _check_budget_syntax(target, what)
-    integer = isinstance(multiple_of, (int, np.integer)) and not isinstance(multiple_of, bool)
-    if not integer or multiple_of < 1:
-        raise ValueError(
-            f"multiple_of must be a positive integer (1: any width; 8: multiples of 8), got "
-            f"{multiple_of!r} ({type(multiple_of).__name__})"
-        )
     return what, target
 
 
@@ -226,7 +335,7 @@ def _target_in_range(
     smallest = quadratic(np.ones_like(units))
     if not smallest <= target <= full:
         raise BudgetError(
-            f"target_{what} {target:,} is impossible for this {type(model).__name__}: the "
+            f"the {what} budget {target:,} is impossible for this {type(model).__name__}: the "
             f"achievable range is {smallest:,} (one unit per layer) to {full:,} (the full model, "
             f"ratios up to {full / smallest:.1f}x)"
         )
@@ -262,15 +371,11 @@ class _Grid:
         return np.where(widths >= self.ceiling, self.ceiling, rounded)
 
 
-def _limits(
-    costs: CostModel,
-    step: np.ndarray,
-    min_keep: Limit,
-    max_keep: Limit,
-    overrides: dict[str, int],
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-layer (floor, ceiling) widths on the grid from kept fractions and overrides."""
+def _limits(costs: CostModel, step: np.ndarray, rule: Rule) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer (floor, ceiling) widths on the grid from the rule's kept fractions and
+    overrides."""
     units, names = costs.units, costs.names
+    min_keep, max_keep, overrides = rule.min_keep, rule.max_keep, rule.overrides
     unknown = [
         n
         for limit in (min_keep, max_keep, overrides)
@@ -304,44 +409,23 @@ def _limits(
     return floor, ceiling
 
 
-def _allocate(
-    quadratic: Quadratic,
-    costs: CostModel,
-    grid: _Grid,
-    importance: Importance | None,
-    budget: tuple[int, str],
-    allocation: str,
-    found: tuple[nn.Module, Iterable | None],
-) -> np.ndarray:
-    """Widths on ``grid`` under the budget (target, what): allocation, add-back, exchanges;
-    ``found``: the model and the measured allocation's data."""
-    if importance is not None:
-        importance.check_fits(dict(zip(costs.names, map(int, costs.units))), "model")
-    target, what = budget
+def _allocate(task: Task, rule: Rule, what: str) -> np.ndarray:
+    """Widths on the task's grid under its target: the rule's, then add-back and exchanges."""
+    quadratic, grid, target = task.quadratic, task.grid, task.target
+    if task.importance is not None:
+        units = dict(zip(task.costs.names, map(int, task.costs.units)))
+        task.importance.check_fits(units, "model")
     smallest = quadratic(grid.minimum)
     if smallest > target:
         where, other = _grid_hint(grid.multiple_of)
         raise BudgetError(
-            f"no widths found under target_{what} {target:,}{where} (the narrowest allowed, "
+            f"no widths found under the {what} budget {target:,}{where} (the narrowest allowed, "
             f"one step of {grid.multiple_of} units per layer or the floors and overrides, cost "
             f"{smallest:,}); the units of this network are too coarse for this budget or the "
-            f"floors too high: try a larger target, lower floors{other}"
+            f"floors too high: try a larger budget, lower floors{other}"
         )
-    rank: _ImportanceRank | _UniformRank
-    if allocation == "uniform":
-        rank = _UniformRank(costs.units)
-        widths = _fractions(quadratic, grid, target, costs.units)
-    elif allocation == "effective":
-        rank = _ImportanceRank(importance, costs.names, grid.groups)
-        widths = _fractions(quadratic, grid, target, effective_widths(importance, costs.names))
-    else:
-        rank = _ImportanceRank(importance, costs.names, grid.groups)
-        if allocation == "measured":
-            model, data = found
-            widths = measured_removal(model, importance, quadratic, grid, target, data)
-        else:
-            widths = _remove_until(quadratic, grid, target, rank)
-    widths = _add_back(quadratic, grid, widths, target, rank)
+    rank = rule.rank(task)
+    widths = _add_back(quadratic, grid, rule.widths(task), target, rank)
     return _repair(quadratic, grid, widths, target, rank)
 
 

@@ -37,7 +37,7 @@ the posteriors' effective widths against the target T,
 where MACs(w) is the exact quadratic cost of :class:`dplib.measure.CostModel` evaluated at the
 (real-valued) effective widths and ``budget_weight`` is :math:`\lambda`: layers whose units cost
 more are pushed to concentrate their posterior on fewer units, so that the posterior carries the
-allocation (read by ``choose_widths(..., allocation="effective")``).
+allocation (read by the rule ``"effective"`` of :func:`dplib.choose_widths`).
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def test_a_network_with_its_gates_attached_is_refused_by_name():
     gated = dplib.attach_gates(model)
     calls = {
         "dplib.prune": lambda: dplib.prune(model, importance, "5-10-76"),
-        "dplib.choose_widths": lambda: dplib.choose_widths(model, importance, target_macs="4x"),
+        "dplib.choose_widths": lambda: dplib.choose_widths(model, importance, "4x"),
         "dplib.count": lambda: dplib.count(gated, (1, 1, 28, 28)),
     }
     for what, call in calls.items():
@@ -108,4 +108,4 @@ def test_a_network_with_its_gates_attached_is_refused_by_name():
     gated.remove()  # then every call works on the network itself
     small = dplib.prune(model, importance, "5-10-76")
     assert dplib.count(small, (1, 1, 28, 28)).params == 14_396
-    assert dplib.choose_widths(model, importance, target_macs="4x")
+    assert dplib.choose_widths(model, importance, "4x")

@@ -20,6 +20,18 @@ from conftest import trained_like
 RATIOS = ("2x", "4x", "10x", "20x")
 
 
+def rule(name: str = "greedy", data: list | None = None, **limits) -> dplib.budget.Rule:
+    """The registered allocation rule ``name`` with ``limits`` (the measured rule with data)."""
+    if name == "measured":
+        return dplib.budget.Measured(data, **limits)
+    return dplib.budget.RULES[name](**limits)
+
+
+def budget_in(what: str, target: int | str) -> int | str:
+    """choose_widths' budget: MACs as given, parameters prefixed (``"params:4x"``)."""
+    return target if what == "macs" else f"params:{target}"
+
+
 @functools.cache
 def setup(name: str):
     """The preset, an L1 importance over its layers and residual groups, and its cost model."""
@@ -39,7 +51,7 @@ def _targets(costs: CostModel, what: str) -> list[int | str]:
 
 @pytest.mark.parametrize("name", list(dplib.models.MODELS))
 @pytest.mark.parametrize("what", ["macs", "params"])
-@pytest.mark.parametrize("allocation", ["importance", "uniform", "effective"])
+@pytest.mark.parametrize("allocation", ["greedy", "uniform", "effective"])
 def test_budget_met_within_two_percent_under(name, what, allocation):
     model, importance, costs = setup(name)
     quadratic = costs.macs if what == "macs" else costs.params
@@ -49,14 +61,13 @@ def test_budget_met_within_two_percent_under(name, what, allocation):
         value = full // float(target[:-1]) if isinstance(target, str) else target
         if value < smallest:  # beyond what this network can reach (ResNets keep their stream)
             with pytest.raises(dplib.BudgetError, match="achievable range"):
-                dplib.choose_widths(model, importance, **{f"target_{what}": target}, costs=costs)
+                dplib.choose_widths(model, importance, budget_in(what, target))
             continue
         widths = dplib.choose_widths(
             model,
             importance,
-            **{f"target_{what}": target},
-            allocation=allocation,
-            costs=costs,
+            budget_in(what, target),
+            allocation,
             verify=target == "4x",  # dplib.count of the pruned network, once per case
         )
         assert list(widths) == importance.names
@@ -80,7 +91,7 @@ def test_analytic_cost_equals_count_of_the_pruned_network(name):
 
 def test_default_layers_and_input_shape_of_a_preset():
     model = dplib.models.build("lenet5_bn", seed=0)
-    widths = dplib.choose_widths(model, None, target_params="4x", allocation="uniform")
+    widths = dplib.choose_widths(model, None, "params:4x", "uniform")
     assert list(widths) == list(dplib.widths_of(model)) == ["conv1", "conv2", "fc1", "fc2"]
     assert input_shape_for(model) == (1, 1, 28, 28)
     assert input_shape_for(dplib.models.build("resnet20", in_channels=1)) == (1, 1, 32, 32)
@@ -91,80 +102,81 @@ def test_default_layers_and_input_shape_of_a_preset():
 def test_one_unit_stays_in_every_layer():
     model, importance, costs = setup("lenet5_bn")
     smallest = costs.params(costs.units * 0 + 1)
-    widths = dplib.choose_widths(model, importance, target_params=smallest, costs=costs)
+    widths = dplib.choose_widths(model, importance, f"params:{smallest}")
     assert set(widths.values()) == {1}
-    widths = dplib.choose_widths(model, importance, target_macs="20x", costs=costs)
+    widths = dplib.choose_widths(model, importance, "20x")
     assert min(widths.values()) >= 1
 
 
 @pytest.mark.parametrize(
     "budget, message",
     [
-        ({"target_macs": "4y"}, "ratio such as '4x'"),
-        ({"target_macs": "x"}, "ratio such as '4x'"),
-        ({"target_params": "0.5x"}, "at least 1x"),
-        ({"target_params": "0x"}, "at least 1x"),
-        ({"target_params": 0}, "achievable range"),
-        ({"target_params": -10}, "achievable range"),
-        ({"target_params": 10**9}, "achievable range"),
-        ({"target_macs": 1000}, "achievable range"),
-        ({"target_macs": "1000x"}, "achievable range"),
-        ({"target_params": float("nan")}, "finite number"),
-        ({"target_params": [1000]}, "whole number"),
-        ({"target_params": True}, "whole number"),
-        ({}, "exactly one"),
-        ({"target_params": "4x", "target_macs": "4x"}, "exactly one"),
+        ("4y", "ratio such as '4x'"),
+        ("x", "ratio such as '4x'"),
+        ("params:0.5x", "at least 1x"),
+        ("params:0x", "at least 1x"),
+        ("params:0", "achievable range"),
+        (-10, "achievable range"),
+        ("params:1000000000", "achievable range"),
+        (1000, "achievable range"),
+        ("1000x", "achievable range"),
+        (float("nan"), "finite number"),
+        ([1000], "whole number"),
+        (True, "whole number"),
+        (None, "whole number"),
+        ("flops:4x", "must start with 'macs:' or 'params:'"),
+        ("params:-10", "ratio such as '4x'"),
     ],
 )
 def test_impossible_or_malformed_budgets_are_clear_errors(budget, message):
     model, importance, costs = setup("lenet5")
     with pytest.raises(ValueError, match=message):
-        dplib.choose_widths(model, importance, **budget)
+        dplib.choose_widths(model, importance, budget)
 
 
 def test_budgets_computed_by_division_are_rounded_down():
     model, importance, costs = setup("lenet5")
     full = costs.macs(costs.units)
-    whole = dplib.choose_widths(model, importance, target_macs=full // 4, costs=costs)
-    for budget in (full / 4, np.float64(full / 4), np.int64(full // 4)):
-        assert dplib.choose_widths(model, importance, target_macs=budget, costs=costs) == whole
+    whole = dplib.choose_widths(model, importance, full // 4)
+    for budget in (full / 4, np.float64(full / 4), np.int64(full // 4), f"macs:{full // 4}"):
+        assert dplib.choose_widths(model, importance, budget) == whole
 
 
 def test_impossible_budget_names_the_achievable_range():
     model, importance, costs = setup("lenet300")
     full, smallest = costs.params(costs.units), costs.params(costs.units * 0 + 1)
     with pytest.raises(dplib.BudgetError) as error:
-        dplib.choose_widths(model, importance, target_params=smallest - 1)
+        dplib.choose_widths(model, importance, f"params:{smallest - 1}")
     assert f"{smallest:,}" in str(error.value) and f"{full:,}" in str(error.value)
 
 
 def test_other_arguments_are_checked():
     model, importance, _ = setup("lenet5")
-    with pytest.raises(ValueError, match="allocation"):
-        dplib.choose_widths(model, importance, target_macs="4x", allocation="greedy")
-    with pytest.raises(TypeError, match="order"):  # a removed option is no longer taken
-        dplib.choose_widths(model, importance, target_macs="4x", order="score")
+    with pytest.raises(ValueError, match="unknown allocation rule 'importance'.*greedy"):
+        dplib.choose_widths(model, importance, "4x", "importance")
+    with pytest.raises(TypeError, match="allocation"):  # a removed option is no longer taken
+        dplib.choose_widths(model, importance, "4x", allocation="greedy")
     with pytest.raises(ValueError, match="needs an importance"):
-        dplib.choose_widths(model, None, target_macs="4x")
+        dplib.choose_widths(model, None, "4x")
     other = dplib.criteria.l1_importance(dplib.models.build("lenet5_bn"))
     with pytest.raises(dplib.ImportanceMismatchError):
-        dplib.choose_widths(model, other, target_macs="4x")
+        dplib.choose_widths(model, other, "4x")
 
 
 def test_a_custom_model_needs_an_input_shape():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
     importance = dplib.criteria.l1_importance(model)
     with pytest.raises(ValueError, match="input_shape"):
-        dplib.choose_widths(model, importance, target_params="2x")
+        dplib.choose_widths(model, importance, "params:2x")
     # a malformed budget is reported first, before any forward pass
     with pytest.raises(dplib.BudgetError, match="ratio such as"):
-        dplib.choose_widths(model, importance, target_params="2y")
+        dplib.choose_widths(model, importance, "params:2y")
     # params = 16 w + 3: 52 is met by w = 3 (51 params); 60 by none within 2% (51 or 67)
-    widths = dplib.choose_widths(model, importance, target_params=52, input_shape=(1, 12))
+    widths = dplib.choose_widths(model, importance, "params:52", input_shape=(1, 12))
     assert widths == {"1": 3}
     assert dplib.count(dplib.prune(model, importance, widths), (1, 12)).params == 51
     with pytest.raises(dplib.BudgetError, match="too coarse"):
-        dplib.choose_widths(model, importance, target_params=60, input_shape=(1, 12))
+        dplib.choose_widths(model, importance, "params:60", input_shape=(1, 12))
 
 
 def _hand_made(high: str, units: dict[str, int], top: int) -> dplib.Importance:
@@ -179,13 +191,13 @@ def _hand_made(high: str, units: dict[str, int], top: int) -> dplib.Importance:
     return dplib.Importance(scores, criterion="hand")
 
 
-def test_importance_allocation_keeps_units_where_scores_are_high():
+def test_the_greedy_rule_keeps_units_where_scores_are_high():
     model, _, costs = setup("lenet300")
     units = {"fc1": 300, "fc2": 100}
     # fc2: 10 strong units and 90 near zero; fc1: all average (K * E[s] = 1)
-    weak_fc2 = dplib.choose_widths(model, _hand_made("fc2", units, 10), target_params="4x")
-    weak_fc1 = dplib.choose_widths(model, _hand_made("fc1", units, 30), target_params="4x")
-    uniform = dplib.choose_widths(model, None, target_params="4x", allocation="uniform")
+    weak_fc2 = dplib.choose_widths(model, _hand_made("fc2", units, 10), "params:4x")
+    weak_fc1 = dplib.choose_widths(model, _hand_made("fc1", units, 30), "params:4x")
+    uniform = dplib.choose_widths(model, None, "params:4x", "uniform")
     # (the add-back step may refill a few weak units where nothing larger fits)
     assert 10 <= weak_fc2["fc2"] < uniform["fc2"] < weak_fc1["fc2"] == 100
     assert weak_fc1["fc1"] < uniform["fc1"] < weak_fc2["fc1"]
@@ -205,7 +217,7 @@ def test_dirichlet_scores_are_compared_on_k_times_the_posterior_mean():
     )
     relative = importance.relative()
     assert torch.allclose(relative["fc2"][:20], torch.tensor(4 / 1.6, dtype=torch.float64))
-    widths = dplib.choose_widths(model, importance, target_macs="4x")
+    widths = dplib.choose_widths(model, importance, "4x")
     # fc2's 80 weak units (K E[s] = 0.625 < 1) go before fc1's (K E[s] = 1); a few come back
     # in the add-back step, where they are the only units that still fit
     assert 20 <= widths["fc2"] < 30 and widths["fc1"] < 300
@@ -233,15 +245,15 @@ def test_the_allocation_compares_the_chosen_statistic():
 
 def test_uniform_allocation_keeps_even_fractions():
     model, _, costs = setup("lenet5")
-    widths = dplib.choose_widths(model, None, target_macs="10x", allocation="uniform")
+    widths = dplib.choose_widths(model, None, "10x", "uniform")
     fractions = [widths[n] / k for n, k in zip(costs.names, costs.units)]
     assert max(fractions) - min(fractions) < 0.1
 
 
 def test_deterministic():
     model, importance, costs = setup("vgg16")
-    first = dplib.choose_widths(model, importance, target_macs="10x", costs=costs, verify=False)
-    again = dplib.choose_widths(model, importance, target_macs="10x", costs=costs, verify=False)
+    first = dplib.choose_widths(model, importance, "10x", verify=False)
+    again = dplib.choose_widths(model, importance, "10x", verify=False)
     assert first == again
 
 
@@ -283,16 +295,17 @@ def grid_widths_or_too_coarse(
     costs: CostModel,
     what: str,
     target: int | str,
+    allocation: dplib.budget.Rule,
     **options,
 ) -> dict[str, int] | None:
     """choose_widths on a grid, checked: the widths, on the grid and within the window, or
     None after a "too coarse" BudgetError that names multiple_of (never silence)."""
     quadratic = costs.macs if what == "macs" else costs.params
     value = dplib.budget.parse_budget(target, quadratic(costs.units), what)
-    multiple_of = options["multiple_of"]
+    multiple_of = allocation.multiple_of
     try:
         widths = dplib.choose_widths(
-            model, importance, **{f"target_{what}": target}, costs=costs, **options
+            model, importance, budget_in(what, target), allocation, **options
         )
     except dplib.BudgetError as error:
         assert "too coarse" in str(error) and f"multiple_of={multiple_of}" in str(error)
@@ -306,7 +319,7 @@ def grid_widths_or_too_coarse(
 
 @pytest.mark.parametrize("name", list(dplib.models.MODELS))
 @pytest.mark.parametrize("multiple_of", [8, 4])
-@pytest.mark.parametrize("allocation", ["importance", "uniform"])
+@pytest.mark.parametrize("allocation", ["greedy", "uniform"])
 def test_widths_on_a_grid_meet_the_budget_or_are_too_coarse(name, multiple_of, allocation):
     model, importance, costs = grid_setup(name)
     reached = []
@@ -317,8 +330,7 @@ def test_widths_on_a_grid_meet_the_budget_or_are_too_coarse(name, multiple_of, a
             costs,
             "macs",
             ratio,
-            allocation=allocation,
-            multiple_of=multiple_of,
+            rule(allocation, multiple_of=multiple_of),
             verify=ratio == "4x",  # dplib.count of the pruned network
         )
         reached.append(widths is not None)
@@ -352,11 +364,10 @@ def test_too_coarse_only_when_no_widths_on_the_grid_fit(multiple_of):
                 costs,
                 "macs",
                 target,
-                allocation=allocation,
-                multiple_of=multiple_of,
+                rule(allocation, multiple_of=multiple_of),
                 verify=False,
             )
-            for allocation in ("importance", "uniform")
+            for allocation in ("greedy", "uniform")
         ]
         reachable = _grid_window_reachable(costs, target, multiple_of)
         # the greedy is a heuristic; on this network it finds the window whenever one exists
@@ -379,15 +390,15 @@ def test_grid_steps_and_layers_narrower_than_the_multiple():
     costs = CostModel(model, (1, 12), importance.names)
     for target in range(costs.params(np.array([1, 8])), costs.params(costs.units) + 1, 7):
         widths = grid_widths_or_too_coarse(
-            model, importance, costs, "params", target, multiple_of=8, input_shape=(1, 12)
+            model, importance, costs, "params", target, rule(multiple_of=8), input_shape=(1, 12)
         )
         assert widths is None or widths["3"] in (8, 16, 20)
     # under the narrowest widths on the grid (one unit, then 8): met with multiple_of=1
     narrowest, below = costs.params(np.array([1, 8])), costs.params(np.array([1, 7]))
-    widths = dplib.choose_widths(model, importance, target_params=below, costs=costs)
+    widths = dplib.choose_widths(model, importance, f"params:{below}", input_shape=(1, 12))
     assert widths == {"1": 1, "3": 7}
     with pytest.raises(dplib.BudgetError, match="too coarse.*smaller multiple_of") as error:
-        dplib.choose_widths(model, importance, target_params=below, costs=costs, multiple_of=8)
+        dplib.choose_widths(model, importance, f"params:{below}", rule(multiple_of=8), (1, 12))
     assert "multiple_of=8" in str(error.value) and f"{narrowest:,}" in str(error.value)
 
 
@@ -404,10 +415,8 @@ def test_blocks_are_ranked_by_their_mean_score():
     assert removal.tolist() == pytest.approx([1.0, rank.ranked[1][16:20].mean()])
     assert addition.tolist() == [-np.inf, pytest.approx(rank.ranked[1][20:24].mean())]
     # fc2: 10 strong units and 90 near zero; fc1 all average: fc2's weak blocks go first
-    widths = dplib.choose_widths(model, importance, target_params="2x", multiple_of=8)
-    uniform = dplib.choose_widths(
-        model, None, target_params="2x", allocation="uniform", multiple_of=8
-    )
+    widths = dplib.choose_widths(model, importance, "params:2x", rule(multiple_of=8))
+    uniform = dplib.choose_widths(model, None, "params:2x", rule("uniform", multiple_of=8))
     assert 16 <= widths["fc2"] < uniform["fc2"] and widths["fc1"] > uniform["fc1"]
     assert widths["fc1"] % 8 == 0 and widths["fc2"] % 8 == 0
 
@@ -415,12 +424,11 @@ def test_blocks_are_ranked_by_their_mean_score():
 @pytest.mark.parametrize("name", ["lenet5", "lenet5_bn", "vgg16", "resnet20"])
 def test_multiple_of_one_is_the_default(name):
     model, importance, costs = grid_setup(name)
-    for allocation in ["importance", "uniform"]:
-        for budget in ({"target_macs": "4x"}, {"target_params": "10x"}):
-            options = dict(allocation=allocation, costs=costs, verify=False)
-            default = dplib.choose_widths(model, importance, **budget, **options)
-            ones = dplib.choose_widths(model, importance, **budget, **options, multiple_of=1)
-            assert ones == default
+    for allocation in ["greedy", "uniform"]:
+        for budget in ("4x", "params:10x"):
+            default = dplib.choose_widths(model, importance, budget, allocation, verify=False)
+            ones = rule(allocation, multiple_of=1)
+            assert dplib.choose_widths(model, importance, budget, ones, verify=False) == default
 
 
 class _NoForward(nn.Module):
@@ -437,12 +445,16 @@ class _NoForward(nn.Module):
 
 @pytest.mark.parametrize("multiple_of", [0, -8, 2.5, 8.0, True, False, "8", None])
 def test_bad_multiple_of_is_refused_before_any_forward_pass(multiple_of):
+    with pytest.raises(ValueError, match="multiple_of must be a positive integer"):
+        dplib.budget.Greedy(multiple_of=multiple_of)  # the rule, before any forward pass
+
+
+def test_budget_and_rule_are_checked_before_any_forward_pass():
     model = _NoForward()
     importance = dplib.Importance({"fc1": torch.rand(8)}, criterion="random")
-    with pytest.raises(ValueError, match="multiple_of must be a positive integer"):
-        dplib.choose_widths(
-            model, importance, target_params="2x", input_shape=(1, 12), multiple_of=multiple_of
-        )
+    for budget, rule_name, message in (("2y", "greedy", "ratio"), ("2x", "greed", "unknown")):
+        with pytest.raises(ValueError, match=message):
+            dplib.choose_widths(model, importance, budget, rule_name, input_shape=(1, 12))
 
 
 def _fixed_batches(model: nn.Module, count: int = 2, size: int = 64) -> list:
@@ -457,7 +469,7 @@ def _fixed_batches(model: nn.Module, count: int = 2, size: int = 64) -> list:
 # measured on resnet20: in tests/test_cifar_experiment.py, at 1/8 width (here it takes minutes)
 @pytest.mark.parametrize(
     "name, allocation",
-    [(n, a) for n in ("lenet5", "resnet20") for a in ("importance", "uniform", "effective")]
+    [(n, a) for n in ("lenet5", "resnet20") for a in ("greedy", "uniform", "effective")]
     + [("lenet5", "measured")],
 )
 def test_floors_caps_and_overrides_hold_for_every_allocation(name, allocation):
@@ -466,15 +478,7 @@ def test_floors_caps_and_overrides_hold_for_every_allocation(name, allocation):
     units = importance.units
     limits = {"min_keep": 0.2, "max_keep": {first: 0.5}, "overrides": {last: units[last] // 2}}
     data = _fixed_batches(model, 1) if allocation == "measured" else None
-    widths = dplib.choose_widths(
-        model,
-        importance,
-        target_macs="4x",
-        allocation=allocation,
-        data=data,
-        costs=costs,
-        **limits,
-    )
+    widths = dplib.choose_widths(model, importance, "4x", rule(allocation, data, **limits))
     assert widths[last] == units[last] // 2
     assert widths[first] <= units[first] // 2
     assert all(widths[n] >= 0.2 * k for n, k in units.items())
@@ -494,14 +498,14 @@ def test_limits_that_cannot_hold_are_clear_errors():
     ]
     for limits, message in cases:
         with pytest.raises(ValueError, match=message):
-            dplib.choose_widths(model, importance, target_macs="4x", costs=costs, **limits)
+            dplib.choose_widths(model, importance, "4x", rule(**limits))
     with pytest.raises(ValueError, match="needs data"):
-        dplib.choose_widths(model, importance, target_macs="4x", allocation="measured")
+        dplib.choose_widths(model, importance, "4x", "measured")
 
 
 def test_caps_that_meet_the_budget_alone_are_kept():
     model, importance, costs = setup("lenet5")
-    widths = dplib.choose_widths(model, importance, target_macs="2x", max_keep=0.1, costs=costs)
+    widths = dplib.choose_widths(model, importance, "2x", rule(max_keep=0.1))
     assert widths == {n: max(1, int(0.1 * k)) for n, k in importance.units.items()}
 
 
@@ -516,15 +520,12 @@ def test_measured_allocation_removes_the_units_that_cost_no_loss_first():
     importance = dplib.Importance({"fc1": l1.scores["fc1"], "fc2": torch.ones(100)})
     data = _fixed_batches(model)
     kept = {}
-    for allocation in ("importance", "measured"):
-        kept[allocation] = dplib.choose_widths(
-            model, importance, target_macs="2x", allocation=allocation, data=data
-        )
-    assert kept["importance"]["fc2"] > 50
+    for allocation in ("greedy", "measured"):
+        kept[allocation] = dplib.choose_widths(model, importance, "2x", rule(allocation, data))
+    assert kept["greedy"]["fc2"] > 50
     assert kept["measured"]["fc2"] <= 20
-    # the default: measured when data is given, the greedy rule otherwise
-    assert dplib.choose_widths(model, importance, target_macs="2x", data=data) == kept["measured"]
-    assert dplib.choose_widths(model, importance, target_macs="2x") == kept["importance"]
+    # the default: the greedy rule
+    assert dplib.choose_widths(model, importance, "2x") == kept["greedy"]
 
 
 def test_effective_widths_count_the_units_that_hold_the_scores():
@@ -582,7 +583,7 @@ def test_the_measured_rule_reads_every_offer_with_batch_statistics(monkeypatch):
 
     monkeypatch.setattr(dplib.measured, "batch_statistics", spy)
     data = [(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))) for _ in range(2)]
-    dplib.choose_widths(model, importance, target_macs="2x", data=data)
+    dplib.choose_widths(model, importance, "2x", dplib.budget.Measured(data))
     # the widths alone, then every layer's first offer, AT_ONCE at a time (two batches each)
     at_once, layers = dplib.measured.AT_ONCE, len(importance.names)
     assert copies[:2] == [1, 1] and all(1 <= count <= at_once for count in copies)
@@ -605,7 +606,7 @@ def test_the_lazy_measured_rule_chooses_as_the_exhaustive_one(monkeypatch):
         losses = []
         for at_once in (dplib.measured.AT_ONCE, 10**6):
             monkeypatch.setattr(dplib.measured, "AT_ONCE", at_once)
-            widths = dplib.choose_widths(model, importance, target_macs=budget, data=data)
+            widths = dplib.choose_widths(model, importance, budget, rule("measured", data))
             losses.append(_fixed_loss(model, importance, widths, data))
         ratios.append(losses[0] / losses[1])
     assert max(ratios) <= 1.05 and np.mean(ratios) <= 1.02, ratios

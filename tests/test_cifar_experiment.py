@@ -42,8 +42,8 @@ def test_toy_cifar_experiment_writes_rows_report_and_loadable_networks(tmp_path,
     )
     rows = done["cifar10-resnet20"]["rows"]
     assert {(r["criterion"], r["allocation"]) for r in rows} == {
-        ("dirichlet", rule) for rule in ("own", "same", "measured", "effective", "learnt")
-    } | {("l1", rule) for rule in ("own", "same", "measured", "effective")}
+        ("dirichlet", rule) for rule in ("greedy", "uniform", "measured", "effective", "learnt")
+    } | {("l1", rule) for rule in ("greedy", "uniform", "measured", "effective")}
     assert all("speedup" in r and r["macs"] <= r["base_macs"] / 2 for r in rows)
     assert read_json(results / "cifar10-resnet20.json")["rows"] == rows
 
@@ -112,7 +112,7 @@ def test_the_gpu_script_runs_at_toy_size_on_the_cpu(tmp_path, monkeypatch):
         result = read_json(tmp_path / "rows" / f"{name}.json")
         assert result["device"] == "CPU" and result["rows"]
         assert result["seconds"] > 0 and result["epoch_seconds"] > 0
-        assert {r["allocation"] for r in result["rows"]} >= {"own", "same"}
+        assert {r["allocation"] for r in result["rows"]} >= {"greedy", "uniform"}
     written = publish.write_cifar(tmp_path / "rows", tmp_path / "figures", "cifar_gpu", "one GPU")
     assert {p.name for p in written} >= {"cifar_gpu.md", "cifar_gpu.csv", "cifar_gpu_vgg16.png"}
     report = (tmp_path / "figures" / "cifar_gpu.md").read_text()
@@ -203,7 +203,7 @@ def test_a_longer_finetuning_probe_reuses_the_pretrained_networks(monkeypatch):
 
 def test_a_partial_rerun_keeps_what_it_did_not_redo(tmp_path):
     """Seed 0 rerun for L1 only: Taylor's rows and cost, seed 1 and the note stay."""
-    row = {"seed": 0, "budget": "4x", "criterion": "l1", "allocation": "own"}
+    row = {"seed": 0, "budget": "4x", "criterion": "l1", "allocation": "greedy"}
     previous = {
         "rows": [row, row | {"criterion": "taylor"}, row | {"seed": 1}],
         "bases": [{"seed": 0, "val": 0.8}, {"seed": 1, "val": 0.8}],
@@ -233,7 +233,7 @@ def test_a_rerun_of_some_allocations_keeps_the_others_and_bad_names_fail_first(t
     """Seed 0's L1 rows at 4x rerun for the own allocation only: its measured row stays; the
     settling of the Dirichlet ranking stays when Dirichlet is not rerun; an unknown allocation
     fails before any pretraining."""
-    row = {"seed": 0, "budget": "4x", "criterion": "l1", "allocation": "own"}
+    row = {"seed": 0, "budget": "4x", "criterion": "l1", "allocation": "greedy"}
     previous = {
         "rows": [row, row | {"allocation": "measured"}],
         "bases": [],
@@ -247,7 +247,7 @@ def test_a_rerun_of_some_allocations_keeps_the_others_and_bad_names_fail_first(t
         "importance_seconds": [],
         "settling": [],
     }
-    merged = cifar.merge_rows(tmp_path / "setup.json", found, {0}, {"4x"}, {"l1"}, {"own"})
+    merged = cifar.merge_rows(tmp_path / "setup.json", found, {0}, {"4x"}, {"l1"}, {"greedy"})
     assert merged["rows"] == [row | {"allocation": "measured"}, row | {"finetuned_val": 0.5}]
     assert merged["settling"] == previous["settling"]
     with pytest.raises(ValueError, match="unknown allocations \\['greedy'\\]; known: own"):
@@ -281,7 +281,7 @@ def test_fixed_width_rows_are_replaced_or_kept_whole(tmp_path, monkeypatch, fixe
 
     def run_setup(experiment, root, **_):
         fixed = [old | {"finetuned_val": 0.2} for _ in experiment.widths]
-        rows = [old | {"budget": "2x", "allocation": "own"}, *fixed]
+        rows = [old | {"budget": "2x", "allocation": "greedy"}, *fixed]
         return {"rows": rows, "bases": [], "importance_seconds": []}
 
     monkeypatch.setattr(cifar.compare, "run_setup", run_setup)

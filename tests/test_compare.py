@@ -22,7 +22,7 @@ CRITERIA = ("dirichlet", "l1", "random")
 def test_comparison_rows_meet_budgets_and_cache(tmp_path):
     result = compare.run_setup(SETUP, tmp_path, seeds=[0], budgets=BUDGETS, criteria=CRITERIA)
     rows = result["rows"]
-    allocations = {c: {"own", "same", *compare.RULES.get(c, ())} for c in CRITERIA}
+    allocations = {c: {"greedy", "uniform", *compare.RULES.get(c, ())} for c in CRITERIA}
     assert len(rows) == len(BUDGETS) * sum(map(len, allocations.values()))
     for criterion, expected in allocations.items():
         assert {r["allocation"] for r in rows if r["criterion"] == criterion} == expected
@@ -32,7 +32,7 @@ def test_comparison_rows_meet_budgets_and_cache(tmp_path):
         assert 0.98 * target <= row["macs"] <= target, row
     # the same widths for every criterion under the uniform allocation
     for budget in BUDGETS:
-        same = {r["widths"] for r in rows if r["budget"] == budget and r["allocation"] == "same"}
+        same = {r["widths"] for r in rows if r["budget"] == budget and r["allocation"] == "uniform"}
         assert len(same) == 1
     # a second run reads every result from the cache
     again = compare.run_setup(SETUP, tmp_path, seeds=[0], budgets=BUDGETS, criteria=CRITERIA)
@@ -84,15 +84,15 @@ def test_only_the_allocations_asked_for_are_run(tmp_path):
         seeds=[0],
         budgets=("4x",),
         criteria=("l1",),
-        allocations=("own", "measured"),
+        allocations=("greedy", "measured"),
         log=lambda _: None,
     )
-    assert sorted(r["allocation"] for r in result["rows"]) == ["measured", "own"]
+    assert sorted(r["allocation"] for r in result["rows"]) == ["measured", "greedy"]
 
 
 def _same_widths(summary: list[dict], budget: str) -> tuple[dict, list[dict]]:
     """Dirichlet's entry at the same widths and the other criteria's, at ``budget``."""
-    same = [e for e in summary if e["budget"] == budget and e["allocation"] == "same"]
+    same = [e for e in summary if e["budget"] == budget and e["allocation"] == "uniform"]
     mine = next(e for e in same if e["criterion"] == "dirichlet")
     return mine, [e for e in same if e["criterion"] != "dirichlet"]
 
@@ -192,7 +192,7 @@ def test_the_course_verdict_is_computed_from_the_committed_comparison():
         changed = copy.deepcopy(committed)
         for result in changed.values():
             for row in result["rows"]:
-                if row["criterion"] == "dirichlet" and row["allocation"] == "same":
+                if row["criterion"] == "dirichlet" and row["allocation"] == "uniform":
                     row["pruned_val"] = accuracy
         assert f"in {expected} of 12 cases" in reports.what_the_kit_found(changed)
 
@@ -203,7 +203,7 @@ def test_comparison_figure_draws_one_question_per_panel():
     only own and same did; no empty panel, few lines in each, the budgets in their order."""
     committed = compare.load_results(compare.committed_results(), compare.committed_results())
     rows = committed["mnist5k-lenet5"]["rows"]
-    own_and_same = [r for r in rows if r["allocation"] in ("own", "same")]
+    own_and_same = [r for r in rows if r["allocation"] in ("greedy", "uniform")]
     # lines per panel: 6 criteria in the ranking's two, Dirichlet and L1 under each rule (the
     # learnt rule: Dirichlet alone)
     for chosen, lines in ((rows, [1] * 2 + [2] * 6 + [6] * 2), (own_and_same, [2] * 2 + [6] * 2)):

@@ -22,7 +22,7 @@ def test_a_pruned_network_comes_back_from_one_file(tmp_path, name, options, coup
     model = trained_like(dplib.models.build(name, seed=0, **options))
     importance = dplib.criteria.l1_importance(model, coupled=coupled)
     if widths.startswith("macs:"):
-        widths = dplib.choose_widths(model, importance, target_macs=widths[5:], input_shape=shape)
+        widths = dplib.choose_widths(model, importance, widths, input_shape=shape)
     small = dplib.prune(model, importance, widths).eval()
     path = dplib.save_pruned(tmp_path / f"{name}.pt", small, accuracy=0.5)
     loaded = dplib.load_pruned(path)

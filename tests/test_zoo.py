@@ -73,7 +73,7 @@ def test_dirichlet_importance_prunes_to_half_the_macs_as_masked(name):
     gated = dplib.attach_gates(model)
     importance = dplib.learn_importance(gated, _loader(), epochs=1, seed=0)
     gated.remove()
-    widths = dplib.choose_widths(model, importance, target_macs="2x", input_shape=SHAPE)
+    widths = dplib.choose_widths(model, importance, "2x", input_shape=SHAPE)
     small = dplib.prune(model, importance, widths)
     full, pruned = dplib.count(model, SHAPE).macs, dplib.count(small, SHAPE).macs
     assert 0.98 * full / 2 <= pruned <= full / 2

@@ -191,8 +191,8 @@ def _first_timed(base: dict[str, Any], previous: list[dict[str, Any]]) -> dict[s
 # The pruned networks shipped in figures/cifar/ ---------------------------------------------------
 # (setup, criterion, allocation, budget or widths) of each network committed, fine-tuned, seed 0
 SHIPPED: dict[str, tuple[str, str, str, str]] = {
-    "resnet20": ("cifar10-resnet20", "dirichlet", "own", "2x"),
-    "resnet56": ("cifar10-resnet56", "dirichlet", "own", "2x"),
+    "resnet20": ("cifar10-resnet20", "dirichlet", "greedy", "2x"),
+    "resnet56": ("cifar10-resnet56", "dirichlet", "greedy", "2x"),
     "vgg16": ("cifar10-vgg16", "dirichlet", FIXED, VGG16_REFERENCE),
 }
 

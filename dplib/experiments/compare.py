@@ -4,7 +4,7 @@ For a network on a data set and each seed, through the one experiment path
 (:mod:`dplib.experiments.experiment`): pretrain, compute every criterion's importance, and for
 each budget (``"4x"``: four times fewer MACs) prune in two ways:
 
-* ``same``: every criterion at the widths of the uniform allocation, which isolates the
+* ``uniform``: every criterion at the widths of the uniform allocation, which isolates the
   ranking within layers;
 * ``own``: each criterion with its own allocation to the budget, ranking and widths together;
 * for Dirichlet and its control L1, the other rules of :func:`dplib.choose_widths`
@@ -92,7 +92,7 @@ def run_setup(
 ) -> dict[str, Any]:
     """Every (seed, criterion, budget, allocation) of one experiment, and its fixed widths: the
     rows, the base networks, the settling of the Dirichlet ranking, every importance's cost.
-    ``allocations`` (e.g. ``("own", "global")``) keeps only those rows (the fixed widths' is
+    ``allocations`` (e.g. ``("greedy", "global")``) keeps only those rows (the fixed widths' is
     ``"fixed"``), so that a long run can do the rows that decide first."""
     wanted = set(allocations) if allocations is not None else None
     rows, bases, settles, timings = [], [], [], []
@@ -123,7 +123,7 @@ def run_setup(
     }
 
 
-# the allocations compared besides own and same: the rules on Dirichlet and on L1 (the control)
+# the rules compared besides greedy and uniform, on Dirichlet and on L1 (the control)
 RULES = {
     "dirichlet": ("measured", "effective", "learnt"),
     "l1": ("measured", "effective"),
@@ -132,12 +132,12 @@ RULES = {
 }
 
 
-ALLOCATION_NAMES = ("own", "same", "measured", "effective", "learnt", GLOBAL, FIXED)
+ALLOCATION_NAMES = ("greedy", "uniform", "measured", "effective", "learnt", GLOBAL, FIXED)
 
 
 def cases(experiment: Experiment, criterion: str, budgets: Iterable[str]) -> list[tuple[str, str]]:
     """(budget or widths, allocation) of every row of ``criterion``."""
-    allocations = ("own", "same", *RULES.get(criterion, ()))
+    allocations = ("greedy", "uniform", *RULES.get(criterion, ()))
     return [(b, a) for b in budgets for a in allocations] + [(w, FIXED) for w in experiment.widths]
 
 
@@ -222,10 +222,10 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
-PEERS = ("own", GLOBAL)  # a peer criterion is judged by its own allocation or global pruning
+PEERS = ("greedy", GLOBAL)  # a peer criterion is judged by its own allocation or global pruning
 
 
-def dirichlet_margins(summary: list[dict[str, Any]], allocation: str = "own") -> list[dict]:
+def dirichlet_margins(summary: list[dict[str, Any]], allocation: str = "greedy") -> list[dict]:
     """Per budget, Dirichlet's mean validation accuracy with ``allocation`` minus the best peer's
     (every other criterion with its own allocation or Torch-Pruning's global pruning);
     ``control``: L1 with the same allocation minus the same peer, where it ran."""
@@ -236,7 +236,7 @@ def dirichlet_margins(summary: list[dict[str, Any]], allocation: str = "own") ->
         peers = [e for (c, a), e in entries.items() if c != "dirichlet" and a in PEERS]
         if ours is None or not peers:
             continue
-        control = entries.get(("l1", allocation)) if allocation != "own" else None
+        control = entries.get(("l1", allocation)) if allocation != "greedy" else None
         margin = {"budget": budget, "allocation": allocation}
         for metric in ("pruned_val", "finetuned_val"):
             best = max(peers, key=lambda e: e[metric])
@@ -250,7 +250,9 @@ def dirichlet_margins(summary: list[dict[str, Any]], allocation: str = "own") ->
 
 
 def _label(entry: dict[str, Any]) -> str:
-    return entry["criterion"] + (f" {entry['allocation']}" if entry["allocation"] != "own" else "")
+    return entry["criterion"] + (
+        f" {entry['allocation']}" if entry["allocation"] != "greedy" else ""
+    )
 
 
 # How fast importance settles -----------------------------------------------------------------

@@ -14,7 +14,7 @@ beside it. Every artefact goes through :func:`~dplib.experiments.cache.cached`, 
 resumes after its last complete artefact (an interrupted pretraining from its last epoch).
 
 A row (the one result schema): ``setup``, ``seed``, ``criterion``, ``allocation`` (``fixed``:
-widths given; ``own``: the criterion's allocation of a budget; ``same``: the uniform one;
+widths given; ``greedy``: the criterion's allocation of a budget; ``uniform``: the uniform one;
 ``measured``, ``effective``: the other rules of :func:`dplib.choose_widths`; ``learnt``: the
 effective widths of a posterior learnt with the budget's term (:func:`learnt`); ``global``:
 Torch-Pruning's global pruning), ``budget``, ``widths``, ``params``, ``macs``, ``base_macs``,
@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from .. import criteria, data, measure, models
-from ..budget import choose_widths
+from ..budget import Measured, choose_widths
 from ..importance import Importance, format_widths, parse_widths
 from ..pruned import save_pruned
 from ..settings import DirichletSettings, TrainSettings
@@ -56,10 +56,10 @@ from ..train import (
 )
 from .cache import Log, cached, code_version, config_hash, log_line
 
-# a budget's allocations: row name -> dplib.choose_widths' allocation
+# a budget's allocations: row name -> the rule of dplib.choose_widths (dplib.budget.RULES)
 ALLOCATIONS = {
-    "own": "importance",
-    "same": "uniform",
+    "greedy": "greedy",
+    "uniform": "uniform",
     "measured": "measured",
     "effective": "effective",
     "learnt": "effective",
@@ -342,15 +342,14 @@ def learnt(base: Base, budget: str, *, log: Log = log_line) -> Importance:
 
 
 def widths_for(base: Base, importance: Importance, budget: str, allocation: str) -> dict:
-    """The widths of ``allocation``: ``fixed`` reads ``budget`` as the widths themselves; ``own``
-    and ``same`` allocate ``budget`` ("4x": four times fewer MACs; "params:4x": parameters)."""
+    """The widths of ``allocation``: ``fixed`` reads ``budget`` as the widths themselves; the
+    rules allocate ``budget`` ("4x": four times fewer MACs; "params:4x": parameters)."""
     if allocation == FIXED:
         return parse_widths(budget, importance.units)
-    what, _, target = budget.rpartition(":")  # the uniform allocation ignores the scores
-    options = {"allocation": ALLOCATIONS[allocation], f"target_{what or 'macs'}": target}
+    rule: str | Measured = ALLOCATIONS[allocation]  # the uniform rule ignores the scores
     if allocation == "measured":  # fixed training images, alike for every criterion
-        options["data"] = recalibration_loader(base)
-    return choose_widths(base.model, importance, input_shape=base.input_shape, **options)
+        rule = Measured(recalibration_loader(base))
+    return choose_widths(base.model, importance, budget, rule, base.input_shape)
 
 
 def prune_and_finetune(

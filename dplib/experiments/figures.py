@@ -247,7 +247,7 @@ def accuracy_vs_compression(frame: pd.DataFrame, title: str = "") -> plt.Figure:
 # The comparison at a MAC budget ------------------------------------------------------------
 STAGES = (("pruned_val", "right after pruning"), ("finetuned_val", "after fine-tuning"))
 RULE_TITLES = {
-    "own": "own: greedy on the scores",
+    "greedy": "greedy on the scores",
     "measured": "measured: loss per MAC",
     "effective": "effective widths",
     "learnt": "learnt with the budget (no L1 control)",
@@ -262,14 +262,14 @@ def plot_comparison(summary: list[dict[str, Any]], title: str = "") -> plt.Figur
     as two questions, validation accuracy right after pruning (top row) and after fine-tuning
     (bottom row) against the budget, error bars one std over seeds:
 
-    (a) the ranking: every criterion at the same widths (allocation ``same``);
-    (b) the allocation: one column per rule that ran for Dirichlet (own, measured, effective,
-        learnt), Dirichlet beside L1 under the same rule (the control).
+    (a) the ranking: every criterion at the same widths (allocation ``uniform``);
+    (b) the allocation: one column per rule that ran for Dirichlet (greedy, measured,
+        effective, learnt), Dirichlet beside L1 under the same rule (the control).
 
     Only what ran is drawn; Torch-Pruning's global pruning and fixed widths: in the tables."""
     budgets = sorted({e["budget"] for e in summary if _BUDGET.match(e["budget"])}, key=_ratio)
     shown = [e for e in summary if e["budget"] in budgets]
-    same = [e for e in shown if e["allocation"] == "same"]
+    same = [e for e in shown if e["allocation"] == "uniform"]
     rules = [r for r in reports.RULES if any(_is(e, "dirichlet", r) for e in shown)]
     groups, ratios = [], []  # (question, [(panel title, entries)]) with rows; their widths
     if same:

@@ -73,11 +73,11 @@ def _percent(pair: tuple[float, float]) -> str:
     return f"{100 * pair[0]:.2f} ± {100 * pair[1]:.2f}"
 
 
-RULES = ("own", "measured", "effective", "learnt")  # Dirichlet's allocation rules, in order
+RULES = ("greedy", "measured", "effective", "learnt")  # Dirichlet's allocation rules, in order
 
 
 def rules_ran(result: dict[str, Any]) -> bool:
-    """Whether any allocation rule besides the greedy ``own`` ran on this setup: only then do
+    """Whether any allocation rule besides the greedy one ran on this setup: only then do
     its rows say something about the rules."""
     return bool({row["allocation"] for row in result["rows"]} & set(RULES[1:]))
 
@@ -96,32 +96,34 @@ def goals_table(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",
         by_rule = {
             rule: {m["budget"]: m for m in dirichlet_margins(summary, rule)} for rule in RULES
         }
-        for budget, own in by_rule["own"].items():
+        for budget, greedy in by_rule["greedy"].items():
             if budget in skip:
                 continue
             cells = [_lead(by_rule[rule].get(budget)) for rule in RULES]
             cells += [
                 _lead(by_rule[rule].get(budget), "control") for rule in ("measured", "effective")
             ]
-            peer = f"{own['pruned_val_best_other']} {100 * own['pruned_val_other'][0]:.2f} / "
-            peer += f"{own['finetuned_val_best_other']} {100 * own['finetuned_val_other'][0]:.2f}"
+            best, other = greedy["pruned_val_best_other"], greedy["pruned_val_other"][0]
+            peer = f"{best} {100 * other:.2f} / "
+            best, other = greedy["finetuned_val_best_other"], greedy["finetuned_val_other"][0]
+            peer += f"{best} {100 * other:.2f}"
             lines.append(f"| {name} | {budget} | {peer} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def paired_gains(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)) -> pd.DataFrame:
-    """Each rule minus the greedy one (``own``) of the same criterion, paired over the cases
+    """Each rule minus the greedy one of the same criterion, paired over the cases
     (setup, budget): mean ± standard error in points, and wins / losses, per metric."""
     gains: dict[tuple[str, str, str], list[float]] = {}
     for result in results.values():
         summary = summarise(result["rows"])
         entries = {(e["criterion"], e["allocation"], e["budget"]): e for e in summary}
         for (criterion, rule, budget), entry in entries.items():
-            own = entries.get((criterion, "own", budget))
-            if rule in ("own", "same", "fixed", GLOBAL) or own is None or budget in skip:
+            greedy = entries.get((criterion, "greedy", budget))
+            if rule in ("greedy", "uniform", "fixed", GLOBAL) or greedy is None or budget in skip:
                 continue
             for metric in ("pruned_val", "finetuned_val"):
-                gain = 100 * (entry[metric] - own[metric])
+                gain = 100 * (entry[metric] - greedy[metric])
                 gains.setdefault((criterion, rule, metric), []).append(gain)
     rows = []
     for (criterion, rule, metric), values in sorted(gains.items()):
@@ -132,7 +134,7 @@ def paired_gains(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x"
                 "rule": rule,
                 "cases": len(values),
                 "metric": "after fine-tune" if metric == "finetuned_val" else "after pruning",
-                "gain over own (points)": f"{statistics.mean(values):+.2f} ± {error:.2f}",
+                "gain over greedy (points)": f"{statistics.mean(values):+.2f} ± {error:.2f}",
                 "wins / losses": f"{sum(v > 0 for v in values)} / {sum(v < 0 for v in values)}",
             }
         )
@@ -209,7 +211,7 @@ def verdict(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)) -
 def same_widths_verdict(
     results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)
 ) -> pd.DataFrame:
-    """Dirichlet against the best other criterion pruned to the same widths (``same``), over
+    """Dirichlet against the best other criterion pruned to the same widths (``uniform``), over
     the cases of :func:`verdict`: the ranking inside each layer alone, without the allocation.
     Per metric, the cases where Dirichlet is at least as high, and its mean and worst lead."""
     leads: dict[str, list[float]] = {"finetuned_val": [], "pruned_val": []}
@@ -221,7 +223,7 @@ def same_widths_verdict(
             same = {
                 e["criterion"]: e
                 for e in summary
-                if e["budget"] == budget and e["allocation"] == "same"
+                if e["budget"] == budget and e["allocation"] == "uniform"
             }
             others = [entry for criterion, entry in same.items() if criterion != "dirichlet"]
             if budget in skip or "dirichlet" not in same or not others:
@@ -268,7 +270,10 @@ def what_the_kit_found(results: dict[str, dict[str, Any]], link: str = "compare.
             f"{row['mean lead (points)']:+.2f} points on average, "
             f"{row['worst lead (points)']:+.2f} at worst."
         )
-    for rule, name in (("own", "its own (greedy) allocation"), ("measured", "the measured rule")):
+    for rule, name in (
+        ("greedy", "its own (greedy) allocation"),
+        ("measured", "the measured rule"),
+    ):
         if ("dirichlet", rule) in rules.index:
             row = rules.loc[("dirichlet", rule)]
             lines.append(
@@ -293,7 +298,7 @@ def setup_section(name: str, result: dict[str, Any]) -> str:
         f"seeds), {result['bases'][0]['params']:,} params, {result['bases'][0]['macs']:,} MACs; "
         f"fine-tuning {epochs:g} epoch(s) at lr {compare.FINETUNING.lr:g}, "
         f"{compare.FINETUNING.schedule}. {_importance_cost(result, result['bases'][0])}\n\n"
-        "Dirichlet (own allocation) minus the best other criterion, validation, points:\n\n"
+        "Dirichlet (greedy allocation) minus the best other criterion, validation, points:\n\n"
     )
     for m in dirichlet_margins(summary):
         section += (
@@ -331,7 +336,7 @@ def markdown_table(summary: list[dict[str, Any]], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def margins_table(summary: list[dict[str, Any]], allocation: str = "own") -> Any:
+def margins_table(summary: list[dict[str, Any]], allocation: str = "greedy") -> Any:
     """:func:`dirichlet_margins` as a pandas DataFrame, in points of validation accuracy."""
     return pd.DataFrame(
         [
@@ -361,12 +366,12 @@ def comparison_markdown(results: dict[str, dict[str, Any]]) -> str:
     )
     ruled = frame_markdown(verdict(results))
     ruled += (
-        "\n\nEach rule against the greedy rule (own) of the same criterion, paired over the "
+        "\n\nEach rule against the greedy rule of the same criterion, paired over the "
         "same cases, validation (± one standard error):\n\n"
     ) + frame_markdown(paired_gains(results))
     ruled += (
-        "\n\nAt the same widths (`same`: every criterion pruned to one set of widths), Dirichlet "
-        "against the best other criterion, over the same cases, validation:\n\n"
+        "\n\nAt the same widths (`uniform`: every criterion pruned to one set of widths), "
+        "Dirichlet against the best other criterion, over the same cases, validation:\n\n"
     ) + frame_markdown(same_widths_verdict(results))
     sections = [setup_section(name, result) for name, result in results.items()]
     return (

@@ -75,7 +75,7 @@ def case(widths: str) -> tuple[str, str]:
     if budget is None:
         return widths, FIXED
     what, target = budget
-    return (target if what == "macs" else f"{what}:{target}"), "own"
+    return (target if what == "macs" else f"{what}:{target}"), "greedy"
 
 
 def table(config: profiles.Config, base: Base | None = None, *, log: Log = log_line) -> dict:
