@@ -5,7 +5,7 @@
 
 Each candidate learns Dirichlet importance on the comparison's base networks
 (``dplib.experiments.compare.SETUPS``, cached under runs/cpu, shared with make compare) and is
-pruned to the comparison's ``same`` widths (the uniform allocation) at 4x, 10x and 20x fewer
+pruned to the comparison's ``uniform`` widths (the uniform allocation) at 4x, 10x and 20x fewer
 MACs: validation accuracy right after pruning against the best other criterion at the same
 widths, the posterior's spread, the ranking's late change and the importance's cost. Writes
 bench/results/screen.json (every row) and prints the summary.
@@ -22,13 +22,14 @@ from pathlib import Path
 import pandas as pd
 
 from dplib import find_prunable_layers
-from dplib.experiments import compare, reports
+from dplib.experiments import cifar, compare, reports
 from dplib.experiments.experiment import pretrain, prune_and_finetune, score
 from dplib.files import atomic_write_text, read_json, write_json
 from dplib.settings import DirichletSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ("l1", "taylor", "random", "tp_l2", "tp_taylor")
+SETUPS = compare.SETUPS | cifar.SETUPS  # CIFAR-10's under --root runs/cifar
 CANDIDATES: dict[str, dict] = {
     "variational": {},
     "lr0.3": {"lr": 0.3},
@@ -47,13 +48,32 @@ CANDIDATES: dict[str, dict] = {
     "authors": "authors",
     "authors-joint": "authors-joint",
     "authors-split": "authors-split",
+    # the authors' recipe (the setup's BatchNorm mode and precision) with knobs changed;
+    # "epochs_factor" scales the setup's epochs per layer; the defaults are "authors-lr3e-2"
+    "authors-lr3e-3": ("authors", {"lr": 3e-3}),
+    "authors-lr1e-2": ("authors", {"lr": 1e-2}),
+    "authors-lr3e-2": ("authors", {"lr": 3e-2}),
+    "authors-lr1e-1": ("authors", {"lr": 0.1}),
+    "authors-lr3e-2-quarter-epochs": ("authors", {"lr": 3e-2, "epochs_factor": 0.25}),
+    "authors-lr1e-2-2x-epochs": ("authors", {"lr": 1e-2, "epochs_factor": 2.0}),
+    "authors-lr1e-2-quarter-epochs": ("authors", {"lr": 1e-2, "epochs_factor": 0.25}),
+    "authors-sample": ("authors", {"estimator": "sample"}),
+    "authors-2x-epochs": ("authors", {"epochs_factor": 2.0}),
+    "authors-half-epochs": ("authors", {"epochs_factor": 0.5}),
+    "authors-quarter-epochs": ("authors", {"epochs_factor": 0.25}),
 }
 
 
-def settings_for(name: str, epochs: float, layers: int) -> DirichletSettings:
-    """A candidate's settings at the setup's importance epochs (``authors``: that many per layer;
-    ``authors-split``: that many in all, shared by the ``layers``)."""
-    changes = CANDIDATES[name]
+def settings_for(name: str, setup: DirichletSettings, layers: int) -> DirichletSettings:
+    """A candidate's settings at the ``setup``'s importance epochs (``authors``: that many per
+    layer; ``authors-split``: that many in all, shared by the ``layers``); the other
+    ``authors-*`` candidates change the authors' learning rate and epochs in the setup's own
+    settings (its BatchNorm mode and precision kept)."""
+    changes, epochs = CANDIDATES[name], setup.epochs
+    if isinstance(changes, tuple):
+        knobs = {"lr": DirichletSettings.authors().lr} | changes[1]
+        factor = knobs.pop("epochs_factor", 1.0)
+        return setup.replace(epochs=epochs * factor, **knobs)
     if changes == "authors":
         return DirichletSettings.authors().replace(epochs=epochs)
     if changes == "authors-split":
@@ -67,7 +87,7 @@ def settings_for(name: str, epochs: float, layers: int) -> DirichletSettings:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--setups", nargs="+", default=list(compare.DEFAULT_SETUPS), choices=list(compare.SETUPS)
+        "--setups", nargs="+", default=list(compare.DEFAULT_SETUPS), choices=list(SETUPS)
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument(
@@ -86,7 +106,7 @@ def main() -> None:
     rows = read_json(args.out)["rows"] if args.out.exists() else []
     done = {(r["setup"], r["seed"], r["criterion"], r["candidate"], r["budget"]) for r in rows}
     for name in args.setups:
-        experiment = compare.SETUPS[name]
+        experiment = SETUPS[name]
         for seed in args.seeds:
             base = pretrain(experiment, args.root, seed)
             jobs = [(peer, None) for peer in PEERS] if args.fresh_peers else []
@@ -103,7 +123,7 @@ def main() -> None:
                     layers = len(
                         find_prunable_layers(base.model, coupled=experiment.coupled).layers
                     )
-                    settings = settings_for(candidate, experiment.importance.epochs, layers)
+                    settings = settings_for(candidate, experiment.importance, layers)
                     scored_base = dataclasses.replace(
                         base, experiment=experiment.replace(importance=settings)
                     )
@@ -112,7 +132,7 @@ def main() -> None:
                 seconds = importance.history.get("seconds_total", time.perf_counter() - started)
                 for budget in wanted:
                     row = prune_and_finetune(
-                        base, criterion, importance, budget, "same", finetune=False
+                        base, criterion, importance, budget, "uniform", finetune=False
                     )
                     rows.append(
                         {
@@ -139,11 +159,11 @@ def committed_peers(rows: list[dict] = ()) -> dict[tuple, dict[str, float]]:
     from the comparison's committed rows (the base networks are seeded: the same networks), or
     from the screen's own ``rows`` of them where it scored them (``--fresh-peers``)."""
     peers: dict[tuple, dict[str, float]] = {}
-    for name, result in compare.load_results(
-        compare.committed_results(), compare.committed_results()
-    ).items():
+    committed = compare.load_results(compare.committed_results(), compare.committed_results())
+    committed |= compare.load_results(cifar.committed_results(), cifar.committed_results())
+    for name, result in committed.items():
         for r in result["rows"]:
-            if r["allocation"] == "same" and r["criterion"] in PEERS:
+            if r["allocation"] == "uniform" and r["criterion"] in PEERS:
                 key = (name, r["seed"], r["budget"])
                 peers.setdefault(key, {})[r["criterion"]] = r["pruned_val"]
     fresh: dict[tuple, dict[str, float]] = {}
@@ -203,14 +223,14 @@ def write_markdown(rows: list[dict], path: Path) -> None:
         "# Dirichlet settings screened over seeds",
         "",
         f"Written by `python bench/screen.py` from bench/results/screen.json ({seeds} seeds a "
-        "case). Validation accuracy right after pruning at the comparison's `same` widths (the "
+        "case). Validation accuracy right after pruning at the comparison's `uniform` widths (the "
         "uniform allocation) at 4x, 10x and 20x fewer MACs, mean over seeds, against the best "
         "other criterion (L1, Taylor, random, Torch-Pruning's L2 and Taylor) at the same widths "
         "and seeds, read from the comparison's committed rows. `at_least`: cases where the "
         "candidate is at least as high; `mean`, `worst`: its lead in points (negative: behind); "
         "`seconds`: the median cost of learning the importance. A candidate with 9 cases was "
         "not run on Fashion-MNIST LeNet-5 after losing on the other setups. The kit's defaults "
-        "(`DirichletSettings()`) are `authors`; `variational` is the former defaults, "
+        "(`DirichletSettings()`) are `authors-lr3e-2`; `variational` is the former defaults, "
         "`DirichletSettings.variational()`, which every other candidate changes.",
         "",
         reports.frame_markdown(overall.reset_index(names="candidate")),
@@ -236,6 +256,12 @@ def write_markdown(rows: list[dict], path: Path) -> None:
 def describe(candidate: str) -> str:
     """The settings of a candidate, in words."""
     changes = CANDIDATES[candidate]
+    if isinstance(changes, tuple):
+        knobs = dict(changes[1])
+        factor = knobs.pop("epochs_factor", None)
+        changed = [f"{k}={v}" for k, v in knobs.items()]
+        changed += [f"{factor:g} x the setup's epochs per layer"] if factor else []
+        return f"the authors' recipe, {', '.join(changed)}"
     if isinstance(changes, str):
         return {
             "authors": "DirichletSettings.authors(), the setup's epochs per layer",
