@@ -24,7 +24,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 from torch.utils.flop_counter import FlopCounterMode
@@ -333,11 +332,15 @@ def speedup(
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman rank correlation of two score vectors of one layer (NaN for one unit)."""
+    from scipy import stats  # here: importing scipy.stats costs a second
+
     return _rank_correlation(stats.spearmanr, a, b)
 
 
 def kendall(a: torch.Tensor, b: torch.Tensor) -> float:
     """Kendall's tau rank correlation of two score vectors of one layer (NaN for one unit)."""
+    from scipy import stats
+
     return _rank_correlation(stats.kendalltau, a, b)
 
 
