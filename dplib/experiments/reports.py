@@ -271,13 +271,13 @@ def what_the_kit_found(results: dict[str, dict[str, Any]], link: str = "compare.
             f"{row['worst lead (points)']:+.2f} at worst."
         )
     for rule, name in (
-        ("greedy", "its own (greedy) allocation"),
+        ("greedy", "the greedy allocation"),
         ("measured", "the measured rule"),
     ):
         if ("dirichlet", rule) in rules.index:
             row = rules.loc[("dirichlet", rule)]
             lines.append(
-                f"- With {name}, against the best other criterion (its own allocation or "
+                f"- With {name}, against the best other criterion (its greedy allocation or "
                 f"Torch-Pruning's global pruning): at "
                 f"least as high in {int(row['after pruning'])} of {int(row['cases'])} cases right "
                 f"after pruning, {int(row['at least the best peer after fine-tune'])} after "
