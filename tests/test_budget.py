@@ -617,3 +617,27 @@ def _fixed_loss(model: nn.Module, importance, widths: dict, data: list) -> float
     pruned = dplib.prune(model, importance, widths)
     with torch.no_grad():
         return float(np.mean([nn.functional.cross_entropy(pruned.train()(x), y) for x, y in data]))
+
+
+def test_a_rule_of_ones_own_registers_and_runs_through_choose_widths():
+    class Halves(dplib.budget.Rule):
+        """Every layer at half its width; choose_widths' add-back fills the rest."""
+
+        name = "halves"
+
+        def widths(self, task):
+            return task.grid.floor(task.costs.units // 2)
+
+    model, importance, costs = setup("lenet300")
+    dplib.budget.register(Halves)
+    try:
+        widths = dplib.choose_widths(model, importance, "1.5x", "halves")
+        with pytest.raises(ValueError, match="a rule needs a new name"):
+            dplib.budget.register(Halves)
+    finally:
+        dplib.budget.RULES.pop("halves")
+    target = costs.macs(costs.units) // 1.5
+    assert 0.98 * target <= costs.cost(widths).macs <= target
+    assert all(widths[n] >= k // 2 for n, k in importance.units.items())  # only added back
+    with pytest.raises(ValueError, match="unknown allocation rule 'halves'"):
+        dplib.choose_widths(model, importance, "1.5x", "halves")

@@ -74,7 +74,7 @@ def test_toy_cifar_experiment_writes_rows_report_and_loadable_networks(tmp_path,
     assert not list((tmp_path / "runs" / "cifar10-resnet20" / "seed1").glob("base-*.pt"))
 
     shipped = cifar.ship(tmp_path / "runs", tmp_path / "shipped")
-    assert [p.name for p in shipped] == ["resnet20-dirichlet-own.pt"]
+    assert [p.name for p in shipped] == ["resnet20-dirichlet-greedy.pt"]
     (measured,) = cifar.evaluate_shipped(tmp_path / "shipped")
     assert measured["test_accuracy"] == pytest.approx(measured["recorded"])
 
@@ -230,7 +230,7 @@ def test_a_partial_rerun_keeps_what_it_did_not_redo(tmp_path):
 
 
 def test_a_rerun_of_some_allocations_keeps_the_others_and_bad_names_fail_first(tmp_path):
-    """Seed 0's L1 rows at 4x rerun for the own allocation only: its measured row stays; the
+    """Seed 0's L1 rows at 4x rerun for the greedy allocation only: its measured row stays; the
     settling of the Dirichlet ranking stays when Dirichlet is not rerun; an unknown allocation
     fails before any pretraining."""
     row = {"seed": 0, "budget": "4x", "criterion": "l1", "allocation": "greedy"}
@@ -250,8 +250,8 @@ def test_a_rerun_of_some_allocations_keeps_the_others_and_bad_names_fail_first(t
     merged = cifar.merge_rows(tmp_path / "setup.json", found, {0}, {"4x"}, {"l1"}, {"greedy"})
     assert merged["rows"] == [row | {"allocation": "measured"}, row | {"finetuned_val": 0.5}]
     assert merged["settling"] == previous["settling"]
-    with pytest.raises(ValueError, match="unknown allocations \\['greedy'\\]; known: own"):
-        cifar.run([cifar.SETUPS["cifar10-vgg16"]], tmp_path, allocations=["greedy"])
+    with pytest.raises(ValueError, match="unknown allocations \\['own'\\]; known: greedy"):
+        cifar.run([cifar.SETUPS["cifar10-vgg16"]], tmp_path, allocations=["own"])  # a former name
     assert not (tmp_path / "cifar10-vgg16").exists()
 
 

@@ -88,6 +88,8 @@ def test_no_function_of_the_method_is_longer_than_a_screen():
 def test_the_two_loops_take_a_handful_of_parameters():
     for function in (dplib.fit, dplib.learn_importance):
         assert len(inspect.signature(function).parameters) <= 8, function.__name__
+    # the allocation's knobs live with its rules (dplib.budget.RULES), not in the call
+    assert len(inspect.signature(dplib.choose_widths).parameters) <= 6
 
 
 def test_one_training_path_in_the_experiment_machinery():

@@ -45,7 +45,7 @@ def test_comparison_rows_meet_budgets_and_cache(tmp_path):
         [{k: v for k, v in r.items() if k != "allocation_seconds"} for r in rows]
     )
     assert all(e["allocation_seconds"] != e["allocation_seconds"] for e in older)  # NaN
-    assert "| 4x | own | dirichlet |" in reports.markdown_table(summary)
+    assert "| 4x | greedy | dirichlet |" in reports.markdown_table(summary)
     margins = compare.dirichlet_margins(summary)
     assert [m["budget"] for m in margins] == list(BUDGETS)
     measured = compare.dirichlet_margins(summary, "measured")
@@ -87,7 +87,7 @@ def test_only_the_allocations_asked_for_are_run(tmp_path):
         allocations=("greedy", "measured"),
         log=lambda _: None,
     )
-    assert sorted(r["allocation"] for r in result["rows"]) == ["measured", "greedy"]
+    assert sorted(r["allocation"] for r in result["rows"]) == ["greedy", "measured"]
 
 
 def _same_widths(summary: list[dict], budget: str) -> tuple[dict, list[dict]]:
@@ -200,13 +200,16 @@ def test_the_course_verdict_is_computed_from_the_committed_comparison():
 def test_comparison_figure_draws_one_question_per_panel():
     """The ranking (every criterion, same widths) and one column per Dirichlet rule beside L1,
     after pruning and after fine-tuning: 2 x (1 + 4) panels where the rules ran, 2 x 2 where
-    only own and same did; no empty panel, few lines in each, the budgets in their order."""
+    only greedy and uniform did; no empty panel, few lines in each, the budgets in their order."""
     committed = compare.load_results(compare.committed_results(), compare.committed_results())
     rows = committed["mnist5k-lenet5"]["rows"]
-    own_and_same = [r for r in rows if r["allocation"] in ("greedy", "uniform")]
+    greedy_and_uniform = [r for r in rows if r["allocation"] in ("greedy", "uniform")]
     # lines per panel: 6 criteria in the ranking's two, Dirichlet and L1 under each rule (the
     # learnt rule: Dirichlet alone)
-    for chosen, lines in ((rows, [1] * 2 + [2] * 6 + [6] * 2), (own_and_same, [2] * 2 + [6] * 2)):
+    for chosen, lines in (
+        (rows, [1] * 2 + [2] * 6 + [6] * 2),
+        (greedy_and_uniform, [2] * 2 + [6] * 2),
+    ):
         figure = figures.plot_comparison(compare.summarise(chosen), "committed")
         axes = figure.get_axes()
         assert len(axes) == len(lines) and all(axis.has_data() for axis in axes)
