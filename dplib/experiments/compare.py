@@ -184,7 +184,7 @@ def committed_result(config: Config) -> dict[str, Any] | None:
 
 def committed_results() -> Path:
     """``bench/results/compare/``: the rows of every setup, committed by ``make compare``
-    (the LeNets about 27 minutes, resnet20 about 90 on 2 cores)."""
+    (the LeNets about 30 minutes, resnet20 about 90 on 2 cores)."""
     return paths.kit_root() / "bench" / "results" / "compare"
 
 
