@@ -145,9 +145,10 @@ class Rule:
         self.multiple_of, self.min_keep, self.max_keep = int(multiple_of), min_keep, max_keep
         self.overrides = dict(overrides or {})
 
-    def widths(self, task: Task) -> np.ndarray:
+    def widths(self, task: Task, rank: _Rank) -> np.ndarray:
         """Widths on ``task.grid`` whose cost is at most ``task.target`` (before the add-back
-        and exchanges that :func:`choose_widths` runs after every rule)."""
+        and exchanges that :func:`choose_widths` runs after every rule, in the order ``rank``,
+        this rule's :meth:`rank`)."""
         raise NotImplementedError
 
     def rank(self, task: Task) -> _Rank:
@@ -200,8 +201,8 @@ class Greedy(Rule):
 
     name = "greedy"
 
-    def widths(self, task: Task) -> np.ndarray:
-        return _remove_until(task.quadratic, task.grid, task.target, self.rank(task))
+    def widths(self, task: Task, rank: _Rank) -> np.ndarray:
+        return _remove_until(task.quadratic, task.grid, task.target, rank)
 
 
 @register
@@ -212,7 +213,7 @@ class Uniform(Rule):
     name = "uniform"
     needs_importance = False
 
-    def widths(self, task: Task) -> np.ndarray:
+    def widths(self, task: Task, rank: _Rank) -> np.ndarray:
         return _fractions(task.quadratic, task.grid, task.target, task.costs.units)
 
     def rank(self, task: Task) -> _Rank:
@@ -226,7 +227,7 @@ class Effective(Rule):
 
     name = "effective"
 
-    def widths(self, task: Task) -> np.ndarray:
+    def widths(self, task: Task, rank: _Rank) -> np.ndarray:
         shares = effective_widths(task.importance, task.costs.names)
         return _fractions(task.quadratic, task.grid, task.target, shares)
 
@@ -250,7 +251,7 @@ class Measured(Rule):
             )
         self.data = data
 
-    def widths(self, task: Task) -> np.ndarray:
+    def widths(self, task: Task, rank: _Rank) -> np.ndarray:
         return measured_removal(
             task.model, task.importance, task.quadratic, task.grid, task.target, self.data
         )
@@ -425,7 +426,7 @@ def _allocate(task: Task, rule: Rule, what: str) -> np.ndarray:
             f"floors too high: try a larger budget, lower floors{other}"
         )
     rank = rule.rank(task)
-    widths = _add_back(quadratic, grid, rule.widths(task), target, rank)
+    widths = _add_back(quadratic, grid, rule.widths(task, rank), target, rank)
     return _repair(quadratic, grid, widths, target, rank)
 
 

@@ -625,7 +625,7 @@ def test_a_rule_of_ones_own_registers_and_runs_through_choose_widths():
 
         name = "halves"
 
-        def widths(self, task):
+        def widths(self, task, rank):
             return task.grid.floor(task.costs.units // 2)
 
     model, importance, costs = setup("lenet300")
