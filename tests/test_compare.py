@@ -185,6 +185,10 @@ def test_the_course_verdict_is_computed_from_the_committed_comparison():
     committed = compare.load_results(compare.committed_results(), compare.committed_results())
     found = reports.what_the_kit_found(committed)
     cases = reports.same_widths_verdict(committed).set_index("metric")
+    every = reports.same_widths_leads(committed)
+    assert set(every["criterion"]) == {"dirichlet", "l1", "taylor", "random", "tp_l2", "tp_taylor"}
+    mine = every[every["criterion"] == "dirichlet"].set_index("metric")
+    assert mine["mean lead (points)"].to_dict() == cases["mean lead (points)"].to_dict()
     wins = int(cases.loc["after pruning", "at least the best other"])
     assert f"in {wins} of 12 cases" in found
     # a comparison where Dirichlet's ranking wins or loses everywhere changes what students read
