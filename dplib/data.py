@@ -38,8 +38,6 @@ from torch.utils.data import (
     SequentialSampler,
     TensorDataset,
 )
-from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
-from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from . import image_folder
 from .files import atomic_write
@@ -150,7 +148,13 @@ def _fetched(name: str, root: Path, folder: Path, files: list[str], download: bo
     """Download the missing files with torchvision where asked; why that failed, or ''."""
     if not (download and _missing(folder, files)):
         return ""
-    dataset = {"mnist": MNIST, "fashion_mnist": FashionMNIST, "cifar10": CIFAR10}[name]
+    from torchvision import datasets  # imported here: it costs a second, and only downloads need it
+
+    dataset = {
+        "mnist": datasets.MNIST,
+        "fashion_mnist": datasets.FashionMNIST,
+        "cifar10": datasets.CIFAR10,
+    }[name]
     try:
         for train in (True, False):
             dataset(root, train=train, download=True)
@@ -181,9 +185,25 @@ def _mnist_like(name: str, root: Path, download: bool) -> tuple[tuple, tuple, st
             f"Put the gunzipped IDX files there, {hint}or set {DATA_ENV} to a folder that has "
             f"them, or run where the internet is reachable."
         )
-    train = (read_image_file(folder / MNIST_FILES[0]), read_label_file(folder / MNIST_FILES[1]))
-    test = (read_image_file(folder / MNIST_FILES[2]), read_label_file(folder / MNIST_FILES[3]))
+    train = (read_idx(folder / MNIST_FILES[0]), read_idx(folder / MNIST_FILES[1]).long())
+    test = (read_idx(folder / MNIST_FILES[2]), read_idx(folder / MNIST_FILES[3]).long())
     return train, test, source
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """An unsigned-byte IDX file (MNIST's format: a zero pair, the type code 0x08, the number of
+    dimensions, each dimension as a big-endian 32-bit integer, then the bytes) as a tensor."""
+    data = path.read_bytes()
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+        raise DataNotFoundError(
+            f"{path} is not an unsigned-byte IDX file (it starts with {data[:4]!r}): put the "
+            "gunzipped MNIST-format file there"
+        )
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(data[3])]
+    offset = 4 + 4 * len(dims)
+    if len(data) - offset != int(np.prod(dims)):
+        raise DataNotFoundError(f"{path} is truncated: {dims} needs {int(np.prod(dims))} bytes")
+    return torch.from_numpy(np.frombuffer(data, np.uint8, offset=offset).reshape(dims).copy())
 
 
 def mnist5k_path() -> Path:

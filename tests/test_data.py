@@ -118,3 +118,16 @@ def test_reseed_restarts_a_loader_with_a_generator_and_warns_for_one_without():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         data.reseed(in_order, 3)
+
+
+def test_idx_files_read_back_as_written_and_a_bad_one_is_named(tmp_path):
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    header = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in images.shape)
+    (tmp_path / "images").write_bytes(header + images.tobytes())
+    assert torch.equal(data.read_idx(tmp_path / "images"), torch.from_numpy(images))
+    (tmp_path / "short").write_bytes(header + images.tobytes()[:-1])
+    with pytest.raises(data.DataNotFoundError, match="truncated"):
+        data.read_idx(tmp_path / "short")
+    (tmp_path / "floats").write_bytes(bytes([0, 0, 0x0D, 1]) + (1).to_bytes(4, "big") + bytes(4))
+    with pytest.raises(data.DataNotFoundError, match="not an unsigned-byte IDX file"):
+        data.read_idx(tmp_path / "floats")
