@@ -54,13 +54,13 @@ def _drawn_importance(seed: Path, wanted: str | None, base_key: str | None) -> I
     others beside it (the learnt allocation's, one per budget), and an exercise's weaker base
     learns one with the same settings in the same folder."""
     files = sorted(seed.glob("importance-dirichlet-*.pt"), key=lambda p: p.stat().st_mtime)
-    matching = [
-        path
-        for path in files
-        if _is_the_tables(_cached_base(path), Importance.load(path).config, wanted, base_key)
-    ]
-    chosen = (matching or files or [None])[-1]
-    return None if chosen is None else Importance.load(chosen)
+    for path in reversed(files):  # newest first; the base is read from the record, the settings
+        base = _cached_base(path)  # from the importance itself, which is loaded only then
+        if base_key is None or base in (None, base_key):
+            importance = Importance.load(path)
+            if _is_the_tables(base, importance.config, wanted, base_key):
+                return importance
+    return Importance.load(files[-1]) if files else None
 
 
 def _cached_base(path: Path) -> str | None:
