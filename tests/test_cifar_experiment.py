@@ -46,6 +46,9 @@ def test_toy_cifar_experiment_writes_rows_report_and_loadable_networks(tmp_path,
     } | {("l1", rule) for rule in ("greedy", "uniform", "measured", "effective")}
     assert all("speedup" in r and r["macs"] <= r["base_macs"] / 2 for r in rows)
     assert read_json(results / "cifar10-resnet20.json")["rows"] == rows
+    same = {r["criterion"]: r for r in rows if r["allocation"] == "uniform"}
+    assert same["dirichlet"]["widths"] == same["l1"]["widths"]
+    assert same["dirichlet"]["speedup"] == same["l1"]["speedup"]  # one timing per architecture
 
     written = {p.name for p in publish.write_cifar(results, tmp_path / "figures")}
     assert {"cifar.md", "cifar.csv", "cifar_resnet20.png"} <= written

@@ -20,8 +20,9 @@ effective widths of a posterior learnt with the budget's term (:func:`learnt`); 
 Torch-Pruning's global pruning), ``budget``, ``widths``, ``params``, ``macs``, ``base_macs``,
 validation and test accuracy ``pruned_val``, ``pruned_test`` (right after pruning, BatchNorm
 statistics re-estimated on fixed training batches), ``allocation_seconds`` and
-``finetuned_val``, ``finetuned_test``, ``finetune_epochs``, ``speedup`` (deployed, CPU),
-``seconds``. Decisions read validation accuracy; test accuracy is reported only.
+``finetuned_val``, ``finetuned_test``, ``finetune_epochs``, ``speedup`` (deployed, CPU; one
+measurement per architecture in a run, shared by its rows), ``seconds``. Decisions read
+validation accuracy; test accuracy is reported only.
 """
 
 from __future__ import annotations
@@ -384,21 +385,36 @@ def prune_and_finetune(
         if finetune:
             row |= _finetuned(base, small)
         if experiment.speedup_batch:
-            shape = (experiment.speedup_batch, *base.input_shape[1:])
-            row["speedup"] = measure.speedup(
-                base.model,
-                small,
-                shape,
-                repeats=experiment.speedup_repeats,
-                rounds=experiment.speedup_rounds,
-                optimize=True,
-            )
+            row["speedup"] = _speedup(base, small)
         row["seconds"] = time.perf_counter() - started
         if experiment.keep_pruned:
             save_pruned(path.with_suffix(".pt"), small, **row)
         return None, row
 
     return cached(path, key, build).value
+
+
+_SPEEDUPS: dict[tuple, float] = {}  # the speed-ups measured in this process, per architecture
+
+
+def _speedup(base: Base, small: nn.Module) -> float:
+    """The deployed speed-up of ``small`` over the base network, measured once per architecture
+    in a process: networks of the same shapes run the same operations whatever their weights,
+    so the rows of every criterion at one set of widths share one measurement."""
+    experiment = base.experiment
+    shape = (experiment.speedup_batch, *base.input_shape[1:])
+    architecture = tuple((name, *p.shape) for name, p in small.state_dict().items())
+    key = (base.key, shape, experiment.speedup_repeats, experiment.speedup_rounds, architecture)
+    if key not in _SPEEDUPS:
+        _SPEEDUPS[key] = measure.speedup(
+            base.model,
+            small,
+            shape,
+            repeats=experiment.speedup_repeats,
+            rounds=experiment.speedup_rounds,
+            optimize=True,
+        )
+    return _SPEEDUPS[key]
 
 
 def _pruned_row(
