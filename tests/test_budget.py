@@ -18,6 +18,13 @@ from dplib.train import copy_state
 from conftest import trained_like
 
 RATIOS = ("2x", "4x", "10x", "20x")
+# every network; the deep and wide ones (half a second to a second a case) left to `make test`
+NETWORKS = [
+    pytest.param(name, marks=pytest.mark.slow)
+    if name in ("resnet56", "vgg16", "wrn28_10")
+    else name
+    for name in dplib.models.MODELS
+]
 
 
 def rule(name: str = "greedy", data: list | None = None, **limits) -> dplib.budget.Rule:
@@ -49,7 +56,7 @@ def _targets(costs: CostModel, what: str) -> list[int | str]:
     return [*RATIOS, smallest + (full - smallest) // 3, smallest + (full - smallest) // 50]
 
 
-@pytest.mark.parametrize("name", list(dplib.models.MODELS))
+@pytest.mark.parametrize("name", NETWORKS)
 @pytest.mark.parametrize("what", ["macs", "params"])
 @pytest.mark.parametrize("allocation", ["greedy", "uniform", "effective"])
 def test_budget_met_within_two_percent_under(name, what, allocation):
@@ -76,7 +83,7 @@ def test_budget_met_within_two_percent_under(name, what, allocation):
         assert 0.98 * value <= cost <= value, (target, widths, cost / value)
 
 
-@pytest.mark.parametrize("name", list(dplib.models.MODELS))
+@pytest.mark.parametrize("name", NETWORKS)
 def test_analytic_cost_equals_count_of_the_pruned_network(name):
     model, importance, costs = setup(name)
     generator = torch.Generator().manual_seed(1)
@@ -317,7 +324,7 @@ def grid_widths_or_too_coarse(
     return widths
 
 
-@pytest.mark.parametrize("name", list(dplib.models.MODELS))
+@pytest.mark.parametrize("name", NETWORKS)
 @pytest.mark.parametrize("multiple_of", [8, 4])
 @pytest.mark.parametrize("allocation", ["greedy", "uniform"])
 def test_widths_on_a_grid_meet_the_budget_or_are_too_coarse(name, multiple_of, allocation):
@@ -590,6 +597,7 @@ def test_the_measured_rule_reads_every_offer_with_batch_statistics(monkeypatch):
     assert sum(copies[2 : 2 + 2 * -(-layers // at_once) : 2]) == layers
 
 
+@pytest.mark.slow  # the exhaustive rule is the slow one
 def test_the_lazy_measured_rule_chooses_as_the_exhaustive_one(monkeypatch):
     """The measured rule re-measures, at each removal, only the offers whose estimate could still
     lead (dplib.measured.AT_ONCE at a time). Its tolerance against the exhaustive rule (every

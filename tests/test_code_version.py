@@ -18,29 +18,45 @@ print("reused" if stages.pretrain(config, log=lambda m: None).reused else "built
 """
 
 
-def _pretrain(copy: Path, runs: Path) -> str:
+def _pretrain(*copies: Path, runs: Path) -> list[str]:
+    """Pretrain the smoke LeNet-300 with each copy of the kit at once; "built" or "reused"."""
     env = os.environ | {
-        "PYTHONPATH": str(copy),
         "DPLIB_RUNS": str(runs),
         "DPLIB_DATA": str(KIT / "data"),
         "DPLIB_PROGRESS": "off",
     }
-    done = subprocess.run(
-        [sys.executable, "-c", PRETRAIN], env=env, capture_output=True, text=True, cwd=copy
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip().splitlines()[-1]
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-c", PRETRAIN],
+            env=env | {"PYTHONPATH": str(copy)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=copy,
+        )
+        for copy in copies
+    ]
+    outputs = []
+    for process in started:
+        out, err = process.communicate()
+        assert process.returncode == 0, err
+        outputs.append(out.strip().splitlines()[-1])
+    return outputs
+
+
+def _copy(tmp_path: Path, name: str) -> Path:
+    copy = tmp_path / name
+    shutil.copytree(KIT / "dplib", copy / "dplib", ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
 
 
 def test_an_edited_method_statement_rebuilds_the_stage_and_a_comment_does_not(tmp_path):
-    copy = tmp_path / "kit"
-    shutil.copytree(KIT / "dplib", copy / "dplib", ignore=shutil.ignore_patterns("__pycache__"))
     runs = tmp_path / "runs"
-    assert _pretrain(copy, runs) == "built"
-    train = copy / "dplib" / "train.py"
-    source = train.read_text()
+    assert _pretrain(_copy(tmp_path, "kit"), runs=runs) == ["built"]
+    commented, changed = _copy(tmp_path, "commented"), _copy(tmp_path, "changed")
+    source = (KIT / "dplib" / "train.py").read_text()
     edited = source.replace('"""', '"""An edited docstring. ', 1)
-    train.write_text(edited + "\n# an edited comment\n")
-    assert _pretrain(copy, runs) == "reused"
-    train.write_text(edited + "\nEDITED = True\n")
-    assert _pretrain(copy, runs) == "built"
+    (commented / "dplib" / "train.py").write_text(edited + "\n# an edited comment\n")
+    (changed / "dplib" / "train.py").write_text(edited + "\nEDITED = True\n")
+    # the two edits side by side, on the first copy's cache
+    assert _pretrain(commented, changed, runs=runs) == ["reused", "built"]

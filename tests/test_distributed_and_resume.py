@@ -10,8 +10,6 @@ import torch
 
 import dplib
 
-pytestmark = pytest.mark.slow  # left out of `make quick`; CI runs every test
-
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
@@ -116,6 +114,7 @@ def torchrun(nproc: int, out: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow  # two processes under torchrun: left to `make test` (and CI)
 def test_two_processes_learn_the_same_importance_as_one(tmp_path):
     torchrun(1, tmp_path / "one.pt")
     torchrun(2, tmp_path / "two.pt")

@@ -4,11 +4,14 @@ channels-last maps and on tokens, pruned to 2x fewer MACs."""
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import pytest
 import torch
-import torchvision
 
 import dplib
+
+pytestmark = pytest.mark.slow  # 30 s of torchvision's networks: left to `make test` (and CI)
 
 SHAPE = (1, 3, 64, 64)
 
@@ -34,22 +37,33 @@ def _masked_output(model: torch.nn.Module, importance, widths, images) -> torch.
         gated.remove()
 
 
+def _zoo() -> ModuleType:
+    """torchvision's networks, imported when a test runs (not when `make quick` collects)."""
+    import torchvision
+
+    return torchvision.models
+
+
 def _build(name: str) -> torch.nn.Module:
     """A torchvision network with random weights, or a small ViT (its MLPs act on tokens)."""
     torch.manual_seed(0)
     if name == "small_vit":
-        vit = torchvision.models.VisionTransformer(
-            image_size=64,
-            patch_size=16,
-            num_layers=2,
-            num_heads=2,
-            hidden_dim=32,
-            mlp_dim=256,
-            num_classes=10,
-        ).eval()
+        vit = (
+            _zoo()
+            .VisionTransformer(
+                image_size=64,
+                patch_size=16,
+                num_layers=2,
+                num_heads=2,
+                hidden_dim=32,
+                mlp_dim=256,
+                num_classes=10,
+            )
+            .eval()
+        )
         torch.nn.init.normal_(vit.heads.head.weight, std=0.1)  # torchvision starts it at zero
         return vit
-    model = getattr(torchvision.models, name)(num_classes=10).eval()
+    model = getattr(_zoo(), name)(num_classes=10).eval()
     for key, parameter in model.named_parameters():  # ConvNeXt starts at 1e-6: as if trained
         if key.endswith("layer_scale"):
             parameter.data.fill_(1.0)
@@ -87,7 +101,7 @@ def test_dirichlet_importance_prunes_to_half_the_macs_as_masked(name):
 
 
 def test_depthwise_and_squeeze_excitation_layers_are_pruned_with_their_channels():
-    model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    model = _zoo().mobilenet_v3_small(num_classes=10).eval()
     graph = dplib.find_prunable_layers(model)
     expansion = graph["features.4.block.0.0"]  # 1x1 expansion, then depthwise, then SE
     assert expansion.depthwise == ["features.4.block.1.0"]
@@ -98,7 +112,7 @@ def test_depthwise_and_squeeze_excitation_layers_are_pruned_with_their_channels(
 
 
 def test_a_grouped_convolution_keeps_as_many_channels_in_every_group():
-    model = torchvision.models.resnext50_32x4d(num_classes=10).eval()
+    model = _zoo().resnext50_32x4d(num_classes=10).eval()
     layer = dplib.find_prunable_layers(model)["layer1.0.conv1"]  # feeds conv2, 32 groups
     assert layer.groups == 32
     importance = dplib.criteria.compute("l1", model)
