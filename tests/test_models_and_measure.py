@@ -1,4 +1,5 @@
 import math
+import time
 import warnings
 
 import pytest
@@ -33,20 +34,27 @@ def test_same_seed_same_weights():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
-def test_latency_is_the_median_and_speedup_the_ratio_of_latencies(monkeypatch):
-    model = dplib.models.build("lenet5")
-    small = dplib.prune(model, dplib.criteria.l1_importance(model), "3-6-30")
-    times = {id(model): [3.0, 1.0, 2.0, 9.0, 2.0], id(small): [0.5, 0.25, 4.0, 0.5, 0.5]}
-    calls = []
+class Sleeper(torch.nn.Module):
+    """A network whose forward passes take the given times (seconds), one after another."""
 
-    def timed(network, batch, device, warmup, repeats):
-        calls.append((tuple(batch.shape), warmup, repeats))
-        return times[id(network)]
+    def __init__(self, *seconds: float) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.seconds, self.calls = seconds, 0
 
-    monkeypatch.setattr(dplib.measure, "_forward_times", timed)
-    assert dplib.latency(model, (8, 1, 28, 28), repeats=5, warmup=1) == 2.0
-    assert dplib.speedup(model, small, (8, 1, 28, 28), repeats=5, rounds=3) == 4.0
-    assert calls[-1] == ((8, 1, 28, 28), 5, 5)  # the default warm-up, the repeats asked
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds[self.calls % len(self.seconds)])
+        self.calls += 1
+        return x
+
+
+def test_latency_is_the_median_and_speedup_the_ratio_of_latencies():
+    # one untimed warm-up pass (0.2 s, as a first call can be), then five timed ones
+    uneven = Sleeper(0.2, 0.03, 0.01, 0.02, 0.09, 0.02)
+    assert dplib.latency(uneven, (2, 3), repeats=5, warmup=1) == pytest.approx(0.02, rel=0.25)
+    assert uneven.calls == 6
+    ratio = dplib.speedup(Sleeper(0.02), Sleeper(0.005), (2, 3), repeats=3, rounds=3)
+    assert 3.0 < ratio < 4.4  # 4, less the sleeps' overshoot
 
 
 def test_rank_correlations():
