@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from .. import criteria, data, measure, models
-from ..budget import Measured, choose_widths
+from ..budget import Measured, Rule, choose_widths
 from ..importance import Importance, format_widths, parse_widths
 from ..pruned import save_pruned
 from ..settings import DirichletSettings, TrainSettings
@@ -57,11 +57,12 @@ from ..train import (
 )
 from .cache import Log, cached, code_version, config_hash, log_line
 
-# a budget's allocations: row name -> the rule of dplib.choose_widths (dplib.budget.RULES)
-ALLOCATIONS = {
+# a budget's allocations: row name -> the rule of dplib.choose_widths (a name in
+# dplib.budget.RULES), or a function of the base network that makes the rule
+ALLOCATIONS: dict[str, str | Callable[[Base], Rule]] = {
     "greedy": "greedy",
     "uniform": "uniform",
-    "measured": "measured",
+    "measured": lambda base: Measured(recalibration_loader(base)),  # alike for every criterion
     "effective": "effective",
     "learnt": "effective",
 }
@@ -347,9 +348,9 @@ def widths_for(base: Base, importance: Importance, budget: str, allocation: str)
     rules allocate ``budget`` ("4x": four times fewer MACs; "params:4x": parameters)."""
     if allocation == FIXED:
         return parse_widths(budget, importance.units)
-    rule: str | Measured = ALLOCATIONS[allocation]  # the uniform rule ignores the scores
-    if allocation == "measured":  # fixed training images, alike for every criterion
-        rule = Measured(recalibration_loader(base))
+    rule = ALLOCATIONS[allocation]  # the uniform rule ignores the scores
+    if callable(rule):
+        rule = rule(base)
     return choose_widths(base.model, importance, budget, rule, base.input_shape)
 
 
