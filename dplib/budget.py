@@ -40,7 +40,7 @@ from torch.distributions import Categorical
 from .attach import check_ungated, unwrap
 from .importance import Importance
 from .measure import CostModel, Quadratic, count
-from .measured import measured_removal
+from .measured import FLOOR, measured_removal
 from .models import input_shape_of
 from .surgery import prune
 
@@ -236,24 +236,34 @@ class Effective(Rule):
 class Measured(Rule):
     """Remove the block whose removal raises the loss of a few fixed batches the least per MAC
     saved, measured again lazily after every removal (:mod:`dplib.measured`). ``data``: a few
-    fixed (images, labels) batches (its first 2 are read). It costs about one forward pass of
-    the batches per removed block: about 1 s for LeNet-5, under a training epoch for ResNet-20
-    on 2 CPU cores (figures/cifar.md, figures/bench/measured_cost.md)."""
+    fixed (images, labels) batches (its first 2 are read). ``floor``: the fraction of its units
+    each layer keeps while any other layer can still give a block (a preference; ``min_keep`` is
+    the limit). It costs about one forward pass of the batches per removed block: about 1 s for
+    LeNet-5, under a training epoch for ResNet-20 on 2 CPU cores (figures/cifar.md,
+    figures/bench/measured_cost.md)."""
 
     name = "measured"
 
-    def __init__(self, data: Iterable | None = None, **limits: Any):
+    def __init__(self, data: Iterable | None = None, *, floor: float = FLOOR, **limits: Any):
         super().__init__(**limits)
         if data is None:
             raise ValueError(
                 "the measured rule needs data, a few fixed training batches: "
                 "dplib.budget.Measured(data=[(images, labels), ...])"
             )
-        self.data = data
+        if not 0 <= floor <= 1:
+            raise ValueError(f"floor must be a kept fraction in [0, 1], got {floor}")
+        self.data, self.floor = data, floor
 
     def widths(self, task: Task, rank: _Rank) -> np.ndarray:
         return measured_removal(
-            task.model, task.importance, task.quadratic, task.grid, task.target, self.data
+            task.model,
+            task.importance,
+            task.quadratic,
+            task.grid,
+            task.target,
+            self.data,
+            self.floor,
         )
 
 

@@ -21,6 +21,12 @@ ranked higher) would make this the exhaustive rule (every offer measured at ever
 They do not always: the test suite bounds what the laziness may cost in loss against the
 exhaustive rule, and bench/measured_cost.py counts its passes.
 
+A layer keeps at least ``floor`` (5%) of its units while any other layer still has a block to
+offer: removal by the loss of two batches right after pruning will otherwise empty a layer down to
+a unit or two when its loss increase per MAC is lowest (LeNet-5's conv2 kept 2 of 50 channels),
+a layout fine-tuning cannot recover (figures/study/measured_floor.md). It is a preference, not a
+limit: past it the rule goes on, so every budget the grid allows stays reachable.
+
 BatchNorm normalises each offer by its own batch statistics, as the pruned network's statistics
 are re-estimated after surgery (EagleEye's lesson: stale running statistics misjudge a candidate).
 The importance gives the order inside each layer. Fresh offers within one standard error of
@@ -50,6 +56,7 @@ from .progress import progress
 BLOCKS_PER_LAYER = 16  # a layer's offer: 1/16 of its units (at least one grid step)
 MEASURED_BATCHES = 2  # the batches of ``data`` read
 AT_ONCE = 1  # offers measured in one stacked forward pass
+FLOOR = 0.05  # the fraction of its units a layer keeps while others can still give a block
 
 
 def measured_removal(
@@ -59,9 +66,11 @@ def measured_removal(
     grid: Any,
     target: int,
     data: Iterable,
+    floor: float = FLOOR,
 ) -> np.ndarray:
     """Widths (on ``grid``, from its ceiling) whose ``quadratic`` cost is at most ``target``,
-    removed block by block by measured loss increase per MAC saved (the module docstring)."""
+    removed block by block by measured loss increase per MAC saved, each layer's ``floor``
+    fraction of its units last (the module docstring)."""
     model = unwrap(model)
     gated = attach_gates(model, coupled=True)
     missing = [name for name in importance.names if name not in gated.layers]
@@ -75,7 +84,8 @@ def measured_removal(
                     f"the measured allocation needs data and prunable layers {missing}"
                 )
             gated.set_mode("identity")
-            return _remove(gated, importance, quadratic, grid, target, batches)
+            removal = _Removal(gated, importance, grid, batches, floor)
+            return _remove(removal, quadratic, target)
     finally:
         gated.remove()
 
@@ -105,11 +115,8 @@ def _sliced_norm(
     return slices[0] if copies == 1 else torch.cat(slices)
 
 
-def _remove(
-    gated: Any, importance: Importance, quadratic: Any, grid: Any, target: int, batches: list
-) -> np.ndarray:
+def _remove(removal: _Removal, quadratic: Any, target: int) -> np.ndarray:
     """The removal loop of :func:`measured_removal` (gates attached, no gradients)."""
-    removal = _Removal(gated, importance, grid, batches)
     start = quadratic(removal.widths)
     bar = progress(total=max(int(start - target), 0), desc="measured allocation (MACs)")
     while quadratic(removal.widths) > target:
@@ -128,8 +135,12 @@ class _Removal:
     latest measured increase per MAC saved (an estimate once the widths have changed), and the
     offers measured fresh at the current widths."""
 
-    def __init__(self, gated: Any, importance: Importance, grid: Any, batches: list):
+    def __init__(
+        self, gated: Any, importance: Importance, grid: Any, batches: list, floor: float
+    ) -> None:
         self.gated, self.grid, self.batches = gated, grid, batches
+        wanted = grid.floor(np.ceil(floor * grid.units).astype(np.int64))
+        self.floor = np.minimum(wanted, grid.ceiling)
         self.names = importance.names
         step = grid.step
         self.block = np.maximum(step, -(-grid.units // BLOCKS_PER_LAYER) // step * step)
@@ -163,8 +174,13 @@ class _Removal:
         self.widths[layer] = self.lower()[layer]
 
     def lower(self) -> np.ndarray:
-        """Each layer's width once its offer (its next block) is removed."""
-        return self.grid.floor(np.maximum(self.widths - self.block, 0))
+        """Each layer's width once its offer (its next block) is removed: not below its floor
+        while any layer is above its own (a layer at its floor offers nothing), then freely."""
+        plain = self.grid.floor(np.maximum(self.widths - self.block, 0))
+        above = self.widths > self.floor
+        if above.any():
+            return np.where(above, np.maximum(plain, self.floor), self.widths)
+        return plain
 
     def _measure_offers(self, layers: list[int], lower: np.ndarray, quadratic: Any) -> None:
         losses = self._measure([_with(self.widths, o, lower[o]) for o in layers])

@@ -649,3 +649,23 @@ def test_a_rule_of_ones_own_registers_and_runs_through_choose_widths():
     assert all(widths[n] >= k // 2 for n, k in importance.units.items())  # only added back
     with pytest.raises(ValueError, match="unknown allocation rule 'halves'"):
         dplib.choose_widths(model, importance, "1.5x", "halves")
+
+
+def test_the_measured_rule_keeps_each_layers_floor_until_no_other_layer_can_give():
+    """The measured rule's floor (5% by default) is a preference: every layer keeps it while
+    another layer can still give a block, and the rule goes below it only when the budget
+    cannot be met otherwise (no error, as min_keep would raise)."""
+    model = trained_like(dplib.models.build("lenet5", seed=0))
+    importance = dplib.criteria.l1_importance(model, coupled=True)
+    data = _fixed_batches(model)
+    units = {"conv1": 20, "conv2": 50, "fc1": 500}
+    for floor in (dplib.measured.FLOOR, 0.2):
+        widths = dplib.choose_widths(model, importance, "10x", rule("measured", data, floor=floor))
+        assert all(widths[n] >= np.ceil(floor * k) for n, k in units.items()), (floor, widths)
+    bare = dplib.choose_widths(model, importance, "10x", rule("measured", data, floor=0.0))
+    assert any(bare[n] < np.ceil(0.2 * k) for n, k in units.items()), bare  # the floor bound
+    # a floor the budget cannot afford: 60% of every layer costs about 36% of the MACs
+    widths = dplib.choose_widths(model, importance, "10x", rule("measured", data, floor=0.6))
+    assert any(widths[n] < np.ceil(0.6 * k) for n, k in units.items()), widths
+    with pytest.raises(ValueError, match="floor must be a kept fraction"):
+        rule("measured", data, floor=1.5)
