@@ -156,7 +156,13 @@ class Rule:
         return _ImportanceRank(task.importance, task.costs.names, task.grid.groups)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+        # knobs as written; data (a loader, a list of batches) by its type, not its tensors
+        plain = (int, float, str, bool, dict, type(None))
+        shown = (
+            f"{k}={v!r}" if isinstance(v, plain) else f"{k}=<{type(v).__name__}>"
+            for k, v in vars(self).items()
+        )
+        return f"{type(self).__name__}({', '.join(shown)})"
 
 
 class Task(NamedTuple):
