@@ -79,8 +79,8 @@ def run(name: str, exhaustive: bool) -> dict[str, Any]:
         dplib.measured.AT_ONCE = at_once
         started = time.perf_counter()
         with counting(counts):
-            rule = dplib.budget.Measured(data)
-            widths = dplib.choose_widths(model, importance, budget, rule, shape)
+            measured = dplib.budget.Measured(data)
+            widths = dplib.choose_widths(model, importance, budget, measured, shape)
         seconds = time.perf_counter() - started
         dplib.measured.AT_ONCE = rules["lazy"]
         images = counts["rows"] * batch  # per batch: rows x batch images
