@@ -15,6 +15,7 @@ bench/results/measured_floor.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 from pathlib import Path
@@ -23,6 +24,7 @@ from dplib.budget import Measured
 from dplib.experiments import compare, experiment
 from dplib.files import atomic_write_text, read_json, write_json
 from dplib.measured import FLOOR
+from dplib.surgery import widths_of
 
 ROOT = Path(__file__).resolve().parent.parent
 CRITERIA = ("dirichlet", "l1")
@@ -63,6 +65,7 @@ def run(setups: list[str], floors: list[float], seeds: list[int]) -> list[dict]:
     return rows
 
 
+@functools.cache
 def committed(setup: str) -> dict[tuple, dict]:
     """The comparison's committed rows of ``setup`` by (criterion, allocation, budget, seed)."""
     rows = read_json(compare.committed_results() / f"{setup}.json")["rows"]
@@ -119,8 +122,8 @@ def reproduced(rows: list[dict]) -> str:
 
 
 def _fractions(row: dict) -> list[float]:
-    """Each layer's kept fraction of the row's widths, against the base network's widths."""
-    full = {"lenet300": (300, 100), "lenet5": (20, 50, 500)}[row["setup"].split("-")[1]]
+    """Each layer's kept fraction of the row's widths, against the full network's widths."""
+    full = widths_of(compare.SETUPS[row["setup"]].network()).values()
     kept = [int(w) for w in row["widths"].split("-")]
     return [k / f for k, f in zip(kept, full)]
 

@@ -66,7 +66,7 @@ def measured_removal(
     grid: Any,
     target: int,
     data: Iterable,
-    floor: float = FLOOR,
+    floor: float,
 ) -> np.ndarray:
     """Widths (on ``grid``, from its ceiling) whose ``quadratic`` cost is at most ``target``,
     removed block by block by measured loss increase per MAC saved, each layer's ``floor``
