@@ -18,11 +18,12 @@ Dirichlet ranking settles over learning.
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from .. import criteria as criteria_registry
 from ..files import read_json, write_json
@@ -201,25 +202,18 @@ def load_results(root: str | Path, extra: str | Path | None = None) -> dict[str,
 METRICS = ("pruned_val", "finetuned_val", "finetuned_test", "macs", "params", "allocation_seconds")
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and standard deviation over seeds per (budget, criterion, allocation)."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault((row["budget"], row["criterion"], row["allocation"]), []).append(row)
-    summary = []
-    for key, group in groups.items():
-        entry = dict(zip(("budget", "criterion", "allocation"), key), seeds=len(group))
-        for metric in METRICS:
-            values = [r[metric] for r in group if metric in r]  # older rows lack the seconds
-            entry[metric], entry[f"{metric}_std"] = _mean_std(values) if values else (math.nan,) * 2
-        summary.append(entry)
-    order = {b: i for i, b in enumerate(("2x", *BUDGETS))}
-    summary.sort(key=lambda e: (order.get(e["budget"], 99), e["allocation"], e["criterion"]))
-    return summary
+    """Mean and standard deviation over seeds (0 for one seed) of each of :data:`METRICS` per
+    (budget, criterion, allocation), ordered by budget, allocation and criterion."""
+    keys = ["budget", "criterion", "allocation"]
+    frame = pd.DataFrame(rows, columns=[*keys, *METRICS])  # older rows lack the seconds: NaN
+    grouped = frame.groupby(keys, sort=False)
+    spread = grouped[list(METRICS)].std().fillna(0.0).where(grouped[list(METRICS)].count() > 0)
+    summary = grouped[list(METRICS)].mean().join(spread.add_suffix("_std"))
+    summary = summary.assign(seeds=grouped.size()).reset_index()
+    order = summary["budget"].map({b: i for i, b in enumerate(("2x", *BUDGETS))}).fillna(99)
+    summary = summary.assign(order=order).sort_values(["order", "allocation", "criterion"])
+    return summary.drop(columns="order").to_dict("records")
 
 
 PEERS = ("greedy", GLOBAL)  # a peer criterion is judged by its own allocation or global pruning

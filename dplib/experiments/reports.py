@@ -50,22 +50,20 @@ def results_table(tables: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(records, columns=RESULTS_COLUMNS)
 
 
-def results_markdown(frame) -> str:
+RESULTS_FORMATS = {"error": "{:.2f}", "error_pruned": "{:.2f}", "params": "{:,.0f}"}
+RESULTS_FORMATS |= {"macs": "{:,.0f}", "speedup": "{:.2f}x"}
+
+
+def results_markdown(frame: pd.DataFrame) -> str:
     """The results table as Markdown (numbers rounded for reading)."""
     shown = frame[list(RESULTS_COLUMNS[:9])].copy()  # the columns network to speedup
-    shown["error"] = shown["error"].map(lambda v: f"{v:.2f}")
-    shown["error_pruned"] = shown["error_pruned"].map(lambda v: f"{v:.2f}")
-    shown["params"] = shown["params"].map(lambda v: f"{int(v):,}")
-    shown["macs"] = shown["macs"].map(lambda v: f"{int(v):,}")
-    shown["speedup"] = shown["speedup"].map(lambda v: f"{v:.2f}x")
-    lines = [
-        "| network | dataset | widths | criterion | error % (fine-tuned) | error % (just pruned) "
-        "| params | MACs | deployed speed-up (CPU, batch 64) |",
-        "|" + "---|" * len(shown.columns),
-    ]
-    for _, row in shown.iterrows():
-        lines.append("| " + " | ".join(str(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
+    for column, form in RESULTS_FORMATS.items():
+        shown[column] = shown[column].map(form.format)
+    headers = (
+        "error % (fine-tuned)|error % (just pruned)|params|MACs|deployed speed-up (CPU, batch 64)"
+    )
+    shown.columns = [*shown.columns[:4], *headers.split("|")]
+    return frame_markdown(shown) + "\n"
 
 
 # The comparison at a MAC budget ------------------------------------------------------------
@@ -111,40 +109,55 @@ def goals_table(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",
     return "\n".join(lines) + "\n"
 
 
+def _summaries(results: dict[str, dict[str, Any]], skip: Iterable[str]) -> pd.DataFrame:
+    """:func:`summarise` of every setup where the rules ran (a setup run before the other rules:
+    its own rows alone would skew the counts), one frame with a ``setup`` column, budgets in
+    ``skip`` left out."""
+    frames = [
+        pd.DataFrame(summarise(result["rows"])).assign(setup=name)
+        for name, result in results.items()
+        if rules_ran(result)
+    ]
+    summary = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return summary[~summary["budget"].isin(list(skip))] if frames else summary
+
+
+def _tally(values: pd.Series) -> str:
+    """``3 / 7``: the values above / below zero."""
+    return f"{int((values > 0).sum())} / {int((values < 0).sum())}"
+
+
 def paired_gains(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)) -> pd.DataFrame:
     """Each rule minus the greedy one of the same criterion, paired over the cases
     (setup, budget): mean ± standard error in points, and wins / losses, per metric."""
-    gains: dict[tuple[str, str, str], list[float]] = {}
-    for result in results.values():
-        summary = summarise(result["rows"])
-        entries = {(e["criterion"], e["allocation"], e["budget"]): e for e in summary}
-        for (criterion, rule, budget), entry in entries.items():
-            greedy = entries.get((criterion, "greedy", budget))
-            if rule in ("greedy", "uniform", "fixed", GLOBAL) or greedy is None or budget in skip:
-                continue
-            for metric in ("pruned_val", "finetuned_val"):
-                gain = 100 * (entry[metric] - greedy[metric])
-                gains.setdefault((criterion, rule, metric), []).append(gain)
-    rows = []
-    for (criterion, rule, metric), values in sorted(gains.items()):
-        error = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
-        rows.append(
-            {
-                "criterion": criterion,
-                "rule": rule,
-                "cases": len(values),
-                "metric": "after fine-tune" if metric == "finetuned_val" else "after pruning",
-                "gain over greedy (points)": f"{statistics.mean(values):+.2f} ± {error:.2f}",
-                "wins / losses": f"{sum(v > 0 for v in values)} / {sum(v < 0 for v in values)}",
-            }
+    summary = _summaries(results, skip)
+    if summary.empty:
+        return pd.DataFrame()
+    keys, metrics = ["setup", "criterion", "budget"], list(STAGE_NAMES)
+    greedy = summary[summary["allocation"] == "greedy"].set_index(keys)[metrics]
+    rules = summary[~summary["allocation"].isin(["greedy", "uniform", FIXED, GLOBAL])]
+    paired = rules.join(greedy, on=keys, rsuffix="_greedy", how="inner")
+    gains = pd.concat(
+        paired[["criterion", "allocation"]].assign(
+            metric=metric, gain=100 * (paired[metric] - paired[f"{metric}_greedy"])
         )
-    return pd.DataFrame(rows)
-
-
-def _median(values: list[float]) -> float:
-    """The median of the values recorded (rows written before the cost was kept have NaN)."""
-    known = [value for value in values if value == value]
-    return round(statistics.median(known), 2) if known else float("nan")
+        for metric in metrics
+    )
+    grouped = gains.groupby(["criterion", "allocation", "metric"])["gain"]
+    table = grouped.agg(["size", "mean", "sem", _tally]).reset_index()
+    return pd.DataFrame(
+        {
+            "criterion": table["criterion"],
+            "rule": table["allocation"],
+            "cases": table["size"],
+            "metric": table["metric"].map(STAGE_NAMES),
+            "gain over greedy (points)": [
+                f"{mean:+.2f} ± {0.0 if sem != sem else sem:.2f}"
+                for mean, sem in zip(table["mean"], table["sem"])
+            ],
+            "wins / losses": table["_tally"],
+        }
+    )
 
 
 def frame_markdown(frame: pd.DataFrame) -> str:
@@ -159,9 +172,7 @@ def _lead(margin: dict[str, Any] | None, who: str = "dirichlet") -> str:
     if margin is None or (who == "control" and margin["pruned_val_control"] is None):
         return "-"
     suffix = "" if who == "dirichlet" else "_control"
-    pruned, tuned = (
-        margin[f"{m}{suffix}" if suffix else m] for m in ("pruned_val", "finetuned_val")
-    )
+    pruned, tuned = (margin[f"{m}{suffix}"] for m in ("pruned_val", "finetuned_val"))
     return f"{100 * pruned:+.2f} / {100 * tuned:+.2f}"
 
 
@@ -170,42 +181,39 @@ def verdict(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)) -
     as high as the best peer on validation after fine-tuning and right after pruning, its mean
     lead, and the allocation's median cost in seconds per network; over the setups where the
     rules ran."""
-    tally: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    seconds: dict[tuple[str, str], list[float]] = {}
+    leads = []  # (criterion, rule, lead after fine-tune, lead after pruning)
     for result in results.values():
-        if not rules_ran(result):
-            continue  # a setup run before the other rules: its own rows alone would skew counts
-        summary = summarise(result["rows"])
-        for entry in summary:
-            seconds.setdefault((entry["criterion"], entry["allocation"]), []).append(
-                entry["allocation_seconds"]
-            )
+        summary = summarise(result["rows"]) if rules_ran(result) else []
         for rule in RULES:
             for m in dirichlet_margins(summary, rule):
-                if m["budget"] in skip:
-                    continue
-                tally.setdefault(("dirichlet", rule), []).append(
-                    (m["finetuned_val"], m["pruned_val"])
-                )
-                if m["pruned_val_control"] is not None:
-                    leads = (m["finetuned_val_control"], m["pruned_val_control"])
-                    tally.setdefault(("l1", rule), []).append(leads)
-    rows = []
-    for (criterion, rule), leads in tally.items():
-        tuned, pruned = zip(*leads)
-        rows.append(
-            {
-                "criterion": criterion,
-                "allocation": rule,
-                "cases": len(leads),
-                "at least the best peer after fine-tune": sum(v >= 0 for v in tuned),
-                "after pruning": sum(v >= 0 for v in pruned),
-                "mean lead after fine-tune (points)": round(100 * statistics.mean(tuned), 2),
-                "mean lead after pruning (points)": round(100 * statistics.mean(pruned), 2),
-                "allocation seconds (median)": _median(seconds[(criterion, rule)]),
-            }
-        )
-    return pd.DataFrame(rows)
+                if m["budget"] not in skip:
+                    leads.append(("dirichlet", rule, m["finetuned_val"], m["pruned_val"]))
+                if m["budget"] not in skip and m["pruned_val_control"] is not None:
+                    control = (m["finetuned_val_control"], m["pruned_val_control"])
+                    leads.append(("l1", rule, *control))
+    if not leads:
+        return pd.DataFrame()
+    frame = pd.DataFrame(leads, columns=["criterion", "allocation", "tuned", "pruned"])
+    table = frame.groupby(["criterion", "allocation"], sort=False).agg(
+        **{
+            "cases": ("tuned", "size"),
+            "at least the best peer after fine-tune": ("tuned", _ahead),
+            "after pruning": ("pruned", _ahead),
+            "mean lead after fine-tune (points)": ("tuned", lambda v: round(100 * v.mean(), 2)),
+            "mean lead after pruning (points)": ("pruned", lambda v: round(100 * v.mean(), 2)),
+        }
+    )
+    cost = _summaries(results, ()).groupby(["criterion", "allocation"])["allocation_seconds"]
+    table["allocation seconds (median)"] = cost.median().round(2).reindex(table.index)
+    return table.reset_index()
+
+
+def _ahead(leads: pd.Series) -> int:
+    """The cases at least as high as the best peer: a lead of zero or more."""
+    return int((leads >= 0).sum())
+
+
+STAGE_NAMES = {"finetuned_val": "after fine-tune", "pruned_val": "after pruning"}
 
 
 def same_widths_leads(
@@ -216,37 +224,29 @@ def same_widths_leads(
     allocation. Per criterion and metric, the cases where it is at least as high, and its mean
     and worst lead. The best of five noisy peers sits above any one of them on average, so
     after fine-tuning, where every criterion is within about a point, every lead is negative."""
-    leads: dict[tuple[str, str], list[float]] = {}
-    for result in results.values():
-        if not rules_ran(result):
-            continue  # the same setups as verdict's cases
-        summary = summarise(result["rows"])
-        for budget in dict.fromkeys(e["budget"] for e in summary):
-            same = {
-                e["criterion"]: e
-                for e in summary
-                if e["budget"] == budget and e["allocation"] == "uniform"
-            }
-            if budget in skip or len(same) < 2:
-                continue
-            for criterion, mine in same.items():
-                for metric in ("finetuned_val", "pruned_val"):
-                    best = max(e[metric] for c, e in same.items() if c != criterion)
-                    lead = round(100 * (mine[metric] - best), 6)
-                    leads.setdefault((criterion, metric), []).append(lead)
-    return pd.DataFrame(
-        [
-            {
-                "criterion": criterion,
-                "metric": "after fine-tune" if metric == "finetuned_val" else "after pruning",
-                "cases": len(values),
-                "at least the best other": sum(v >= 0 for v in values),
-                "mean lead (points)": round(statistics.mean(values), 2),
-                "worst lead (points)": round(min(values), 2),
-            }
-            for (criterion, metric), values in leads.items()
-        ]
-    )
+    summary = _summaries(results, skip)
+    if summary.empty:
+        return pd.DataFrame()
+    same = summary[summary["allocation"] == "uniform"]
+    same = same[same.groupby(["setup", "budget"])["criterion"].transform("size") >= 2]
+    leads = []
+    for metric, name in STAGE_NAMES.items():
+        values = same.groupby(["setup", "budget"], sort=False)[metric]
+        runner_up = values.transform(lambda v: v.nlargest(2).iloc[-1])
+        best_other = values.transform("max").where(
+            same[metric] < values.transform("max"), runner_up
+        )
+        lead = (100 * (same[metric] - best_other)).round(6)
+        leads.append(same[["criterion"]].assign(metric=name, lead=lead))
+    grouped = pd.concat(leads).groupby(["criterion", "metric"], sort=False)["lead"]
+    return grouped.agg(
+        **{
+            "cases": "size",
+            "at least the best other": _ahead,
+            "mean lead (points)": lambda v: round(v.mean(), 2),
+            "worst lead (points)": lambda v: round(v.min(), 2),
+        }
+    ).reset_index()
 
 
 def same_widths_verdict(
@@ -506,6 +506,7 @@ CIFAR_COLUMNS = tuple(
     "test_accuracy_pruned test_accuracy_finetuned val_accuracy_pruned val_accuracy_finetuned "
     "finetune_epochs speedup seed data_source".split()
 )
+ACCURACIES = tuple(c for c in CIFAR_COLUMNS if c.startswith(("test_accuracy", "val_accuracy")))
 
 
 def cifar_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -555,7 +556,7 @@ def cifar_markdown(results: dict[str, dict[str, Any]], where: str = "the CPU") -
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for row in _seed_means(cifar_rows({name: result})):
-            speed = f"{row['speedup']:.2f}x" if row["speedup"] else "-"
+            speed = f"{row['speedup']:.2f}x" if pd.notna(row["speedup"]) else "-"
             # fixed widths (cifar_rows names them) are too long for a cell: they are in cifar.csv
             budget = row["budget"] + (" widths" if row["allocation"] == "fixed" else "")
             budget += f" ({base['macs'] / row['macs']:.2f}x fewer MACs)"
@@ -586,22 +587,18 @@ def cifar_markdown(results: dict[str, dict[str, Any]], where: str = "the CPU") -
 
 
 def _seed_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (criterion, allocation, budget): accuracies as mean (± std over seeds), in
-    the order first seen; sizes and speed-up averaged; ``seeds``: how many."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault((row["criterion"], row["allocation"], row["budget"]), []).append(row)
-    merged = []
-    for group in groups.values():
-        row = dict(group[0]) | {"seeds": len(group)}
-        for key in ("params", "macs", "speedup"):
-            values = [r[key] for r in group if r[key] is not None]
-            row[key] = statistics.mean(values) if values else None
-        for key in [k for k in row if k.startswith(("test_accuracy", "val_accuracy"))]:
-            mean, std = compare._mean_std([r[key] for r in group])
-            row[key] = f"{mean:.2f}" + (f" ± {std:.2f}" if len(group) > 1 else "")
-        merged.append(row)
-    return merged
+    """One row per (criterion, allocation, budget), in the order first seen: accuracies as mean
+    (± std over seeds), sizes and speed-up averaged; ``seeds``: how many."""
+    frame = pd.DataFrame(rows).astype({"speedup": float})  # a row without a speed-up: NaN
+    grouped = frame.groupby(["criterion", "allocation", "budget"], sort=False)
+    merged, seeds = grouped[["params", "macs", "speedup"]].mean(), grouped.size()
+    mean, std = grouped[list(ACCURACIES)].mean(), grouped[list(ACCURACIES)].std()
+    for column in ACCURACIES:
+        merged[column] = [
+            f"{m:.2f}" + (f" ± {s:.2f}" if n > 1 else "")
+            for m, s, n in zip(mean[column], std[column], seeds)
+        ]
+    return merged.assign(seeds=seeds).reset_index().to_dict("records")
 
 
 def _importance_cost(result: dict[str, Any], base: dict[str, Any]) -> str:
