@@ -13,7 +13,7 @@ The pipeline, one module per step::
 """
 
 from . import budget, criteria, data, measure, models
-from .attach import GatedModel, attach_gates, detach_gates
+from .attach import GatedModel, attach_gates
 from .budget import BudgetError, choose_widths
 from .gates import DirichletGate, GateShapeError, dirichlet_kl
 from .graph import UnsupportedModelError, find_prunable_layers
@@ -51,7 +51,6 @@ __all__ = [
     "choose_widths",
     "count",
     "data",
-    "detach_gates",
     "dirichlet_kl",
     "evaluate",
     "find_prunable_layers",

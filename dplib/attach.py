@@ -139,8 +139,3 @@ def attach_gates(
         gate.layer, gate.axis = layer.name, layer.axis
         gates[layer.name] = gate
     return GatedModel(model, graph, gates, settings.position)
-
-
-def detach_gates(gated: GatedModel) -> nn.Module:
-    """Remove the gates of ``gated`` and return the original model."""
-    return gated.remove()

@@ -48,15 +48,19 @@ def count(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> Co
     return _counted(model, input_shape)
 
 
-def _counted(model: nn.Module, input_shape: tuple[int, ...]) -> Count:
+def _counted(
+    model: nn.Module, input_shape: tuple[int, ...], positions: dict[str, int] | None = None
+) -> Count:
     """:func:`count` of any model, gated ones included (their gates change no shape: the cost
-    model of the learnt allocation counts the gated network)."""
+    model of the learnt allocation counts the gated network); ``positions``, when given, gets
+    the outputs per output unit (batch x spatial positions) of every Conv2d / Linear."""
     if len(input_shape) < 2:
         raise ValueError(f"input_shape must include the batch axis, got {input_shape}")
     params = sum(p.numel() for p in model.parameters())
     parameter = next(model.parameters(), None)
     dtype = parameter.dtype if parameter is not None else torch.float32
     counter = FlopCounterMode(display=False)
+    handles = [] if positions is None else _record_positions(model, positions)
     try:
         with evaluating(model) as device, torch.no_grad(), counter:
             model(torch.zeros(input_shape, device=device, dtype=dtype))
@@ -66,7 +70,24 @@ def _counted(model: nn.Module, input_shape: tuple[int, ...]) -> Count:
             f"({str(error).splitlines()[0]}); if that shape is wrong, give (batch, channels, "
             "height, width) of its input"
         ) from error
+    finally:
+        for handle in handles:
+            handle.remove()
     return Count(params=params, macs=counter.get_total_flops() // 2)
+
+
+def _record_positions(model: nn.Module, positions: dict[str, int]) -> list:
+    """Forward hooks that add each Conv2d / Linear's outputs per unit to ``positions``."""
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+
+            def record(module, inputs, output, name=name):
+                # a module called twice (shared weights) computes twice
+                positions[name] = positions.get(name, 0) + output.numel() // _units(module)
+
+            handles.append(module.register_forward_hook(record))
+    return handles
 
 
 # The cost of any widths, without building the network ---------------------------------------
@@ -119,8 +140,6 @@ class CostModel:
         self, model: nn.Module, input_shape: tuple[int, ...], layers: list[str] | None = None
     ):
         model = unwrap(model)
-        if len(input_shape) < 2:
-            raise ValueError(f"input_shape must include the batch axis, got {input_shape}")
         self.model = model
         self.input_shape = tuple(input_shape)
         graph = find_prunable_layers(model, coupled=True)
@@ -136,14 +155,8 @@ class CostModel:
         self.layers: list[PrunableLayer] = [graph[name] for name in layers]
         self.names = [layer.name for layer in self.layers]
         self.units = np.array([layer.units for layer in self.layers], dtype=np.int64)
-        try:
-            self.full = _counted(model, self.input_shape)
-            positions = _output_positions(model, self.input_shape)
-        except RuntimeError as error:
-            raise ValueError(
-                f"{type(model).__name__} does not run on an input of shape {self.input_shape} "
-                f"({error}); pass the input_shape it takes, batch axis included"
-            ) from error
+        positions: dict[str, int] = {}  # outputs per unit of each Conv2d / Linear
+        self.full = _counted(model, self.input_shape, positions)
         self.params, self.macs = self._quadratics(positions)
         # Whatever the quadratic leaves out (other parameterised modules, matmuls outside any
         # Conv2d / Linear) does not change with the widths: a constant measured on the full model.
@@ -209,29 +222,6 @@ class CostModel:
         """Exact (params, MACs) of the model pruned to ``widths``, as :func:`dplib.count`."""
         vector = self.vector(widths)
         return Count(params=self.params(vector), macs=self.macs(vector))
-
-
-def _output_positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
-    """Outputs per output unit (batch x spatial positions) of every Conv2d / Linear."""
-    positions: dict[str, int] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-
-            def record(module, inputs, output, name=name):
-                # a module called twice (shared weights) computes twice
-                positions[name] = positions.get(name, 0) + output.numel() // _units(module)
-
-            handles.append(module.register_forward_hook(record))
-    parameter = next(model.parameters(), None)
-    dtype = parameter.dtype if parameter is not None else torch.float32
-    try:
-        with evaluating(model) as device, torch.no_grad():
-            model(torch.zeros(input_shape, device=device, dtype=dtype))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return positions
 
 
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")

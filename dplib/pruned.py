@@ -14,11 +14,11 @@ from typing import Any
 
 from torch import nn
 
-from .files import atomic_torch_save, read_torch_file
+from .files import read_torch_file
 from .importance import format_widths
 from .models import build
 from .surgery import widths_of
-from .train import CheckpointError, architecture
+from .train import CheckpointError, architecture, save_weights
 
 PRUNED_FORMAT = "dplib-pruned-1"
 
@@ -33,15 +33,8 @@ def save_pruned(path: str | os.PathLike, model: nn.Module, **extra: Any) -> Path
             "architecture cannot be rebuilt from a file: save it with dplib.save_checkpoint "
             "and rebuild it yourself"
         )
-    payload = {
-        "format": PRUNED_FORMAT,
-        "preset": dict(preset),
-        "widths": format_widths(widths_of(model, coupled=True)),
-        "architecture": architecture(model),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "extra": extra,
-    }
-    return atomic_torch_save(payload, path)
+    widths = format_widths(widths_of(model, coupled=True))
+    return save_weights(path, model, PRUNED_FORMAT, preset=dict(preset), widths=widths, extra=extra)
 
 
 def load_pruned(path: str | os.PathLike) -> nn.Module:

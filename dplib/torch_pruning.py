@@ -18,6 +18,7 @@ dplib through its DependencyGraph. In dplib's vocabulary:
 from __future__ import annotations
 
 import copy
+import itertools
 from types import ModuleType
 from typing import Any
 
@@ -65,11 +66,16 @@ def _group(graph, model: nn.Module, layer: PrunableLayer, idxs: list[int]):
     return graph.get_pruning_group(module, pruner.prune_out_channels, idxs=idxs)
 
 
-def _criterion(criterion: str, **options: Any):
-    """Torch-Pruning's scorer for ``criterion``; ``options`` go to its constructor."""
+def _criterion(criterion: str, loader: DataLoader | None, batches: int, **options: Any):
+    """Torch-Pruning's scorer for ``criterion``, checked to have the data it needs (``tp_taylor``:
+    ``batches`` of ``loader``); ``options`` go to its constructor."""
     tp = require_torch_pruning()
     if criterion not in CRITERIA:
         raise ValueError(f"unknown Torch-Pruning criterion {criterion!r}; choose one of {CRITERIA}")
+    if criterion == "tp_taylor" and loader is None:
+        raise ValueError("criterion 'tp_taylor' needs a data loader (training data)")
+    if criterion == "tp_taylor" and batches < 1:
+        raise ValueError(f"batches must be at least 1, got {batches}")
     if criterion == "tp_taylor":
         return tp.importance.TaylorImportance(**options)
     return tp.importance.MagnitudeImportance(p=1 if criterion == "tp_l1" else 2, **options)
@@ -87,13 +93,8 @@ def tp_importance(
 ) -> Importance:
     """Torch-Pruning's group score of every unit of dplib's prunable layers (the model is not
     changed; its gradients are cleared); ``loader``: training data, for ``tp_taylor`` only."""
-    scorer = _criterion(criterion, normalizer=None)
+    scorer = _criterion(criterion, loader, batches, normalizer=None)
     model = unwrap(model)
-    if criterion == "tp_taylor":
-        if loader is None:
-            raise ValueError("criterion 'tp_taylor' needs a data loader (training data)")
-        if batches < 1:
-            raise ValueError(f"batches must be at least 1, got {batches}")
     layers = find_prunable_layers(model, coupled=coupled).layers
     with evaluating(model, device) as device:
         try:
@@ -155,9 +156,7 @@ def tp_global_prune(
     full = count(pruned, shape).macs
     target = parse_budget(target_macs, full, "macs")
     layers = find_prunable_layers(pruned, coupled=coupled).layers
-    if criterion == "tp_taylor" and loader is None:
-        raise ValueError("criterion 'tp_taylor' needs a data loader (training data)")
-    scorer = _criterion(criterion)
+    scorer = _criterion(criterion, loader, batches)
     if criterion == "tp_taylor":
         _backward_cross_entropy(pruned, loader, batches)
     pruner = tp.pruner.MetaPruner(
@@ -172,7 +171,8 @@ def tp_global_prune(
     while count(pruned, shape).macs > target and pruner.current_step < steps:
         pruner.step()
     pruned.zero_grad(set_to_none=True)
-    return pruned, _widths_of(pruned, layers)
+    first = {layer.name: pruned.get_submodule(layer.producers[0]) for layer in layers}
+    return pruned, {name: _units(module) for name, module in first.items()}
 
 
 def _backward_cross_entropy(
@@ -180,9 +180,7 @@ def _backward_cross_entropy(
 ) -> None:
     """Clear the gradients, then accumulate those of the summed cross-entropy of ``batches``."""
     model.zero_grad(set_to_none=True)
-    for index, (images, labels) in enumerate(loader):
-        if index >= batches:
-            break
+    for images, labels in itertools.islice(loader, batches):
         if device is not None:  # None: the batches stay where the loader puts them
             images, labels = images.to(device), labels.to(device)
         F.cross_entropy(model(images), labels, reduction="sum").backward()
@@ -196,9 +194,3 @@ def _layers_left_alone(model: nn.Module, layers: list[PrunableLayer]) -> list[nn
         for name, module in model.named_modules()
         if isinstance(module, (nn.Conv2d, nn.Linear)) and name not in producers
     ]
-
-
-def _widths_of(model: nn.Module, layers: list[PrunableLayer]) -> dict[str, int]:
-    """Output units of each layer's (first) producer in ``model``, by dplib layer name."""
-    modules = dict(model.named_modules())
-    return {layer.name: _units(modules[layer.producers[0]]) for layer in layers}

@@ -8,6 +8,7 @@ network fails with a message that says so.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import random
@@ -67,24 +68,10 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, batches: int = 2
     change, so accuracy right after pruning still measures the kept units. Returns the number
     of BatchNorm modules reset (0: the model is untouched)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return 0
-    if batches < 1:
+    if norms and batches < 1:
         raise ValueError(f"recalibrating BatchNorm needs at least one batch, got {batches}")
-    was_training = model.training
-    momenta = [m.momentum for m in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # a cumulative average over the batches seen
-    model.train()
-    device = device_of(model)
-    for index, (images, _) in enumerate(loader):
-        if index == batches:
-            break
-        model(images.to(device))
-    for norm, momentum in zip(norms, momenta):
-        norm.momentum = momentum
-    model.train(was_training)
+    # torch's SWA helper: reset, then a cumulative average over the batches in train mode
+    torch.optim.swa_utils.update_bn(itertools.islice(loader, batches), model, device_of(model))
     return len(norms)
 
 
@@ -312,25 +299,22 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model``'s weights and architecture to ``path`` atomically, ``extra`` (plain
     values: widths, metrics, configuration) beside them."""
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "model_name": model_name,
-        "architecture": architecture(model),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "extra": extra,
-    }
+    return save_weights(path, model, CHECKPOINT_FORMAT, model_name=model_name, extra=extra)
+
+
+def save_weights(path: str | os.PathLike, model: nn.Module, kind: str, **fields: Any) -> Path:
+    """Write ``model``'s weights (on the CPU) and architecture, tagged with the format ``kind``,
+    and the plain ``fields`` beside them, to ``path`` atomically (a checkpoint, a pruned
+    network)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": kind, **fields, "architecture": architecture(model), "state_dict": state}
     return atomic_torch_save(payload, path)
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint file; a missing or corrupt file raises a clear error."""
-    return read_torch_file(path, CHECKPOINT_FORMAT, "checkpoint", error=CheckpointError)
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> dict[str, Any]:
     """Load the weights at ``path`` into ``model``; return the stored ``extra`` dict. A
     corrupt file, or one of another architecture, is a :class:`CheckpointError`."""
-    payload = read_checkpoint(path)
+    payload = read_torch_file(path, CHECKPOINT_FORMAT, "checkpoint", error=CheckpointError)
     expected = [(name, tuple(shape)) for name, shape in payload["architecture"]]
     actual = architecture(model)
     if expected != actual:

@@ -64,8 +64,6 @@ from .measure import CostModel, kendall
 from .settings import DirichletSettings, with_knobs
 from .train import copy_state
 
-__all__ = ["SNAPSHOTS", "elbo_loss", "learn_importance", "movement"]
-
 SNAPSHOTS = 40  # how many times the posterior means are recorded (how fast the ranking settles)
 
 

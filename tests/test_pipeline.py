@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import dplib
 from dplib.experiments import profiles, stages
 from dplib.files import read_json
-from dplib.train import read_checkpoint
 
 pytestmark = pytest.mark.slow  # left out of `make quick`; CI runs every test
 
@@ -57,7 +57,7 @@ def test_corrupt_checkpoint_is_reported_and_rebuilt(runs):
     rebuilt = stages.pretrain(config, log=messages.append)
     assert not rebuilt.reused
     assert any("cannot reuse" in m and "truncated or corrupt" in m for m in messages), messages
-    read_checkpoint(rebuilt.checkpoint)  # complete again
+    dplib.load_checkpoint(rebuilt.checkpoint, rebuilt.model)  # complete again
 
 
 def test_corrupt_json_is_rebuilt(runs):
