@@ -143,16 +143,9 @@ def merge_rows(
     if not path.exists():
         return found
     previous = read_json(path)
-    redone = [
-        (
-            r["seed"] in seeds,
-            r["budget"] in budgets,
-            r["criterion"] in criteria,
-            r["allocation"] in set(allocations),
-        )
-        for r in previous["rows"]
-    ]
-    kept = [r for r, again in zip(previous["rows"], redone) if not all(again)]
+    fields, redone = ("seed", "budget", "criterion", "allocation"), (seeds, budgets, criteria)
+    redone += (set(allocations),)
+    kept = [r for r in previous["rows"] if not all(r[f] in s for f, s in zip(fields, redone))]
     found["rows"] = kept + found["rows"]
     bases = [b for b in previous.get("bases", []) if b["seed"] not in seeds]
     found["bases"] = bases + [_first_timed(b, previous.get("bases", [])) for b in found["bases"]]

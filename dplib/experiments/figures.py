@@ -91,8 +91,7 @@ def synthetic(results: list[dict[str, Any]]) -> plt.Figure:
     hiddens = sorted({r["hidden"] for r in results})
     estimators = sorted({r["estimator"] for r in results}, reverse=True)
     rows, cols = len(estimators), len(hiddens)
-    figure, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows))
-    axes = np.array(axes).reshape(rows, cols)
+    figure, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
     for result in results:
         axis = axes[estimators.index(result["estimator"]), hiddens.index(result["hidden"])]
         order = torch.argsort(result["s_star"], descending=True)
@@ -197,8 +196,7 @@ def feature_maps(payload: dict[str, Any], classes: list[str], title: str = "", t
     order = torch.argsort(payload["importance"], descending=True)
     chosen = list(order[:top]) + list(order[-top:])
     rows, cols = len(labels), 1 + len(chosen)
-    figure, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows))
-    axes = np.array(axes).reshape(rows, cols)
+    figure, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows), squeeze=False)
     for row in range(rows):
         if images.shape[1] == 3:  # colour images (CIFAR-10): show them in colour
             axes[row, 0].imshow(images[row].permute(1, 2, 0).clamp(0, 1).numpy())
@@ -324,6 +322,11 @@ def _is(entry: dict[str, Any], criteria: str | tuple[str, ...], allocation: str)
     return entry["criterion"] in criteria and entry["allocation"] == allocation
 
 
+# Dirichlet's line drawn bold and on top of the others
+OURS = {"marker": "o", "ms": 5, "lw": 2.2, "zorder": 3, "capsize": 2, "elinewidth": 0.8}
+OTHERS = {"marker": ".", "ms": 6, "lw": 1.2, "zorder": 2, "capsize": 2, "elinewidth": 0.8}
+
+
 def _accuracy_lines(
     axis: plt.Axes, entries: list[dict[str, Any]], metric: str, budgets: list[str]
 ) -> dict[str, Any]:
@@ -342,19 +345,9 @@ def _accuracy_lines(
         )
         x, y, error = (np.array(values) for values in zip(*points))
         nudge = 0.07 * (index - (len(criteria) - 1) / 2)
-        ours = criterion == "dirichlet"
+        look = OURS if criterion == "dirichlet" else OTHERS
         handles[criterion] = axis.errorbar(
-            x + nudge,
-            y,
-            yerr=error,
-            color=COLOURS.get(criterion),
-            marker="o" if ours else ".",
-            ms=5 if ours else 6,
-            lw=2.2 if ours else 1.2,
-            capsize=2,
-            elinewidth=0.8,
-            zorder=3 if ours else 2,
-            label=criterion,
+            x + nudge, y, yerr=error, color=COLOURS.get(criterion), label=criterion, **look
         )
     axis.set_xticks(range(len(budgets)), budgets)
     axis.set_xlim(-0.5, len(budgets) - 0.5)

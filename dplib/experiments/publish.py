@@ -30,7 +30,8 @@ def collect(profile: str) -> dict[str, dict[str, Any]]:
         seeds = [p for p in folder.glob("seed*") if p.is_dir()]
         if not seeds:
             continue
-        seed = max(seeds, key=lambda p: _newest(p, "table.json", default=p).stat().st_mtime)
+        # the seed whose table (else the folder itself) changed last
+        seed = max(seeds, key=lambda p: max(p.glob("table.json"), default=p).stat().st_mtime)
         entry: dict[str, Any] = {}
         if (seed / "table.json").exists():
             entry["table"] = read_json(seed / "table.json")
@@ -89,11 +90,6 @@ def _is_the_tables(
     its settings hash to ``wanted``, on the table's ``base_key`` (either unrecorded: any base)."""
     on_its_base = base_key is None or base in (None, base_key)
     return on_its_base and config_hash(settings) == wanted
-
-
-def _newest(folder: Path, pattern: str, default: Path | None = None) -> Path | None:
-    files = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime)
-    return files[-1] if files else default
 
 
 def write_results(frame: Any, folder: str | os.PathLike) -> list[Path]:
@@ -197,8 +193,9 @@ def write_all(profile: str, folder: str | os.PathLike | None = None) -> list[Pat
     tables: list[dict[str, Any]] = []
     found = collect(profile)
     # the table and figures follow the profile's order of experiments (networks, then data)
-    order = [f"{d}-{m}" for d, m in profiles.experiments(profile)]
-    for name in sorted(found, key=lambda n: (_model_rank(n, order), n)):
+    models = list(dict.fromkeys(m for _, m in profiles.experiments(profile)))
+    rank = {model: index for index, model in enumerate(models)}  # unknown models last
+    for name in sorted(found, key=lambda n: (rank.get(n.split("-", 1)[1], len(rank)), n)):
         entry = found[name]
         table = entry.get("table")
         label = f"{table['network']} on {table['dataset']}" if table else name
@@ -222,10 +219,3 @@ def write_all(profile: str, folder: str | os.PathLike | None = None) -> list[Pat
         written.extend(write_cifar(cifar.committed_results(), folder))
         written.extend(write_cifar(cifar.gpu_results(), folder, "cifar_gpu", "one GPU"))
     return written
-
-
-def _model_rank(folder: str, order: list[str]) -> int:
-    """Position of a run folder's model in the profile's experiments (unknown ones last)."""
-    models_in_order = list(dict.fromkeys(name.split("-", 1)[1] for name in order))
-    model = folder.split("-", 1)[1]
-    return models_in_order.index(model) if model in models_in_order else len(models_in_order)

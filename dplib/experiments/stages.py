@@ -142,8 +142,7 @@ def architecture_table(config: profiles.Config) -> list[dict[str, Any]]:
 
 
 def _counted(model: nn.Module, shape: tuple[int, ...]) -> dict[str, int]:
-    counted = measure.count(model, shape)
-    return {"params": counted.params, "macs": counted.macs}
+    return measure.count(model, shape)._asdict()
 
 
 # Interpretability: first-layer feature maps -------------------------------------------------
