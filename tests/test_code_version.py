@@ -8,12 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-KIT = Path(__file__).resolve().parent.parent
-PRETRAIN = """
 from dplib.experiments import profiles, stages
-config = profiles.resolve(
-    "smoke", "fashion_mnist", "lenet300", subset=256, eval_subset=100, pretrain_epochs=0.25
-)
+
+KIT = Path(__file__).resolve().parent.parent
+SETTINGS = dict(subset=256, eval_subset=100, pretrain_epochs=0.25)  # the smoke LeNet-300's
+PRETRAIN = f"""
+from dplib.experiments import profiles, stages
+config = profiles.resolve("smoke", "fashion_mnist", "lenet300", **{SETTINGS!r})
 print("reused" if stages.pretrain(config, log=lambda m: None).reused else "built")
 """
 
@@ -50,9 +51,13 @@ def _copy(tmp_path: Path, name: str) -> Path:
     return copy
 
 
-def test_an_edited_method_statement_rebuilds_the_stage_and_a_comment_does_not(tmp_path):
+def test_an_edited_method_statement_rebuilds_the_stage_and_a_comment_does_not(
+    tmp_path, monkeypatch
+):
     runs = tmp_path / "runs"
-    assert _pretrain(_copy(tmp_path, "kit"), runs=runs) == ["built"]
+    monkeypatch.setenv("DPLIB_RUNS", str(runs))  # the kit as it is, in this process: it builds
+    config = profiles.resolve("smoke", "fashion_mnist", "lenet300", **SETTINGS)
+    assert not stages.pretrain(config, log=lambda m: None).reused
     commented, changed = _copy(tmp_path, "commented"), _copy(tmp_path, "changed")
     source = (KIT / "dplib" / "train.py").read_text()
     edited = source.replace('"""', '"""An edited docstring. ', 1)

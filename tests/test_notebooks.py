@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
-import nbformat
 import pytest
 
 from dplib.experiments import profiles, runner
@@ -18,8 +19,12 @@ SOLUTIONS = sorted(f"solutions/{p.stem}" for p in (NOTEBOOK_DIR / "solutions").g
 MAIN_JOB = EXPECTED[:5]
 
 
-def _load(name: str) -> nbformat.NotebookNode:
-    return nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+def _load(name: str) -> SimpleNamespace:
+    """The notebook's cells read as JSON, each source joined into one string (nbformat's import
+    costs a second; the notebooks' runs, nbval and papermill, validate the format)."""
+    notebook = json.loads((NOTEBOOK_DIR / f"{name}.ipynb").read_text())
+    cells = [{**cell, "source": "".join(cell["source"])} for cell in notebook["cells"]]
+    return SimpleNamespace(cells=[SimpleNamespace(**cell) for cell in cells])
 
 
 def test_notebook_list_and_the_main_jobs_plan():
@@ -102,6 +107,8 @@ def test_offline_mnist_falls_back_to_mnist5k(monkeypatch):
 def _failing_run(notebook: str, parameters: dict, tmp_path) -> tuple[str, list[int]]:
     """Run ``notebook`` with ``parameters`` under papermill, expecting it to stop within a
     minute and to write nothing: the error's text and the indices of the failing code cells."""
+    import nbformat
+
     papermill = pytest.importorskip("papermill")
     started = time.perf_counter()
     with pytest.raises(papermill.PapermillExecutionError) as caught:
@@ -159,10 +166,13 @@ def test_the_main_job_says_which_stage_it_is_at_and_what_is_left(tmp_path, capsy
     assert runner.previous_seconds(tmp_path / "c.ipynb") is None
 
 
+@pytest.mark.slow  # it starts a Jupyter kernel
 def test_the_main_job_talks_to_its_kernels_over_local_sockets(tmp_path, monkeypatch):
     """The runner's kernels listen on no TCP port (ipykernel warns of unencrypted TCP into the
     main job's log otherwise): a notebook run by it finds its kernel on the IPC transport."""
     import os
+
+    import nbformat
 
     if os.name == "nt":
         pytest.skip("ZeroMQ has no IPC transport on Windows; the runner keeps TCP there")

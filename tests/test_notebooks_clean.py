@@ -2,9 +2,7 @@
 
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
 pytestmark = pytest.mark.slow  # left out of `make quick`; CI runs every test
 
@@ -16,6 +14,9 @@ NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 )
 def test_no_stderr_in_a_kernel(name, monkeypatch):
     # Progress bars are widgets in a kernel (what JupyterLab shows), not text on stderr.
+    import nbformat  # imported here: collecting the quick tests need not pay for it
+    from nbclient import NotebookClient
+
     monkeypatch.setenv("DPLIB_PROFILE", "smoke")
     monkeypatch.delenv("DPLIB_PROGRESS", raising=False)
     notebook = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
