@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 from test_cifar_data import write_jpeg_copy  # noqa: E402
 
 from dplib import data  # noqa: E402
-from dplib.experiments import cifar, publish, reports  # noqa: E402
+from dplib.experiments import cifar, compare, publish, reports  # noqa: E402
 from dplib.files import read_json, write_json  # noqa: E402
 
 pytestmark = pytest.mark.slow  # left out of `make quick`; CI runs every test
@@ -276,29 +276,27 @@ def test_a_retrained_base_keeps_its_first_timing_and_a_new_one_its_own(tmp_path)
 
 
 @pytest.mark.parametrize("fixed_widths", [True, False])
-def test_fixed_width_rows_are_replaced_or_kept_whole(tmp_path, monkeypatch, fixed_widths):
-    """A rerun at 2x with the fixed widths replaces their rows; without them, keeps the file's."""
-    setup = cifar.SETUPS["cifar10-vgg16"]
-    old = {"seed": 0, "criterion": "l1", "allocation": "fixed", "budget": setup.widths[0]}
-    write_json(tmp_path / f"{setup.name}.json", {"rows": [old | {"finetuned_val": 0.1}]})
-
-    def run_setup(experiment, root, **_):
-        fixed = [old | {"finetuned_val": 0.2} for _ in experiment.widths]
-        rows = [old | {"budget": "2x", "allocation": "greedy"}, *fixed]
-        return {"rows": rows, "bases": [], "importance_seconds": []}
-
-    monkeypatch.setattr(cifar.compare, "run_setup", run_setup)
+def test_fixed_width_rows_are_replaced_or_kept_whole(tmp_path, fixed_widths):
+    """A rerun with the fixed widths replaces their rows; without them, keeps the file's (a
+    smoke-sized LeNet-300 run through the CIFAR runner)."""
+    setup = compare.comparison_setup("lenet300", "mnist5k", (0.5, 0.5, 0.1), subset=500)
+    setup = setup.replace(widths=("150-50",))
+    old = {"seed": 0, "criterion": "l1", "allocation": "fixed", "budget": "150-50"}
+    write_json(tmp_path / f"{setup.name}.json", {"rows": [old | {"finetuned_val": -1.0}]})
     done = cifar.run(
         [setup],
         tmp_path / "runs",
         criteria=("l1",),
-        budgets=("2x",),
+        budgets=("4x",),
         results=tmp_path,
         fixed_widths=fixed_widths,
+        allocations=("greedy", "fixed"),
         log=lambda _: None,
     )
-    fixed_rows = [r for r in done[setup.name]["rows"] if r["allocation"] == "fixed"]
-    assert [r["finetuned_val"] for r in fixed_rows] == [0.2 if fixed_widths else 0.1]
+    rows = done[setup.name]["rows"]
+    assert sorted(r["allocation"] for r in rows) == ["fixed", "greedy"]
+    fixed = next(r for r in rows if r["allocation"] == "fixed")
+    assert (fixed["finetuned_val"] == -1.0) is not fixed_widths  # the file's row, kept
 
 
 def test_a_network_gets_its_leads_table_once_the_rules_ran():
