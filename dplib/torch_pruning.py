@@ -151,12 +151,12 @@ def tp_global_prune(
     ``batches`` of ``loader``, once). Returns the pruned copy and its dplib widths; layers dplib
     does not prune (the classifier; residual groups unless ``coupled``) are kept."""
     tp = require_torch_pruning()
+    scorer = _criterion(criterion, loader, batches)  # a bad name or missing data: before any work
     pruned = copy.deepcopy(unwrap(model)).eval()
     shape = input_shape_for(pruned, input_shape)
     full = count(pruned, shape).macs
     target = parse_budget(target_macs, full, "macs")
     layers = find_prunable_layers(pruned, coupled=coupled).layers
-    scorer = _criterion(criterion, loader, batches)
     if criterion == "tp_taylor":
         _backward_cross_entropy(pruned, loader, batches)
     pruner = tp.pruner.MetaPruner(

@@ -143,9 +143,9 @@ def merge_rows(
     if not path.exists():
         return found
     previous = read_json(path)
-    fields, redone = ("seed", "budget", "criterion", "allocation"), (seeds, budgets, criteria)
-    redone += (set(allocations),)
-    kept = [r for r in previous["rows"] if not all(r[f] in s for f, s in zip(fields, redone))]
+    redone = {"seed": seeds, "budget": budgets, "criterion": criteria}
+    redone["allocation"] = set(allocations)
+    kept = [r for r in previous["rows"] if not all(r[k] in v for k, v in redone.items())]
     found["rows"] = kept + found["rows"]
     bases = [b for b in previous.get("bases", []) if b["seed"] not in seeds]
     found["bases"] = bases + [_first_timed(b, previous.get("bases", [])) for b in found["bases"]]

@@ -208,9 +208,10 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     keys = ["budget", "criterion", "allocation"]
     frame = pd.DataFrame(rows, columns=[*keys, *METRICS])  # older rows lack the seconds: NaN
     grouped = frame.groupby(keys, sort=False)
-    spread = grouped[list(METRICS)].std().fillna(0.0).where(grouped[list(METRICS)].count() > 0)
-    summary = grouped[list(METRICS)].mean().join(spread.add_suffix("_std"))
-    summary = summary.assign(seeds=grouped.size()).reset_index()
+    values = grouped[list(METRICS)]
+    spread = values.std().fillna(0.0).where(values.count() > 0)  # one seed: 0; none: NaN
+    summary = values.mean().join(spread.add_suffix("_std")).assign(seeds=grouped.size())
+    summary = summary.reset_index()
     order = summary["budget"].map({b: i for i, b in enumerate(("2x", *BUDGETS))}).fillna(99)
     summary = summary.assign(order=order).sort_values(["order", "allocation", "criterion"])
     return summary.drop(columns="order").to_dict("records")

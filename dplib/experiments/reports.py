@@ -118,8 +118,10 @@ def _summaries(results: dict[str, dict[str, Any]], skip: Iterable[str]) -> pd.Da
         for name, result in results.items()
         if rules_ran(result)
     ]
-    summary = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return summary[~summary["budget"].isin(list(skip))] if frames else summary
+    if not frames:
+        return pd.DataFrame()
+    summary = pd.concat(frames, ignore_index=True)
+    return summary[~summary["budget"].isin(list(skip))]
 
 
 def _tally(values: pd.Series) -> str:
@@ -186,9 +188,10 @@ def verdict(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)) -
         summary = summarise(result["rows"]) if rules_ran(result) else []
         for rule in RULES:
             for m in dirichlet_margins(summary, rule):
-                if m["budget"] not in skip:
-                    leads.append(("dirichlet", rule, m["finetuned_val"], m["pruned_val"]))
-                if m["budget"] not in skip and m["pruned_val_control"] is not None:
+                if m["budget"] in skip:
+                    continue
+                leads.append(("dirichlet", rule, m["finetuned_val"], m["pruned_val"]))
+                if m["pruned_val_control"] is not None:
                     control = (m["finetuned_val_control"], m["pruned_val_control"])
                     leads.append(("l1", rule, *control))
     if not leads:
