@@ -104,6 +104,18 @@ def test_offline_mnist_falls_back_to_mnist5k(monkeypatch):
     assert "offline" in config.dataset_note
 
 
+def test_lenet5_trains_learns_and_fine_tunes_in_channels_last_memory():
+    # the layout where it measured faster (figures/bench/channels_last.md), and only there
+    def layouts(model: str, **overrides) -> tuple[bool, bool, bool]:
+        experiment = profiles.resolve("cpu", "fashion_mnist", model, **overrides).experiment
+        steps = (experiment.pretraining, experiment.importance, experiment.finetuning)
+        return tuple(step.channels_last for step in steps)
+
+    assert layouts("lenet5") == (True, True, True)
+    assert layouts("lenet5_bn") == layouts("lenet300") == (False, False, False)
+    assert layouts("lenet5", channels_last=False) == (False, False, False)  # the knob wins
+
+
 def _failing_run(notebook: str, parameters: dict, tmp_path) -> tuple[str, list[int]]:
     """Run ``notebook`` with ``parameters`` under papermill, expecting it to stop within a
     minute and to write nothing: the error's text and the indices of the failing code cells."""
