@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -114,6 +115,16 @@ def test_lenet5_trains_learns_and_fine_tunes_in_channels_last_memory():
     assert layouts("lenet5") == (True, True, True)
     assert layouts("lenet5_bn") == layouts("lenet300") == (False, False, False)
     assert layouts("lenet5", channels_last=False) == (False, False, False)  # the knob wins
+
+
+def test_the_runner_tells_its_kernels_that_mnist_is_offline(monkeypatch, capsys):
+    # each kernel would otherwise spend about a second on the same failed download
+    monkeypatch.setattr(profiles, "_mnist_available", lambda: (False, "no files"))
+    monkeypatch.setenv(profiles.OFFLINE_ENV, "0")
+    steps = runner.runnable(runner.plan("cpu"), ["mnist-lenet5"])
+    assert [name for name, _, _ in steps] == list(runner.PER_EXPERIMENT)
+    assert os.environ[profiles.OFFLINE_ENV] == "1"
+    assert "using mnist5k" in capsys.readouterr().out
 
 
 def _failing_run(notebook: str, parameters: dict, tmp_path) -> tuple[str, list[int]]:

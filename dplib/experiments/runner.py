@@ -130,10 +130,13 @@ def _announce(index: int, steps: list[tuple[str, dict, Path]], elapsed: float, s
 
 
 def _missing_data(dataset: str) -> str | None:
-    """Why ``dataset`` cannot be used here (None when it can); prints the offline-MNIST note."""
+    """Why ``dataset`` cannot be used here (None when it can); prints the offline-MNIST note and
+    tells the notebooks' kernels, through ``$DPLIB_OFFLINE``, not to try the download again."""
     used, _, note = profiles.resolve_dataset(dataset)
     if note:
         print(f"[dplib] NOTE: {note}", flush=True)
+        # the kernels inherit the answer: each would spend a second on the same failed download
+        os.environ[profiles.OFFLINE_ENV] = "1"
     if used in ("mnist", "mnist5k"):
         return None  # resolve_dataset has just checked it
     try:
@@ -144,7 +147,7 @@ def _missing_data(dataset: str) -> str | None:
     return None
 
 
-def _runnable(
+def runnable(
     steps: list[tuple[str, dict, Path]], only: list[str] | None
 ) -> list[tuple[str, dict, Path]]:
     """The steps asked for (``--only``) whose data are here; says why one is skipped."""
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
     logging.getLogger("papermill").setLevel(logging.INFO)
     started = time.perf_counter()
-    steps = _runnable(plan(args.profile), args.only)
+    steps = runnable(plan(args.profile), args.only)
     spent: list[float] = []
     for index, (name, parameters, output) in enumerate(steps):
         _announce(index, steps, time.perf_counter() - started, spent)
