@@ -105,18 +105,6 @@ def test_offline_mnist_falls_back_to_mnist5k(monkeypatch):
     assert "offline" in config.dataset_note
 
 
-def test_lenet5_trains_learns_and_fine_tunes_in_channels_last_memory():
-    # the layout where it measured faster (figures/bench/channels_last.md), and only there
-    def layouts(model: str, **overrides) -> tuple[bool, bool, bool]:
-        experiment = profiles.resolve("cpu", "fashion_mnist", model, **overrides).experiment
-        steps = (experiment.pretraining, experiment.importance, experiment.finetuning)
-        return tuple(step.channels_last for step in steps)
-
-    assert layouts("lenet5") == (True, True, True)
-    assert layouts("lenet5_bn") == layouts("lenet300") == (False, False, False)
-    assert layouts("lenet5", channels_last=False) == (False, False, False)  # the knob wins
-
-
 def test_the_runner_tells_its_kernels_that_mnist_is_offline(monkeypatch, capsys):
     # each kernel would otherwise spend about a second on the same failed download
     monkeypatch.setattr(profiles, "_mnist_available", lambda: (False, "no files"))

@@ -59,10 +59,6 @@ WIDTHS: dict[str, tuple[str, ...]] = {
     "resnet56": ("macs:2x", "macs:4x"),
     "wrn28_10": ("macs:2x", "macs:4x"),
 }
-# The networks trained, gated and fine-tuned in channels-last memory, where it measured faster on
-# 2 CPU cores (figures/bench/channels_last.md): LeNet-5 pretrains 1.57x and learns its importance
-# 1.55x faster, to the same accuracy; the authors' LeNet-5 with BatchNorm trains 0.57x as fast.
-CHANNELS_LAST = ("lenet5",)
 # Kept fraction per layer for a network without hand-picked widths.
 DEFAULT_FRACTIONS: tuple[str, ...] = ("0.5", "0.25", "0.1")
 # The notebooks' names of Dirichlet knobs that differ from dplib.DirichletSettings' own; every
@@ -305,21 +301,19 @@ def resolve(
 def _experiment(
     settings: dict[str, Any], given: dict[str, Any], model: str, dataset: str
 ) -> Experiment:
-    """The :class:`Experiment` of the resolved settings: CIFAR-10 trains with crops and flips,
-    the networks of :data:`CHANNELS_LAST` in channels-last memory."""
-    last = given.get("channels_last", model in CHANNELS_LAST)  # a notebook's knob, all three steps
-    layout = {"augment": dataset == "cifar10", "channels_last": last}
+    """The :class:`Experiment` of the resolved settings: CIFAR-10 trains with crops and flips."""
+    cifar = dataset == "cifar10"
     same_name = ("batch_size", "width_multiplier", "subset", "eval_subset", "taylor_batches")
     same_name += ("speedup_batch", "speedup_repeats", "speedup_rounds", "device")
     return Experiment(
         model,
         dataset,
         pretraining=TrainSettings(
-            epochs=settings["pretrain_epochs"], lr=settings["pretrain_lr"], **layout
+            epochs=settings["pretrain_epochs"], lr=settings["pretrain_lr"], augment=cifar
         ),
-        importance=_dirichlet_settings(settings, given, model),
+        importance=_dirichlet_settings(settings, given),
         finetuning=TrainSettings(
-            epochs=settings["finetune_epochs"], lr=settings["finetune_lr"], **layout
+            epochs=settings["finetune_epochs"], lr=settings["finetune_lr"], augment=cifar
         ),
         **{name: settings[name] for name in same_name},
     )
@@ -377,11 +371,9 @@ def _apply_small_data_factor(
     return note
 
 
-def _dirichlet_settings(
-    settings: dict[str, Any], given: dict[str, Any], model: str
-) -> DirichletSettings:
-    """The defaults, the profile's epochs and memory layout, then the knobs given."""
-    chosen = {"epochs": settings["importance_epochs"], "channels_last": model in CHANNELS_LAST}
+def _dirichlet_settings(settings: dict[str, Any], given: dict[str, Any]) -> DirichletSettings:
+    """The defaults, the profile's epochs, then the knobs given."""
+    chosen = {"epochs": settings["importance_epochs"]}
     for name, value in given.items():
         knob = DIRICHLET_PARAMETERS.get(name, name)
         if knob in DirichletSettings.knobs():
