@@ -3,14 +3,14 @@
     python bench/channels_last.py     # about 3 minutes on 2 cores
 
 Whether the LeNets train faster in channels-last memory (``channels_last=True`` of
-``dplib.TrainSettings`` and ``dplib.DirichletSettings``; ``make cifar`` trains that way).
-For LeNet-5 on Fashion-MNIST and the authors' LeNet-5 with
-BatchNorm on mnist5k, each step of the main job is timed in both layouts, interleaved, the same
-seed and data order in each: one pretraining epoch from the same initial weights, one epoch of
-importance learning (a third of an epoch per gated layer for LeNet-5, layerwise), one epoch of
-fine-tuning of the network pruned to medium widths by L1. Prints and saves
-figures/bench/channels_last.md and .json: the median seconds over ``REPEATS`` rounds, the ratio,
-and the validation accuracy after the pretraining epoch in each layout.
+``dplib.TrainSettings`` and ``dplib.DirichletSettings``; ``make cifar`` trains that way). For
+LeNet-5 on Fashion-MNIST and the authors' LeNet-5 with BatchNorm on mnist5k, each step of the main
+job is timed in both layouts, interleaved, the same seed and data order in each: one pretraining
+epoch from the same initial weights, one epoch of importance learning (a third of an epoch per
+gated layer for LeNet-5, layerwise), one epoch of fine-tuning of the network pruned to medium
+widths by L1. Prints and saves figures/bench/channels_last.md and .json: the median seconds over
+``REPEATS`` rounds, the ratio, and the validation accuracy after the pretraining epoch in each
+layout.
 """
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ CASES = {  # network, data set, the medium widths of the profiles
     "lenet5_bn": ("mnist5k", "6-7-35-17"),
 }
 LAYOUTS = {"channels-first": False, "channels-last": True}
+WHY_NOT_USED = (
+    "The notebooks and the comparison stay channels-first: the notebooks' base network is "
+    "the comparison's seed 0 (one cache, bench/results/compare/), and the layout changes the "
+    "float order and so the trained weights."
+)
 
 
 def timed_steps(model: str, loaders: dplib.data.Loaders, widths: str, last: bool) -> dict:
@@ -85,17 +90,12 @@ def main() -> None:
         rows.append({"model": model, "dataset": dataset, "val_accuracy": accuracies})
         print("\n".join(lines[-3:]), accuracies, flush=True)
     lines += ["", "Validation accuracy after the pretraining epoch, the same initial weights:", ""]
-    why = (
-        "The notebooks and the comparison stay channels-first: the notebooks' base network is "
-        "the comparison's seed 0 (one cache, bench/results/compare/), and the layout changes the "
-        "float order and so the trained weights."
-    )
     lines += [
         f"- {row['model']}: " + ", ".join(f"{k} {v:.4f}" for k, v in row["val_accuracy"].items())
         for row in rows
         if "val_accuracy" in row
     ]
-    lines += ["", why]
+    lines += ["", WHY_NOT_USED]
     folder = ROOT / "figures" / "bench"
     write_json(folder / "channels_last.json", {"repeats": REPEATS, "rows": rows})
     atomic_write_text(folder / "channels_last.md", "\n".join(lines) + "\n")
