@@ -82,10 +82,20 @@ def main() -> None:
                 runs[layout].append(timed_steps(model, loaders, widths, last))
         for step in runs["channels-first"][0]["seconds"]:
             first, last = (statistics.median(r["seconds"][step] for r in runs[x]) for x in LAYOUTS)
-            rows.append({"model": model, "dataset": dataset, "step": step, "first": first})
-            rows[-1] |= {"last": last, "speedup": first / last}
-            lines.append(f"| {model} | {dataset} | {step} | {first:.2f} | {last:.2f} | ")
-            lines[-1] += f"{first / last:.2f}x |"
+            speedup = first / last
+            rows.append(
+                {
+                    "model": model,
+                    "dataset": dataset,
+                    "step": step,
+                    "first": first,
+                    "last": last,
+                    "speedup": speedup,
+                }
+            )
+            lines.append(
+                f"| {model} | {dataset} | {step} | {first:.2f} | {last:.2f} | {speedup:.2f}x |"
+            )
         accuracies = {x: runs[x][0]["val_accuracy"] for x in LAYOUTS}
         rows.append({"model": model, "dataset": dataset, "val_accuracy": accuracies})
         print("\n".join(lines[-3:]), accuracies, flush=True)
