@@ -115,6 +115,13 @@ def test_the_runner_tells_its_kernels_that_mnist_is_offline(monkeypatch, capsys)
     assert "using mnist5k" in capsys.readouterr().out
 
 
+def test_the_runner_refuses_an_unknown_only_before_any_notebook_runs(capsys):
+    with pytest.raises(SystemExit, match=r"--only \['nosuch'\]: not in this profile") as caught:
+        runner.main(["--profile", "smoke", "--only", "nosuch"])
+    assert "fashion_mnist-lenet5" in str(caught.value)  # the names it could have been
+    assert "running" not in capsys.readouterr().out
+
+
 def _failing_run(notebook: str, parameters: dict, tmp_path) -> tuple[str, list[int]]:
     """Run ``notebook`` with ``parameters`` under papermill, expecting it to stop within a
     minute and to write nothing: the error's text and the indices of the failing code cells."""

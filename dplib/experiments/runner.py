@@ -150,7 +150,13 @@ def _missing_data(dataset: str) -> str | None:
 def runnable(
     steps: list[tuple[str, dict, Path]], only: list[str] | None
 ) -> list[tuple[str, dict, Path]]:
-    """The steps asked for (``--only``) whose data are here; says why one is skipped."""
+    """The steps asked for (``--only``) whose data are here; says why one is skipped. A name in
+    ``only`` that is no notebook or experiment of ``steps`` raises ValueError listing them."""
+    names = {name for name, _, _ in steps}
+    names |= {f"{p['dataset']}-{p['model']}" for _, p, _ in steps if "dataset" in p}
+    unknown = sorted(set(only or ()) - names)
+    if unknown:
+        raise ValueError(f"--only {unknown}: not in this profile; choose from {sorted(names)}")
     chosen, noted = [], {}
     for name, parameters, output in steps:
         experiment = f"{parameters.get('dataset')}-{parameters.get('model')}"
@@ -175,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         profiles.check_profile(args.profile)
+        steps = runnable(plan(args.profile), args.only)
     except ValueError as error:
         sys.exit(f"error: {error}")
     os.environ.setdefault("DPLIB_PROGRESS", "text")
@@ -182,7 +189,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
     logging.getLogger("papermill").setLevel(logging.INFO)
     started = time.perf_counter()
-    steps = runnable(plan(args.profile), args.only)
     spent: list[float] = []
     for index, (name, parameters, output) in enumerate(steps):
         _announce(index, steps, time.perf_counter() - started, spent)
