@@ -228,8 +228,8 @@ def write_markdown(rows: list[dict], path: Path) -> None:
         "other criterion (L1, Taylor, random, Torch-Pruning's L2 and Taylor) at the same widths "
         "and seeds, read from the comparison's committed rows. `at_least`: cases where the "
         "candidate is at least as high; `mean`, `worst`: its lead in points (negative: behind); "
-        "`seconds`: the median cost of learning the importance. A candidate with 9 cases was "
-        "not run on Fashion-MNIST LeNet-5 after losing on the other setups. The kit's defaults "
+        "`seconds`: the median cost of learning the importance. A candidate with 6 cases was "
+        "run on the two LeNet-5 setups only. The kit's defaults "
         "(`DirichletSettings()`) are `authors-lr3e-2`; `variational` is the former defaults, "
         "`DirichletSettings.variational()`, which every other candidate changes.",
         "",

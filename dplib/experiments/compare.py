@@ -32,7 +32,15 @@ from ..measure import kendall
 from ..progress import hidden
 from ..settings import DirichletSettings, TrainSettings
 from . import paths
-from .experiment import FIXED, GLOBAL, Experiment, learnt, prune_and_finetune, score
+from .experiment import (
+    CHANNELS_LAST,
+    FIXED,
+    GLOBAL,
+    Experiment,
+    learnt,
+    prune_and_finetune,
+    score,
+)
 from .experiment import pretrain as pretrain_base
 from .profiles import Config
 
@@ -47,12 +55,13 @@ def comparison_setup(
 ) -> Experiment:
     """A comparison's experiment of (pretraining, importance, fine-tuning) ``epochs``."""
     pretraining, importance, finetuning = epochs
+    layout = {"channels_last": model in CHANNELS_LAST}
     return Experiment(
         model,
         dataset,
-        pretraining=TrainSettings(epochs=pretraining),
-        importance=DirichletSettings(epochs=importance),
-        finetuning=FINETUNING.replace(epochs=finetuning),
+        pretraining=TrainSettings(epochs=pretraining, **layout),
+        importance=DirichletSettings(epochs=importance, **layout),
+        finetuning=FINETUNING.replace(epochs=finetuning, **layout),
         taylor_batches=TAYLOR_BATCHES,
         **options,
     )
@@ -148,8 +157,11 @@ def experiment_for(config: Config) -> Experiment:
     fine-tuning schedule."""
     experiment = config.experiment
     plain = Experiment(experiment.model, experiment.dataset)  # no speed-ups, as the committed
+    finetuning = experiment.finetuning
     return experiment.replace(
-        finetuning=FINETUNING.replace(epochs=experiment.finetuning.epochs),
+        finetuning=FINETUNING.replace(
+            epochs=finetuning.epochs, channels_last=finetuning.channels_last
+        ),
         taylor_batches=TAYLOR_BATCHES,
         speedup_batch=plain.speedup_batch,
         speedup_repeats=plain.speedup_repeats,

@@ -68,6 +68,9 @@ ALLOCATIONS: dict[str, str | Callable[[Base], Rule]] = {
 }
 FIXED = "fixed"  # widths given by hand (the reference code's, the notebooks' settings)
 GLOBAL = "global"  # Torch-Pruning's global pruning to the budget (its tp_ criteria only)
+# The networks the kit trains in channels-last memory on the CPU: LeNet-5 pretrains and learns its
+# importance about 1.5x faster; the BatchNorm LeNet-5 is slower (figures/bench/channels_last.md).
+CHANNELS_LAST = ("lenet5",)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from ..models import MODELS, check_model_name, input_shape
 from ..settings import DirichletSettings, TrainSettings
 from ..surgery import widths_of
 from . import paths
-from .experiment import Experiment
+from .experiment import CHANNELS_LAST, Experiment
 
 PROFILE_ENV = "DPLIB_PROFILE"
 OFFLINE_ENV = "DPLIB_OFFLINE"
@@ -305,15 +305,16 @@ def _experiment(
     cifar = dataset == "cifar10"
     same_name = ("batch_size", "width_multiplier", "subset", "eval_subset", "taylor_batches")
     same_name += ("speedup_batch", "speedup_repeats", "speedup_rounds", "device")
+    layout = {"channels_last": model in CHANNELS_LAST}
     return Experiment(
         model,
         dataset,
         pretraining=TrainSettings(
-            epochs=settings["pretrain_epochs"], lr=settings["pretrain_lr"], augment=cifar
+            epochs=settings["pretrain_epochs"], lr=settings["pretrain_lr"], augment=cifar, **layout
         ),
-        importance=_dirichlet_settings(settings, given),
+        importance=_dirichlet_settings(settings, layout | given),
         finetuning=TrainSettings(
-            epochs=settings["finetune_epochs"], lr=settings["finetune_lr"], augment=cifar
+            epochs=settings["finetune_epochs"], lr=settings["finetune_lr"], augment=cifar, **layout
         ),
         **{name: settings[name] for name in same_name},
     )
