@@ -32,10 +32,10 @@ CASES = {  # network, data set, the medium widths of the profiles
     "lenet5_bn": ("mnist5k", "6-7-35-17"),
 }
 LAYOUTS = {"channels-first": False, "channels-last": True}
-WHY_NOT_USED = (
-    "The notebooks and the comparison stay channels-first: the notebooks' base network is "
-    "the comparison's seed 0 (one cache, bench/results/compare/), and the layout changes the "
-    "float order and so the trained weights."
+WHERE_USED = (
+    "The kit trains LeNet-5 in channels-last memory (`CHANNELS_LAST` of "
+    "dplib/experiments/experiment.py: the comparison and the notebooks' profiles); the BatchNorm "
+    "LeNet-5 stays channels-first, and LeNet-300-100 has no convolutions."
 )
 
 
@@ -105,7 +105,7 @@ def main() -> None:
         for row in rows
         if "val_accuracy" in row
     ]
-    lines += ["", WHY_NOT_USED]
+    lines += ["", WHERE_USED]
     folder = ROOT / "figures" / "bench"
     write_json(folder / "channels_last.json", {"repeats": REPEATS, "rows": rows})
     atomic_write_text(folder / "channels_last.md", "\n".join(lines) + "\n")
