@@ -47,13 +47,14 @@ WIDTHS = {
 # The Dirichlet settings measured: the method as specified (notebooks/METHOD.md sections 2-3), the
 # reference code's gate without the factor K (notebooks/METHOD.md section 7), and the kit's defaults
 # (chosen by the study, notebooks/05_study).
-DIRICHLET = {
-    "dirichlet": dplib.DirichletSettings.as_specified(),
-    "dirichlet_noK": dplib.DirichletSettings.as_specified().replace(scale="none"),
-    "dirichlet_kit": dplib.DirichletSettings(),
-}
 # the comparison's LeNet-5 on Fashion-MNIST (its cache is the cpu profile's), speed-ups measured
 EXPERIMENT = compare.SETUPS["fashion_mnist-lenet5"].replace(speedup_batch=64, speedup_repeats=30)
+LAYOUT = {"channels_last": EXPERIMENT.importance.channels_last}  # the base network's memory
+DIRICHLET = {
+    "dirichlet": dplib.DirichletSettings.as_specified().replace(**LAYOUT),
+    "dirichlet_noK": dplib.DirichletSettings.as_specified().replace(scale="none", **LAYOUT),
+    "dirichlet_kit": dplib.DirichletSettings(**LAYOUT),
+}
 
 
 def main() -> None:
