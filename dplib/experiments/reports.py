@@ -136,9 +136,9 @@ def paired_gains(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x"
     if summary.empty:
         return pd.DataFrame()
     keys, metrics = ["setup", "criterion", "budget"], list(STAGE_NAMES)
-    greedy = summary[summary["allocation"] == "greedy"].set_index(keys)[metrics]
+    greedy = summary[summary["allocation"] == "greedy"][keys + metrics]
     rules = summary[~summary["allocation"].isin(["greedy", "uniform", FIXED, GLOBAL])]
-    paired = rules.join(greedy, on=keys, rsuffix="_greedy", how="inner")
+    paired = rules.merge(greedy, on=keys, suffixes=("", "_greedy"), how="inner")
     gains = pd.concat(
         paired[["criterion", "allocation"]].assign(
             metric=metric, gain=100 * (paired[metric] - paired[f"{metric}_greedy"])
