@@ -208,3 +208,41 @@ def test_the_main_job_talks_to_its_kernels_over_local_sockets(tmp_path, monkeypa
     monkeypatch.setattr(runner.paths, "notebook_dir", lambda: tmp_path)
     assert runner.run_notebook("transport", {"profile": "smoke"}, tmp_path / "out" / "t.ipynb")
     assert (tmp_path / "out" / "t.ipynb").exists()
+
+
+@pytest.mark.slow  # it starts Jupyter kernels
+def test_each_notebook_runs_in_a_kernel_of_its_own_started_ahead(tmp_path, monkeypatch):
+    """The main job starts the next notebook's kernel, with torch and the kit imported, while a
+    notebook runs; no state passes from one notebook to the next, and no kernel is left."""
+    import os
+
+    import nbformat
+
+    check = (
+        "import os, sys\n"
+        "assert 'torch' in sys.modules and 'dplib.experiments.publish' in sys.modules\n"
+        "assert 'leftover' not in globals()\n"
+        "leftover = 1\n"
+        "with open('pids.txt', 'a') as pids:\n"
+        "    pids.write(f'{os.getpid()}\\n')"
+    )
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(check)])
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(notebook, tmp_path / "fresh.ipynb")
+    monkeypatch.setattr(runner.paths, "notebook_dir", lambda: tmp_path)
+    kernels = runner.Kernels(3)  # the third is started ahead and never used
+    try:
+        for copy in ("a", "b"):
+            output = tmp_path / "out" / f"{copy}.ipynb"
+            assert runner.run_notebook("fresh", {"profile": "smoke"}, output, kernels=kernels)
+    finally:
+        kernels.close()
+    pids = [int(pid) for pid in (tmp_path / "pids.txt").read_text().split()]
+    assert len(set(pids)) == 2
+    for pid in pids:  # each kernel shut down
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

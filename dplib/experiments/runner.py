@@ -4,12 +4,14 @@
 profile, then ``04_figures``; executed copies go to ``runs/<profile>/notebooks/``, each renamed
 into place when its run finished, beside a JSON stamp (the notebook's hash, its parameters and
 inputs): an up-to-date notebook is not run again unless ``--force`` (the stages inside reuse
-their artefacts, so a forced run of an unchanged experiment takes seconds too).
+their artefacts, so a forced run of an unchanged experiment takes seconds too). Each notebook
+runs in a fresh kernel, started with the kit imported while the notebook before it runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import hashlib
 import io
@@ -17,7 +19,10 @@ import json
 import logging
 import os
 import sys
+import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +63,17 @@ def _inputs(name: str, parameters: dict[str, Any]) -> Any:
     return profiles.preset(profile)
 
 
-def run_notebook(name: str, parameters: dict[str, Any], output: Path, *, force: bool = False):
+def run_notebook(
+    name: str,
+    parameters: dict[str, Any],
+    output: Path,
+    *,
+    force: bool = False,
+    kernels: Kernels | None = None,
+):
     """Execute notebook ``name`` with papermill into ``output`` unless an identical run exists
-    (False: reused); the JSON beside it holds the stamp and how many seconds the run took."""
+    (False: reused), in a kernel of ``kernels`` (None: papermill starts one); the JSON beside it
+    holds the stamp and how many seconds the run took."""
     import papermill
 
     source = paths.notebook_dir() / f"{name}.ipynb"
@@ -83,11 +96,22 @@ def run_notebook(name: str, parameters: dict[str, Any], output: Path, *, force: 
     print(f"[dplib] running {name} {parameters} -> {output}", flush=True)
     started = time.perf_counter()
     options = {"kernel_name": "python3", "log_output": True, "progress_bar": False}
-    if os.name != "nt":  # ZeroMQ has no local sockets on Windows: the kernel stays on TCP there
-        options["kernel_manager_class"] = _local_kernel_manager()
-    papermill.execute_notebook(
-        str(source), str(temporary), parameters=parameters, cwd=str(paths.notebook_dir()), **options
-    )
+    kernel = kernels.take() if kernels is not None else None
+    if kernel is not None:
+        options["km"] = kernel
+    else:
+        options["kernel_manager_class"] = _kernel_manager()
+    try:
+        papermill.execute_notebook(
+            str(source),
+            str(temporary),
+            parameters=parameters,
+            cwd=str(paths.notebook_dir()),
+            **options,
+        )
+    finally:
+        if kernel is not None:
+            asyncio.run(kernel.shutdown_kernel(now=True))
     os.replace(temporary, output)
     seconds = time.perf_counter() - started
     write_json(done, {"stamp": stamp, "seconds": seconds})
@@ -95,16 +119,85 @@ def run_notebook(name: str, parameters: dict[str, Any], output: Path, *, force: 
     return True
 
 
-def _local_kernel_manager() -> type:
+def _kernel_manager() -> type:
     """A kernel manager that talks to the kernel over local sockets (ZeroMQ's IPC) instead of
-    TCP: no port is opened, and ipykernel has no unencrypted-TCP warning to print into the log."""
+    TCP: no port is opened, and ipykernel has no unencrypted-TCP warning to print into the log.
+    ZeroMQ has no local sockets on Windows: there the kernel stays on TCP."""
     from jupyter_client.manager import AsyncKernelManager
 
     class LocalKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs: Any) -> None:
-            super().__init__(transport="ipc", **kwargs)
+            # the sockets' path is absolute: the kernel runs in the notebooks' folder
+            where = Path(tempfile.gettempdir()) / f"dplib-kernel-{uuid.uuid4().hex[:12]}"
+            super().__init__(transport="ipc", ip=str(where), **kwargs)
 
-    return LocalKernelManager
+    return AsyncKernelManager if os.name == "nt" else LocalKernelManager
+
+
+# What the notebooks import first (torch alone takes over a second), loaded into the next
+# notebook's kernel while the one before it runs.
+WARM_UP = "import IPython.display, matplotlib.pyplot, pandas, torch, dplib.experiments.publish"
+
+
+class Kernels:
+    """Kernels started one notebook ahead: while a notebook runs, a thread starts the next
+    notebook's kernel and imports :data:`WARM_UP` into it, work that would otherwise hold up
+    every notebook for about 4 s. Each notebook still gets a kernel of its own."""
+
+    def __init__(self, notebooks: int) -> None:
+        self.left = notebooks  # how many notebooks may still want a kernel
+        self._thread: threading.Thread | None = None
+        self._started: list[Any] = []
+
+    def take(self) -> Any:
+        """A started kernel's manager (None when none could be started: papermill starts one),
+        and the next notebook's kernel starting in the background."""
+        self._prepare()
+        self._thread.join()
+        self._thread = None
+        self.left -= 1
+        kernel = self._started.pop()
+        if self.left > 0:
+            self._prepare()
+        if isinstance(kernel, BaseException):
+            print(f"[dplib] WARNING: no kernel started ahead ({kernel}); papermill starts one")
+            return None
+        return kernel
+
+    def _prepare(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._start, daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Shut down a kernel started for a notebook that did not need it."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            kernel = self._started.pop()
+            if not isinstance(kernel, BaseException):
+                asyncio.run(kernel.shutdown_kernel(now=True))
+
+    def _start(self) -> None:
+        try:
+            self._started.append(asyncio.run(_warm_kernel()))
+        except Exception as error:  # any failure: the notebook starts its own kernel, as before
+            self._started.append(error)
+
+
+async def _warm_kernel() -> Any:
+    """A kernel started in the notebooks' folder, with :data:`WARM_UP` imported."""
+    kernel = _kernel_manager()(kernel_name="python3")
+    await kernel.start_kernel(cwd=str(paths.notebook_dir()))
+    client = kernel.client()
+    client.start_channels()
+    try:
+        await client.wait_for_ready(timeout=60)
+        client.execute(WARM_UP, silent=True, store_history=False)
+        await client.get_shell_msg(timeout=120)
+    finally:
+        client.stop_channels()
+    return kernel
 
 
 def previous_seconds(output: Path) -> float | None:
@@ -190,11 +283,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("papermill").setLevel(logging.INFO)
     started = time.perf_counter()
     spent: list[float] = []
-    for index, (name, parameters, output) in enumerate(steps):
-        _announce(index, steps, time.perf_counter() - started, spent)
-        clock = time.perf_counter()
-        if run_notebook(name, parameters, output, force=args.force):
-            spent.append(time.perf_counter() - clock)
+    kernels = Kernels(len(steps))
+    try:
+        for index, (name, parameters, output) in enumerate(steps):
+            _announce(index, steps, time.perf_counter() - started, spent)
+            clock = time.perf_counter()
+            if run_notebook(name, parameters, output, force=args.force, kernels=kernels):
+                spent.append(time.perf_counter() - clock)
+    finally:
+        kernels.close()
     elapsed = time.perf_counter() - started
     print(f"[dplib] profile {args.profile}: done in {elapsed:.0f} s", flush=True)
     print(f"[dplib] figures and results table in {paths.figures_dir(args.profile)}", flush=True)
