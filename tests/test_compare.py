@@ -121,6 +121,21 @@ def test_notebook_experiment_runs_writes_rows_and_report(tmp_path, monkeypatch):
     assert "settling_fashion_mnist-lenet5.png" in names
     text = (tmp_path / "figures" / "compare.md").read_text()
     assert "| fashion_mnist-lenet5 | 4x | " in text  # the goals table
+    # the same rows drawn by the same code: the files are kept; changed rows are redrawn
+    drawn = []
+
+    def draw(*args):
+        drawn.append(args)
+        return plt.figure()
+
+    with monkeypatch.context() as patched:
+        patched.setattr(publish.figures, "plot_comparison", draw)
+        patched.setattr(publish.figures, "plot_settling", draw)
+        assert publish.write_comparison(root, tmp_path / "figures") == written and not drawn
+        write_json(rows_file, result | {"rows": result["rows"][1:]})
+        assert publish.write_comparison(root, tmp_path / "figures") == written
+        assert len(drawn) == 1  # the comparison's figure; the settling's rows are the same
+    write_json(rows_file, result)
     assert "### lenet5 on fashion_mnist (1 seeds)" in text
     frame = reports.margins_table(compare.summarise(result["rows"]))
     assert list(frame["budget"]) == ["4x"]

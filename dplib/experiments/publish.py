@@ -2,11 +2,15 @@
 
 The figures of :mod:`dplib.experiments.figures` and the tables of
 :mod:`dplib.experiments.reports` go into the profile's figures folder, each file atomically.
+A figure drawn from rows (the comparison's, CIFAR-10's) or from code alone (the primer's) is
+redrawn only when they changed: ``.drawn.json`` in the folder records what each was drawn from.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +18,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from ..files import atomic_write_text, read_json
+from ..files import atomic_write_text, read_json, write_json
 from ..importance import Importance
 from . import cifar, compare, figures, paths, profiles, reports, study, synthetic
-from .cache import config_hash
+from .cache import code_version, config_hash
 
 
 def collect(profile: str) -> dict[str, dict[str, Any]]:
@@ -103,7 +107,7 @@ def write_comparison(
 ) -> list[Path]:
     """``compare_<model>_<dataset>`` (accuracy against MACs), ``settling_<dataset>-<model>``
     (PNG and PDF) and ``compare.md`` of every setup with results under ``root`` (and ``extra``,
-    see :func:`dplib.experiments.compare.load_results`); the files written."""
+    see :func:`dplib.experiments.compare.load_results`); the files written or kept."""
     results = compare.load_results(root, extra)
     if not results:
         return []
@@ -112,13 +116,13 @@ def write_comparison(
     for name, result in results.items():
         dataset, _, model = name.partition("-")
         title = f"{model} on {dataset}"
-        figure = figures.plot_comparison(compare.summarise(result["rows"]), title)
-        written += _emit(figure, folder, f"compare_{model}_{dataset}")
-        if result["settling"]:
-            figure = figures.plot_settling(
-                result["settling"], f"how fast the ranking settles: {title}"
-            )
-            written += _emit(figure, folder, f"settling_{name}")
+        rows, settling = result["rows"], result["settling"]
+        draw = functools.partial(_comparison_figure, rows, title)
+        written += _emit_from((rows, title), folder, f"compare_{model}_{dataset}", draw)
+        if settling:
+            label = f"how fast the ranking settles: {title}"
+            draw = functools.partial(figures.plot_settling, settling, label)
+            written += _emit_from((settling, label), folder, f"settling_{name}", draw)
     target = Path(folder) / "compare.md"
     atomic_write_text(target, reports.comparison_markdown(results))
     return [*written, target]
@@ -128,7 +132,7 @@ def write_cifar(
     source: str | Path, folder: str | Path, name: str = "cifar", where: str = "the CPU"
 ) -> list[Path]:
     """``<name>.md``, ``<name>.csv`` and ``<name>_<model>`` (PNG and PDF) from the rows in
-    ``source`` (``<setup>.json`` each), trained on ``where``."""
+    ``source`` (``<setup>.json`` each), trained on ``where``; the files written or kept."""
     results = {path.stem: read_json(path) for path in sorted(Path(source).glob("*.json"))}
     if not results:
         return []
@@ -144,8 +148,9 @@ def write_cifar(
         title = f"{model} on {result['bases'][0].get('data_source') or 'CIFAR-10'}"
         if result.get("device"):
             title += f", {result['device']}"
-        figure = figures.plot_comparison(compare.summarise(result["rows"]), title)
-        written += _emit(figure, folder, f"{name}_{model}")
+        rows = result["rows"]
+        draw = functools.partial(_comparison_figure, rows, title)
+        written += _emit_from((rows, title), folder, f"{name}_{model}", draw)
     return written
 
 
@@ -172,6 +177,29 @@ def _emit(figure: plt.Figure, folder: str | Path, name: str) -> list[Path]:
     return written
 
 
+def _comparison_figure(rows: list[dict[str, Any]], title: str) -> plt.Figure:
+    return figures.plot_comparison(compare.summarise(rows), title)
+
+
+DRAWN = ".drawn.json"  # in a figures folder: what each figure drawn from rows was drawn from
+
+
+def _emit_from(
+    source: Any, folder: str | Path, name: str, draw: Callable[[], plt.Figure]
+) -> list[Path]:
+    """Figure ``name`` as ``draw()`` draws it from ``source`` (JSON-able), unless its files were
+    drawn from the same source by the same code: redrawing would write the same bytes."""
+    folder = Path(folder)
+    key = config_hash([source, code_version("experiments.figures", "experiments.compare")])
+    targets = [folder / f"{name}.{suffix}" for suffix in ("png", "pdf")]
+    stamps = read_json(folder / DRAWN) if (folder / DRAWN).exists() else {}
+    if stamps.get(name) == key and all(target.exists() for target in targets):
+        return targets
+    written = _emit(draw(), folder, name)
+    write_json(folder / DRAWN, stamps | {name: key})
+    return written
+
+
 def write_all(profile: str, folder: str | os.PathLike | None = None) -> list[Path]:
     """Every figure and the results table of ``profile``, from ``runs/<profile>/`` only, into
     ``folder`` (default :func:`dplib.experiments.paths.figures_dir`); the files written.
@@ -184,9 +212,11 @@ def write_all(profile: str, folder: str | os.PathLike | None = None) -> list[Pat
     def emit(figure: plt.Figure, name: str) -> None:
         written.extend(_emit(figure, folder, name))
 
-    simplex = figures.dirichlet_simplex([(1, 1, 1), (10, 10, 10), (0.3, 0.3, 0.3), (6, 2, 1)])
-    emit(simplex, "dirichlet_simplex")
-    emit(figures.dirichlet_draws([0.1, 1.0, 10.0]), "dirichlet_draws")
+    alphas = [(1, 1, 1), (10, 10, 10), (0.3, 0.3, 0.3), (6, 2, 1)]  # drawn from code alone
+    simplex = functools.partial(figures.dirichlet_simplex, alphas)
+    written += _emit_from(alphas, folder, "dirichlet_simplex", simplex)
+    draws = functools.partial(figures.dirichlet_draws, [0.1, 1.0, 10.0])
+    written += _emit_from([0.1, 1.0, 10.0], folder, "dirichlet_draws", draws)
     synthetic_results = synthetic.load_results(profile)
     if synthetic_results:
         emit(figures.synthetic(synthetic_results), "synthetic_check")
