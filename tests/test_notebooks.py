@@ -234,15 +234,22 @@ def test_each_notebook_runs_in_a_kernel_of_its_own_started_ahead(tmp_path, monke
     }
     nbformat.write(notebook, tmp_path / "fresh.ipynb")
     monkeypatch.setattr(runner.paths, "notebook_dir", lambda: tmp_path)
-    kernels = runner.Kernels(3)  # the third is started ahead and never used
+    failing = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(check + "\n1 / 0")])
+    failing.metadata["kernelspec"] = notebook.metadata["kernelspec"]
+    nbformat.write(failing, tmp_path / "failing.ipynb")
+    kernels = runner.Kernels(4)  # the fourth is started ahead and never used
     try:
         for copy in ("a", "b"):
             output = tmp_path / "out" / f"{copy}.ipynb"
             assert runner.run_notebook("fresh", {"profile": "smoke"}, output, kernels=kernels)
+        with pytest.raises(Exception, match="ZeroDivisionError"):
+            runner.run_notebook(
+                "failing", {"profile": "smoke"}, tmp_path / "c.ipynb", kernels=kernels
+            )
     finally:
         kernels.close()
     pids = [int(pid) for pid in (tmp_path / "pids.txt").read_text().split()]
-    assert len(set(pids)) == 2
-    for pid in pids:  # each kernel shut down
+    assert len(set(pids)) == 3
+    for pid in pids:  # each kernel shut down, the failed notebook's too
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
