@@ -253,3 +253,28 @@ def test_each_notebook_runs_in_a_kernel_of_its_own_started_ahead(tmp_path, monke
     for pid in pids:  # each kernel shut down, the failed notebook's too
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.slow  # it starts Jupyter kernels
+def test_without_a_kernel_started_ahead_papermill_starts_one(tmp_path, monkeypatch, capsys):
+    import nbformat
+
+    async def no_kernel():
+        raise RuntimeError("no kernel here")
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(notebook, tmp_path / "plain.ipynb")
+    monkeypatch.setattr(runner.paths, "notebook_dir", lambda: tmp_path)
+    monkeypatch.setattr(runner, "_warm_kernel", no_kernel)
+    kernels = runner.Kernels(2)
+    for copy in ("a", "b"):
+        output = tmp_path / f"{copy}.ipynb"
+        assert runner.run_notebook("plain", {"profile": "smoke"}, output, kernels=kernels)
+        assert output.exists()
+    kernels.close()
+    assert capsys.readouterr().out.count("no kernel started ahead (no kernel here)") == 1

@@ -146,6 +146,7 @@ class Kernels:
 
     def __init__(self, notebooks: int) -> None:
         self.left = notebooks  # how many notebooks may still want a kernel
+        self.warned = False
         self._thread: threading.Thread | None = None
         self._started: list[Any] = []
 
@@ -160,7 +161,9 @@ class Kernels:
         if self.left > 0:
             self._prepare()
         if isinstance(kernel, BaseException):
-            print(f"[dplib] WARNING: no kernel started ahead ({kernel}); papermill starts one")
+            if not self.warned:
+                print(f"[dplib] WARNING: no kernel started ahead ({kernel}); papermill starts them")
+            self.warned = True
             return None
         return kernel
 
@@ -195,6 +198,9 @@ async def _warm_kernel() -> Any:
         await client.wait_for_ready(timeout=60)
         client.execute(WARM_UP, silent=True, store_history=False)
         await client.get_shell_msg(timeout=120)
+    except BaseException:
+        await kernel.shutdown_kernel(now=True)  # no kernel is left behind
+        raise
     finally:
         client.stop_channels()
     return kernel
