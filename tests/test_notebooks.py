@@ -184,13 +184,24 @@ def test_the_main_job_says_which_stage_it_is_at_and_what_is_left(tmp_path, capsy
     assert runner.previous_seconds(tmp_path / "c.ipynb") is None
 
 
+def _write_notebook(folder, name: str, source: str) -> None:
+    """A one-cell Python notebook ``name`` in ``folder``, which the runner is pointed at."""
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(notebook, folder / f"{name}.ipynb")
+
+
 @pytest.mark.slow  # it starts a Jupyter kernel
 def test_the_main_job_talks_to_its_kernels_over_local_sockets(tmp_path, monkeypatch):
     """The runner's kernels listen on no TCP port (ipykernel warns of unencrypted TCP into the
     main job's log otherwise): a notebook run by it finds its kernel on the IPC transport."""
     import os
-
-    import nbformat
 
     if os.name == "nt":
         pytest.skip("ZeroMQ has no IPC transport on Windows; the runner keeps TCP there")
@@ -198,13 +209,7 @@ def test_the_main_job_talks_to_its_kernels_over_local_sockets(tmp_path, monkeypa
         "from ipykernel.kernelapp import IPKernelApp\n"
         'assert IPKernelApp.instance().transport == "ipc"'
     )
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(check)])
-    notebook.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(notebook, tmp_path / "transport.ipynb")
+    _write_notebook(tmp_path, "transport", check)
     monkeypatch.setattr(runner.paths, "notebook_dir", lambda: tmp_path)
     assert runner.run_notebook("transport", {"profile": "smoke"}, tmp_path / "out" / "t.ipynb")
     assert (tmp_path / "out" / "t.ipynb").exists()
@@ -216,8 +221,6 @@ def test_each_notebook_runs_in_a_kernel_of_its_own_started_ahead(tmp_path, monke
     notebook runs; no state passes from one notebook to the next, and no kernel is left."""
     import os
 
-    import nbformat
-
     check = (
         "import os, sys\n"
         "assert 'torch' in sys.modules and 'dplib.experiments.publish' in sys.modules\n"
@@ -226,17 +229,9 @@ def test_each_notebook_runs_in_a_kernel_of_its_own_started_ahead(tmp_path, monke
         "with open('pids.txt', 'a') as pids:\n"
         "    pids.write(f'{os.getpid()}\\n')"
     )
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(check)])
-    notebook.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(notebook, tmp_path / "fresh.ipynb")
+    _write_notebook(tmp_path, "fresh", check)
+    _write_notebook(tmp_path, "failing", check + "\n1 / 0")
     monkeypatch.setattr(runner.paths, "notebook_dir", lambda: tmp_path)
-    failing = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(check + "\n1 / 0")])
-    failing.metadata["kernelspec"] = notebook.metadata["kernelspec"]
-    nbformat.write(failing, tmp_path / "failing.ipynb")
     kernels = runner.Kernels(4)  # the fourth is started ahead and never used
     try:
         for copy in ("a", "b"):
@@ -257,18 +252,11 @@ def test_each_notebook_runs_in_a_kernel_of_its_own_started_ahead(tmp_path, monke
 
 @pytest.mark.slow  # it starts Jupyter kernels
 def test_without_a_kernel_started_ahead_papermill_starts_one(tmp_path, monkeypatch, capsys):
-    import nbformat
 
     async def no_kernel():
         raise RuntimeError("no kernel here")
 
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
-    notebook.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(notebook, tmp_path / "plain.ipynb")
+    _write_notebook(tmp_path, "plain", "x = 1")
     monkeypatch.setattr(runner.paths, "notebook_dir", lambda: tmp_path)
     monkeypatch.setattr(runner, "_warm_kernel", no_kernel)
     kernels = runner.Kernels(2)
