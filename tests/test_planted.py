@@ -30,3 +30,29 @@ def test_the_defaults_move_the_posterior_and_rank_the_planted_units_first(seed):
     assert ranked_first == planted, f"planted {sorted(planted)}, ranked first {ranked_first}"
     spread = importance.history["spread"]["fc1"]
     assert spread >= dplib.vi.FLAT_SPREAD, f"the posterior came back flat (spread {spread:.3f})"
+
+
+def test_the_primers_first_run_is_the_checks_own_and_is_kept(tmp_path, monkeypatch):
+    """00_primer runs the check's first case step by step, then hands it to synthetic_check,
+    which stores it instead of running it again: the two runs must be the same run."""
+    from dplib.experiments import synthetic
+
+    monkeypatch.setenv("DPLIB_RUNS", str(tmp_path))
+    steps, seed = 60, 0
+    teacher, s_star, dataset = make_task(8, seed=seed)  # as the primer's cell does
+    loader = dplib.data.make_loader(dataset, 256, shuffle=True, seed=seed)
+    settings = dplib.DirichletSettings.as_specified().replace(epochs=steps / len(loader), lr=0.1)
+    gated = dplib.attach_gates(teacher, settings=settings)
+    learned = dplib.learn_importance(gated, loader, settings, device="cpu", seed=seed)
+    gated.remove()
+    first = synthetic.summary(8, "sample", s_star, learned, steps, seed)
+    assert torch.equal(first["mean"], synthetic.recover(8, steps=steps, seed=seed)["mean"])
+
+    monkeypatch.setattr(synthetic, "recover", lambda *args, **kwargs: pytest.fail("rerun"))
+    (kept,) = synthetic.synthetic_check(
+        "smoke", (8,), ("sample",), steps=steps, seed=seed, done=[first]
+    )
+    assert torch.equal(kept["mean"], first["mean"])
+    assert [r["pearson"] for r in synthetic.load_results("smoke")] == [first["pearson"]]
+    with pytest.raises(ValueError, match="took 60 steps with seed 0"):
+        synthetic.synthetic_check("smoke", (8,), steps=61, seed=seed, done=[first])

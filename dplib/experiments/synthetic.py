@@ -10,6 +10,8 @@ the posterior mean lands on :math:`s^*`, with a small standard deviation where t
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -20,6 +22,7 @@ from .. import progress
 from ..attach import attach_gates
 from ..data import make_loader
 from ..files import atomic_torch_save
+from ..importance import Importance
 from ..measure import spearman
 from ..settings import DirichletSettings
 from ..vi import learn_importance
@@ -72,9 +75,7 @@ def recover(
     alpha0: float = 1.0,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Learn q(s) on the synthetic task of ``hidden`` units: ``hidden``, ``estimator``,
-    ``s_star``, the posterior's ``mean`` and ``std``, the ``loss`` per step, and how close the
-    mean is to s* (``spearman``, ``pearson``, ``l1_error``)."""
+    """Learn q(s) on the synthetic task of ``hidden`` units: its :func:`summary`."""
     net, s_star, dataset = make_task(hidden, seed=seed)
     loader = make_loader(dataset, batch_size, shuffle=True, seed=seed)
     # the ELBO proper (phi_init 1, beta 1, KL/N): the check tests the method's mathematics
@@ -85,10 +86,21 @@ def recover(
     with progress.hidden():
         learned = learn_importance(gated, loader, settings, device="cpu", seed=seed)
     gated.remove()
+    return summary(hidden, estimator, s_star, learned, steps, seed)
+
+
+def summary(
+    hidden: int, estimator: str, s_star: torch.Tensor, learned: Importance, steps: int, seed: int
+) -> dict[str, Any]:
+    """One run of the check as stored: ``hidden``, ``estimator``, ``steps``, ``seed``,
+    ``s_star``, the posterior's ``mean`` and ``std``, the ``loss`` per step, and how close the
+    mean is to s* (``spearman``, ``pearson``, ``l1_error``)."""
     mean, std = learned.mean("fc1"), learned.std("fc1")
     return {
         "hidden": hidden,
         "estimator": estimator,
+        "steps": steps,
+        "seed": seed,
         "s_star": s_star,
         "mean": mean,
         "std": std,
@@ -106,18 +118,32 @@ def synthetic_check(
     *,
     steps: int = 1500,
     seed: int = 0,
+    done: Iterable[dict[str, Any]] = (),
     log=print,
 ) -> list[dict[str, Any]]:
-    """Every (hidden size, estimator) of the check, cached in ``runs/<profile>/synthetic/``."""
+    """Every (hidden size, estimator) of the check, cached in ``runs/<profile>/synthetic/``;
+    ``done``: runs already made (each a :func:`summary` of the same steps and seed), stored as
+    they are instead of run again."""
+    ready = {(r["hidden"], r["estimator"]): r for r in done}
+    for run in ready.values():
+        if (run["steps"], run["seed"]) != (steps, seed):
+            raise ValueError(
+                f"a run given as done took {run['steps']} steps with seed {run['seed']}; the "
+                f"check takes {steps} steps with seed {seed}"
+            )
     results = []
     folder = paths.profile_dir(profile) / "synthetic"
     for hidden in hidden_sizes:
         for estimator in estimators:
             config = {"hidden": hidden, "estimator": estimator, "steps": steps, "seed": seed}
+            if (hidden, estimator) in ready:
+                make = functools.partial(_scored, ready[(hidden, estimator)])
+            else:
+                make = functools.partial(_recovered, hidden, estimator, steps, seed)
             result = cached(
                 folder / f"synthetic-{hidden}-{estimator}-{config_hash(config)}.pt",
                 config,
-                lambda: _recovered(hidden, estimator, steps, seed),
+                make,
                 save=lambda value, path: atomic_torch_save(value, path),
                 load=lambda path, _: torch.load(path, map_location="cpu", weights_only=True),
                 log=log,
@@ -134,7 +160,10 @@ def synthetic_check(
 def _recovered(
     hidden: int, estimator: str, steps: int, seed: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    result = recover(hidden, estimator, steps=steps, seed=seed)
+    return _scored(recover(hidden, estimator, steps=steps, seed=seed))
+
+
+def _scored(result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return result, {"pearson": result["pearson"], "spearman": result["spearman"]}
 
 
