@@ -144,10 +144,12 @@ def test_notebook_experiment_runs_writes_rows_and_report(tmp_path, monkeypatch):
     extra = tmp_path / "extra"
     write_json(extra / "fashion_mnist32-resnet20.json", result)
     write_json(extra / "fashion_mnist-lenet5.json", {"rows": [], "stale": True})
-    both = compare.load_results(root, extra)
+    with pytest.warns(UserWarning, match="differs from the committed"):
+        both = compare.load_results(root, extra)
     assert list(both) == ["fashion_mnist-lenet5", "fashion_mnist32-resnet20"]
     assert "stale" not in both["fashion_mnist-lenet5"]
-    written = publish.write_comparison(root, tmp_path / "figures", extra)
+    with pytest.warns(UserWarning, match="fashion_mnist-lenet5.json: the local rows are used"):
+        written = publish.write_comparison(root, tmp_path / "figures", extra)
     assert "compare_resnet20_fashion_mnist32.png" in {path.name for path in written}
 
     # an experiment the profile does not compare is skipped, and says so by returning None

@@ -19,6 +19,7 @@ Dirichlet ranking settles over learning.
 from __future__ import annotations
 
 import statistics
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -203,9 +204,19 @@ def committed_results() -> Path:
 
 def load_results(root: str | Path, extra: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """``{setup name: result}`` of every ``<root>/<setup>/rows.json``, in :data:`SETUPS` order;
-    ``<extra>/<setup>.json`` for the setups ``root`` does not have."""
-    found = {p.stem: read_json(p) for p in Path(extra).glob("*.json")} if extra is not None else {}
-    found.update({path.parent.name: read_json(path) for path in Path(root).glob("*/rows.json")})
+    ``<extra>/<setup>.json`` for the setups ``root`` does not have. Local rows that differ from
+    the committed ones (older rows after a pull, say) are used with a warning naming both."""
+    committed = {p.stem: read_json(p) for p in Path(extra).glob("*.json")} if extra else {}
+    local = {path.parent.name: read_json(path) for path in Path(root).glob("*/rows.json")}
+    for name in sorted(set(committed) & set(local)):
+        if committed[name].get("rows") != local[name].get("rows"):
+            warnings.warn(
+                f"{Path(root) / name / 'rows.json'} differs from the committed "
+                f"{Path(extra) / f'{name}.json'}: the local rows are used (make compare writes "
+                "both; delete the local file to use the committed rows)",
+                stacklevel=2,
+            )
+    found = committed | local
     order = {name: i for i, name in enumerate(SETUPS)}
     return {name: found[name] for name in sorted(found, key=lambda n: (order.get(n, 99), n))}
 
