@@ -116,9 +116,9 @@ def write_comparison(
     for name, result in results.items():
         dataset, _, model = name.partition("-")
         title = f"{model} on {dataset}"
-        rows, settling = result["rows"], result["settling"]
-        draw = functools.partial(_comparison_figure, rows, title)
-        written += _emit_from((rows, title), folder, f"compare_{model}_{dataset}", draw)
+        summary, settling = compare.summarise(result["rows"]), result["settling"]
+        draw = functools.partial(figures.plot_comparison, summary, title)
+        written += _emit_from((summary, title), folder, f"compare_{model}_{dataset}", draw)
         if settling:
             label = f"how fast the ranking settles: {title}"
             draw = functools.partial(figures.plot_settling, settling, label)
@@ -148,9 +148,9 @@ def write_cifar(
         title = f"{model} on {result['bases'][0].get('data_source') or 'CIFAR-10'}"
         if result.get("device"):
             title += f", {result['device']}"
-        rows = result["rows"]
-        draw = functools.partial(_comparison_figure, rows, title)
-        written += _emit_from((rows, title), folder, f"{name}_{model}", draw)
+        summary = compare.summarise(result["rows"])
+        draw = functools.partial(figures.plot_comparison, summary, title)
+        written += _emit_from((summary, title), folder, f"{name}_{model}", draw)
     return written
 
 
@@ -177,20 +177,17 @@ def _emit(figure: plt.Figure, folder: str | Path, name: str) -> list[Path]:
     return written
 
 
-def _comparison_figure(rows: list[dict[str, Any]], title: str) -> plt.Figure:
-    return figures.plot_comparison(compare.summarise(rows), title)
-
-
 DRAWN = ".drawn.json"  # in a figures folder: what each figure drawn from rows was drawn from
 
 
 def _emit_from(
     source: Any, folder: str | Path, name: str, draw: Callable[[], plt.Figure]
 ) -> list[Path]:
-    """Figure ``name`` as ``draw()`` draws it from ``source`` (JSON-able), unless its files were
-    drawn from the same source by the same code: redrawing would write the same bytes."""
+    """Figure ``name`` as ``draw()`` draws it from ``source`` (JSON-able: what the figure shows),
+    unless its files were drawn from the same source by the same figure code: redrawing would
+    write the same bytes."""
     folder = Path(folder)
-    key = config_hash([source, code_version("experiments.figures", "experiments.compare")])
+    key = config_hash([source, code_version("experiments.figures")])
     targets = [folder / f"{name}.{suffix}" for suffix in ("png", "pdf")]
     stamps = read_json(folder / DRAWN) if (folder / DRAWN).exists() else {}
     if stamps.get(name) == key and all(target.exists() for target in targets):
