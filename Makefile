@@ -8,6 +8,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PROFILE ?= cpu
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+# pip installs without compiling (--no-compile): compiling all of torch and JupyterLab takes
+# about 30 s of a fresh setup, most of it for modules the kit never imports. Python compiles
+# each module on its first import instead, which a machine that sets PYTHONDONTWRITEBYTECODE
+# would forbid (every import would then compile again): the kit's commands unset it.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: setup data test quick lint format lab figures bench study compare cifar cifar-evaluate clean-runs
 
@@ -16,8 +21,8 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet $(TORCH_PIN)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-compile $(TORCH_PIN)
+	$(BIN)/pip install --quiet --no-compile -e '.[dev]'
 	touch $@
 
 setup: $(VENV)/.installed  ## create .venv with torch, dplib (editable) and the test tools
