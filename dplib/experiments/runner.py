@@ -130,6 +130,18 @@ def _kernel_manager() -> type:
             # the sockets' path is absolute: the kernel runs in the notebooks' folder
             where = Path(tempfile.gettempdir()) / f"dplib-kernel-{uuid.uuid4().hex[:12]}"
             super().__init__(transport="ipc", ip=str(where), **kwargs)
+            self.clients: list[Any] = []
+
+        def client(self, **kwargs: Any) -> Any:
+            self.clients.append(super().client(**kwargs))
+            return self.clients[-1]
+
+        async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+            # papermill leaves the client of a kernel it did not start listening, which logs
+            # "Could not destroy zmq context" once collected: each notebook added a line
+            for client in self.clients:
+                client.stop_channels()
+            await super().shutdown_kernel(now=now, restart=restart)
 
     return AsyncKernelManager if os.name == "nt" else LocalKernelManager
 
