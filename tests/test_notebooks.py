@@ -50,6 +50,10 @@ def test_one_parameters_cell_then_the_check_of_its_names(name):
     tagged = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{name} needs exactly one cell tagged 'parameters'"
     assert "\nprofile = " in f"\n{cells[tagged[0]].source}", f"{name}: no profile parameter"
+    # papermill reads each parameter's line and warns into the main job's log at a second "="
+    lines = [line for line in cells[tagged[0]].source.splitlines() if "=" in line.split("#")[0]]
+    unread = [line for line in lines if line.count("=") > 1]
+    assert not unread, f"{name}: papermill cannot read {unread} (one '=' a line, comment included)"
     following = cells[tagged[0] + 1].source
     checks = (
         f'profiles.{call}(globals(), "{name}")' for call in ("check_parameters", "from_notebook")
