@@ -51,8 +51,8 @@ def count(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> Co
 def _counted(
     model: nn.Module, input_shape: tuple[int, ...], positions: dict[str, int] | None = None
 ) -> Count:
-    """:func:`count` of any model, gated ones included (their gates change no shape: the cost
-    model of the learnt allocation counts the gated network); ``positions``, when given, gets
+    """:func:`count` of any model, gated ones included (their gates change no shape);
+    ``positions``, when given, gets
     the outputs per output unit (batch x spatial positions) of every Conv2d / Linear."""
     if len(input_shape) < 2:
         raise ValueError(f"input_shape must include the batch axis, got {input_shape}")

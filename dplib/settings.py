@@ -114,8 +114,6 @@ class DirichletSettings(_Settings):
     weights_lr: float = 0.0  # 0 freezes the weights (the method); > 0 trains them jointly (SGD)
     amp: bool | str = False  # amp and channels_last as in TrainSettings
     channels_last: bool = False
-    budget_macs: str | int | None = None  # the learnt allocation's MAC budget ("4x"), or none
-    budget_weight: float = 1.0  # lambda, the weight of its term
     # one layer's gate learnt at a time, the other gates off, each for ``epochs`` (the reference
     # code); False: every gate together
     layerwise: bool = True
@@ -128,18 +126,12 @@ class DirichletSettings(_Settings):
         _check_choice("batchnorm mode", self.batchnorm, BATCHNORM_MODES)
         _check_positive("phi_init", self.phi_init)
         _check_positive("alpha0", self.alpha0)
-        if min(self.kl_weight, self.weights_lr, self.budget_weight) < 0:
+        if min(self.kl_weight, self.weights_lr) < 0:
             raise ValueError(
-                f"kl_weight, weights_lr and budget_weight must be >= 0, got {self.kl_weight}, "
-                f"{self.weights_lr}, {self.budget_weight}"
+                f"kl_weight and weights_lr must be >= 0, got {self.kl_weight}, {self.weights_lr}"
             )
         if isinstance(self.samples, bool) or int(self.samples) != self.samples or self.samples < 1:
             raise ValueError(f"samples must be a whole number >= 1, got {self.samples!r}")
-        if self.layerwise and self.budget_macs is not None:
-            raise ValueError(
-                "the learnt allocation (budget_macs) needs every gate learnt together: "
-                "set layerwise=False"
-            )
 
     @classmethod
     def as_specified(cls) -> DirichletSettings:

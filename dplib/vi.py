@@ -25,24 +25,10 @@ mode. With ``estimator="sample"`` copy m of the stacked mini-batch is gated by s
 :math:`s^{(m)}` and the cross-entropies are averaged
 (never the logits); with ``"point"``, :math:`s` is the posterior mean and only the KL term sees
 the distribution.
-
-The learnt allocation (``budget_macs``, e.g. ``"4x"``) adds a budget term to the loss, the MACs of
-the posteriors' effective widths against the target T,
-
-.. math::
-
-    \lambda\, \max\Big(0,\ \frac{\mathrm{MACs}(w)}{T} - 1\Big), \qquad
-    w_l = \exp H(E_q[s_l]) = \exp\Big(-\sum_k E[s_{lk}] \ln E[s_{lk}]\Big),
-
-where MACs(w) is the exact quadratic cost of :class:`dplib.measure.CostModel` evaluated at the
-(real-valued) effective widths and ``budget_weight`` is :math:`\lambda`: layers whose units cost
-more are pushed to concentrate their posterior on fewer units, so that the posterior carries the
-allocation (read by the rule ``"effective"`` of :func:`dplib.choose_widths`).
 """
 
 from __future__ import annotations
 
-import functools
 import time
 import warnings
 from collections.abc import Iterator
@@ -56,11 +42,10 @@ from torch.utils.data import DataLoader
 
 from . import distributed
 from .attach import GatedModel
-from .budget import parse_budget, perplexity
 from .checks import check_data
 from .importance import Importance
 from .loop import Loop, set_seed
-from .measure import CostModel, kendall
+from .measure import kendall
 from .settings import DirichletSettings, with_knobs
 from .train import copy_state
 
@@ -122,7 +107,6 @@ def learn_importance(
     kl_normalizer = len(loader.dataset) if settings.kl_divided_by_n else 1
     loader = distributed.shard(loader, seed)
     loop = Loop.plan(loader, settings, device)
-    budget = _BudgetTerm(gated, loader, settings, loop.device) if settings.budget_macs else None
     # layerwise: one gate learnt at a time, the others off, each for the whole schedule
     phases = [[name] for name in gated.layers] if settings.layerwise else [None]
     set_seed(seed)
@@ -133,7 +117,7 @@ def learn_importance(
                 gated.set_mode("identity")
             phase = Loop.plan(loader, settings, device)
             histories.append(
-                _optimise(gated, loader, settings, phase, seed, kl_normalizer, budget, learning)
+                _optimise(gated, loader, settings, phase, seed, kl_normalizer, learning)
             )
     history = _joined(histories)
     history["epochs"] = len(phases) * loop.total_steps / loop.steps_per_epoch
@@ -220,7 +204,6 @@ def _optimise(
     loop: Loop,
     seed: int,
     kl_normalizer: float,
-    budget: _BudgetTerm | None = None,
     learning: list[str] | None = None,
 ) -> dict[str, Any]:
     """Adam on the gates named ``learning`` (default all; SGD on the weights when joint) for the
@@ -236,8 +219,6 @@ def _optimise(
         with loop.autocast():
             inputs = loop.formatted(images)
             terms = elbo_loss(gated, inputs, labels, settings, kl_normalizer, learning)
-        if budget is not None:
-            terms = (terms[0] + budget(), *terms[1:])
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         terms[0].backward()
@@ -298,34 +279,6 @@ def _warn_if_flat(spread: dict[str, float]) -> None:
             "phi_init (dplib.attach_gates) or learn for more epochs.",
             stacklevel=3,
         )
-
-
-class _BudgetTerm:
-    """lambda * max(0, MACs(w) / T - 1) at the gates' effective widths (the module docstring)."""
-
-    def __init__(
-        self,
-        gated: GatedModel,
-        loader: DataLoader,
-        settings: DirichletSettings,
-        device: torch.device,
-    ) -> None:
-        shape = (1, *loader.dataset[0][0].shape)
-        costs = CostModel(gated.model, shape, gated.layers)
-        macs = costs.macs
-        self.target = parse_budget(settings.budget_macs, macs(costs.units), "macs")
-        self.weight, self.gated = settings.budget_weight, gated
-        as_tensor = functools.partial(torch.as_tensor, dtype=torch.float64, device=device)
-        self.scale = macs.scale
-        self.const, self.linear, self.quadratic = map(
-            as_tensor, (macs.const, macs.linear, macs.quadratic)
-        )
-
-    def __call__(self) -> torch.Tensor:
-        widths = torch.stack([perplexity(gate.mean()) for _, gate in self.gated.named_gates()])
-        widths = widths.double()
-        cost = (self.const + self.linear @ widths + widths @ self.quadratic @ widths) / self.scale
-        return self.weight * torch.relu(cost / self.target - 1).float()
 
 
 class _Record:

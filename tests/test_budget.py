@@ -540,24 +540,6 @@ def test_effective_widths_count_the_units_that_hold_the_scores():
     assert np.allclose(dplib.budget.effective_widths(even), [8.0, 1.0], atol=1e-3)
 
 
-def test_the_learnt_budget_term_narrows_the_costly_layers(tiny_loader):
-    model = dplib.models.build("lenet5", seed=0).eval()
-    names = dplib.find_prunable_layers(model).names
-    widths = {}
-    for budget in (None, "10x"):
-        # variational inference with a sparse prior: the posterior moves within three epochs
-        settings = dplib.DirichletSettings.variational().replace(phi_init=2.0, budget_macs=budget)
-        gated = dplib.attach_gates(model, settings)
-        found = dplib.learn_importance(gated, tiny_loader, settings, epochs=3, seed=0)
-        gated.remove()
-        widths[budget] = dplib.budget.effective_widths(found, names)
-        assert len(found.history["loss"]) == 12
-    costs = CostModel(model, input_shape_for(model), names)
-    assert costs.macs(widths["10x"]) < 0.97 * costs.macs(widths[None])
-    with pytest.raises(ValueError, match="budget_weight"):
-        dplib.DirichletSettings(budget_weight=-1)
-
-
 def test_measured_offers_are_normalised_by_their_own_batch_statistics():
     """Two different slices of one stacked batch: each comes out as the network in training mode
     gives it alone (as after BatchNorm's re-estimation), and the running statistics stay."""

@@ -42,7 +42,7 @@ def test_toy_cifar_experiment_writes_rows_report_and_loadable_networks(tmp_path,
     )
     rows = done["cifar10-resnet20"]["rows"]
     assert {(r["criterion"], r["allocation"]) for r in rows} == {
-        ("dirichlet", rule) for rule in ("greedy", "uniform", "measured", "effective", "learnt")
+        ("dirichlet", rule) for rule in ("greedy", "uniform", "measured", "effective")
     } | {("l1", rule) for rule in ("greedy", "uniform", "measured", "effective")}
     assert all("speedup" in r and r["macs"] <= r["base_macs"] / 2 for r in rows)
     assert read_json(results / "cifar10-resnet20.json")["rows"] == rows

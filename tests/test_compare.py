@@ -56,7 +56,7 @@ def test_comparison_rows_meet_budgets_and_cache(tmp_path):
         ("dirichlet", rule) for rule in reports.RULES
     } | {("l1", "measured"), ("l1", "effective")}
     assert (verdict["cases"] == len(BUDGETS)).all()
-    assert "| Dirichlet learnt |" in reports.comparison_markdown({"smoke": result})
+    assert "| Dirichlet effective |" in reports.comparison_markdown({"smoke": result})
     same = reports.same_widths_verdict({"smoke": result}, skip=())
     assert list(same["metric"]) == ["after fine-tune", "after pruning"]
     assert (same["cases"] == len(BUDGETS)).all()
@@ -220,15 +220,14 @@ def test_the_course_verdict_is_computed_from_the_committed_comparison():
 
 def test_comparison_figure_draws_one_question_per_panel():
     """The ranking (every criterion, same widths) and one column per Dirichlet rule beside L1,
-    after pruning and after fine-tuning: 2 x (1 + 4) panels where the rules ran, 2 x 2 where
+    after pruning and after fine-tuning: 2 x (1 + 3) panels where the rules ran, 2 x 2 where
     only greedy and uniform did; no empty panel, few lines in each, the budgets in their order."""
     committed = compare.load_results(compare.committed_results(), compare.committed_results())
     rows = committed["mnist5k-lenet5"]["rows"]
     greedy_and_uniform = [r for r in rows if r["allocation"] in ("greedy", "uniform")]
-    # lines per panel: 6 criteria in the ranking's two, Dirichlet and L1 under each rule (the
-    # learnt rule: Dirichlet alone)
+    # lines per panel: 6 criteria in the ranking's two, Dirichlet and L1 under each rule
     for chosen, lines in (
-        (rows, [1] * 2 + [2] * 6 + [6] * 2),
+        (rows, [2] * 6 + [6] * 2),
         (greedy_and_uniform, [2] * 2 + [6] * 2),
     ):
         figure = figures.plot_comparison(compare.summarise(chosen), "committed")

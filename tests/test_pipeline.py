@@ -138,9 +138,9 @@ def test_only_the_profiles_own_table_is_the_one_the_figures_draw(tmp_path):
 
 
 def test_figures_draw_the_importance_the_table_was_pruned_with(runs):
-    """A comparison's learnt rule leaves newer Dirichlet importances beside the table's, and an
-    exercise's weaker base one with the same settings; the importance figures draw the one
-    table.json records (settings and base network), and the newest only without a record."""
+    """Dirichlet importances learnt with other settings, or an exercise's weaker base's with the
+    same settings, lie beside the table's; the importance figures draw the one table.json
+    records (settings and base network), and the newest only without a record."""
     from dplib.experiments import publish
     from dplib.experiments.cache import config_hash
     from dplib.files import write_json
@@ -149,14 +149,14 @@ def test_figures_draw_the_importance_the_table_was_pruned_with(runs):
     folder = runs / "smoke" / "fashion_mnist-lenet5" / "seed0"
     folder.mkdir(parents=True)
     plain = Importance({"fc1": torch.rand(4)}, criterion="dirichlet", config={"lr": 0.1})
-    learnt = Importance({"fc1": torch.rand(4)}, criterion="dirichlet", config={"budget": "4x"})
+    newer = Importance({"fc1": torch.rand(4)}, criterion="dirichlet", config={"lr": 1.0})
     plain.save(folder / "importance-dirichlet-a.pt")
-    time.sleep(0.01)  # the learnt rule's importance is the newer file
-    learnt.save(folder / "importance-dirichlet-b.pt")
+    time.sleep(0.01)  # the other settings' importance is the newer file
+    newer.save(folder / "importance-dirichlet-b.pt")
     table = {"network": "lenet5", "dataset": "Fashion-MNIST", "rows": []}
     write_json(folder / "table.json", table)
     drawn = publish.collect("smoke")["fashion_mnist-lenet5"]["importance"]
-    assert drawn.config == learnt.config, "without a record: the newest"
+    assert drawn.config == newer.config, "without a record: the newest"
     write_json(folder / "table.json", table | {"importance_hash": config_hash(plain.config)})
     drawn = publish.collect("smoke")["fashion_mnist-lenet5"]["importance"]
     assert drawn.config == plain.config and torch.equal(drawn.scores["fc1"], plain.scores["fc1"])

@@ -38,7 +38,6 @@ from .experiment import (
     FIXED,
     GLOBAL,
     Experiment,
-    learnt,
     prune_and_finetune,
     score,
 )
@@ -120,10 +119,7 @@ def run_setup(
                 for budget, allocation in cases(experiment, criterion, budgets):
                     if wanted is not None and allocation not in wanted:
                         continue
-                    scored = learnt(base, budget, log=log) if allocation == "learnt" else importance
-                    rows.append(prune_and_finetune(base, criterion, scored, budget, allocation))
-                    if allocation == "learnt":  # the allocation's cost: learning it
-                        rows[-1]["allocation_seconds"] += scored.history["seconds_total"]
+                    rows.append(prune_and_finetune(base, criterion, importance, budget, allocation))
                 log(f"{experiment.name} seed {seed}: {criterion} done")
     return {
         "setup": experiment.name,
@@ -136,14 +132,14 @@ def run_setup(
 
 # the rules compared besides greedy and uniform, on Dirichlet and on L1 (the control)
 RULES = {
-    "dirichlet": ("measured", "effective", "learnt"),
+    "dirichlet": ("measured", "effective"),
     "l1": ("measured", "effective"),
     "tp_l2": (GLOBAL,),
     "tp_taylor": (GLOBAL,),
 }
 
 
-ALLOCATION_NAMES = ("greedy", "uniform", "measured", "effective", "learnt", GLOBAL, FIXED)
+ALLOCATION_NAMES = ("greedy", "uniform", "measured", "effective", GLOBAL, FIXED)
 
 
 def cases(experiment: Experiment, criterion: str, budgets: Iterable[str]) -> list[tuple[str, str]]:

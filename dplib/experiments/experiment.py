@@ -15,8 +15,7 @@ resumes after its last complete artefact (an interrupted pretraining from its la
 
 A row (the one result schema): ``setup``, ``seed``, ``criterion``, ``allocation`` (``fixed``:
 widths given; ``greedy``: the criterion's allocation of a budget; ``uniform``: the uniform one;
-``measured``, ``effective``: the other rules of :func:`dplib.choose_widths`; ``learnt``: the
-effective widths of a posterior learnt with the budget's term (:func:`learnt`); ``global``:
+``measured``, ``effective``: the other rules of :func:`dplib.choose_widths`; ``global``:
 Torch-Pruning's global pruning), ``budget``, ``widths``, ``params``, ``macs``, ``base_macs``,
 validation and test accuracy ``pruned_val``, ``pruned_test`` (right after pruning, BatchNorm
 statistics re-estimated on fixed training batches), ``allocation_seconds`` and
@@ -64,7 +63,6 @@ ALLOCATIONS: dict[str, str | Callable[[Base], Rule]] = {
     "uniform": "uniform",
     "measured": lambda base: Measured(recalibration_loader(base)),  # alike for every criterion
     "effective": "effective",
-    "learnt": "effective",
 }
 FIXED = "fixed"  # widths given by hand (the reference code's, the notebooks' settings)
 GLOBAL = "global"  # Torch-Pruning's global pruning to the budget (its tp_ criteria only)
@@ -332,17 +330,6 @@ def score(
         load=lambda path, _: Importance.load(path),
         log=log,
     ).value
-
-
-def learnt(base: Base, budget: str, *, log: Log = log_line) -> Importance:
-    """The Dirichlet importance learnt with ``budget``'s MAC term (:mod:`dplib.vi`), cached; the
-    term ties the layers, so every gate learns together (``layerwise=False``)."""
-    settings = base.experiment.importance.replace(budget_macs=budget, layerwise=False)
-    return score(
-        dataclasses.replace(base, experiment=base.experiment.replace(importance=settings)),
-        "dirichlet",
-        log=log,
-    )
 
 
 def widths_for(base: Base, importance: Importance, budget: str, allocation: str) -> dict:

@@ -55,8 +55,7 @@ def collect(profile: str) -> dict[str, dict[str, Any]]:
 
 def _drawn_importance(seed: Path, wanted: str | None, base_key: str | None) -> Importance | None:
     """The Dirichlet importance whose settings hash to ``wanted`` (the table's) and that was
-    learnt on the table's base network ``base_key``, else the newest: a comparison's rules learn
-    others beside it (the learnt allocation's, one per budget), and an exercise's weaker base
+    learnt on the table's base network ``base_key``, else the newest: an exercise's weaker base
     learns one with the same settings in the same folder."""
     files = sorted(seed.glob("importance-dirichlet-*.pt"), key=lambda p: p.stat().st_mtime)
     for path in reversed(files):  # newest first; the base is read from the record, the settings

@@ -71,7 +71,7 @@ def _percent(pair: tuple[float, float]) -> str:
     return f"{100 * pair[0]:.2f} ± {100 * pair[1]:.2f}"
 
 
-RULES = ("greedy", "measured", "effective", "learnt")  # Dirichlet's allocation rules, in order
+RULES = ("greedy", "measured", "effective")  # Dirichlet's allocation rules, in order
 
 
 def rules_ran(result: dict[str, Any]) -> bool:
