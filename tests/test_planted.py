@@ -56,3 +56,8 @@ def test_the_primers_first_run_is_the_checks_own_and_is_kept(tmp_path, monkeypat
     assert [r["pearson"] for r in synthetic.load_results("smoke")] == [first["pearson"]]
     with pytest.raises(ValueError, match="took 60 steps with seed 0"):
         synthetic.synthetic_check("smoke", (8,), steps=61, seed=seed, done=[first])
+    # the method's code changed: the stored run is neither reused nor drawn
+    monkeypatch.setattr(synthetic, "code_version", lambda *modules: "changed")
+    assert synthetic.load_results("smoke") == []
+    with pytest.raises(pytest.fail.Exception, match="rerun"):
+        synthetic.synthetic_check("smoke", (8,), ("sample",), steps=steps, seed=seed)

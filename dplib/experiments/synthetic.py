@@ -21,13 +21,16 @@ from torch.distributions import Dirichlet
 from .. import progress
 from ..attach import attach_gates
 from ..data import make_loader
-from ..files import atomic_torch_save
+from ..files import atomic_torch_save, read_json
 from ..importance import Importance
 from ..measure import spearman
 from ..settings import DirichletSettings
 from ..vi import learn_importance
 from . import paths
-from .cache import cached, config_hash
+from .cache import cached, code_version, config_hash
+
+# the method modules the check runs: a changed statement in them reruns it
+SYNTHETIC_CODE = ("data", "loop", "settings", "gates", "attach", "vi", "importance")
 
 
 class SyntheticMLP(nn.Module):
@@ -121,9 +124,9 @@ def synthetic_check(
     done: Iterable[dict[str, Any]] = (),
     log=print,
 ) -> list[dict[str, Any]]:
-    """Every (hidden size, estimator) of the check, cached in ``runs/<profile>/synthetic/``;
-    ``done``: runs already made (each a :func:`summary` of the same steps and seed), stored as
-    they are instead of run again."""
+    """Every (hidden size, estimator) of the check, cached in ``runs/<profile>/synthetic/`` and
+    run again when :data:`SYNTHETIC_CODE` changes; ``done``: runs already made (each a
+    :func:`summary` of the same steps and seed), stored as they are instead of run again."""
     ready = {(r["hidden"], r["estimator"]): r for r in done}
     for run in ready.values():
         if (run["steps"], run["seed"]) != (steps, seed):
@@ -136,6 +139,7 @@ def synthetic_check(
     for hidden in hidden_sizes:
         for estimator in estimators:
             config = {"hidden": hidden, "estimator": estimator, "steps": steps, "seed": seed}
+            config["code"] = code_version(*SYNTHETIC_CODE)
             if (hidden, estimator) in ready:
                 make = functools.partial(_scored, ready[(hidden, estimator)])
             else:
@@ -168,11 +172,14 @@ def _scored(result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def load_results(profile: str) -> list[dict[str, Any]]:
-    """Every stored synthetic result of ``profile`` (for the figures notebook)."""
+    """Every stored synthetic result of ``profile`` made by the current method code (for the
+    figures notebook): results of older code stay on disk but are not drawn."""
     folder = paths.profile_dir(profile) / "synthetic"
-    results = []
+    results, current = [], code_version(*SYNTHETIC_CODE)
     for path in sorted(folder.glob("synthetic-*.pt")):
         try:
+            if read_json(path.with_suffix(".json"))["config"].get("code") != current:
+                continue
             results.append(torch.load(path, map_location="cpu", weights_only=True))
         except Exception:  # a corrupt file is rebuilt by synthetic_check; skip it here
             continue
