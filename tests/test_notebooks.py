@@ -201,6 +201,19 @@ def _write_notebook(folder, name: str, source: str) -> None:
     nbformat.write(notebook, folder / f"{name}.ipynb")
 
 
+@pytest.mark.slow  # it starts Jupyter kernels
+def test_a_notebook_runs_again_when_the_kits_code_changes(tmp_path, monkeypatch):
+    """Up to date: not run again; after a changed statement anywhere in the kit: run again (its
+    stages then rebuild what the changed modules made)."""
+    _write_notebook(tmp_path, "plain", "x = 1")
+    monkeypatch.setattr(runner.paths, "notebook_dir", lambda: tmp_path)
+    output = tmp_path / "out" / "plain.ipynb"
+    assert runner.run_notebook("plain", {"profile": "smoke"}, output)
+    assert not runner.run_notebook("plain", {"profile": "smoke"}, output)
+    monkeypatch.setattr(runner, "kit_code", lambda: "a statement changed")
+    assert runner.run_notebook("plain", {"profile": "smoke"}, output)
+
+
 @pytest.mark.slow  # it starts a Jupyter kernel
 def test_the_main_job_talks_to_its_kernels_over_local_sockets(tmp_path, monkeypatch):
     """The runner's kernels listen on no TCP port (ipykernel warns of unencrypted TCP into the

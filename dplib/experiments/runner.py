@@ -3,8 +3,10 @@
 ``00_primer``, then ``01_pretrain``, ``02_importance`` and ``03_prune`` per experiment of a
 profile, then ``04_figures``; executed copies go to ``runs/<profile>/notebooks/``, each renamed
 into place when its run finished, beside a JSON stamp (the notebook's hash, its parameters and
-inputs): an up-to-date notebook is not run again unless ``--force`` (the stages inside reuse
-their artefacts, so a forced run of an unchanged experiment takes seconds too). Each notebook
+inputs, the kit's code): an up-to-date notebook is not run again unless ``--force`` (the
+stages inside reuse their artefacts, so a forced run of an unchanged experiment takes seconds
+too; after a change to the kit's code each notebook runs again, and its stages rebuild only what
+the changed modules made). Each notebook
 runs in a fresh kernel, started with the kit imported while the notebook before it runs.
 """
 
@@ -29,6 +31,7 @@ from typing import Any
 from ..data import DataNotFoundError, load_splits
 from ..files import read_json, write_json
 from . import paths, profiles
+from .cache import code_version
 
 PER_EXPERIMENT = ("01_pretrain", "02_importance", "03_prune")
 DEFAULT_SECONDS = 60.0  # a notebook's duration before any has run (for the first estimate)
@@ -63,6 +66,15 @@ def _inputs(name: str, parameters: dict[str, Any]) -> Any:
     return profiles.preset(profile)
 
 
+def kit_code() -> str:
+    """The :func:`~dplib.experiments.cache.code_version` of every module of ``dplib`` and
+    ``dplib.experiments``: a changed statement anywhere in the kit makes every notebook stale."""
+    package = Path(__file__).resolve().parent.parent
+    names = [path.stem for path in package.glob("*.py")]
+    names += [f"experiments.{path.stem}" for path in (package / "experiments").glob("*.py")]
+    return code_version(*(name for name in names if not name.endswith("__init__")))
+
+
 def run_notebook(
     name: str,
     parameters: dict[str, Any],
@@ -81,6 +93,7 @@ def run_notebook(
         "notebook": hashlib.sha256(source.read_bytes()).hexdigest()[:12],
         "parameters": parameters,
         "inputs": _inputs(name, parameters),
+        "code": kit_code(),
     }
     stamp = json.loads(json.dumps(stamp, sort_keys=True, default=str))
     done = output.with_suffix(".json")
