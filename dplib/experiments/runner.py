@@ -6,8 +6,8 @@ into place when its run finished, beside a JSON stamp (the notebook's hash, its 
 inputs, the kit's code): an up-to-date notebook is not run again unless ``--force`` (the
 stages inside reuse their artefacts, so a forced run of an unchanged experiment takes seconds
 too; after a change to the kit's code each notebook runs again, and its stages rebuild only what
-the changed modules made). Each notebook
-runs in a fresh kernel, started with the kit imported while the notebook before it runs.
+the changed modules made). Each notebook runs in a fresh kernel, started with the kit imported
+while the notebook before it runs.
 """
 
 from __future__ import annotations
@@ -317,16 +317,19 @@ def main(argv: list[str] | None = None) -> None:
         _check_only(steps, args.only)
     except ValueError as error:
         sys.exit(f"error: {error}")
-    kernels = Kernels(len(steps))  # the first kernel starts while the data are checked
-    steps = runnable(steps, args.only)
-    kernels.left = len(steps)
-    os.environ.setdefault("DPLIB_PROGRESS", "text")
+    os.environ.setdefault("DPLIB_PROGRESS", "text")  # before any kernel starts: they inherit it
+    # A whole profile opens with 00_primer, which reads no data set: its kernel starts while the
+    # data are checked. Any other first notebook waits for the check, whose DPLIB_OFFLINE its
+    # kernel must inherit.
+    kernels = Kernels(0 if args.only else len(steps))
     # papermill logs every cell's output at INFO: that is the run's log.
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
     logging.getLogger("papermill").setLevel(logging.INFO)
     started = time.perf_counter()
     spent: list[float] = []
     try:
+        steps = runnable(steps, args.only)
+        kernels.left = len(steps)
         for index, (name, parameters, output) in enumerate(steps):
             _announce(index, steps, time.perf_counter() - started, spent)
             clock = time.perf_counter()
