@@ -165,18 +165,15 @@ WARM_UP = "import IPython.display, matplotlib.pyplot, pandas, torch, dplib.exper
 
 
 class Kernels:
-    """Kernels started one notebook ahead: the first as soon as this is made, then, while a
-    notebook runs, a thread starts the next notebook's kernel and imports :data:`WARM_UP` into
-    it, work that would otherwise hold up every notebook for about 4 s. Each notebook still gets
-    a kernel of its own."""
+    """Kernels started one notebook ahead: while a notebook runs, a thread starts the next
+    notebook's kernel and imports :data:`WARM_UP` into it, work that would otherwise hold up
+    every notebook for about 4 s. Each notebook still gets a kernel of its own."""
 
     def __init__(self, notebooks: int) -> None:
         self.left = notebooks  # how many notebooks may still want a kernel
         self.warned = False
         self._thread: threading.Thread | None = None
         self._started: list[Any] = []
-        if notebooks > 0:
-            self._prepare()
 
     def take(self) -> Any:
         """A started kernel's manager (None when none could be started: papermill starts one),
@@ -274,21 +271,16 @@ def _missing_data(dataset: str) -> str | None:
     return None
 
 
-def _check_only(steps: list[tuple[str, dict, Path]], only: list[str] | None) -> None:
-    """ValueError listing the choices when a name in ``only`` is no notebook or experiment."""
-    names = {name for name, _, _ in steps}
-    names |= {f"{p['dataset']}-{p['model']}" for _, p, _ in steps if "dataset" in p}
-    unknown = sorted(set(only or ()) - names)
-    if unknown:
-        raise ValueError(f"--only {unknown}: not in this profile; choose from {sorted(names)}")
-
-
 def runnable(
     steps: list[tuple[str, dict, Path]], only: list[str] | None
 ) -> list[tuple[str, dict, Path]]:
     """The steps asked for (``--only``) whose data are here; says why one is skipped. A name in
     ``only`` that is no notebook or experiment of ``steps`` raises ValueError listing them."""
-    _check_only(steps, only)
+    names = {name for name, _, _ in steps}
+    names |= {f"{p['dataset']}-{p['model']}" for _, p, _ in steps if "dataset" in p}
+    unknown = sorted(set(only or ()) - names)
+    if unknown:
+        raise ValueError(f"--only {unknown}: not in this profile; choose from {sorted(names)}")
     chosen, noted = [], {}
     for name, parameters, output in steps:
         experiment = f"{parameters.get('dataset')}-{parameters.get('model')}"
@@ -313,23 +305,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         profiles.check_profile(args.profile)
-        steps = plan(args.profile)
-        _check_only(steps, args.only)
+        steps = runnable(plan(args.profile), args.only)
     except ValueError as error:
         sys.exit(f"error: {error}")
-    os.environ.setdefault("DPLIB_PROGRESS", "text")  # before any kernel starts: they inherit it
-    # A whole profile opens with 00_primer, which reads no data set: its kernel starts while the
-    # data are checked. Any other first notebook waits for the check, whose DPLIB_OFFLINE its
-    # kernel must inherit.
-    kernels = Kernels(0 if args.only else len(steps))
+    # the kernels inherit the environment: DPLIB_PROGRESS here, DPLIB_OFFLINE from runnable
+    os.environ.setdefault("DPLIB_PROGRESS", "text")
+    kernels = Kernels(len(steps))
     # papermill logs every cell's output at INFO: that is the run's log.
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
     logging.getLogger("papermill").setLevel(logging.INFO)
     started = time.perf_counter()
     spent: list[float] = []
     try:
-        steps = runnable(steps, args.only)
-        kernels.left = len(steps)
         for index, (name, parameters, output) in enumerate(steps):
             _announce(index, steps, time.perf_counter() - started, spent)
             clock = time.perf_counter()
