@@ -33,7 +33,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
-import torch
 from torch import nn
 from torch.distributions import Categorical
 
@@ -55,8 +54,7 @@ class BudgetError(ValueError):
 
 
 def input_shape_for(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> tuple:
-    """``input_shape`` (a batch's shape), or (1, channels, height, width) of a network built by
-    :func:`dplib.models.build` (from the preset it records); a clear error for other models."""
+    """``input_shape``, or (1, channels, height, width) of a :func:`dplib.models.build` net."""
     if input_shape is not None:
         return tuple(input_shape)
     image = input_shape_of(model)
@@ -92,8 +90,7 @@ def _check_budget_syntax(target: object, what: str) -> None:
 
 
 def split_budget_widths(widths: str) -> tuple[str, str] | None:
-    """``"macs:4x"`` -> ``("macs", "4x")`` (the notebooks accept such a budget as widths); None
-    when ``widths`` is not a budget; a malformed budget raises."""
+    """``"macs:4x"`` -> ``("macs", "4x")``; None when ``widths`` is not a budget."""
     if not isinstance(widths, str) or ":" not in widths:
         return None
     what, _, target = widths.partition(":")
@@ -104,8 +101,7 @@ def split_budget_widths(widths: str) -> tuple[str, str] | None:
 
 
 def parse_budget(target: int | float | str, full: int, what: str = "macs") -> int:
-    """An absolute budget (a number, rounded down: ``full / 4`` is fine) or a ratio such as
-    ``"4x"`` (4 times fewer than ``full``)."""
+    """An absolute budget (a number, rounded down) or a ratio such as ``"4x"`` of ``full``."""
     _check_budget_syntax(target, what)
     if isinstance(target, str):
         return int(full // float(_RATIO.match(target).group(1)))
@@ -113,8 +109,7 @@ def parse_budget(target: int | float | str, full: int, what: str = "macs") -> in
 
 
 class Rule:
-    """An allocation rule: how :func:`choose_widths` spends a budget across layers. Every rule
-    honours the hardware grid and per-layer limits, which it carries:
+    """An allocation rule: how :func:`choose_widths` spends a budget across layers.
 
     Args:
         multiple_of: every width a multiple of it (e.g. 8, for tensor cores) or the full width.
@@ -146,9 +141,8 @@ class Rule:
         self.overrides = dict(overrides or {})
 
     def widths(self, task: Task, rank: _Rank) -> np.ndarray:
-        """Widths on ``task.grid`` whose cost is at most ``task.target`` (before the add-back
-        and exchanges that :func:`choose_widths` runs after every rule, in the order ``rank``,
-        this rule's :meth:`rank`)."""
+        """Widths on ``task.grid`` that cost at most ``task.target`` (add-back and exchanges
+        follow, in the order ``rank``)."""
         raise NotImplementedError
 
     def rank(self, task: Task) -> _Rank:
@@ -166,8 +160,7 @@ class Rule:
 
 
 class Task(NamedTuple):
-    """What a rule allocates: the full ``model``, the scores, the cost model (``quadratic``: the
-    budgeted cost, MACs or parameters), the allowed widths and the absolute target."""
+    """What a rule allocates (``quadratic``: the budgeted cost, MACs or parameters)."""
 
     model: nn.Module
     importance: Importance | None
@@ -189,8 +182,7 @@ def register(rule: type[Rule]) -> type[Rule]:
 
 
 def rule_for(rule: str | Rule | None) -> Rule:
-    """A :class:`Rule`: ``rule`` itself, a registered rule by name with its defaults, or the
-    greedy rule for None."""
+    """``rule`` itself, a registered rule by name with its defaults, or greedy for None."""
     if isinstance(rule, Rule):
         return rule
     if rule is None:
@@ -202,25 +194,23 @@ def rule_for(rule: str | Rule | None) -> Rule:
 
 @register
 class Greedy(Rule):
-    """Remove the lowest-scored kept unit (block) of all layers, one at a time, until the cost
-    fits: r_lk = ``importance.relative()`` compared across layers."""
+    """Remove the lowest-scored kept unit (block) of all layers, one at a time, until it fits."""
 
     name = "greedy"
 
     def widths(self, task: Task, rank: _Rank) -> np.ndarray:
-        return _remove_until(task.quadratic, task.grid, task.target, rank)
+        return _remove_until(task, rank, task.grid.ceiling)
 
 
 @register
 class Uniform(Rule):
-    """Keep the same fraction of every layer (the naive reference; the scores only choose which
-    units within a layer)."""
+    """Keep the same fraction of every layer (the scores only choose units within a layer)."""
 
     name = "uniform"
     needs_importance = False
 
     def widths(self, task: Task, rank: _Rank) -> np.ndarray:
-        return _fractions(task.quadratic, task.grid, task.target, task.costs.units)
+        return _fractions(task, task.costs.units)
 
     def rank(self, task: Task) -> _Rank:
         return _UniformRank(task.costs.units)
@@ -228,25 +218,22 @@ class Uniform(Rule):
 
 @register
 class Effective(Rule):
-    """Keep in every layer the same share of its effective width exp(H(p_l)), p_l = r_l / K_l
-    (the posterior's perplexity)."""
+    """Keep in every layer the same share of its effective width exp(H(p_l))."""
 
     name = "effective"
 
     def widths(self, task: Task, rank: _Rank) -> np.ndarray:
-        shares = effective_widths(task.importance, task.costs.names)
-        return _fractions(task.quadratic, task.grid, task.target, shares)
+        return _fractions(task, effective_widths(task.importance, task.costs.names))
 
 
 @register
 class Measured(Rule):
-    """Remove the block whose removal raises the loss of a few fixed batches the least per MAC
-    saved, measured again lazily after every removal (:mod:`dplib.measured`). ``data``: a few
-    fixed (images, labels) batches (its first 2 are read). ``floor``: the fraction of its units
-    each layer keeps while any other layer can still give a block (a preference; ``min_keep`` is
-    the limit). It costs about one forward pass of the batches per removed block: about 1 s for
-    LeNet-5, under a training epoch for ResNet-20 on 2 CPU cores (figures/cifar.md,
-    figures/bench/measured_cost.md)."""
+    """Remove the block whose removal raises the loss least per MAC saved (:mod:`dplib.measured`).
+
+    ``data``: a few fixed (images, labels) batches (its first 2 are read). ``floor``: the
+    fraction of its units each layer keeps while any other layer can still give a block (a
+    preference; ``min_keep`` is the limit). About one forward pass of the batches per removed
+    block (figures/cifar.md, figures/bench/measured_cost.md)."""
 
     name = "measured"
 
@@ -262,15 +249,8 @@ class Measured(Rule):
         self.data, self.floor = data, floor
 
     def widths(self, task: Task, rank: _Rank) -> np.ndarray:
-        return measured_removal(
-            task.model,
-            task.importance,
-            task.quadratic,
-            task.grid,
-            task.target,
-            self.data,
-            self.floor,
-        )
+        model, importance, _, quadratic, grid, target = task
+        return measured_removal(model, importance, quadratic, grid, target, self.data, self.floor)
 
 
 def choose_widths(
@@ -290,10 +270,9 @@ def choose_widths(
         importance: scores of every prunable layer (any criterion); None allowed for "uniform".
         budget: MACs of one forward pass of ``input_shape``, as a number or ``"4x"`` (four times
             fewer than the full model); or parameters, ``"params:4x"`` or ``"params:50000"``.
-        rule: an allocation rule, a :class:`Rule` (its grid and limits given) or a registered
-            name, :data:`RULES`: ``"greedy"`` (default), ``"uniform"``, ``"effective"``, or
-            ``Measured(data)``, which won on validation right after pruning
-            (figures/compare.md, figures/cifar.md).
+        rule: a :class:`Rule` (its grid and limits given) or a registered name, :data:`RULES`:
+            ``"greedy"`` (default), ``"uniform"``, ``"effective"``, or ``Measured(data)``, which
+            won on validation right after pruning (figures/compare.md, figures/cifar.md).
         input_shape: the input batch shape (default: that of a :func:`dplib.models.build` net).
         verify: check the analytic cost against :func:`dplib.count` of the pruned network.
 
@@ -312,8 +291,7 @@ def choose_widths(
     target = _target_in_range(model, quadratic, costs.units, target, what)
     grid = _Grid(costs.units, rule.multiple_of, np.array([layer.groups for layer in costs.layers]))
     grid.minimum, grid.ceiling = _limits(costs, grid.step, rule)
-    task = Task(model, importance, costs, quadratic, grid, target)
-    widths = _allocate(task, rule, what)
+    widths = _allocate(Task(model, importance, costs, quadratic, grid, target), rule, what)
     cost = quadratic(widths)
     if cost < (1 - TOLERANCE) * target < quadratic(grid.ceiling):  # outside the window
         where, other = _grid_hint(rule.multiple_of)
@@ -331,12 +309,10 @@ def choose_widths(
 def _requested_budget(
     importance: Importance | None, budget: float | str, rule: Rule
 ) -> tuple[str, int | str]:
-    """Check the budget and rule of :func:`choose_widths` before any forward pass; return what
-    is budgeted ("macs" or "params") and the target."""
+    """What is budgeted ("macs" or "params") and the target, checked before any forward pass."""
     if importance is None and rule.needs_importance:
         raise ValueError(f"the {rule.name} rule needs an importance (or use 'uniform')")
-    split = split_budget_widths(budget) if isinstance(budget, str) else None
-    what, target = split if split is not None else ("macs", budget)
+    what, target = split_budget_widths(budget) or ("macs", budget)
     if isinstance(target, str) and target.strip().isdigit():
         target = int(target)
     _check_budget_syntax(target, what)
@@ -360,19 +336,16 @@ def _target_in_range(
 
 
 class _Grid:
-    """The widths each layer may keep: multiples of ``multiple_of`` (at least one), and its full
-    width; a layer narrower than ``multiple_of`` steps by one unit instead; a layer of ``groups``
-    (a grouped convolution's channels) by a multiple of them. ``minimum`` and ``ceiling`` (per
-    layer) bound them further (floors, caps and overrides)."""
+    """The widths each layer may keep: multiples of its ``step`` (``multiple_of``, one unit for a
+    layer narrower than it, times its ``groups``), and its full width, from ``minimum`` (one
+    step, or the floor) to ``ceiling`` (its units, or the cap)."""
 
     def __init__(self, units: np.ndarray, multiple_of: int = 1, groups: np.ndarray | None = None):
-        self.units = units
-        self.multiple_of = int(multiple_of)
+        self.units, self.multiple_of = units, int(multiple_of)
         step = np.where(units < multiple_of, 1, multiple_of).astype(np.int64)
         self.groups = np.ones_like(units) if groups is None else groups
         self.step = np.lcm(step, self.groups)
-        self.minimum = self.step  # one unit (block), or the floor
-        self.ceiling = units
+        self.minimum, self.ceiling = self.step, units
 
     def lower(self, widths: np.ndarray) -> np.ndarray:
         """The next allowed width below each width; below ``minimum`` where there is none."""
@@ -389,38 +362,32 @@ class _Grid:
 
 
 def _limits(costs: CostModel, step: np.ndarray, rule: Rule) -> tuple[np.ndarray, np.ndarray]:
-    """Per-layer (floor, ceiling) widths on the grid from the rule's kept fractions and
-    overrides."""
+    """Per-layer (floor, ceiling) widths on the grid from the rule's fractions and overrides."""
     units, names = costs.units, costs.names
-    min_keep, max_keep, overrides = rule.min_keep, rule.max_keep, rule.overrides
-    unknown = [
-        n
-        for limit in (min_keep, max_keep, overrides)
-        if isinstance(limit, dict)
-        for n in limit
-        if n not in names
-    ]
+    given = (rule.min_keep, rule.max_keep, rule.overrides)
+    unknown = [n for limit in given if isinstance(limit, dict) for n in limit if n not in names]
     if unknown:
         raise ValueError(f"limits name layers this model does not prune {unknown}; its: {names}")
     low, high = (
         np.array([limit.get(n, default) if isinstance(limit, dict) else limit for n in names])
-        for limit, default in ((min_keep, 0.0), (max_keep, 1.0))
+        for limit, default in ((rule.min_keep, 0.0), (rule.max_keep, 1.0))
     )
     if not (0 <= low).all() or not (high <= 1).all() or (low > high).any():
         raise ValueError(
-            f"min_keep {min_keep} and max_keep {max_keep} must be kept fractions in [0, 1], "
-            "each floor at most its cap"
+            f"min_keep {rule.min_keep} and max_keep {rule.max_keep} must be kept fractions in "
+            "[0, 1], each floor at most its cap"
         )
     floor = np.maximum(np.ceil(low * units / step).astype(np.int64) * step, step)
     ceiling = np.floor(high * units / step).astype(np.int64) * step
     ceiling = np.maximum(np.where(high >= 1, units, ceiling), floor)  # the full width is allowed
     floor, ceiling = np.minimum(floor, units), np.minimum(ceiling, units)
-    for name, width in overrides.items():
-        index, size = names.index(name), int(units[names.index(name)])
-        if not 1 <= width <= size or width % costs.layers[index].groups:
+    for name, width in rule.overrides.items():
+        index = names.index(name)
+        size, groups = int(units[index]), costs.layers[index].groups
+        if not 1 <= width <= size or width % groups:
             raise ValueError(
                 f"override {name}={width} outside 1..{size} units, or not a multiple of the "
-                f"layer's {costs.layers[index].groups} groups"
+                f"layer's {groups} groups"
             )
         floor[index] = ceiling[index] = width
     return floor, ceiling
@@ -442,8 +409,7 @@ def _allocate(task: Task, rule: Rule, what: str) -> np.ndarray:
             f"floors too high: try a larger budget, lower floors{other}"
         )
     rank = rule.rank(task)
-    widths = _add_back(quadratic, grid, rule.widths(task, rank), target, rank)
-    return _repair(quadratic, grid, widths, target, rank)
+    return _repair(task, rank, _add_back(task, rank, rule.widths(task, rank)))
 
 
 def _grid_hint(multiple_of: int) -> tuple[str, str]:
@@ -453,13 +419,8 @@ def _grid_hint(multiple_of: int) -> tuple[str, str]:
     return f" on the grid multiple_of={multiple_of}", " or a smaller multiple_of"
 
 
-def _block_mean(ranked: np.ndarray, start: int, stop: int) -> float:
-    """Mean score of the ranked units start..stop-1 (a single unit's score exactly)."""
-    return ranked[start] if stop - start == 1 else ranked[start:stop].mean()
-
-
 class _ImportanceRank:
-    """Which block to remove next (lowest rank) and to add back next (highest rank)."""
+    """Which block to remove next (lowest mean score) and to add back next (highest)."""
 
     def __init__(self, importance: Importance, names: list[str], groups: np.ndarray):
         relative = importance.relative()
@@ -469,14 +430,14 @@ class _ImportanceRank:
             for name, g in zip(names, groups)
         ]
 
-    def removal(self, widths: np.ndarray, lower: np.ndarray, savings: np.ndarray) -> np.ndarray:
+    def removal(self, widths: np.ndarray, lower: np.ndarray) -> np.ndarray:
         """Per layer: the mean score of the last kept units, down to ``lower``."""
-        return np.array([_block_mean(r, lo, w) for r, lo, w in zip(self.ranked, lower, widths)])
+        return np.array([r[low:w].mean() for r, low, w in zip(self.ranked, lower, widths)])
 
-    def addition(self, widths: np.ndarray, upper: np.ndarray, additions: np.ndarray) -> np.ndarray:
+    def addition(self, widths: np.ndarray, upper: np.ndarray) -> np.ndarray:
         """Per layer: the mean score of the best removed units, up to ``upper``."""
         layers = zip(self.ranked, widths, upper)
-        return np.array([_block_mean(r, w, up) if w < up else -np.inf for r, w, up in layers])
+        return np.array([r[w:up].mean() if w < up else -np.inf for r, w, up in layers])
 
 
 class _UniformRank:
@@ -486,7 +447,7 @@ class _UniformRank:
     def __init__(self, units: np.ndarray):
         self.units = units
 
-    def removal(self, widths: np.ndarray, *_: np.ndarray) -> np.ndarray:
+    def removal(self, widths: np.ndarray, _: np.ndarray) -> np.ndarray:
         return -widths / self.units
 
     addition = removal
@@ -496,24 +457,17 @@ _Rank = _ImportanceRank | _UniformRank
 
 
 def _remove_until(
-    quadratic: Quadratic,
-    grid: _Grid,
-    target: int,
-    rank: _Rank,
-    start: np.ndarray | None = None,
-    frozen: np.ndarray | None = None,
+    task: Task, rank: _Rank, widths: np.ndarray, frozen: np.ndarray | bool = False
 ) -> np.ndarray:
-    """Remove the lowest-ranked block (down to the next allowed width), one at a time, until
-    the cost is at most ``target``; ``frozen`` layers keep their widths."""
-    widths = grid.ceiling.copy() if start is None else start.copy()
+    """Remove the lowest-ranked block, one at a time, until the cost is at most the target;
+    ``frozen`` layers keep their widths."""
+    quadratic, grid, widths = task.quadratic, task.grid, widths.copy()
     cost = quadratic(widths)
-    while cost > target:
+    while cost > task.target:
         lower = grid.lower(widths)
         savings = quadratic.removal_savings(widths, widths - lower)
-        order = rank.removal(widths, lower, savings).astype(float)
-        order[lower < grid.minimum] = np.inf  # one unit (block) stays in every layer
-        if frozen is not None:
-            order[frozen] = np.inf
+        order = rank.removal(widths, lower).astype(float)
+        order[(lower < grid.minimum) | frozen] = np.inf  # one unit (block) stays in every layer
         if np.isinf(order).all():
             break
         layer = int(np.argmin(order))  # ties: the earlier layer, deterministic
@@ -524,71 +478,57 @@ def _remove_until(
 
 def effective_widths(importance: Importance, names: list[str] | None = None) -> np.ndarray:
     """Each layer's effective number of units exp(H(p)), p its scores normalised to sum to
-    one (the posterior mean for Dirichlet): K for equal scores, 1 when one unit has them all."""
+    one (the perplexity): K for equal scores, 1 when one unit has them all."""
     relative = importance.relative()
-    return np.array([float(perplexity(relative[name])) for name in names or importance.names])
+    entropies = (Categorical(probs=relative[name]).entropy() for name in names or importance.names)
+    return np.array([float(entropy.exp()) for entropy in entropies])
 
 
-def perplexity(scores: torch.Tensor) -> torch.Tensor:
-    """exp H(p) of the scores normalised to sum to one (differentiable): the effective number of
-    units, K for equal scores, 1 when one unit has them all."""
-    return Categorical(probs=scores).entropy().exp()
-
-
-def _fractions(quadratic: Quadratic, grid: _Grid, target: int, shares: np.ndarray) -> np.ndarray:
-    """Widths f * ``shares`` (rounded down to the grid) at the largest f that fits ``target``
+def _fractions(task: Task, shares: np.ndarray) -> np.ndarray:
+    """Widths f * ``shares`` (rounded down to the grid) at the largest f that fits the target
     (bisection): the same fraction of every layer when ``shares`` are the full widths."""
 
     def widths_at(fraction: float) -> np.ndarray:
-        return grid.floor(np.round(shares * fraction).astype(np.int64))
+        return task.grid.floor(np.round(shares * fraction).astype(np.int64))
 
-    low, high = 0.0, float((grid.units / shares).max())  # widths_at(low) fits (the caller)
+    low, high = 0.0, float((task.grid.units / shares).max())  # widths_at(low) fits (the caller)
     for _ in range(60):
         middle = (low + high) / 2
-        if quadratic(widths_at(middle)) <= target:
+        if task.quadratic(widths_at(middle)) <= task.target:
             low = middle
         else:
             high = middle
     return widths_at(low)
 
 
-def _add_back(
-    quadratic: Quadratic, grid: _Grid, widths: np.ndarray, target: int, rank: _Rank
-) -> np.ndarray:
-    """Add the highest-ranked block (up to the next allowed width) that still fits under
-    ``target``, while there is one."""
-    widths = widths.copy()
+def _add_back(task: Task, rank: _Rank, widths: np.ndarray) -> np.ndarray:
+    """Add the highest-ranked block that still fits under the target, while there is one."""
+    quadratic, grid, widths = task.quadratic, task.grid, widths.copy()
     cost = quadratic(widths)
     while True:
         upper = grid.upper(widths)
         additions = quadratic.addition_costs(widths, upper - widths)
-        fits = (widths < grid.ceiling) & (cost + additions <= target)
+        fits = (widths < grid.ceiling) & (cost + additions <= task.target)
         if not fits.any():
             return widths
-        order = np.where(fits, rank.addition(widths, upper, additions), -np.inf)
-        layer = int(np.argmax(order))
+        layer = int(np.argmax(np.where(fits, rank.addition(widths, upper), -np.inf)))
         widths[layer] = upper[layer]
         cost += int(additions[layer])
 
 
-def _repair(
-    quadratic: Quadratic, grid: _Grid, widths: np.ndarray, target: int, rank: _Rank
-) -> np.ndarray:
-    """Exchange blocks while the greedy result is more than TOLERANCE under ``target``: coarse
-    units (a channel before a large Linear, a residual group, a block of the grid) can leave a
-    gap no single removed block fits. Each round tries every exchange of :func:`_exchanges`,
-    makes room by removing the lowest-ranked blocks of the other layers, refills, and keeps the
-    exchange that lands highest under the target, until none improves."""
-    cost = quadratic(widths)
+def _repair(task: Task, rank: _Rank, widths: np.ndarray) -> np.ndarray:
+    """Exchange blocks while the result is more than TOLERANCE under the target (coarse units
+    can leave a gap no single removed block fits): of every exchange (:func:`_exchanges`), room
+    made by removal and refilled, keep the one that lands highest, until none improves."""
+    cost = task.quadratic(widths)
     for _ in range(_REPAIR_ROUNDS):
-        if cost >= (1 - TOLERANCE) * target:
+        if cost >= (1 - TOLERANCE) * task.target:
             break
         best, best_cost = widths, cost
-        for candidate, frozen in _exchanges(grid, widths):
-            candidate = _remove_until(quadratic, grid, target, rank, candidate, frozen)
-            candidate = _add_back(quadratic, grid, candidate, target, rank)
-            candidate_cost = quadratic(candidate)
-            if best_cost < candidate_cost <= target:
+        for candidate, frozen in _exchanges(task.grid, widths):
+            candidate = _add_back(task, rank, _remove_until(task, rank, candidate, frozen))
+            candidate_cost = task.quadratic(candidate)
+            if best_cost < candidate_cost <= task.target:
                 best, best_cost = candidate, candidate_cost
         if best is widths:
             break

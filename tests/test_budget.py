@@ -417,8 +417,8 @@ def test_blocks_are_ranked_by_their_mean_score():
     rank = dplib.budget._ImportanceRank(importance, costs.names, grid.groups)
     widths = np.array([300, 20])
     lower, upper = grid.lower(widths), grid.upper(widths)  # [296, 16], [300, 24]
-    removal = rank.removal(widths, lower, np.ones(2))
-    addition = rank.addition(widths, upper, np.ones(2))
+    removal = rank.removal(widths, lower)
+    addition = rank.addition(widths, upper)
     assert removal.tolist() == pytest.approx([1.0, rank.ranked[1][16:20].mean()])
     assert addition.tolist() == [-np.inf, pytest.approx(rank.ranked[1][20:24].mean())]
     # fc2: 10 strong units and 90 near zero; fc1 all average: fc2's weak blocks go first
