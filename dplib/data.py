@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
+    DistributedSampler,
     RandomSampler,
     SequentialSampler,
     TensorDataset,
@@ -144,23 +145,27 @@ def _unpack_system_fashion_mnist(raw: Path) -> bool:
     return True
 
 
-def _fetched(name: str, root: Path, folder: Path, files: list[str], download: bool) -> str:
-    """Download the missing files with torchvision where asked; why that failed, or ''."""
-    if not (download and _missing(folder, files)):
-        return ""
-    from torchvision import datasets  # imported here: it costs a second, and only downloads need it
+def _require(
+    name: str, root: Path, folder: Path, files: list[str], advice: str, download: bool
+) -> None:
+    """Download the missing ``files`` with torchvision where asked; a DataNotFoundError naming
+    those still missing, and ``advice``, when any are."""
+    reason = ""
+    if download and _missing(folder, files):
+        from torchvision import datasets  # imported here: it costs a second, and only downloads
 
-    dataset = {
-        "mnist": datasets.MNIST,
-        "fashion_mnist": datasets.FashionMNIST,
-        "cifar10": datasets.CIFAR10,
-    }[name]
-    try:
-        for train in (True, False):
-            dataset(root, train=train, download=True)
-    except Exception as error:  # offline: URLError, socket errors, checksum errors
-        return f" (download failed: {error})"
-    return ""
+        dataset = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}
+        try:
+            for train in (True, False):
+                dataset.get(name, datasets.CIFAR10)(root, train=train, download=True)
+        except Exception as error:  # offline, checksum, archive: any failure, told in one message
+            reason = f" (download failed: {error})"
+    missing = _missing(folder, files)
+    if missing:
+        raise DataNotFoundError(
+            f"{name} is not on this machine{reason}: missing {', '.join(missing)} in {folder}. "
+            + advice
+        )
 
 
 def _mnist_like(name: str, root: Path, download: bool) -> tuple[tuple, tuple, str]:
@@ -172,22 +177,18 @@ def _mnist_like(name: str, root: Path, download: bool) -> tuple[tuple, tuple, st
     if name == "fashion_mnist" and _missing(folder, MNIST_FILES):
         if _unpack_system_fashion_mnist(folder):
             source = "Fashion-MNIST, from the Debian package dataset-fashion-mnist"
-    reason = _fetched(name, root, folder, MNIST_FILES, download)
-    missing = _missing(folder, MNIST_FILES)
-    if missing:
-        hint = (
-            "install the Debian package (apt-get install dataset-fashion-mnist) or "
-            if name == "fashion_mnist"
-            else "or use the offline subset dataset='mnist5k', "
-        )
-        raise DataNotFoundError(
-            f"{name} is not on this machine{reason}: missing {', '.join(missing)} in {folder}. "
-            f"Put the gunzipped IDX files there, {hint}or set {DATA_ENV} to a folder that has "
-            f"them, or run where the internet is reachable."
-        )
-    train = (read_idx(folder / MNIST_FILES[0]), read_idx(folder / MNIST_FILES[1]).long())
-    test = (read_idx(folder / MNIST_FILES[2]), read_idx(folder / MNIST_FILES[3]).long())
-    return train, test, source
+    hint = (
+        "install the Debian package (apt-get install dataset-fashion-mnist) or "
+        if name == "fashion_mnist"
+        else "or use the offline subset dataset='mnist5k', "
+    )
+    advice = (
+        f"Put the gunzipped IDX files there, {hint}or set {DATA_ENV} to a folder that has "
+        "them, or run where the internet is reachable."
+    )
+    _require(name, root, folder, MNIST_FILES, advice, download)
+    images, labels, test_images, test_labels = (read_idx(folder / file) for file in MNIST_FILES)
+    return (images, labels.long()), (test_images, test_labels.long()), source
 
 
 def read_idx(path: Path) -> torch.Tensor:
@@ -239,17 +240,14 @@ def _cifar10(root: Path, download: bool, copy: str | os.PathLike | None = None):
     if jpeg is not None:
         classes = DATASETS["cifar10"].classes
         return image_folder.load_copy(jpeg, classes, root / "cifar10-jpeg.pt")
-    reason = _fetched("cifar10", root, folder, CIFAR10_FILES, download)
-    missing = _missing(folder, CIFAR10_FILES)
-    if missing:
-        raise DataNotFoundError(
-            f"cifar10 is not on this machine{reason}: missing {', '.join(missing)} in {folder}. "
-            "Either put CIFAR-10's python batches there (torchvision downloads them when the "
-            "machine is online), or give an image-folder copy: a clone of the public repository "
-            f"CIFAR-10-images (train/<class>/NNNN.jpg, test/<class>/NNNN.jpg) or an archive of "
-            f"it, as {root / 'cifar10-jpeg'}, {root / 'cifar10-jpeg.tar.xz'}, or at a path given "
-            f"in ${image_folder.COPY_ENV}."
-        )
+    advice = (
+        "Either put CIFAR-10's python batches there (torchvision downloads them when the "
+        "machine is online), or give an image-folder copy: a clone of the public repository "
+        f"CIFAR-10-images (train/<class>/NNNN.jpg, test/<class>/NNNN.jpg) or an archive of "
+        f"it, as {root / 'cifar10-jpeg'}, {root / 'cifar10-jpeg.tar.xz'}, or at a path given "
+        f"in ${image_folder.COPY_ENV}."
+    )
+    _require("cifar10", root, folder, CIFAR10_FILES, advice, download)
     return (
         _read_batches(folder, CIFAR10_FILES[:5]),
         _read_batches(folder, CIFAR10_FILES[5:]),
@@ -405,20 +403,19 @@ def random_crop_flip(images: torch.Tensor, padding: int = 4) -> torch.Tensor:
 
 
 def reseed(loader: DataLoader, seed: int) -> None:
-    """Restart the shuffling of a loader from ``seed`` (the same batches for the same seed, even
-    when a loader object is reused): a loader made by :func:`make_loader`, or any loader whose
-    sampler has a ``torch.Generator``. A shuffling loader without one is left as it is, with a
-    warning: its order follows torch's global generator, so a resumed run sees other batches."""
-    # make_loader's DataLoader has batch_size=None: its .sampler is our BatchSampler.
-    batches = loader.batch_sampler or loader.sampler
+    """Restart a loader's shuffling from ``seed`` (the same batches for the same seed) where its
+    sampler has a ``torch.Generator``, as :func:`make_loader`'s does; warn, once per kind of
+    sampler, about one without, which this cannot restart."""
+    batches = loader.batch_sampler or loader.sampler  # make_loader's: its BatchSampler
     sampler = getattr(batches, "sampler", batches)
     generator = getattr(sampler, "generator", None)
     if generator is not None:
         generator.manual_seed(seed)
-    elif isinstance(sampler, torch.utils.data.RandomSampler):
+    elif not isinstance(sampler, SequentialSampler | DistributedSampler):  # nothing to restart
         warnings.warn(
-            "this DataLoader shuffles with torch's global generator, which the kit cannot "
-            "restart per epoch: runs are seeded, but a resumed run sees other batches. Give it "
-            "generator=torch.Generator() or make it with dplib.data.make_loader",
+            f"reseed skipped this DataLoader's {type(sampler).__name__}: without a "
+            "torch.Generator its order follows torch's global generator, so a resumed run sees "
+            "other batches. Give it generator=torch.Generator() or make it with "
+            "dplib.data.make_loader",
             stacklevel=3,
         )
