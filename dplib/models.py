@@ -23,8 +23,8 @@ streams). The LeNets take 1x28x28 images, the CIFAR networks 3x32x32 (params: 10
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -159,6 +159,22 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
+def _stages(
+    block: Callable[..., nn.Module], channels: int, widths: list[int], blocks: int
+) -> tuple[list[nn.Sequential], int]:
+    """One stage of ``blocks`` blocks per width, each stage after the first starting with a
+    stride of 2; the stages and their output channels."""
+    stages = []
+    for index, width in enumerate(widths):
+        stage = []
+        for number in range(blocks):
+            stride = 2 if index > 0 and number == 0 else 1
+            stage.append(block(channels, width, stride))
+            channels = width
+        stages.append(nn.Sequential(*stage))
+    return stages, channels
+
+
 class CifarResNet(nn.Module):
     """CIFAR ResNet (He et al. 2016), depth 6 * blocks + 2: a 3x3 stem and 3 stages of
     ``blocks`` basic blocks, 16, 32, 64 channels (times ``width_multiplier``)."""
@@ -175,14 +191,7 @@ class CifarResNet(nn.Module):
         widths = [_scaled(w, width_multiplier) for w in (16, 32, 64)]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
-        stages, channels = [], widths[0]
-        for index, width in enumerate(widths):
-            stride = 1 if index == 0 else 2
-            stage = []
-            for block in range(blocks):
-                stage.append(BasicBlock(channels, width, stride if block == 0 else 1))
-                channels = width
-            stages.append(nn.Sequential(*stage))
+        stages, channels = _stages(BasicBlock, widths[0], widths, blocks)
         self.layer1, self.layer2, self.layer3 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
@@ -234,14 +243,8 @@ class WideResNet(nn.Module):
         widths = [_scaled(w * widen, width_multiplier) for w in (16, 32, 64)]
         stem = _scaled(16, width_multiplier)
         self.conv1 = nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False)
-        stages, channels = [], stem
-        for index, width in enumerate(widths):
-            stage = []
-            for block in range(blocks):
-                stride = 2 if index > 0 and block == 0 else 1
-                stage.append(WideBlock(channels, width, stride, dropout))
-                channels = width
-            stages.append(nn.Sequential(*stage))
+        block = partial(WideBlock, dropout=dropout)
+        stages, channels = _stages(block, stem, widths, blocks)
         self.layer1, self.layer2, self.layer3 = stages
         self.bn = nn.BatchNorm2d(channels)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -253,29 +256,22 @@ class WideResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-@dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(NamedTuple):
     """How to build a preset and what it expects."""
 
     builder: Callable[..., nn.Module]
     input_shape: tuple[int, int, int]
-    description: str
 
 
+LENET_INPUT, CIFAR_INPUT = (1, 28, 28), (3, 32, 32)
 MODELS: dict[str, ModelSpec] = {
-    "lenet300": ModelSpec(LeNet300, (1, 28, 28), "LeNet-300-100 MLP (784-300-100-10)"),
-    "lenet5": ModelSpec(LeNet5, (1, 28, 28), "Caffe LeNet-5 (20-50-500-10), 431,080 params"),
-    "lenet5_bn": ModelSpec(
-        LeNet5BN, (1, 28, 28), "authors' LeNet-5 with BatchNorm (10-20-100-25-10)"
-    ),
-    "vgg16": ModelSpec(VGG16, (3, 32, 32), "VGG-16 for CIFAR (13 conv + fc 512), BatchNorm"),
-    "resnet20": ModelSpec(
-        partial(CifarResNet, 3), (3, 32, 32), "CIFAR ResNet-20 (3x3 blocks, 16-32-64)"
-    ),
-    "resnet56": ModelSpec(
-        partial(CifarResNet, 9), (3, 32, 32), "CIFAR ResNet-56 (3x9 blocks, 16-32-64)"
-    ),
-    "wrn28_10": ModelSpec(WideResNet, (3, 32, 32), "WideResNet-28-10, dropout 0.3"),
+    "lenet300": ModelSpec(LeNet300, LENET_INPUT),
+    "lenet5": ModelSpec(LeNet5, LENET_INPUT),
+    "lenet5_bn": ModelSpec(LeNet5BN, LENET_INPUT),
+    "vgg16": ModelSpec(VGG16, CIFAR_INPUT),
+    "resnet20": ModelSpec(partial(CifarResNet, 3), CIFAR_INPUT),
+    "resnet56": ModelSpec(partial(CifarResNet, 9), CIFAR_INPUT),
+    "wrn28_10": ModelSpec(WideResNet, CIFAR_INPUT),
 }
 
 
