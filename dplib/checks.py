@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .gates import GateShapeError
-from .loop import device_of
+from .loop import evaluating
 from .models import input_shape_of
 
 
@@ -53,11 +53,8 @@ def _first_example(loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _outputs(model: nn.Module, image: torch.Tensor, what: str) -> int:
     """The number of classifier outputs, from one forward pass of ``image``."""
-    device = device_of(model)
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model) as device, torch.no_grad():
             logits = model(image.unsqueeze(0).to(device))
     except GateShapeError:
         raise  # the gates' placement, not the data
@@ -67,9 +64,6 @@ def _outputs(model: nn.Module, image: torch.Tensor, what: str) -> int:
             f"{what}: the network cannot take the data set's images of shape "
             f"{_shape(image.shape)} ({reason})"
         ) from None
-    finally:
-        for module, training in modes.items():
-            module.train(training)
     return int(logits.shape[-1])
 
 

@@ -49,15 +49,17 @@ def evaluating(
     model: nn.Module, device: str | torch.device | None = None
 ) -> Iterator[torch.device]:
     """``model`` in eval mode on ``device`` (default: where it is) inside the block, which gets
-    the device; its mode and device are restored afterwards, whatever happens."""
+    the device; its modules' modes and its device are restored afterwards, whatever happens."""
     original = device_of(model)
     target = original if device is None else resolve_device(device)
-    was_training = model.training
+    modes = {module: module.training for module in model.modules()}
     model.to(target).eval()
     try:
         yield target
     finally:
-        model.train(was_training).to(original)
+        for module, training in modes.items():
+            module.train(training)
+        model.to(original)
 
 
 def set_seed(seed: int) -> None:

@@ -44,7 +44,7 @@ from . import distributed
 from .attach import GatedModel
 from .checks import check_data
 from .importance import Importance
-from .loop import Loop, set_seed
+from .loop import Loop, evaluating, set_seed
 from .measure import kendall
 from .settings import DirichletSettings, with_knobs
 from .train import copy_state
@@ -159,38 +159,33 @@ def _settings_for(
 
 @contextmanager
 def _learning_mode(gated: GatedModel, settings: DirichletSettings, loop: Loop) -> Iterator[None]:
-    """Freeze the weights (unless joint training), eval mode, gates trainable; restore it all
-    (and the device) afterwards."""
+    """Freeze the weights (unless joint training), eval mode on the loop's device, gates
+    trainable; restore it all afterwards."""
     weights = _weights(gated)
     saved_requires_grad = [p.requires_grad for p in weights]
-    saved_modes = {module: module.training for module in gated.modules()}
     norms = [m for m in gated.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved_statistics = [copy_state(norm) for norm in norms]
-    original_device = next(gate.theta for _, gate in gated.named_gates()).device
-    try:
-        for parameter in weights:
-            parameter.requires_grad_(settings.weights_lr > 0)
-        gated.to(loop.device).eval()
-        if loop.channels_last:
-            gated.to(memory_format=torch.channels_last)
-        for norm in norms if settings.batchnorm == "train" else []:
-            norm.train()
-        for _, gate in gated.named_gates():
-            gate.theta.requires_grad_(True)
-        yield
-    finally:
-        for parameter, requires_grad in zip(weights, saved_requires_grad):
-            parameter.requires_grad_(requires_grad)
-        for module, training in saved_modes.items():
-            module.train(training)
-        for norm, statistics in zip(norms, saved_statistics):
-            norm.load_state_dict(statistics)
-        if settings.weights_lr > 0:
-            gated.zero_grad(set_to_none=True)
-        gated.to(original_device)
-        if loop.channels_last:
-            gated.to(memory_format=torch.contiguous_format)
-        gated.set_mode("mean")
+    with evaluating(gated, loop.device):
+        try:
+            for parameter in weights:
+                parameter.requires_grad_(settings.weights_lr > 0)
+            if loop.channels_last:
+                gated.to(memory_format=torch.channels_last)
+            for norm in norms if settings.batchnorm == "train" else []:
+                norm.train()
+            for _, gate in gated.named_gates():
+                gate.theta.requires_grad_(True)
+            yield
+        finally:
+            for parameter, requires_grad in zip(weights, saved_requires_grad):
+                parameter.requires_grad_(requires_grad)
+            for norm, statistics in zip(norms, saved_statistics):
+                norm.load_state_dict(statistics)
+            if settings.weights_lr > 0:
+                gated.zero_grad(set_to_none=True)
+            if loop.channels_last:
+                gated.to(memory_format=torch.contiguous_format)
+            gated.set_mode("mean")
 
 
 def _weights(gated: GatedModel) -> list[nn.Parameter]:
