@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dplib
-from dplib.experiments import compare, profiles
+from dplib.experiments import profiles
 
 
 def test_a_user_criterion_runs_through_choose_widths_and_prune():
@@ -33,7 +33,7 @@ def test_a_user_criterion_runs_through_choose_widths_and_prune():
         # every list of criteria now has it
         assert "l2" in dplib.criteria.names() and "l2" in dplib.criteria.defaults(model)
         config = profiles.resolve("smoke", "fashion_mnist", "lenet5")
-        assert "l2" in config.criteria and "l2" in compare.criteria_for(model)
+        assert "l2" in config.criteria and "l2" in dplib.criteria.defaults(model, peers=True)
         assert profiles.resolve("smoke", compare_criteria=["l2"]).compare_criteria == ("l2",)
         with pytest.raises(ValueError, match="already registered"):
             dplib.criteria.register("l1")(l2_importance)

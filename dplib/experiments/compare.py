@@ -18,6 +18,7 @@ Dirichlet ranking settles over learning.
 
 from __future__ import annotations
 
+import bisect
 import statistics
 import warnings
 from collections.abc import Callable, Iterable
@@ -85,11 +86,6 @@ SETUPS: dict[str, Experiment] = {
 DEFAULT_SETUPS = tuple(name for name in SETUPS if not name.endswith("resnet20"))
 
 
-def criteria_for(model: Any, *, peers: bool = True) -> tuple[str, ...]:
-    """The registry's defaults for ``model``, with the peer libraries' where installed."""
-    return criteria_registry.defaults(model, peers=peers)
-
-
 def run_setup(
     experiment: Experiment,
     root: str | Path,
@@ -110,7 +106,9 @@ def run_setup(
         for seed in seeds:
             base = pretrain_base(experiment, root, seed, log=log)
             bases.append({"seed": seed, **base.metrics})
-            for criterion in criteria if criteria is not None else criteria_for(base.model):
+            # the registry's defaults, with the peer libraries' where installed
+            every = criteria_registry.defaults(base.model, peers=True)
+            for criterion in criteria if criteria is not None else every:
                 importance = score(base, criterion, log=log)
                 seconds = importance.history.get("seconds_total")
                 timings.append({"seed": seed, "criterion": criterion, "seconds": seconds})
@@ -255,18 +253,13 @@ def dirichlet_margins(summary: list[dict[str, Any]], allocation: str = "greedy")
         for metric in ("pruned_val", "finetuned_val"):
             best = max(peers, key=lambda e: e[metric])
             margin[metric] = ours[metric] - best[metric]
-            margin[f"{metric}_best_other"] = _label(best)
+            peer, rule = best["criterion"], best["allocation"]  # its own rule goes unsaid
+            margin[f"{metric}_best_other"] = peer if rule == "greedy" else f"{peer} {rule}"
             margin[f"{metric}_dirichlet"] = (ours[metric], ours[f"{metric}_std"])
             margin[f"{metric}_other"] = (best[metric], best[f"{metric}_std"])
             margin[f"{metric}_control"] = control and control[metric] - best[metric]
         margins.append(margin)
     return margins
-
-
-def _label(entry: dict[str, Any]) -> str:
-    return entry["criterion"] + (
-        f" {entry['allocation']}" if entry["allocation"] != "greedy" else ""
-    )
 
 
 # How fast importance settles -----------------------------------------------------------------
@@ -287,13 +280,13 @@ def settling_summary(
     settles: list[dict[str, Any]], at: Iterable[float] = (0.1, 0.25, 0.5)
 ) -> dict[str, dict[str, float]]:
     """Mean tau over seeds at the first snapshot at or after each fraction of learning."""
-    result: dict[str, dict[str, float]] = {}
-    for layer in settles[0]["tau"] if settles else []:
-        result[layer] = {}
-        for fraction in at:
-            values = []
-            for settle in settles:
-                index = next(i for i, f in enumerate(settle["fraction"]) if f >= fraction - 1e-9)
-                values.append(settle["tau"][layer][index])
-            result[layer][f"{fraction:g}"] = statistics.mean(values)
-    return result
+    return {
+        layer: {
+            f"{fraction:g}": statistics.mean(
+                settle["tau"][layer][bisect.bisect_left(settle["fraction"], fraction - 1e-9)]
+                for settle in settles
+            )
+            for fraction in at
+        }
+        for layer in (settles[0]["tau"] if settles else [])
+    }

@@ -58,19 +58,14 @@ def _drawn_importance(seed: Path, wanted: str | None, base_key: str | None) -> I
     learnt on the table's base network ``base_key``, else the newest: an exercise's weaker base
     learns one with the same settings in the same folder."""
     files = sorted(seed.glob("importance-dirichlet-*.pt"), key=lambda p: p.stat().st_mtime)
-    for path in reversed(files):  # newest first; the base is read from the record, the settings
-        base = _cached_base(path)  # from the importance itself, which is loaded only then
-        if base_key is None or base in (None, base_key):
+    for path in reversed(files):  # newest first; the base is read from the cache record, the
+        record = path.with_suffix(".json")  # settings from the importance, loaded only then
+        base = read_json(record)["config"].get("base") if record.exists() else None
+        if _on_the_tables_base(base, base_key):
             importance = Importance.load(path)
-            if _is_the_tables(base, importance.config, wanted, base_key):
+            if config_hash(importance.config) == wanted:
                 return importance
     return Importance.load(files[-1]) if files else None
-
-
-def _cached_base(path: Path) -> str | None:
-    """The base network's key in the cache record beside ``path``; None without a record."""
-    record = path.with_suffix(".json")
-    return read_json(record)["config"].get("base") if record.exists() else None
 
 
 def _drawn_maps(seed: Path, wanted: str | None, base_key: str | None) -> Path | None:
@@ -81,18 +76,15 @@ def _drawn_maps(seed: Path, wanted: str | None, base_key: str | None) -> Path | 
     matching = [
         path
         for path, config in configs.items()
-        if _is_the_tables(config.get("base"), config["importance"], wanted, base_key)
+        if _on_the_tables_base(config.get("base"), base_key)
+        and config_hash(config["importance"]) == wanted
     ]
     return (matching or files or [None])[-1]
 
 
-def _is_the_tables(
-    base: str | None, settings: dict[str, Any], wanted: str | None, base_key: str | None
-) -> bool:
-    """Whether an importance learnt with ``settings`` on ``base`` is the one the table records:
-    its settings hash to ``wanted``, on the table's ``base_key`` (either unrecorded: any base)."""
-    on_its_base = base_key is None or base in (None, base_key)
-    return on_its_base and config_hash(settings) == wanted
+def _on_the_tables_base(base: str | None, base_key: str | None) -> bool:
+    """Whether ``base`` is the table's ``base_key`` (either unrecorded: any base is)."""
+    return base_key is None or base in (None, base_key)
 
 
 def write_results(frame: Any, folder: str | os.PathLike) -> list[Path]:

@@ -16,6 +16,9 @@ from . import compare, stages, study
 from .compare import dirichlet_margins, settling_summary, summarise
 from .experiment import FIXED, GLOBAL
 
+Results = dict[str, dict[str, Any]]  # {setup name: its rows, bases, settling, ...}
+StudyResults = dict[str, dict[str, list[dict[str, Any]]]]  # {setup: {"screened", "finals"}}
+
 # The notebooks' results table ---------------------------------------------------------------
 RESULTS_COLUMNS = tuple(
     "network dataset widths criterion error error_pruned params macs speedup params_ratio "
@@ -67,49 +70,38 @@ def results_markdown(frame: pd.DataFrame) -> str:
 
 
 # The comparison at a MAC budget ------------------------------------------------------------
-def _percent(pair: tuple[float, float]) -> str:
-    return f"{100 * pair[0]:.2f} ± {100 * pair[1]:.2f}"
-
-
 RULES = ("greedy", "measured", "effective")  # Dirichlet's allocation rules, in order
 
 
 def rules_ran(result: dict[str, Any]) -> bool:
-    """Whether any allocation rule besides the greedy one ran on this setup: only then do
-    its rows say something about the rules."""
+    """Whether a rule besides the greedy one ran: only then do its rows compare the rules."""
     return bool({row["allocation"] for row in result["rows"]} & set(RULES[1:]))
 
 
-def goals_table(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)) -> str:
+def goals_table(results: Results, skip: Iterable[str] = ("2x",)) -> str:
     """Each Dirichlet allocation rule against the best peer per setup and budget: its lead in
     points after pruning / after fine-tuning, with L1 under the same rule (the control)."""
-    lines = [
-        "| setup | budget | best peer after pruning / after fine-tune | "
-        + " | ".join(f"Dirichlet {rule}" for rule in RULES)
-        + " | L1 measured (control) | L1 effective (control) |",
-        "|---|---|---|" + "---|" * (len(RULES) + 2),
-    ]
+    columns = ["setup", "budget", "best peer after pruning / after fine-tune"]
+    columns += [f"Dirichlet {rule}" for rule in RULES]
+    columns += [f"L1 {rule} (control)" for rule in RULES[1:]]
+    rows = []
     for name, result in results.items():
         summary = summarise(result["rows"])
-        by_rule = {
-            rule: {m["budget"]: m for m in dirichlet_margins(summary, rule)} for rule in RULES
-        }
+        by_rule = {r: {m["budget"]: m for m in dirichlet_margins(summary, r)} for r in RULES}
         for budget, greedy in by_rule["greedy"].items():
             if budget in skip:
                 continue
-            cells = [_lead(by_rule[rule].get(budget)) for rule in RULES]
-            cells += [
-                _lead(by_rule[rule].get(budget), "control") for rule in ("measured", "effective")
-            ]
-            best, other = greedy["pruned_val_best_other"], greedy["pruned_val_other"][0]
-            peer = f"{best} {100 * other:.2f} / "
-            best, other = greedy["finetuned_val_best_other"], greedy["finetuned_val_other"][0]
-            peer += f"{best} {100 * other:.2f}"
-            lines.append(f"| {name} | {budget} | {peer} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            peer = " / ".join(
+                f"{greedy[f'{m}_best_other']} {100 * greedy[f'{m}_other'][0]:.2f}"
+                for m in ("pruned_val", "finetuned_val")
+            )
+            leads = [_lead(by_rule[rule].get(budget)) for rule in RULES]
+            leads += [_lead(by_rule[rule].get(budget), "_control") for rule in RULES[1:]]
+            rows.append([name, budget, peer, *leads])
+    return frame_markdown(pd.DataFrame(rows, columns=columns)) + "\n"
 
 
-def _summaries(results: dict[str, dict[str, Any]], skip: Iterable[str]) -> pd.DataFrame:
+def _summaries(results: Results, skip: Iterable[str]) -> pd.DataFrame:
     """:func:`summarise` of every setup where the rules ran (a setup run before the other rules:
     its own rows alone would skew the counts), one frame with a ``setup`` column, budgets in
     ``skip`` left out."""
@@ -129,7 +121,7 @@ def _tally(values: pd.Series) -> str:
     return f"{int((values > 0).sum())} / {int((values < 0).sum())}"
 
 
-def paired_gains(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)) -> pd.DataFrame:
+def paired_gains(results: Results, skip: Iterable[str] = ("2x",)) -> pd.DataFrame:
     """Each rule minus the greedy one of the same criterion, paired over the cases
     (setup, budget): mean ± standard error in points, and wins / losses, per metric."""
     summary = _summaries(results, skip)
@@ -147,19 +139,14 @@ def paired_gains(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x"
     )
     grouped = gains.groupby(["criterion", "allocation", "metric"])["gain"]
     table = grouped.agg(["size", "mean", "sem", _tally]).reset_index()
-    return pd.DataFrame(
-        {
-            "criterion": table["criterion"],
-            "rule": table["allocation"],
-            "cases": table["size"],
-            "metric": table["metric"].map(STAGE_NAMES),
-            "gain over greedy (points)": [
-                f"{mean:+.2f} ± {0.0 if sem != sem else sem:.2f}"
-                for mean, sem in zip(table["mean"], table["sem"])
-            ],
-            "wins / losses": table["_tally"],
-        }
-    )
+    table["gain"] = [
+        f"{mean:+.2f} ± {0.0 if sem != sem else sem:.2f}"
+        for mean, sem in zip(table["mean"], table["sem"])
+    ]
+    table["metric"] = table["metric"].map(STAGE_NAMES)
+    shown = ["criterion", "allocation", "size", "metric", "gain", "_tally"]
+    names = {"allocation": "rule", "size": "cases", "gain": "gain over greedy (points)"}
+    return table[shown].rename(columns=names | {"_tally": "wins / losses"})
 
 
 def frame_markdown(frame: pd.DataFrame) -> str:
@@ -169,16 +156,15 @@ def frame_markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _lead(margin: dict[str, Any] | None, who: str = "dirichlet") -> str:
+def _lead(margin: dict[str, Any] | None, suffix: str = "") -> str:
     """``+1.20 / -0.30``: the lead after pruning / after fine-tuning, in points; - if not run."""
-    if margin is None or (who == "control" and margin["pruned_val_control"] is None):
+    if margin is None or margin[f"pruned_val{suffix}"] is None:
         return "-"
-    suffix = "" if who == "dirichlet" else "_control"
     pruned, tuned = (margin[f"{m}{suffix}"] for m in ("pruned_val", "finetuned_val"))
     return f"{100 * pruned:+.2f} / {100 * tuned:+.2f}"
 
 
-def verdict(results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)) -> pd.DataFrame:
+def verdict(results: Results, skip: Iterable[str] = ("2x",)) -> pd.DataFrame:
     """Per Dirichlet rule (and the L1 controls): in how many cases (setup, budget) it is at least
     as high as the best peer on validation after fine-tuning and right after pruning, its mean
     lead, and the allocation's median cost in seconds per network; over the setups where the
@@ -219,9 +205,7 @@ def _ahead(leads: pd.Series) -> int:
 STAGE_NAMES = {"finetuned_val": "after fine-tune", "pruned_val": "after pruning"}
 
 
-def same_widths_leads(
-    results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)
-) -> pd.DataFrame:
+def same_widths_leads(results: Results, skip: Iterable[str] = ("2x",)) -> pd.DataFrame:
     """Each criterion against the best of the others pruned to the same widths (``uniform``),
     over the cases of :func:`verdict`: the ranking inside each layer alone, without the
     allocation. Per criterion and metric, the cases where it is at least as high, and its mean
@@ -252,18 +236,15 @@ def same_widths_leads(
     ).reset_index()
 
 
-def same_widths_verdict(
-    results: dict[str, dict[str, Any]], skip: Iterable[str] = ("2x",)
-) -> pd.DataFrame:
-    """Dirichlet's rows of :func:`same_widths_leads`: its ranking against the best other
-    criterion at the same widths, one row per metric."""
+def same_widths_verdict(results: Results, skip: Iterable[str] = ("2x",)) -> pd.DataFrame:
+    """Dirichlet's rows of :func:`same_widths_leads`, one per metric."""
     leads = same_widths_leads(results, skip)
     if not len(leads):
         return leads
     return leads[leads["criterion"] == "dirichlet"].drop(columns="criterion").reset_index(drop=True)
 
 
-def what_the_kit_found(results: dict[str, dict[str, Any]], link: str = "compare.md") -> str:
+def what_the_kit_found(results: Results, link: str = "compare.md") -> str:
     """The course's verdict, computed from the comparison's rows (so it cannot drift from
     them): Dirichlet at the same widths and with its allocations against the other criteria,
     right after pruning and after fine-tuning, with the number of cases and seeds. ``link``
@@ -287,10 +268,7 @@ def what_the_kit_found(results: dict[str, dict[str, Any]], link: str = "compare.
             f"{row['mean lead (points)']:+.2f} points on average, "
             f"{row['worst lead (points)']:+.2f} at worst."
         )
-    for rule, name in (
-        ("greedy", "the greedy allocation"),
-        ("measured", "the measured rule"),
-    ):
+    for rule, name in (("greedy", "the greedy allocation"), ("measured", "the measured rule")):
         if ("dirichlet", rule) in rules.index:
             row = rules.loc[("dirichlet", rule)]
             lines.append(
@@ -306,15 +284,14 @@ def what_the_kit_found(results: dict[str, dict[str, Any]], link: str = "compare.
 def setup_section(name: str, result: dict[str, Any]) -> str:
     """The Markdown section of one setup: its table, base network, margins and settling."""
     dataset, _, model = name.partition("-")
-    summary = summarise(result["rows"])
-    val = [b["val"] for b in result["bases"]]
+    summary, bases = summarise(result["rows"]), result["bases"]
     epochs = result["rows"][0]["finetune_epochs"] if result["rows"] else 0
-    section = markdown_table(summary, f"{model} on {dataset} ({len(val)} seeds)")
+    section = markdown_table(summary, f"{model} on {dataset} ({len(bases)} seeds)")
     section += (
-        f"\nBase network: {100 * statistics.mean(val):.2f}% validation accuracy (mean over "
-        f"seeds), {result['bases'][0]['params']:,} params, {result['bases'][0]['macs']:,} MACs; "
+        f"\nBase network: {100 * statistics.mean(b['val'] for b in bases):.2f}% validation "
+        f"accuracy (mean over seeds), {bases[0]['params']:,} params, {bases[0]['macs']:,} MACs; "
         f"fine-tuning {epochs:g} epoch(s) at lr {compare.FINETUNING.lr:g}, "
-        f"{compare.FINETUNING.schedule}. {_importance_cost(result, result['bases'][0])}\n\n"
+        f"{compare.FINETUNING.schedule}. {_importance_cost(result, bases[0])}\n\n"
         "Dirichlet (greedy allocation) minus the best other criterion, validation, points:\n\n"
     )
     for m in dirichlet_margins(summary):
@@ -345,7 +322,9 @@ def markdown_table(summary: list[dict[str, Any]], title: str = "") -> str:
     ]
     metrics = ("pruned_val", "finetuned_val", "finetuned_test")
     for entry in summary:
-        accuracies = " | ".join(_percent((entry[m], entry[f"{m}_std"])) for m in metrics)
+        accuracies = " | ".join(
+            f"{100 * entry[m]:.2f} ± {100 * entry[f'{m}_std']:.2f}" for m in metrics
+        )
         lines.append(
             f"| {entry['budget']} | {entry['allocation']} | {entry['criterion']} | {accuracies} "
             f"| {entry['macs']:,.0f} | {entry['params']:,.0f} | {entry['seeds']} |"
@@ -371,7 +350,7 @@ def margins_table(summary: list[dict[str, Any]], allocation: str = "greedy") -> 
     )
 
 
-def comparison_markdown(results: dict[str, dict[str, Any]]) -> str:
+def comparison_markdown(results: Results) -> str:
     """``compare.md``: the goals table and every setup's full table."""
     header = (
         "# Criteria compared at a MAC budget\n\n"
@@ -400,7 +379,7 @@ def comparison_markdown(results: dict[str, dict[str, Any]]) -> str:
 
 
 # The study ---------------------------------------------------------------------------------
-def summary_table(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
+def summary_table(results: StudyResults) -> str:
     """Markdown: per setup, the screened configurations and the fine-tuned finals."""
     lines = ["# What makes Dirichlet importance work: the study", ""]
     for setup, entry in results.items():
@@ -449,7 +428,7 @@ def summary_table(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
 
 
 def recommendation(
-    results: dict[str, dict[str, list[dict[str, Any]]]], max_cost_epochs: float = 1.0
+    results: StudyResults, max_cost_epochs: float = 1.0
 ) -> tuple[dict[str, Any] | None, str]:
     """The Dirichlet configuration fine-tuned on every setup with the best mean validation
     accuracy after fine-tuning, among those whose importance learning costs at most
@@ -512,7 +491,7 @@ CIFAR_COLUMNS = tuple(
 ACCURACIES = tuple(c for c in CIFAR_COLUMNS if c.startswith(("test_accuracy", "val_accuracy")))
 
 
-def cifar_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def cifar_rows(results: Results) -> list[dict[str, Any]]:
     """One row per network, criterion, allocation, budget and seed; accuracies in %. The CIFAR
     setups' fixed widths are the reference code's: their budget reads ``reference``."""
     rows, copied = [], ("criterion", "allocation", "widths", "params", "macs")
@@ -539,7 +518,7 @@ def cifar_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def cifar_markdown(results: dict[str, dict[str, Any]], where: str = "the CPU") -> str:
+def cifar_markdown(results: Results, where: str = "the CPU") -> str:
     """``cifar.md``: per network, its base network and every pruned network's row; ``where``
     they were trained goes into the title."""
     lines = [f"# CIFAR-10: the paper's networks pruned on {where}", ""]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import io
@@ -22,7 +23,6 @@ import logging
 import os
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -172,45 +172,32 @@ class Kernels:
     def __init__(self, notebooks: int) -> None:
         self.left = notebooks  # how many notebooks may still want a kernel
         self.warned = False
-        self._thread: threading.Thread | None = None
-        self._started: list[Any] = []
+        self._starter = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._next: concurrent.futures.Future | None = None
 
     def take(self) -> Any:
         """A started kernel's manager (None when none could be started: papermill starts one),
         and the next notebook's kernel starting in the background."""
-        self._prepare()
-        self._thread.join()
-        self._thread = None
+        started = self._next or self._start()
         self.left -= 1
-        kernel = self._started.pop()
-        if self.left > 0:
-            self._prepare()
-        if isinstance(kernel, BaseException):
+        self._next = self._start() if self.left > 0 else None
+        try:
+            return started.result()
+        except Exception as error:  # any failure: the notebook starts its own kernel, as before
             if not self.warned:
-                print(f"[dplib] WARNING: no kernel started ahead ({kernel}); papermill starts them")
+                print(f"[dplib] WARNING: no kernel started ahead ({error}); papermill starts them")
             self.warned = True
             return None
-        return kernel
 
-    def _prepare(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._start, daemon=True)
-            self._thread.start()
+    def _start(self) -> concurrent.futures.Future:
+        return self._starter.submit(lambda: asyncio.run(_warm_kernel()))
 
     def close(self) -> None:
         """Shut down a kernel started for a notebook that did not need it."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-            kernel = self._started.pop()
-            if not isinstance(kernel, BaseException):
-                asyncio.run(kernel.shutdown_kernel(now=True))
-
-    def _start(self) -> None:
-        try:
-            self._started.append(asyncio.run(_warm_kernel()))
-        except Exception as error:  # any failure: the notebook starts its own kernel, as before
-            self._started.append(error)
+        if self._next is not None and self._next.exception() is None:
+            asyncio.run(self._next.result().shutdown_kernel(now=True))
+        self._next = None
+        self._starter.shutdown()
 
 
 async def _warm_kernel() -> Any:

@@ -10,7 +10,6 @@ the posterior mean lands on :math:`s^*`, with a small standard deviation where t
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -140,15 +139,18 @@ def synthetic_check(
         for estimator in estimators:
             config = {"hidden": hidden, "estimator": estimator, "steps": steps, "seed": seed}
             config["code"] = code_version(*SYNTHETIC_CODE)
-            if (hidden, estimator) in ready:
-                make = functools.partial(_scored, ready[(hidden, estimator)])
-            else:
-                make = functools.partial(_recovered, hidden, estimator, steps, seed)
+
+            def make() -> tuple[dict[str, Any], dict[str, Any]]:
+                run = ready.get((hidden, estimator)) or recover(
+                    hidden, estimator, steps=steps, seed=seed
+                )
+                return run, {"pearson": run["pearson"], "spearman": run["spearman"]}
+
             result = cached(
                 folder / f"synthetic-{hidden}-{estimator}-{config_hash(config)}.pt",
                 config,
                 make,
-                save=lambda value, path: atomic_torch_save(value, path),
+                save=atomic_torch_save,
                 load=lambda path, _: torch.load(path, map_location="cpu", weights_only=True),
                 log=log,
             ).value
@@ -159,16 +161,6 @@ def synthetic_check(
             )
             results.append(result)
     return results
-
-
-def _recovered(
-    hidden: int, estimator: str, steps: int, seed: int
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    return _scored(recover(hidden, estimator, steps=steps, seed=seed))
-
-
-def _scored(result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    return result, {"pearson": result["pearson"], "spearman": result["spearman"]}
 
 
 def load_results(profile: str) -> list[dict[str, Any]]:
