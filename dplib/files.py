@@ -85,7 +85,7 @@ def read_torch_file(
         raise FileNotFoundError(f"no {what} at {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as failure:  # torch raises many types for a damaged file
+    except Exception as failure:  # unpickling a damaged file raises almost any type
         raise error(
             f"{path} is not a readable {what} ({type(failure).__name__}: {failure}). It may be "
             "truncated or corrupt: delete it and run the stage that writes it again."

@@ -303,17 +303,12 @@ def build(
     spec = check_model_name(name)
     if seed is not None:
         torch.manual_seed(seed)
-    options = {"num_classes": num_classes}
-    if in_channels is not None:
-        options["in_channels"] = in_channels
-    if image_size is not None:
-        options["image_size"] = image_size
-    if width_multiplier is not None:
-        if spec.input_shape[1] == 28:
-            raise ValueError(f"width_multiplier applies to the CIFAR networks, not {name!r}")
-        if width_multiplier <= 0:
-            raise ValueError(f"width_multiplier must be positive, got {width_multiplier}")
-        options["width_multiplier"] = width_multiplier
+    if width_multiplier is not None and spec.input_shape[1] == 28:
+        raise ValueError(f"width_multiplier applies to the CIFAR networks, not {name!r}")
+    if width_multiplier is not None and width_multiplier <= 0:
+        raise ValueError(f"width_multiplier must be positive, got {width_multiplier}")
+    given = dict(in_channels=in_channels, image_size=image_size, width_multiplier=width_multiplier)
+    options = {"num_classes": num_classes} | {k: v for k, v in given.items() if v is not None}
     model = spec.builder(**options)
     if widths is not None:
         model = prune(model, Importance.in_order(widths_of(model, coupled=True)), widths)

@@ -96,10 +96,8 @@ class TrainSettings(_Settings):
 class DirichletSettings(_Settings):
     """The knobs of Dirichlet importance (symbols of ``notebooks/METHOD.md``, sections 2-3)."""
 
-    # The defaults are the reference code's recipe (authors(), cited there) at lr 3e-2, chosen
-    # over three seeds on four LeNet setups by accuracy right after pruning
-    # (figures/study/screen.md), with BatchNorm on its running statistics (no screened network
-    # has BatchNorm).
+    # defaults: the module docstring's recipe; BatchNorm on its running statistics (the
+    # screened networks have none)
     scale: str = "none"  # "none": unit k times s_k (the reference code); "K": K s_k (identity)
     position: str = "after_bn"  # the gate after a layer's BatchNorm, or "before_bn"
     phi_init: float = PHI_INIT  # phi_init, every unit's initial concentration (softplus(-1))
