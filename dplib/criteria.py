@@ -36,7 +36,6 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from . import torch_pruning
 from .attach import attach_gates, unwrap
 from .checks import check_data
 from .gates import DirichletGate
@@ -45,6 +44,7 @@ from .importance import Importance
 from .loop import evaluating
 from .progress import progress
 from .settings import DirichletSettings
+from .torch_pruning import tp_importance
 from .vi import learn_importance
 
 ImportanceFunction = Callable[..., Importance]
@@ -81,18 +81,11 @@ REGISTRY: dict[str, Criterion] = {}
 
 
 def register(
-    name: str,
-    *,
-    description: str = "",
-    needs_data: bool = False,
-    applies_to: Callable[[nn.Module], bool] | None = None,
-    requires: str | None = None,
-    peer: bool = False,
-    in_defaults: bool = True,
-    replace: bool = False,
+    name: str, *, replace: bool = False, **flags: Any
 ) -> Callable[[ImportanceFunction], ImportanceFunction]:
-    """Decorator: register ``function(model, loader=None, *, options)`` as criterion ``name``;
-    a name registered again raises, unless ``replace=True`` or it is the same function."""
+    """Decorator: register ``function(model, loader=None, *, options)`` as criterion ``name``,
+    with ``flags``, the fields of :class:`Criterion` (``description``, ``needs_data``, ...); a
+    name registered again raises, unless ``replace=True`` or it is the same function."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"a criterion's name must be a non-empty string, got {name!r}")
 
@@ -103,18 +96,7 @@ def register(
                 f"criterion {name!r} is already registered (by {_origin(held.function)}); pick "
                 "another name or pass replace=True"
             )
-        options = _options_of(name, function)
-        REGISTRY[name] = Criterion(
-            name,
-            function,
-            options,
-            description,
-            needs_data,
-            applies_to,
-            requires,
-            peer,
-            in_defaults,
-        )
+        REGISTRY[name] = Criterion(name, function, _options_of(name, function), **flags)
         return function
 
     return decorator
@@ -392,7 +374,7 @@ def _removal_losses(
     return losses
 
 
-def _torch_pruning(name: str, description: str, *, needs_data: bool = False, **flags: Any):
+def _torch_pruning(name: str, description: str, **flags: Any) -> None:
     """Register Torch-Pruning's group criterion ``name`` (see :mod:`dplib.torch_pruning`)."""
 
     def criterion(
@@ -404,26 +386,13 @@ def _torch_pruning(name: str, description: str, *, needs_data: bool = False, **f
         coupled: bool = False,
         input_shape: tuple[int, ...] | None = None,
     ) -> Importance:
-        return torch_pruning.tp_importance(
-            model,
-            name,
-            loader,
-            batches=batches,
-            input_shape=input_shape,
-            coupled=coupled,
-            device=device,
-        )
+        options = {"batches": batches, "input_shape": input_shape, "coupled": coupled}
+        return tp_importance(model, name, loader, **options, device=device)
 
     criterion.__qualname__ = f"torch_pruning_{name}"
     criterion.__doc__ = description
-    register(
-        name,
-        description=description,
-        needs_data=needs_data,
-        requires="torch_pruning",
-        peer=True,
-        **flags,
-    )(criterion)
+    flags = {"description": description, "requires": "torch_pruning", "peer": True, **flags}
+    register(name, **flags)(criterion)
 
 
 # tp_l1 is Torch-Pruning's version of l1: selectable by name, left out of the defaults.

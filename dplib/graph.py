@@ -26,48 +26,25 @@ import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
-_PASSTHROUGH_MODULES = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.Hardtanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Mish,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.Identity,
-    nn.Flatten,
+# operations that keep units apart (unit k of the output comes from unit k of the input)
+_PASSTHROUGH_MODULES = tuple(
+    getattr(nn, name)
+    for name in (
+        "ReLU ReLU6 LeakyReLU ELU GELU SiLU Tanh Sigmoid Hardtanh Hardswish Hardsigmoid Mish "
+        "MaxPool1d MaxPool2d AvgPool2d AdaptiveAvgPool2d AdaptiveMaxPool2d Dropout Dropout2d "
+        "Identity Flatten"
+    ).split()
 )
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 _PASSTHROUGH_FUNCTIONS = {
-    F.relu,
-    F.relu6,
-    F.leaky_relu,
-    F.elu,
-    F.gelu,
-    F.silu,
-    F.dropout,
-    F.max_pool2d,
-    F.avg_pool2d,
-    F.adaptive_avg_pool2d,
-    F.adaptive_max_pool2d,
-    torch.relu,
-    torch.tanh,
-    torch.sigmoid,
-    torch.flatten,
-    F.hardswish,
-    F.hardsigmoid,
+    *(getattr(torch, name) for name in ("relu", "tanh", "sigmoid", "flatten")),
+    *(
+        getattr(F, name)
+        for name in (
+            "relu relu6 leaky_relu elu gelu silu dropout max_pool2d avg_pool2d "
+            "adaptive_avg_pool2d adaptive_max_pool2d hardswish hardsigmoid"
+        ).split()
+    ),
 }
 _PASSTHROUGH_METHODS = {"relu", "tanh", "sigmoid", "view", "reshape", "flatten", "contiguous"}
 _ADDITIONS = {operator.add, operator.iadd, torch.add}
@@ -232,71 +209,59 @@ def _visit(walk: _Walk, node: fx.Node, inputs: list[fx.Node]) -> None:
             )
     elif node.op == "call_module":
         _visit_module(walk, node, inputs)
-    elif node.op == "call_function":
-        _visit_function(walk, node, inputs)
-    elif node.op == "call_method":
-        _visit_method(walk, node, inputs)
+    elif node.op in ("call_function", "call_method") and inputs:
+        _visit_call(walk, node, inputs)
     # get_attr reads a parameter or buffer: no channel space of its own
 
 
 def _visit_module(walk: _Walk, node: fx.Node, inputs: list[fx.Node]) -> None:
-    """A module call: a Conv2d / Linear opens a space, BatchNorm and passthroughs keep it."""
+    """A module call: a Conv2d / Linear opens a space (a depthwise one, one filter per channel,
+    passes its input's on, pruned with it), BatchNorm and passthroughs keep it."""
     module = walk.modules[node.target]
     walk.calls[node.target] = walk.calls.get(node.target, 0) + 1
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
-        _visit_layer(walk, node, module, inputs)
-    elif isinstance(module, _BATCHNORMS) or isinstance(module, _PASSTHROUGH_MODULES):
+    space = walk.space_of[inputs[0]] if inputs else None
+    if isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels:
+        walk.space_of[node] = space
+        walk.depthwise.append((node.target, space))
+    elif isinstance(module, (nn.Conv2d, nn.Linear)):
+        walk.consumers += [(node.target, walk.space_of[parent]) for parent in inputs]
+        walk.space_of[node] = walk.spaces.new()
+        walk.producers[node.target] = node
+        if isinstance(module, nn.Conv2d) and module.groups != 1:  # pruned evenly in every group
+            for space in [walk.space_of[node], *(walk.space_of[parent] for parent in inputs)]:
+                walk.grouped.append((space, module.groups))
+    elif isinstance(module, (*_BATCHNORMS, *_PASSTHROUGH_MODULES)):
         if isinstance(module, _BATCHNORMS):
-            walk.batchnorms.append((node.target, walk.space_of[inputs[0]]))
-        walk.space_of[node] = walk.space_of[inputs[0]]
+            walk.batchnorms.append((node.target, space))
+        walk.space_of[node] = space
     else:
         _opaque(walk, node, inputs, f"{node.target} ({type(module).__name__})")
 
 
-def _visit_layer(walk: _Walk, node: fx.Node, module: nn.Module, inputs: list[fx.Node]) -> None:
-    """A Conv2d / Linear consumes its inputs' spaces and produces a new one; a depthwise
-    convolution (one filter per channel) passes its input's space on, pruned with it."""
-    if isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels:
-        walk.space_of[node] = walk.space_of[inputs[0]]
-        walk.depthwise.append((node.target, walk.space_of[inputs[0]]))
+def _visit_call(walk: _Walk, node: fx.Node, inputs: list[fx.Node]) -> None:
+    """A function or method call: passthroughs and scalings keep the space, additions and
+    products of two maps tie two spaces, shape queries are ignored."""
+    target, spaces = node.target, [walk.space_of[parent] for parent in inputs]
+    if node.op == "call_method":
+        ignored, passthrough = target in _SHAPE_QUERIES, target in _PASSTHROUGH_METHODS
+        what = f"the method .{target}()"
+    else:
+        name = getattr(target, "__name__", str(target))
+        ignored = target is getattr
+        passthrough = target in _PASSTHROUGH_FUNCTIONS or name in _PASSTHROUGH_NAMES
+        what = f"the operation {name}"
+    if ignored:
         return
-    for parent in inputs:
-        walk.consumers.append((node.target, walk.space_of[parent]))
-    walk.space_of[node] = walk.spaces.new()
-    walk.producers[node.target] = node
-    if isinstance(module, nn.Conv2d) and module.groups != 1:  # pruned evenly in every group
-        for space in [walk.space_of[node], *(walk.space_of[parent] for parent in inputs)]:
-            walk.grouped.append((space, module.groups))
-
-
-def _visit_function(walk: _Walk, node: fx.Node, inputs: list[fx.Node]) -> None:
-    """A function call: passthroughs and scalings keep the space, additions tie two spaces."""
-    target = node.target
-    name = getattr(target, "__name__", str(target))
-    if target is getattr or (target is operator.getitem and not inputs):
-        return
-    if (target in _PASSTHROUGH_FUNCTIONS or name in _PASSTHROUGH_NAMES) and inputs:
-        walk.space_of[node] = walk.space_of[inputs[0]]
-    elif target in _SCALINGS and len(inputs) == 1:
-        walk.space_of[node] = walk.space_of[inputs[0]]
+    if passthrough or (target in _SCALINGS and len(inputs) == 1):
+        walk.space_of[node] = spaces[0]
     elif target in _SCALINGS and len(inputs) == 2:  # x * scale(x): the newer space is the scale
-        first, second = sorted(walk.space_of[n] for n in inputs)
+        first, second = sorted(spaces)
         walk.spaces.scales.add(second)
         walk.space_of[node] = walk.spaces.join(first, second)
     elif target in _ADDITIONS and len(inputs) == 2:
-        walk.space_of[node] = walk.spaces.union(walk.space_of[inputs[0]], walk.space_of[inputs[1]])
-    elif inputs:
-        _opaque(walk, node, inputs, f"the operation {name}")
-
-
-def _visit_method(walk: _Walk, node: fx.Node, inputs: list[fx.Node]) -> None:
-    """A tensor method call: shape queries are ignored, passthroughs keep the space."""
-    if node.target in _SHAPE_QUERIES or not inputs:
-        return
-    if node.target in _PASSTHROUGH_METHODS:
-        walk.space_of[node] = walk.space_of[inputs[0]]
+        walk.space_of[node] = walk.spaces.union(*spaces)
     else:
-        _opaque(walk, node, inputs, f"the method .{node.target}()")
+        _opaque(walk, node, inputs, what)
 
 
 def _opaque(walk: _Walk, node: fx.Node, inputs: list[fx.Node], what: str) -> None:
