@@ -110,10 +110,8 @@ class DirichletGate(nn.Module):
         whose float32 gradient is NaN for concentrations summing to tens of thousands (pytorch
         issue 57447). Not validated: phi > 0 by construction, and checking reads the device."""
         phi = self.concentration()
-        if phi.device.type != "cuda":
-            return Dirichlet(phi, validate_args=False).rsample((num_samples,))
-        sample = Dirichlet(phi.double(), validate_args=False).rsample((num_samples,))
-        return sample.to(phi.dtype)
+        drawn = phi.double() if phi.device.type == "cuda" else phi
+        return Dirichlet(drawn, validate_args=False).rsample((num_samples,)).to(phi.dtype)
 
     def mean(self) -> torch.Tensor:
         """Posterior mean E[s_k] = phi_k / phi_0, shape (K,)."""
