@@ -35,7 +35,7 @@ import torch
 matplotlib.use("Agg")
 
 import dplib  # noqa: E402
-from dplib.experiments import cifar  # noqa: E402
+from dplib.experiments import cifar, profiles  # noqa: E402
 from dplib.experiments.experiment import Experiment  # noqa: E402
 from dplib.files import write_json  # noqa: E402
 
@@ -52,7 +52,7 @@ def setups(device: str, toy: bool) -> dict[str, Experiment]:
     chosen = {
         "cifar10-resnet56": cifar.SETUPS["cifar10-resnet56"],
         "cifar10-vgg16": cifar.SETUPS["cifar10-vgg16"],
-        "cifar10-wrn28_10": cifar.cifar_setup("wrn28_10", 10, 1),
+        "cifar10-wrn28_10": profiles.cifar_setup("wrn28_10", 10, 1),
     }
     changes = {"data_device": device, "speedup_batch": None, "keep_pruned": False}
     if toy:

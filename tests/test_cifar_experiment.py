@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 from test_cifar_data import write_jpeg_copy  # noqa: E402
 
 from dplib import data  # noqa: E402
-from dplib.experiments import cifar, compare, publish, reports  # noqa: E402
+from dplib.experiments import cifar, compare, profiles, publish, reports  # noqa: E402
 from dplib.files import read_json, write_json  # noqa: E402
 
 pytestmark = pytest.mark.slow  # left out of `make quick`; CI runs every test
@@ -86,8 +86,8 @@ def test_the_reference_widths_fit_their_networks():
     import dplib
 
     for model, widths in (
-        ("vgg16", cifar.VGG16_REFERENCE),
-        ("resnet56", cifar.RESNET56_REFERENCE),
+        ("vgg16", profiles.VGG16_REFERENCE),
+        ("resnet56", profiles.RESNET56_REFERENCE),
     ):
         network = dplib.models.build(model, width_multiplier=1.0)
         units = dplib.widths_of(network)

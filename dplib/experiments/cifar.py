@@ -1,10 +1,11 @@
 """CIFAR-10 for real: ResNet-20, ResNet-56 and VGG-16 pretrained on the CPU, then pruned.
 
-Each network is pretrained with a short one-cycle schedule (:func:`cifar_setup`), its importance
-learnt for one epoch, and pruned by every criterion at 2x and 4x fewer MACs (each criterion's own
-allocation and the same widths for all) and at the reference code's widths, then fine-tuned by
-one fixed schedule. It is :mod:`dplib.experiments.compare` with CIFAR schedules: the same cache,
-rows and summaries. Validation accuracy decides; the test split is reported only.
+Each network (:data:`SETUPS`, from :func:`dplib.experiments.profiles.cifar_setup`) is pretrained
+with a short one-cycle schedule, its importance learnt for one epoch, and pruned by every
+criterion at 2x and 4x fewer MACs (each criterion's own allocation and the same widths for all)
+and at the reference code's widths, then fine-tuned by one fixed schedule. It is
+:mod:`dplib.experiments.compare` with CIFAR schedules: the same cache, rows and summaries.
+Validation accuracy decides; the test split is reported only.
 """
 
 from __future__ import annotations
@@ -18,44 +19,13 @@ from .. import data
 from ..budget import parse_budget
 from ..files import atomic_write, read_json, write_json
 from ..pruned import load_pruned
-from ..settings import DirichletSettings, TrainSettings
 from ..train import evaluate
-from . import compare, paths
+from . import compare, paths, profiles
 from .experiment import FIXED, Experiment
-from .profiles import WIDTHS
 
-VGG16_REFERENCE = WIDTHS["vgg16"][0]
-# the reference code's ResNet-56: inner widths 11, 18, 30 in every block of stages 1, 2, 3
-RESNET56_REFERENCE = "-".join([str(width) for width in (11, 18, 30) for _ in range(9)])
 BUDGETS = ("2x", "4x")
 CRITERIA = ("dirichlet", "l1", "taylor", "random", "tp_l2", "tp_taylor")
-PRECISION: dict[str, Any] = {"amp": "bfloat16", "channels_last": True}  # fast on this CPU
-
-
-def cifar_setup(
-    model: str, pretrain_epochs: float, finetune_epochs: float, widths: tuple[str, ...] = ()
-) -> Experiment:
-    """``pretrain_epochs`` of one-cycle pretraining (SGD 0.1, crops and flips), importance for
-    one epoch, ``finetune_epochs`` of cosine fine-tuning at 0.01, all in bfloat16 and
-    channels-last; the fixed ``widths`` pruned besides the budgets (e.g. the reference code's)."""
-    training = {"augment": True, **PRECISION}  # pretraining and fine-tuning alike
-    return Experiment(
-        model,
-        "cifar10",
-        pretraining=TrainSettings(epochs=pretrain_epochs, lr=0.1, schedule="onecycle", **training),
-        importance=DirichletSettings(epochs=1.0, **PRECISION),
-        finetuning=TrainSettings(epochs=finetune_epochs, lr=0.01, keep_best=False, **training),
-        speedup_batch=64,
-        keep_pruned=True,
-        widths=widths,
-    )
-
-
-SETUPS: dict[str, Experiment] = {  # ResNet-20's seeds share one base network
-    "cifar10-resnet20": cifar_setup("resnet20", 30, 2).replace(shared_base=True),
-    "cifar10-resnet56": cifar_setup("resnet56", 20, 2, (RESNET56_REFERENCE,)),
-    "cifar10-vgg16": cifar_setup("vgg16", 20, 2, (VGG16_REFERENCE,)),
-}
+SETUPS: dict[str, Experiment] = profiles.SETUPS["cifar"]
 
 
 def committed_results() -> Path:
@@ -186,7 +156,7 @@ def _first_timed(base: dict[str, Any], previous: list[dict[str, Any]]) -> dict[s
 SHIPPED: dict[str, tuple[str, str, str, str]] = {
     "resnet20": ("cifar10-resnet20", "dirichlet", "greedy", "2x"),
     "resnet56": ("cifar10-resnet56", "dirichlet", "greedy", "2x"),
-    "vgg16": ("cifar10-vgg16", "dirichlet", FIXED, VGG16_REFERENCE),
+    "vgg16": ("cifar10-vgg16", "dirichlet", FIXED, profiles.VGG16_REFERENCE),
 }
 
 

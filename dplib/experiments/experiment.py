@@ -97,6 +97,31 @@ class Experiment:
     widths: tuple[str, ...] = ()  # fixed widths compared besides the budgets
     shared_base: bool = False  # every seed prunes seed 0's base network (its own importance)
 
+    @classmethod
+    def make(
+        cls,
+        model: str,
+        dataset: str,
+        epochs: tuple[float, float, float],
+        *,
+        shared: dict[str, Any] | None = None,
+        pretraining: dict[str, Any] | None = None,
+        importance: dict[str, Any] | None = None,
+        finetuning: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> Experiment:
+        """The experiment of (pretraining, importance, fine-tuning) ``epochs``: the ``shared``
+        knobs (e.g. ``channels_last``) go to the three settings, the other dicts to one each."""
+        knobs = [{"epochs": count, **(shared or {})} for count in epochs]
+        return cls(
+            model,
+            dataset,
+            pretraining=TrainSettings(**knobs[0], **(pretraining or {})),
+            importance=DirichletSettings(**knobs[1] | (importance or {})),
+            finetuning=TrainSettings(**knobs[2], **(finetuning or {})),
+            **fields,
+        )
+
     @property
     def name(self) -> str:
         """``<dataset>-<model>``, the dataset suffixed by the padded size (``32``)."""

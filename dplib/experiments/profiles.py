@@ -1,4 +1,5 @@
-"""Named presets (``smoke``, ``cpu``, ``paper``) and the validated configuration of one run.
+"""Named presets (``smoke``, ``cpu``, ``paper``), the kit's named setups, and the validated
+configuration of one notebook experiment.
 
 A notebook's ``parameters`` cell names a ``profile`` and may override single knobs; the cell
 right after it calls :func:`resolve`, which checks every name at once (profile, model, data set,
@@ -13,6 +14,8 @@ paper      longer schedules, on a GPU when there is one: the LeNets, and the pap
            networks (VGG-16, ResNet-56, WideResNet-28-10) with their usual schedules.
 =========  ==================================================================================
 
+:data:`SETUPS` is the one table of the experiments run besides the notebooks': the comparison's
+at a MAC budget (``make compare``), the study's (``05_study``) and CIFAR-10's (``bench/cifar.py``).
 MNIST without internet: :func:`resolve_dataset` falls back to the real 5,000-image ``mnist5k``,
 with a note that the notebooks print.
 """
@@ -35,7 +38,7 @@ from ..data import DATASETS, DataNotFoundError, check_dataset_name, load_splits
 from ..importance import format_widths, parse_widths
 from ..loop import resolve_device
 from ..models import MODELS, check_model_name, input_shape
-from ..settings import DirichletSettings, TrainSettings
+from ..settings import DirichletSettings
 from ..surgery import widths_of
 from . import paths
 from .experiment import CHANNELS_LAST, Experiment
@@ -159,6 +162,89 @@ CIFAR_SCHEDULES: dict[str, dict[str, Any]] = {
     "paper": {"pretrain_epochs": 160.0, "pretrain_lr": 0.1, "finetune_epochs": 20.0},
 }
 
+# The fine-tuning of the comparison and the study: one fixed schedule (its epochs are the setup's).
+FIXED_FINETUNING: dict[str, Any] = {"lr": 0.01, "schedule": "constant", "keep_best": False}
+PRECISION: dict[str, Any] = {"amp": "bfloat16", "channels_last": True}  # CIFAR: fast on this CPU
+
+
+def comparison_setup(
+    model: str, dataset: str, epochs: tuple[float, float, float], **fields: Any
+) -> Experiment:
+    """A comparison's experiment of (pretraining, importance, fine-tuning) ``epochs``."""
+    layout = {"channels_last": model in CHANNELS_LAST}
+    return Experiment.make(
+        model, dataset, epochs, shared=layout, finetuning=FIXED_FINETUNING, **fields
+    )
+
+
+def study_setup(
+    model: str, dataset: str, epochs: float, finetune: float, widths: tuple[str, ...]
+) -> Experiment:
+    """A studied network: ``epochs`` of pretraining, ``finetune`` of the fixed fine-tuning."""
+    fixed = {"finetuning": FIXED_FINETUNING, "widths": widths}
+    return Experiment.make(model, dataset, (epochs, 1.0, finetune), **fixed)
+
+
+def cifar_setup(
+    model: str, pretrain_epochs: float, finetune_epochs: float, widths: tuple[str, ...] = ()
+) -> Experiment:
+    """``pretrain_epochs`` of one-cycle pretraining (SGD 0.1, crops and flips), importance for
+    one epoch, ``finetune_epochs`` of cosine fine-tuning at 0.01, all in bfloat16 and
+    channels-last; the fixed ``widths`` pruned besides the budgets (e.g. the reference code's)."""
+    return Experiment.make(
+        model,
+        "cifar10",
+        (pretrain_epochs, 1.0, finetune_epochs),
+        shared=PRECISION,
+        pretraining={"lr": 0.1, "schedule": "onecycle", "augment": True},
+        finetuning={"lr": 0.01, "keep_best": False, "augment": True},
+        speedup_batch=64,
+        keep_pruned=True,
+        widths=widths,
+    )
+
+
+# The study's width settings (mild, medium, aggressive) and the reference code's pruned CIFAR
+# networks (ResNet-56: inner widths 11, 18, 30 in every block of stages 1, 2, 3).
+LENET5_WIDTHS = ("10-25-250", "5-10-76", "3-6-30")
+LENET300_WIDTHS = ("100-30", "40-15", "15-8")
+BN_WIDTHS = ("7-14-70-20", "5-8-45-15", "3-5-20-8")
+VGG16_REFERENCE = WIDTHS["vgg16"][0]
+RESNET56_REFERENCE = "-".join([str(width) for width in (11, 18, 30) for _ in range(9)])
+
+# Every named setup, by the module that runs it. The comparison's are the cpu profile's
+# schedules, multiplied by 10 on mnist5k (3,500 training images) to give about as many steps as
+# the full data sets; its resnet20 at half width on Fashion-MNIST padded to 32x32 (10.2M MACs)
+# prunes its stages too (coupled): about 42 s per training epoch on 2 CPU cores.
+SETUPS: dict[str, dict[str, Experiment]] = {
+    "compare": {
+        "mnist5k-lenet300": comparison_setup("lenet300", "mnist5k", (30, 10, 10)),
+        "mnist5k-lenet5": comparison_setup("lenet5", "mnist5k", (30, 10, 10)),
+        "fashion_mnist-lenet300": comparison_setup("lenet300", "fashion_mnist", (3, 1, 1)),
+        "fashion_mnist-lenet5": comparison_setup("lenet5", "fashion_mnist", (3, 1, 1)),
+        "fashion_mnist32-resnet20": comparison_setup(
+            "resnet20", "fashion_mnist", (3, 1, 1), pad_to=32, width_multiplier=0.5, coupled=True
+        ),
+    },
+    "study": {
+        "fashion_mnist-lenet5": study_setup("lenet5", "fashion_mnist", 3, 1, LENET5_WIDTHS),
+        "fashion_mnist-lenet300": study_setup("lenet300", "fashion_mnist", 3, 1, LENET300_WIDTHS),
+        "mnist5k-lenet5": study_setup("lenet5", "mnist5k", 15, 3, LENET5_WIDTHS),
+        "mnist5k-lenet300": study_setup("lenet300", "mnist5k", 15, 3, LENET300_WIDTHS),
+        "mnist5k-lenet5_bn": study_setup("lenet5_bn", "mnist5k", 15, 3, BN_WIDTHS),
+    },
+    "cifar": {  # ResNet-20's seeds share one base network
+        "cifar10-resnet20": cifar_setup("resnet20", 30, 2).replace(shared_base=True),
+        "cifar10-resnet56": cifar_setup("resnet56", 20, 2, (RESNET56_REFERENCE,)),
+        "cifar10-vgg16": cifar_setup("vgg16", 20, 2, (VGG16_REFERENCE,)),
+    },
+}
+
+
+# The settings a Config holds besides its experiment
+CONFIG_SETTINGS = ("seed", "widths", "criteria", "compare")
+CONFIG_SETTINGS += ("compare_seeds", "compare_budgets", "compare_criteria")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -263,72 +349,53 @@ def resolve(
     """Validate the names and build the :class:`Config` of one experiment.
 
     ``profile`` None or "" reads ``$DPLIB_PROFILE`` (default ``cpu``); ``dataset`` ``mnist``
-    falls back to ``mnist5k`` offline. ``overrides``: any field of :class:`Config` (``seed=1``,
+    falls back to ``mnist5k`` offline. ``overrides``: any setting of the profile (``seed=1``,
     ``pretrain_epochs=5``, ``widths=["5-10-76"]``), any knob of :class:`dplib.DirichletSettings`
     (``alpha0=1``; ``importance_epochs``, ``importance_lr``, ``gate_scale`` for its epochs, lr
-    and scale); None keeps the profile's value.
-    An unknown name or value, or widths that do not fit the model, raise ValueError before
-    any training.
+    and scale); None keeps the profile's value. An unknown name or value, or widths that do not
+    fit the model, raise ValueError before any training.
     """
     profile = profile or default_profile()
     settings = preset(profile)
     check_model_name(model)
     check_dataset_name(dataset)
     given = {k: v for k, v in overrides.items() if v is not None}
-    _check_override_names(given, settings)
+    known = {*settings, *DirichletSettings.knobs(), *DIRICHLET_PARAMETERS}
+    unknown = sorted(k for k in given if k not in known)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; known settings: {sorted(known)}")
     settings.update(given)
     resolve_device(settings["device"])
     _check_input(model, dataset)
-    _apply_cifar_defaults(settings, profile, model, given)
     used, label, note = resolve_dataset(dataset)
-    note = _apply_small_data_factor(settings, used, given, note)
+    note += _apply_schedules(settings, profile, model, used, given)
     experiment = _experiment(settings, given, model, used)
     network = experiment.network()
     settings["criteria"] = _criteria(settings["criteria"], network)
     settings["widths"] = _widths(settings["widths"], model, network)
     _resolve_comparison(settings, dataset, model)
-    names = {f.name for f in dataclasses.fields(Config)}
-    fixed = {"profile", "requested_dataset", "dataset_label", "dataset_note", "experiment"}
-    return Config(
-        profile=profile,
-        requested_dataset=dataset,
-        dataset_label=label,
-        dataset_note=note.strip(),
-        experiment=experiment,
-        **{k: settings[k] for k in names - fixed},
-    )
+    chosen = {name: settings[name] for name in CONFIG_SETTINGS}
+    return Config(profile, dataset, label, note.strip(), experiment=experiment, **chosen)
 
 
 def _experiment(
     settings: dict[str, Any], given: dict[str, Any], model: str, dataset: str
 ) -> Experiment:
     """The :class:`Experiment` of the resolved settings: CIFAR-10 trains with crops and flips."""
-    cifar = dataset == "cifar10"
+    augment = {"augment": dataset == "cifar10"}
+    knobs = {DIRICHLET_PARAMETERS.get(name, name): value for name, value in given.items()}
     same_name = ("batch_size", "width_multiplier", "subset", "eval_subset", "taylor_batches")
     same_name += ("speedup_batch", "speedup_repeats", "speedup_rounds", "device")
-    layout = {"channels_last": model in CHANNELS_LAST}
-    return Experiment(
+    return Experiment.make(
         model,
         dataset,
-        pretraining=TrainSettings(
-            epochs=settings["pretrain_epochs"], lr=settings["pretrain_lr"], augment=cifar, **layout
-        ),
-        importance=_dirichlet_settings(settings, layout | given),
-        finetuning=TrainSettings(
-            epochs=settings["finetune_epochs"], lr=settings["finetune_lr"], augment=cifar, **layout
-        ),
+        tuple(settings[f"{stage}_epochs"] for stage in ("pretrain", "importance", "finetune")),
+        shared={"channels_last": model in CHANNELS_LAST},
+        pretraining={"lr": settings["pretrain_lr"], **augment},
+        importance={k: v for k, v in knobs.items() if k in DirichletSettings.knobs()},
+        finetuning={"lr": settings["finetune_lr"], **augment},
         **{name: settings[name] for name in same_name},
     )
-
-
-def _check_override_names(given: dict[str, Any], settings: dict[str, Any]) -> None:
-    """A ValueError naming the overrides that are no setting at all."""
-    known = {f.name for f in dataclasses.fields(Config)} | set(settings)
-    known |= set(DirichletSettings.knobs()) | set(DIRICHLET_PARAMETERS)
-    known -= {"experiment", "profile", "requested_dataset", "dataset_label", "dataset_note"}
-    unknown = sorted(k for k in given if k not in known)
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}; known settings: {sorted(known)}")
 
 
 def _check_input(model: str, dataset: str) -> None:
@@ -343,44 +410,25 @@ def _check_input(model: str, dataset: str) -> None:
         )
 
 
-def _apply_cifar_defaults(
-    settings: dict[str, Any], profile: str, model: str, given: dict[str, Any]
-) -> None:
-    """The profile's width and schedules for a CIFAR network (32x32 input), in place."""
-    if input_shape(model)[1] != 32:
-        if settings.get("width_multiplier") is not None:
-            raise ValueError(f"width_multiplier applies to the CIFAR networks, not {model!r}")
-        return
-    if settings.get("width_multiplier") is None:
-        settings["width_multiplier"] = settings.get("cifar_width_multiplier")
-    for key, value in CIFAR_SCHEDULES.get(profile, {}).items():
-        if key not in given:
-            settings[key] = value
-
-
-def _apply_small_data_factor(
-    settings: dict[str, Any], used: str, given: dict[str, Any], note: str
+def _apply_schedules(
+    settings: dict[str, Any], profile: str, model: str, dataset: str, given: dict[str, Any]
 ) -> str:
-    """Multiply the epochs not given explicitly on a small data set; return the note."""
-    if used not in SMALL_DATASETS:
-        return note
+    """In place, for the settings not given: a CIFAR network's width and schedules, the epochs
+    multiplied on a small data set; what the note adds."""
+    cifar = input_shape(model)[1] == 32
+    if not cifar and settings["width_multiplier"] is not None:
+        raise ValueError(f"width_multiplier applies to the CIFAR networks, not {model!r}")
+    if cifar and settings["width_multiplier"] is None:
+        settings["width_multiplier"] = settings["cifar_width_multiplier"]
+    defaults = CIFAR_SCHEDULES.get(profile, {}) if cifar else {}
+    settings.update({k: v for k, v in defaults.items() if k not in given})
+    if dataset not in SMALL_DATASETS:
+        return ""
     factor = settings["small_data_epoch_factor"]
     for key in ("pretrain_epochs", "importance_epochs", "finetune_epochs"):
         if key not in given:
             settings[key] = settings[key] * factor
-    if factor != 1:
-        note += f" Epochs are multiplied by {factor} on this small data set."
-    return note
-
-
-def _dirichlet_settings(settings: dict[str, Any], given: dict[str, Any]) -> DirichletSettings:
-    """The defaults, the profile's epochs, then the knobs given."""
-    chosen = {"epochs": settings["importance_epochs"]}
-    for name, value in given.items():
-        knob = DIRICHLET_PARAMETERS.get(name, name)
-        if knob in DirichletSettings.knobs():
-            chosen[knob] = value
-    return DirichletSettings(**chosen)
+    return f" Epochs are multiplied by {factor} on this small data set." if factor != 1 else ""
 
 
 def _criteria(chosen: Any, network: Any) -> tuple[str, ...]:
@@ -394,12 +442,20 @@ def _criteria(chosen: Any, network: Any) -> tuple[str, ...]:
 
 
 def _widths(widths: Any, model: str, network: Any) -> tuple[str, ...]:
-    """The profile's widths settings (or those given), each checked against ``network``."""
+    """The widths settings given (or the model's), each checked against ``network`` as the
+    string notation; a fraction such as "0.5" keeps that share; a budget such as "macs:4x" is
+    kept as it is (each criterion allocates it)."""
     if widths is None:
         widths = WIDTHS.get(model, DEFAULT_FRACTIONS)
-    if isinstance(widths, str):
-        widths = [widths]
-    return tuple(_normalise_widths(w, widths_of(network)) for w in widths)
+    units, checked = widths_of(network), []
+    for setting in [widths] if isinstance(widths, str) else widths:
+        if split_budget_widths(setting) is None:
+            digits = setting.replace(".", "", 1) if isinstance(setting, str) else ""
+            if digits.isdigit() and "." in setting:
+                setting = float(setting)  # a kept fraction
+            setting = format_widths(parse_widths(setting, units))
+        checked.append(setting)
+    return tuple(checked)
 
 
 def _resolve_comparison(settings: dict[str, Any], dataset: str, model: str) -> None:
@@ -417,16 +473,6 @@ def _resolve_comparison(settings: dict[str, Any], dataset: str, model: str) -> N
         split_budget_widths(f"macs:{budget}")
     if settings["compare_criteria"] is not None:
         settings["compare_criteria"] = _criteria(settings["compare_criteria"], None)
-
-
-def _normalise_widths(widths: str | list[int], units: dict[str, int]) -> str:
-    """Widths as the string notation, checked; a fraction such as "0.5" keeps that share; a
-    budget such as "macs:4x" is kept as it is (each criterion allocates it)."""
-    if split_budget_widths(widths) is not None:
-        return widths
-    if isinstance(widths, str) and widths.replace(".", "", 1).isdigit() and "." in widths:
-        widths = float(widths)  # a kept fraction
-    return format_widths(parse_widths(widths, units))
 
 
 def from_notebook(namespace: dict[str, Any], notebook: str) -> Config:

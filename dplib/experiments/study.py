@@ -35,8 +35,8 @@ from ..files import read_json
 from ..importance import Importance
 from ..measure import spearman
 from ..progress import hidden
-from ..settings import DirichletSettings, TrainSettings
-from . import compare, paths
+from ..settings import DirichletSettings
+from . import paths, profiles
 from .cache import Log, cached
 from .experiment import Base, Experiment, pretrain, prune_and_finetune, score
 
@@ -67,53 +67,31 @@ GridFunction = Callable[[Experiment], list[dict[str, Any]]]
 # Combinations chosen by hand rather than by the screen (notebooks/METHOD.md, section 7): a
 # sparse prior whose KL is not divided by N (so that it competes with the data term and squeezes
 # the posterior mass onto the units the loss cannot do without), with or without the factor K.
+SPARSE: dict[str, Any] = {"alpha0": 0.1, "kl_divided_by_n": False}
+BEST = {"phi_init": 100.0, **SPARSE, "kl_weight": 0.01}  # the best of the first round
 HYPOTHESES: list[dict[str, Any]] = [
-    {"alpha0": 0.1, "kl_divided_by_n": False},
-    {"alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01},
-    {"scale": "none", "alpha0": 0.1, "kl_divided_by_n": False},
-    {"scale": "none", "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01},
+    SPARSE,
+    {**SPARSE, "kl_weight": 0.01},
+    {"scale": "none", **SPARSE},
+    {"scale": "none", **SPARSE, "kl_weight": 0.01},
     {"scale": "none", "alpha0": 0.01, "kl_divided_by_n": False},
-    {"phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01},
-    {"estimator": "point", "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01},
-    {"scale": "none", "alpha0": 0.1, "kl_divided_by_n": False, "weights_lr": 0.001},
-    # second round, around the best of the first (phi_init 100, sparse prior, beta 0.01, KL not /N)
-    {"phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.1},
-    {"phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.001},
-    {"phi_init": 100.0, "alpha0": 0.01, "kl_divided_by_n": False, "kl_weight": 0.01},
-    {"phi_init": 10.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01},
-    {"phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01, "lr": 0.3},
-    {"phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01, "epochs": 3.0},
-    {"phi_init": 100.0, "alpha0": 0.1, "kl_divided_by_n": False, "kl_weight": 0.01, "samples": 4},
-    {
-        "scale": "none",
-        "phi_init": 100.0,
-        "alpha0": 0.1,
-        "kl_divided_by_n": False,
-        "kl_weight": 0.01,
-    },
+    BEST,
+    {"estimator": "point", **SPARSE, "kl_weight": 0.01},
+    {"scale": "none", **SPARSE, "weights_lr": 0.001},
+    # second round, around the best of the first
+    {**BEST, "kl_weight": 0.1},
+    {**BEST, "kl_weight": 0.001},
+    {**BEST, "alpha0": 0.01},
+    {**BEST, "phi_init": 10.0},
+    {**BEST, "lr": 0.3},
+    {**BEST, "epochs": 3.0},
+    {**BEST, "samples": 4},
+    {"scale": "none", **BEST},
 ]
 
 ORACLE_IMAGES = 1000  # validation images the oracle is measured on
 
-LENET5_WIDTHS = ("10-25-250", "5-10-76", "3-6-30")
-LENET300_WIDTHS = ("100-30", "40-15", "15-8")
-BN_WIDTHS = ("7-14-70-20", "5-8-45-15", "3-5-20-8")
-
-
-def _setup(model: str, dataset: str, epochs: float, finetune: float, widths: tuple) -> Experiment:
-    """A studied network: ``epochs`` of pretraining, ``finetune`` of the comparison's schedule."""
-    finetuning = compare.FINETUNING.replace(epochs=finetune)
-    pretraining = TrainSettings(epochs=epochs)
-    return Experiment(model, dataset, pretraining, finetuning=finetuning, widths=widths)
-
-
-SETUPS: dict[str, Experiment] = {
-    "fashion_mnist-lenet5": _setup("lenet5", "fashion_mnist", 3, 1, LENET5_WIDTHS),
-    "fashion_mnist-lenet300": _setup("lenet300", "fashion_mnist", 3, 1, LENET300_WIDTHS),
-    "mnist5k-lenet5": _setup("lenet5", "mnist5k", 15, 3, LENET5_WIDTHS),
-    "mnist5k-lenet300": _setup("lenet300", "mnist5k", 15, 3, LENET300_WIDTHS),
-    "mnist5k-lenet5_bn": _setup("lenet5_bn", "mnist5k", 15, 3, BN_WIDTHS),
-}
+SETUPS: dict[str, Experiment] = profiles.SETUPS["study"]
 
 
 @dataclass
@@ -122,11 +100,6 @@ class StudyContext:
 
     base: Base
     oracle: Importance
-
-    @property
-    def setup(self) -> Experiment:
-        """The experiment studied."""
-        return self.base.experiment
 
 
 def config_key(config: dict[str, Any]) -> str:
@@ -171,20 +144,21 @@ def learn(study: StudyContext, config: dict[str, Any]) -> tuple[Importance, Base
 
 
 def evaluated(
-    study: StudyContext, importance: Importance, base: Base, *, finetune: bool
+    study: StudyContext, importance: Importance, base: Base, *, finetune: bool, **about: Any
 ) -> dict[str, Any]:
     """Validation metrics of one importance: Spearman with the oracle per layer, accuracy right
-    after pruning (and after the setup's fine-tuning when ``finetune``) at each width setting."""
+    after pruning (and after the setup's fine-tuning when ``finetune``) at each width setting;
+    then ``about`` it and the setup's name."""
     oracle = study.oracle.scores
     rhos = {layer: spearman(importance.scores[layer], oracle[layer]) for layer in importance.names}
     result = {"spearman": rhos, "pruned": {}, "finetuned": {}, "finetuned_test": {}}
-    for widths in study.setup.widths:
+    for widths in study.base.experiment.widths:
         row = prune_and_finetune(base, importance.criterion, importance, widths, finetune=finetune)
         result["pruned"][widths] = row["pruned_val"]
         if finetune:
             result["finetuned"][widths] = row["finetuned_val"]
             result["finetuned_test"][widths] = row["finetuned_test"]
-    return result
+    return result | about | {"setup": study.base.experiment.name}
 
 
 def run_config(study: StudyContext, config: dict[str, Any], *, finetune: bool) -> dict[str, Any]:
@@ -195,10 +169,8 @@ def run_config(study: StudyContext, config: dict[str, Any], *, finetune: bool) -
         started = time.perf_counter()
         importance, base = learn(study, config)
         seconds = time.perf_counter() - started
-        result = evaluated(study, importance, base, finetune=finetune)
-        result.update(criterion="dirichlet", key=key, config=config, seconds=seconds)
-        result["setup"] = study.setup.name
-        return None, result
+        about = {"criterion": "dirichlet", "key": key, "config": config, "seconds": seconds}
+        return None, evaluated(study, importance, base, finetune=finetune, **about)
 
     return cached(_result_path(study, finetune, key), config, build).value
 
@@ -209,11 +181,9 @@ def run_baseline(study: StudyContext, criterion: str) -> dict[str, Any]:
 
     def build() -> tuple[None, dict[str, Any]]:
         importance = score(study.base, criterion)
-        result = evaluated(study, importance, study.base, finetune=True)
         seconds = importance.history["seconds_total"]
-        result.update(criterion=criterion, key=key, config=None, seconds=seconds)
-        result["setup"] = study.setup.name
-        return None, result
+        about = {"criterion": criterion, "key": key, "config": None, "seconds": seconds}
+        return None, evaluated(study, importance, study.base, finetune=True, **about)
 
     path = _result_path(study, True, key)
     return cached(path, {"criterion": criterion, "base": study.base.key}, build).value
@@ -323,9 +293,9 @@ def run_study(
 
 def _screen(study: StudyContext, configs: GridFunction, log: Log) -> list[dict[str, Any]]:
     """Screen a setup's grid, then the pairs of its most helpful factors (no fine-tuning)."""
-    name = study.setup.name
+    name = study.base.experiment.name
     log(f"[{name}] base validation accuracy {study.base.metrics['val']:.4f}")
-    results = [run_config(study, c, finetune=False) for c in configs(study.setup)]
+    results = [run_config(study, c, finetune=False) for c in configs(study.base.experiment)]
     combined = [run_config(study, c, finetune=False) for c in pairs(results)]
     results += [r for r in combined if r["key"] not in {s["key"] for s in results}]
     for result in sorted(results, key=screen_value, reverse=True)[:5]:
