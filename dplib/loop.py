@@ -1,10 +1,10 @@
 """The one step loop of the kit: :func:`dplib.fit` and :func:`dplib.learn_importance` run on it.
 
 A run is ``ceil(epochs * batches per epoch)`` steps over a loader made by
-:func:`dplib.data.make_loader`. Epoch e is shuffled with ``seed + e`` (also sharded,
-:mod:`dplib.distributed`), so a resumed or repeated run sees the same batches. The loop reads
-nothing back from the device: a caller keeps its losses there and reads them once per epoch, in
-its ``end_epoch``, so a GPU never waits for the host between batches.
+:func:`dplib.data.make_loader`. Epoch e is shuffled with ``seed + e``, so a resumed or repeated
+run sees the same batches. The loop reads nothing back from the device: a caller keeps its losses
+there and reads them once per epoch, in its ``end_epoch``, so a GPU never waits for the host
+between batches.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import distributed
 from .data import reseed
 from .progress import progress
 
@@ -129,11 +128,10 @@ class Loop:
     ) -> None:
         """Call ``step(images, labels)`` on each batch until the run is done, and
         ``end_epoch()`` after each pass (a partial last pass included)."""
-        bar = progress(total=self.total_steps, desc=label, enabled=distributed.is_main())
+        bar = progress(total=self.total_steps, desc=label)
         bar.update(self.step)
         while self.step < self.total_steps:
             reseed(loader, seed + self.epoch)
-            distributed.set_epoch(loader, self.epoch)
             started = self.step
             for images, labels in loader:
                 if self.step >= self.total_steps:

@@ -23,7 +23,6 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from . import distributed
 from .checks import check_data
 from .data import random_crop_flip
 from .files import atomic_torch_save, read_torch_file
@@ -112,18 +111,21 @@ def fit(
         val_loader: evaluated after each epoch (for ``keep_best``).
         seed: seeds the updates and the data order (epoch e is shuffled with seed + e).
         checkpoint: the training state, written after every epoch; a run that finds it resumes
-            and ends with the same weights as an uninterrupted run. Under ``torchrun``
-            (:mod:`dplib.distributed`) rank 0 writes it.
+            and ends with the same weights as an uninterrupted run.
     """
     settings = with_knobs(settings, TrainSettings, knobs)
     check_data(model, train_loader, "fit")
     set_seed(seed)
-    loader = distributed.shard(train_loader, seed)
-    training = _Training.start(model, Loop.plan(loader, settings, device), settings, checkpoint)
-    saving = checkpoint if distributed.is_main() else None
+    training = _Training.start(
+        model, Loop.plan(train_loader, settings, device), settings, checkpoint
+    )
     started = time.perf_counter() - training.seconds
     training.loop.run(
-        loader, seed, training.step, lambda: training.end_epoch(val_loader, saving, started), "fit"
+        train_loader,
+        seed,
+        training.step,
+        lambda: training.end_epoch(val_loader, checkpoint, started),
+        "fit",
     )
     return training.finish(time.perf_counter() - started)
 
@@ -133,7 +135,6 @@ class _Training:
     """What one call of :func:`fit` carries from step to step (and to its training state)."""
 
     model: nn.Module
-    network: nn.Module  # the model, or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer
     loop: Loop
     settings: TrainSettings
@@ -171,7 +172,7 @@ class _Training:
             momentum=settings.momentum,
             weight_decay=settings.weight_decay,
         )
-        training = cls(model, _parallel(model, loop.device), optimizer, loop, settings)
+        training = cls(model, optimizer, loop, settings)
         if checkpoint is not None and Path(checkpoint).exists():
             _resume(checkpoint, training)
         return training
@@ -186,7 +187,7 @@ class _Training:
         if settings.augment:
             images = random_crop_flip(images)
         with loop.autocast():
-            loss = F.cross_entropy(self.network(loop.formatted(images)), labels)
+            loss = F.cross_entropy(self.model(loop.formatted(images)), labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -226,14 +227,6 @@ class _Training:
             self.model.to(memory_format=torch.contiguous_format)
         self.model.eval()
         return history
-
-
-def _parallel(model: nn.Module, device: torch.device) -> nn.Module:
-    """The model wrapped in DistributedDataParallel under ``torchrun``, else the model."""
-    if not distributed.is_distributed():
-        return model
-    ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
 def _save_training_state(path: str | os.PathLike, training: _Training) -> None:

@@ -40,7 +40,6 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from . import distributed
 from .attach import GatedModel
 from .checks import check_data
 from .importance import Importance
@@ -93,7 +92,7 @@ def learn_importance(
 
     Args:
         gated: the network from :func:`dplib.attach_gates` (whose gate knobs it keeps).
-        loader: training data, N images; sharded under ``torchrun`` (:mod:`dplib.distributed`).
+        loader: training data, N images.
         settings: the knobs (:class:`dplib.DirichletSettings`); single ``knobs`` given as
             keywords override them (``epochs=0.5``).
         seed: seeds the samples (and anything else drawn from torch's global generator).
@@ -105,7 +104,6 @@ def learn_importance(
     settings = _settings_for(gated, settings, knobs)
     check_data(gated, loader, "learn_importance")
     kl_normalizer = len(loader.dataset) if settings.kl_divided_by_n else 1
-    loader = distributed.shard(loader, seed)
     loop = Loop.plan(loader, settings, device)
     # layerwise: one gate learnt at a time, the others off, each for the whole schedule
     phases = [[name] for name in gated.layers] if settings.layerwise else [None]
@@ -218,9 +216,6 @@ def _optimise(
             optimizer.zero_grad(set_to_none=True)
         terms[0].backward()
         for optimizer in optimizers:
-            distributed.average_gradients(
-                [p for group in optimizer.param_groups for p in group["params"]]
-            )
             optimizer.step()
         record.step(loop.step + 1, terms)
 

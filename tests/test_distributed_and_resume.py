@@ -1,16 +1,9 @@
-"""Training that resumes after an interruption, augmentation, and torchrun equivalence."""
-
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""Training that resumes after an interruption, and augmentation."""
 
 import pytest
 import torch
 
 import dplib
-
-SCRIPTS = Path(__file__).parent / "scripts"
 
 
 class Interrupted(Exception):
@@ -97,35 +90,6 @@ def test_random_crop_flip_moves_pixels_but_keeps_shapes():
         values = set(augmented[augmented > 0].tolist())
         assert values <= set(original.flatten().tolist())
     assert not torch.equal(out, images)
-
-
-def torchrun(nproc: int, out: Path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        str(SCRIPTS / "distributed_importance.py"),
-        str(out),
-    ]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "DPLIB_PROGRESS": "off"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
-@pytest.mark.slow  # two processes under torchrun: left to `make test` (and CI)
-def test_two_processes_learn_the_same_importance_as_one(tmp_path):
-    torchrun(1, tmp_path / "one.pt")
-    torchrun(2, tmp_path / "two.pt")
-    one = dplib.Importance.load(tmp_path / "one.pt")
-    two = dplib.Importance.load(tmp_path / "two.pt")
-    moved = (one.concentration["fc1"] - 10.0).abs().max()
-    assert moved > 0.05  # learning happened
-    for layer in one.names:
-        torch.testing.assert_close(
-            two.concentration[layer], one.concentration[layer], rtol=1e-4, atol=1e-4
-        )
 
 
 def test_interrupted_pretraining_resumes_to_the_same_network(tmp_path, monkeypatch):
