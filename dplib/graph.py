@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
@@ -192,7 +193,7 @@ class _Walk:
     consumers: list[tuple[str, int]] = field(default_factory=list)  # (module, space it reads)
     batchnorms: list[tuple[str, int]] = field(default_factory=list)  # (module, its space)
     depthwise: list[tuple[str, int]] = field(default_factory=list)  # (module, its space)
-    grouped: list[tuple[int, int]] = field(default_factory=list)  # (space, groups) of grouped convs
+    grouped: list[tuple[int, int]] = field(default_factory=list)  # (groups, space) of grouped convs
     calls: dict[str, int] = field(default_factory=dict)  # module -> times the trace calls it
     order: dict[fx.Node, int] = field(default_factory=dict)  # node -> position in the trace
 
@@ -229,7 +230,7 @@ def _visit_module(walk: _Walk, node: fx.Node, inputs: list[fx.Node]) -> None:
         walk.producers[node.target] = node
         if isinstance(module, nn.Conv2d) and module.groups != 1:  # pruned evenly in every group
             for space in [walk.space_of[node], *(walk.space_of[parent] for parent in inputs)]:
-                walk.grouped.append((space, module.groups))
+                walk.grouped.append((module.groups, space))
     elif isinstance(module, (*_BATCHNORMS, *_PASSTHROUGH_MODULES)):
         if isinstance(module, _BATCHNORMS):
             walk.batchnorms.append((node.target, space))
@@ -303,30 +304,24 @@ def _collect(model: nn.Module, walk: _Walk, coupled: bool) -> LayerGraph:
     return LayerGraph(layers, skipped)
 
 
-def _members_by_space(walk: _Walk) -> dict[int, dict[str, list[str]]]:
-    """Producers, BatchNorms and consumers of each channel space, keyed by its root space."""
-    groups: dict[int, dict[str, list[str]]] = {}
-
-    def group(space: int) -> dict[str, list[str]]:
-        root = walk.spaces.find(space)
-        empty: dict[str, list[str]] = {"producers": [], "batchnorms": [], "consumers": []}
-        return groups.setdefault(root, empty | {"depthwise": [], "groups": []})
-
-    for name, node in walk.producers.items():
-        group(walk.space_of[node])["producers"].append(name)
+def _members_by_space(walk: _Walk) -> dict[int, dict[str, list]]:
+    """The producers, BatchNorms, consumers, depthwise convolutions and groups (of grouped
+    convolutions) of each channel space, keyed by its root space."""
+    members: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    producers = [(name, walk.space_of[node]) for name, node in walk.producers.items()]
+    for key, entries in [
+        ("producers", producers),
+        ("batchnorms", walk.batchnorms),
+        ("consumers", walk.consumers),
+        ("depthwise", walk.depthwise),
+        ("groups", walk.grouped),
+    ]:
+        for entry, space in entries:
+            members[walk.spaces.find(space)][key].append(entry)
+    for name, space in producers:
         if walk.calls[name] > 1:  # pruning one call's units would prune the other calls' too
-            walk.spaces.fix(
-                walk.space_of[node], "the module is called more than once (shared weights)"
-            )
-    for name, space in walk.batchnorms:
-        group(space)["batchnorms"].append(name)
-    for name, space in walk.consumers:
-        group(space)["consumers"].append(name)
-    for name, space in walk.depthwise:
-        group(space)["depthwise"].append(name)
-    for space, count in walk.grouped:
-        group(space)["groups"].append(count)
-    return groups
+            walk.spaces.fix(space, "the module is called more than once (shared weights)")
+    return members
 
 
 def _skip_reason(

@@ -42,18 +42,13 @@ class Count(NamedTuple):
 
 
 def count(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> Count:
-    """Parameters and MACs of ``model`` for one forward pass of a tensor of ``input_shape``
-    (batch axis included: (1, channels, height, width) gives the MACs of one image)."""
+    """Parameters and MACs of ``model`` for one forward pass of a batch of ``input_shape``."""
     check_ungated(model, "dplib.count")
     return _counted(model, input_shape)
 
 
-def _counted(
-    model: nn.Module, input_shape: tuple[int, ...], positions: dict[str, int] | None = None
-) -> Count:
-    """:func:`count` of any model, gated ones included (their gates change no shape);
-    ``positions``, when given, gets
-    the outputs per output unit (batch x spatial positions) of every Conv2d / Linear."""
+def _counted(model: nn.Module, input_shape: tuple, positions: dict | None = None) -> Count:
+    """:func:`count`, unchecked; ``positions`` gets each Conv2d / Linear's outputs per unit."""
     if len(input_shape) < 2:
         raise ValueError(f"input_shape must include the batch axis, got {input_shape}")
     params = sum(p.numel() for p in model.parameters())
@@ -96,8 +91,8 @@ _Affine = tuple[int, dict[int, int]]  # c + sum_l coefficient_l * w_l
 
 @dataclass
 class Quadratic:
-    """cost(w) = (const + linear . w + w' quadratic w) / scale, exact in integers (w: widths
-    vector; ``scale``: the groups of grouped convolutions, whose widths are multiples of them)."""
+    """cost(w) = (const + linear . w + w' quadratic w) / scale, exact in integers (``scale``:
+    the groups of grouped convolutions, whose widths are multiples of them)."""
 
     const: int
     linear: np.ndarray  # (L,)

@@ -72,13 +72,13 @@ def _criterion(criterion: str, loader: DataLoader | None, batches: int, **option
     tp = require_torch_pruning()
     if criterion not in CRITERIA:
         raise ValueError(f"unknown Torch-Pruning criterion {criterion!r}; choose one of {CRITERIA}")
-    if criterion == "tp_taylor" and loader is None:
+    if criterion != "tp_taylor":
+        return tp.importance.MagnitudeImportance(p=1 if criterion == "tp_l1" else 2, **options)
+    if loader is None:
         raise ValueError("criterion 'tp_taylor' needs a data loader (training data)")
-    if criterion == "tp_taylor" and batches < 1:
+    if batches < 1:
         raise ValueError(f"batches must be at least 1, got {batches}")
-    if criterion == "tp_taylor":
-        return tp.importance.TaylorImportance(**options)
-    return tp.importance.MagnitudeImportance(p=1 if criterion == "tp_l1" else 2, **options)
+    return tp.importance.TaylorImportance(**options)
 
 
 def tp_importance(
