@@ -150,18 +150,14 @@ def cases(experiment: Experiment, criterion: str, budgets: Iterable[str]) -> lis
 def experiment_for(config: Config) -> Experiment:
     """A notebook configuration's experiment with the comparison's measurements and
     fine-tuning schedule."""
-    experiment = config.experiment
+    experiment, tuned = config.experiment, config.experiment.finetuning
     plain = Experiment(experiment.model, experiment.dataset)  # no speed-ups, as the committed
-    finetuning = experiment.finetuning
+    measured = {
+        k: getattr(plain, k) for k in ("speedup_batch", "speedup_repeats", "speedup_rounds")
+    }
+    finetuning = FINETUNING.replace(epochs=tuned.epochs, channels_last=tuned.channels_last)
     return experiment.replace(
-        finetuning=FINETUNING.replace(
-            epochs=finetuning.epochs, channels_last=finetuning.channels_last
-        ),
-        taylor_batches=TAYLOR_BATCHES,
-        speedup_batch=plain.speedup_batch,
-        speedup_repeats=plain.speedup_repeats,
-        speedup_rounds=plain.speedup_rounds,
-        widths=(),
+        finetuning=finetuning, taylor_batches=TAYLOR_BATCHES, widths=(), **measured
     )
 
 

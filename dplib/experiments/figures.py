@@ -33,7 +33,8 @@ COLOURS = {
 
 
 def save(figure: plt.Figure, folder: str | os.PathLike, name: str) -> list[Path]:
-    """Write ``name.png`` (150 dpi) and ``name.pdf`` into ``folder``, each atomically."""
+    """Write ``name.png`` (150 dpi) and ``name.pdf`` into ``folder``, each atomically; close
+    ``figure``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -44,6 +45,7 @@ def save(figure: plt.Figure, folder: str | os.PathLike, name: str) -> list[Path]
             metadata = {"CreationDate": None} if suffix == "pdf" else {"Software": None}
             figure.savefig(temporary, format=suffix, dpi=150, metadata=metadata)
         written.append(target)
+    plt.close(figure)
     return written
 
 

@@ -162,12 +162,6 @@ def write_study(results: dict[str, Any], folder: str | Path) -> list[Path]:
     return written
 
 
-def _emit(figure: plt.Figure, folder: str | Path, name: str) -> list[Path]:
-    written = figures.save(figure, folder, name)
-    plt.close(figure)
-    return written
-
-
 DRAWN = ".drawn.json"  # in a figures folder: what each figure drawn from rows was drawn from
 
 
@@ -183,22 +177,21 @@ def _emit_from(
     stamps = read_json(folder / DRAWN) if (folder / DRAWN).exists() else {}
     if stamps.get(name) == key and all(target.exists() for target in targets):
         return targets
-    written = _emit(draw(), folder, name)
+    written = figures.save(draw(), folder, name)
     write_json(folder / DRAWN, stamps | {name: key})
     return written
 
 
 def write_all(profile: str, folder: str | os.PathLike | None = None) -> list[Path]:
     """Every figure and the results table of ``profile``, from ``runs/<profile>/`` only, into
-    ``folder`` (default :func:`dplib.experiments.paths.figures_dir`); the files written.
-    Experiments whose stages have not finished are left out (the notebook lists what it found).
-    """
+    ``folder`` (default :func:`~dplib.experiments.paths.figures_dir`); the files written.
+    Experiments whose stages have not finished are left out (the notebook lists what it found)."""
     figures.style()
     folder = Path(folder) if folder is not None else paths.figures_dir(profile)
     written: list[Path] = []
 
     def emit(figure: plt.Figure, name: str) -> None:
-        written.extend(_emit(figure, folder, name))
+        written.extend(figures.save(figure, folder, name))
 
     alphas = [(1, 1, 1), (10, 10, 10), (0.3, 0.3, 0.3), (6, 2, 1)]  # drawn from code alone
     simplex = functools.partial(figures.dirichlet_simplex, alphas)

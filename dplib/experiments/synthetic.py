@@ -94,9 +94,7 @@ def recover(
 def summary(
     hidden: int, estimator: str, s_star: torch.Tensor, learned: Importance, steps: int, seed: int
 ) -> dict[str, Any]:
-    """One run of the check as stored: ``hidden``, ``estimator``, ``steps``, ``seed``,
-    ``s_star``, the posterior's ``mean`` and ``std``, the ``loss`` per step, and how close the
-    mean is to s* (``spearman``, ``pearson``, ``l1_error``)."""
+    """One run of the check as stored: its settings, s*, the posterior and how close it is."""
     mean, std = learned.mean("fc1"), learned.std("fc1")
     return {
         "hidden": hidden,
