@@ -106,9 +106,11 @@ class DirichletGate(nn.Module):
         return Dirichlet(self.concentration())
 
     def sample(self, num_samples: int = 1) -> torch.Tensor:
-        """Reparameterised samples s ~ q, shape (num_samples, K), drawn in float64 on CUDA,
-        whose float32 gradient is NaN for concentrations summing to tens of thousands (pytorch
-        issue 57447). Not validated: phi > 0 by construction, and checking reads the device."""
+        """Reparameterised samples s ~ q, shape (num_samples, K), drawn in float64 on CUDA:
+        torch's float32 gradient there is NaN for concentrations summing to tens of thousands
+        (pytorch/pytorch issue 57447; 512 channels at phi_init = 100); the CPU's is float64.
+        Not validated: phi is positive by construction, and the check would read a value back
+        from the device at every step."""
         phi = self.concentration()
         drawn = phi.double() if phi.device.type == "cuda" else phi
         return Dirichlet(drawn, validate_args=False).rsample((num_samples,)).to(phi.dtype)
@@ -117,6 +119,10 @@ class DirichletGate(nn.Module):
         """Posterior mean E[s_k] = phi_k / phi_0, shape (K,)."""
         phi = self.concentration()
         return phi / phi.sum()
+
+    def std(self) -> torch.Tensor:
+        """Posterior standard deviation of each s_k, shape (K,)."""
+        return Dirichlet(self.concentration()).stddev
 
     def kl(self, alpha0: float) -> torch.Tensor:
         """KL( q(s) || Dir(alpha0 * 1_K) ) in closed form (a scalar)."""

@@ -25,12 +25,13 @@ def test_kl_is_zero_at_the_prior():
     assert abs(gate.kl(0.5).item()) < 1e-6
 
 
-def test_mean_matches_torch_distribution():
+def test_mean_and_std_match_torch_distribution():
     gate = DirichletGate(6, phi_init=2.0)
     with torch.no_grad():
         gate.theta.copy_(torch.linspace(-1, 3, 6))
     distribution = gate.distribution()
     torch.testing.assert_close(gate.mean(), distribution.mean)
+    torch.testing.assert_close(gate.std(), distribution.variance.sqrt())
 
 
 def test_samples_are_on_the_simplex_and_carry_gradients():
