@@ -9,19 +9,17 @@ importance, fine-tuning) and how results are measured. Everything the kit runs g
 :func:`prune_and_finetune`  one pruned network's row: ``results/<criterion>-<allocation>-<h>.json``
 ==========================  ========================================================================
 
-``<h>`` hashes the configuration a result depends on, so another configuration writes a new file
-beside it. Every artefact goes through :func:`~dplib.experiments.cache.cached`, so a killed run
-resumes after its last complete artefact (an interrupted pretraining from its last epoch).
+``<h>`` hashes the configuration a result depends on. Every artefact goes through
+:func:`~dplib.experiments.cache.cached`, so a killed run resumes after its last complete artefact
+(an interrupted pretraining from its last epoch).
 
-A row (the one result schema): ``setup``, ``seed``, ``criterion``, ``allocation`` (``fixed``:
-widths given; ``greedy``: the criterion's allocation of a budget; ``uniform``: the uniform one;
-``measured``, ``effective``: the other rules of :func:`dplib.choose_widths`; ``global``:
+A row: ``setup``, ``seed``, ``criterion``, ``allocation`` (``fixed``: widths given; ``greedy``,
+``uniform``, ``measured``, ``effective``: the rules of :func:`dplib.choose_widths`; ``global``:
 Torch-Pruning's global pruning), ``budget``, ``widths``, ``params``, ``macs``, ``base_macs``,
-validation and test accuracy ``pruned_val``, ``pruned_test`` (right after pruning, BatchNorm
-statistics re-estimated on fixed training batches), ``allocation_seconds`` and
-``finetuned_val``, ``finetuned_test``, ``finetune_epochs``, ``speedup`` (deployed, CPU; one
-measurement per architecture in a run, shared by its rows), ``seconds``. Decisions read
-validation accuracy; test accuracy is reported only.
+``pruned_val``, ``pruned_test`` (right after pruning, BatchNorm re-estimated on fixed training
+batches), ``allocation_seconds``, ``finetuned_val``, ``finetuned_test``, ``finetune_epochs``,
+``speedup`` (deployed, CPU; one measurement per architecture in a run), ``seconds``. Decisions
+read validation accuracy; test accuracy is reported only.
 """
 
 from __future__ import annotations
@@ -186,15 +184,8 @@ def loaders(experiment: Experiment, seed: int) -> data.Loaders:
 
 # the method modules each stage runs: a changed statement in them rebuilds the stage's artefacts
 PRETRAINING_CODE = ("models", "data", "loop", "train")
-IMPORTANCE_CODE = (
-    *PRETRAINING_CODE,
-    "criteria",
-    "gates",
-    "attach",
-    "vi",
-    "importance",
-    "torch_pruning",
-)
+IMPORTANCE_CODE = (*PRETRAINING_CODE, "criteria", "gates", "attach", "vi", "importance")
+IMPORTANCE_CODE += ("torch_pruning",)
 ROW_CODE = (*PRETRAINING_CODE, "budget", "measured", "surgery", "measure")
 
 
@@ -357,17 +348,6 @@ def score(
     ).value
 
 
-def widths_for(base: Base, importance: Importance, budget: str, allocation: str) -> dict:
-    """The widths of ``allocation``: ``fixed`` reads ``budget`` as the widths themselves; the
-    rules allocate ``budget`` ("4x": four times fewer MACs; "params:4x": parameters)."""
-    if allocation == FIXED:
-        return parse_widths(budget, importance.units)
-    rule = ALLOCATIONS[allocation]  # the uniform rule ignores the scores
-    if callable(rule):
-        rule = rule(base)
-    return choose_widths(base.model, importance, budget, rule, base.input_shape)
-
-
 def prune_and_finetune(
     base: Base,
     criterion: str,
@@ -439,8 +419,13 @@ def _pruned_row(
     started = time.perf_counter()
     if allocation == GLOBAL:
         small, widths = _global(base, criterion, budget)
+    elif allocation == FIXED:  # the budget is the widths themselves
+        widths = parse_widths(budget, importance.units)
     else:
-        widths = widths_for(base, importance, budget, allocation)
+        rule = ALLOCATIONS[allocation]  # the uniform rule ignores the scores
+        rule = rule(base) if callable(rule) else rule
+        widths = choose_widths(base.model, importance, budget, rule, base.input_shape)
+    if allocation != GLOBAL:
         small = prune(base.model, importance, widths)
     seconds = time.perf_counter() - started  # the allocation's cost (and the surgery's)
     batches = base.experiment.recalibration_batches
