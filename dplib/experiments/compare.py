@@ -32,10 +32,9 @@ from ..files import read_json, write_json
 from ..importance import Importance
 from ..measure import kendall
 from ..progress import hidden
-from ..settings import DirichletSettings, TrainSettings
-from . import paths
+from ..settings import TrainSettings
+from . import paths, profiles
 from .experiment import (
-    CHANNELS_LAST,
     FIXED,
     GLOBAL,
     Experiment,
@@ -46,41 +45,10 @@ from .experiment import pretrain as pretrain_base
 from .profiles import Config
 
 BUDGETS = ("4x", "10x", "20x")  # the cases the comparison decides on
-TAYLOR_BATCHES = 20
 # the comparison's one fine-tuning schedule (its epochs are the setup's)
-FINETUNING = TrainSettings(lr=0.01, schedule="constant", keep_best=False)
-
-
-def comparison_setup(
-    model: str, dataset: str, epochs: tuple[float, float, float], **options: Any
-) -> Experiment:
-    """A comparison's experiment of (pretraining, importance, fine-tuning) ``epochs``."""
-    pretraining, importance, finetuning = epochs
-    layout = {"channels_last": model in CHANNELS_LAST}
-    return Experiment(
-        model,
-        dataset,
-        pretraining=TrainSettings(epochs=pretraining, **layout),
-        importance=DirichletSettings(epochs=importance, **layout),
-        finetuning=FINETUNING.replace(epochs=finetuning, **layout),
-        taylor_batches=TAYLOR_BATCHES,
-        **options,
-    )
-
-
-# The cpu profile's schedules (dplib.experiments.profiles): 3 / 1 / 1 epochs, multiplied by 10 on
-# mnist5k (3,500 training images) to give about as many steps as the full data sets.
-SETUPS: dict[str, Experiment] = {
-    "mnist5k-lenet300": comparison_setup("lenet300", "mnist5k", (30, 10, 10)),
-    "mnist5k-lenet5": comparison_setup("lenet5", "mnist5k", (30, 10, 10)),
-    "fashion_mnist-lenet300": comparison_setup("lenet300", "fashion_mnist", (3, 1, 1)),
-    "fashion_mnist-lenet5": comparison_setup("lenet5", "fashion_mnist", (3, 1, 1)),
-    # resnet20 at half width on Fashion-MNIST padded to 32x32 (10.2M MACs), stages pruned too
-    # (coupled): about 42 s per training epoch on 2 CPU cores.
-    "fashion_mnist32-resnet20": comparison_setup(
-        "resnet20", "fashion_mnist", (3, 1, 1), pad_to=32, width_multiplier=0.5, coupled=True
-    ),
-}
+FINETUNING = TrainSettings(**profiles.FIXED_FINETUNING)
+SETUPS: dict[str, Experiment] = profiles.SETUPS["compare"]
+comparison_setup = profiles.comparison_setup
 # What ``make compare`` runs by default (the cpu profile's comparison); resnet20 (about 90 minutes
 # for 3 seeds, every criterion and budget, on 2 cores) only when asked.
 DEFAULT_SETUPS = tuple(name for name in SETUPS if not name.endswith("resnet20"))
@@ -157,7 +125,7 @@ def experiment_for(config: Config) -> Experiment:
     }
     finetuning = FINETUNING.replace(epochs=tuned.epochs, channels_last=tuned.channels_last)
     return experiment.replace(
-        finetuning=finetuning, taylor_batches=TAYLOR_BATCHES, widths=(), **measured
+        finetuning=finetuning, taylor_batches=plain.taylor_batches, widths=(), **measured
     )
 
 
