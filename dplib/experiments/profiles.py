@@ -241,11 +241,6 @@ SETUPS: dict[str, dict[str, Experiment]] = {
 }
 
 
-# The settings a Config holds besides its experiment
-CONFIG_SETTINGS = ("seed", "widths", "criteria", "compare")
-CONFIG_SETTINGS += ("compare_seeds", "compare_budgets", "compare_criteria")
-
-
 @dataclass(frozen=True)
 class Config:
     """One notebook experiment: its :class:`Experiment` under a profile, and what is compared."""
@@ -374,7 +369,9 @@ def resolve(
     settings["criteria"] = _criteria(settings["criteria"], network)
     settings["widths"] = _widths(settings["widths"], model, network)
     _resolve_comparison(settings, dataset, model)
-    chosen = {name: settings[name] for name in CONFIG_SETTINGS}
+    # the profile's settings that a Config holds besides what the resolution made
+    made = {"profile", "requested_dataset", "dataset_label", "dataset_note", "experiment"}
+    chosen = {f.name: settings[f.name] for f in dataclasses.fields(Config) if f.name not in made}
     return Config(profile, dataset, label, note.strip(), experiment=experiment, **chosen)
 
 
