@@ -104,7 +104,22 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{row['budget']} | {row['layers']} | {row['macs']:,} | {lazy['seconds']:.1f} | "
             f"{lazy['passes']:,} | {lazy['forwarded_images']:,} | {before} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + depth_ratio(rows)
+
+
+def depth_ratio(rows: list[dict[str, Any]]) -> str:
+    """ResNet-56 against ResNet-20, the cost against depth (time both in one run)."""
+    by_name = {row["network"]: row for row in rows}
+    if not {"resnet20", "resnet56"} <= by_name.keys():
+        return ""
+    deep, shallow = by_name["resnet56"]["lazy"], by_name["resnet20"]["lazy"]
+    ratios = [deep[key] / shallow[key] for key in ("seconds", "passes", "forwarded_images")]
+    macs = by_name["resnet56"]["macs"] / by_name["resnet20"]["macs"]
+    return (
+        f"\nResNet-56 against ResNet-20 (55 against 19 convolutions): {ratios[0]:.2f}x the "
+        f"seconds, {ratios[1]:.2f}x the forward passes and {ratios[2]:.2f}x the images, each "
+        f"image {macs:.2f}x the MACs.\n"
+    )
 
 
 def main() -> None:

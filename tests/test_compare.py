@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib
+import numpy as np
 import pytest
 
 matplotlib.use("Agg")
@@ -56,6 +57,11 @@ def test_comparison_rows_meet_budgets_and_cache(tmp_path):
         ("dirichlet", rule) for rule in reports.RULES
     } | {("l1", "measured"), ("l1", "effective")}
     assert (verdict["cases"] == len(BUDGETS)).all()
+    # the allocation's cost in training epochs of the setup's base
+    epoch = result["bases"][0]["seconds_per_epoch"]
+    seconds = verdict["allocation seconds (median)"]  # both rounded: 0.01 s, 0.001 epochs
+    epochs = verdict["allocation in training epochs (median)"]
+    assert np.allclose(epochs * epoch, seconds, atol=0.006 + 0.0006 * epoch), (epochs, seconds)
     assert "| Dirichlet effective |" in reports.comparison_markdown({"smoke": result})
     same = reports.same_widths_verdict({"smoke": result}, skip=())
     assert list(same["metric"]) == ["after fine-tune", "after pruning"]

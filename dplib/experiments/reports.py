@@ -106,7 +106,7 @@ def _summaries(results: Results, skip: Iterable[str]) -> pd.DataFrame:
     its own rows alone would skew the counts), one frame with a ``setup`` column, budgets in
     ``skip`` left out."""
     frames = [
-        pd.DataFrame(summarise(result["rows"])).assign(setup=name)
+        pd.DataFrame(summarise(result["rows"])).assign(setup=name, epoch=_epoch_seconds(result))
         for name, result in results.items()
         if rules_ran(result)
     ]
@@ -114,6 +114,13 @@ def _summaries(results: Results, skip: Iterable[str]) -> pd.DataFrame:
         return pd.DataFrame()
     summary = pd.concat(frames, ignore_index=True)
     return summary[~summary["budget"].isin(list(skip))]
+
+
+def _epoch_seconds(result: dict[str, Any]) -> float:
+    """The seconds of one training epoch of the setup's base networks (median; NaN if unknown)."""
+    seconds = [base.get("seconds_per_epoch") for base in result.get("bases", [])]
+    seconds = [s for s in seconds if s]
+    return statistics.median(seconds) if seconds else float("nan")
 
 
 def _tally(values: pd.Series) -> str:
@@ -167,8 +174,8 @@ def _lead(margin: dict[str, Any] | None, suffix: str = "") -> str:
 def verdict(results: Results, skip: Iterable[str] = ("2x",)) -> pd.DataFrame:
     """Per Dirichlet rule (and the L1 controls): in how many cases (setup, budget) it is at least
     as high as the best peer on validation after fine-tuning and right after pruning, its mean
-    lead, and the allocation's median cost in seconds per network; over the setups where the
-    rules ran."""
+    lead, and the allocation's median cost per network in seconds and in training epochs of its
+    base; over the setups where the rules ran."""
     leads = []  # (criterion, rule, lead after fine-tune, lead after pruning)
     for result in results.values():
         summary = summarise(result["rows"]) if rules_ran(result) else []
@@ -192,8 +199,11 @@ def verdict(results: Results, skip: Iterable[str] = ("2x",)) -> pd.DataFrame:
             "mean lead after pruning (points)": ("pruned", lambda v: round(100 * v.mean(), 2)),
         }
     )
-    cost = _summaries(results, ()).groupby(["criterion", "allocation"])["allocation_seconds"]
-    table["allocation seconds (median)"] = cost.median().round(2).reindex(table.index)
+    summary = _summaries(results, ())
+    summary["allocation_epochs"] = summary["allocation_seconds"] / summary["epoch"]
+    cost = summary.groupby(["criterion", "allocation"])
+    table["allocation seconds (median)"] = cost["allocation_seconds"].median().round(2)
+    table["allocation in training epochs (median)"] = cost["allocation_epochs"].median().round(3)
     return table.reset_index()
 
 
