@@ -1,6 +1,6 @@
 """What coarser blocks would cost the measured allocation on a deep network (ResNet-56).
 
-    python bench/measured_blocks.py      # about 15 minutes on 2 cores
+    python bench/measured_blocks.py      # about 14 minutes on 2 cores
 
 The measured rule cuts every layer into 16 blocks (dplib.measured.BLOCKS_PER_LAYER), so a deeper
 network offers more blocks, makes more removals and more forward passes, each of a larger network:
