@@ -23,9 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 import dplib
+from dplib.experiments.reports import frame_markdown
 from dplib.files import atomic_write_text, write_json
 from dplib.train import recalibrate_batchnorm
 
@@ -96,20 +98,25 @@ def main() -> None:
 
 def table(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """The Markdown page of the rows."""
+    frame = pd.DataFrame(rows)
+    shown = pd.DataFrame(
+        {
+            "budget": frame["budget"],
+            "blocks per layer": frame["blocks"],
+            "seconds": frame["seconds"].map("{:.1f}".format),
+            "forward passes": frame["passes"],
+            "MACs": frame["macs"].map("{:,}".format),
+            "val after pruning": (100 * frame["val_after_pruning"]).map("{:.2f}".format),
+        }
+    )
     lines = [
         "# The measured allocation with coarser blocks: ResNet-56 on CIFAR-10",
         "",
         f"Base: ResNet-56 after {meta['epochs']:g} training epochs, "
         f"{100 * meta['base_val']:.2f}% validation accuracy; L1 scores; two fixed batches of 128.",
         "",
-        "| budget | blocks per layer | seconds | forward passes | MACs | val after pruning |",
-        "|---|---|---|---|---|---|",
+        frame_markdown(shown),
     ]
-    for row in rows:
-        lines.append(
-            f"| {row['budget']} | {row['blocks']} | {row['seconds']:.1f} | {row['passes']} | "
-            f"{row['macs']:,} | {100 * row['val_after_pruning']:.2f} |"
-        )
     for fine, coarse in zip(rows[::2], rows[1::2]):  # per budget: 16 blocks, then the depth's
         drop = 100 * (coarse["val_after_pruning"] - fine["val_after_pruning"])
         lines.append(
