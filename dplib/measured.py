@@ -1,9 +1,16 @@
 r"""The measured allocation: remove the block whose removal raises the loss least per MAC saved.
 
-Each layer l offers its next block of b_l lowest-ranked kept units (b_l = K_l / 16, at least one
-step of the grid). With the gates switching units off (mode ``fixed``), the cross-entropy of a
-few fixed batches, :math:`\mathrm{CE}_{\text{fixed}}(w)`, is measured for the current widths w
-and for the offers (several in one stacked forward pass), and the offer with the smallest
+Each layer l offers its next block of b_l lowest-ranked kept units (b_l = K_l / B, at least one
+step of the grid): B = 16 in a network of up to 12 prunable layers, B = 192 / L (rounded up, at
+least 4) in a deeper one of L layers, so that the whole network offers about 192 blocks at any
+depth. The removals, and with them the forward passes, then stay about level as the network
+deepens, and the time grows with the cost of one pass rather than with the square of the depth
+(figures/bench/measured_cost.md). On ResNet-56 the coarser blocks (7 per layer) halved the time
+and chose within the noise of the fixed batches (figures/bench/measured_blocks.md).
+
+With the gates switching units off (mode ``fixed``), the cross-entropy of a few fixed batches,
+:math:`\mathrm{CE}_{\text{fixed}}(w)`, is measured for the current widths w and for the offers
+(several in one stacked forward pass), and the offer with the smallest
 
 .. math::
 
@@ -53,7 +60,9 @@ from .importance import Importance
 from .loop import evaluating
 from .progress import progress
 
-BLOCKS_PER_LAYER = 16  # a layer's offer: 1/16 of its units (at least one grid step)
+BLOCKS_PER_LAYER = 16  # a layer's offer: 1/16 of its units (at least one grid step) ...
+NETWORK_BLOCKS = 192  # ... while the whole network offers at most about this many ...
+FEWEST_BLOCKS = 4  # ... and each layer at least this many blocks
 MEASURED_BATCHES = 2  # the batches of ``data`` read
 AT_ONCE = 1  # offers measured in one stacked forward pass
 FLOOR = 0.05  # the fraction of its units a layer keeps while others can still give a block
@@ -143,7 +152,8 @@ class _Removal:
         self.floor = np.minimum(wanted, grid.ceiling)
         self.names = importance.names
         step = grid.step
-        self.block = np.maximum(step, -(-grid.units // BLOCKS_PER_LAYER) // step * step)
+        per_layer = blocks_per_layer(len(self.names))
+        self.block = np.maximum(step, -(-grid.units // per_layer) // step * step)
         self.rankings = [importance.ranking(n, int(g)) for n, g in zip(self.names, grid.groups)]
         self.bounds = _upper_bounds(importance, grid.groups)
         self.widths = grid.ceiling.copy()
@@ -205,6 +215,12 @@ class _Removal:
 
     def _measure(self, rows: list[np.ndarray]) -> torch.Tensor:
         return _losses(self.gated, self.names, self.rankings, rows, self.batches)
+
+
+def blocks_per_layer(layers: int) -> int:
+    """B, the blocks each of ``layers`` prunable layers offers: 16 up to 12 layers, then 192 / L
+    rounded up (at least 4), so that the whole network offers about 192 at any depth."""
+    return max(FEWEST_BLOCKS, min(BLOCKS_PER_LAYER, -(-NETWORK_BLOCKS // layers)))
 
 
 def _with(widths: np.ndarray, layer: int, width: int) -> np.ndarray:
