@@ -689,6 +689,7 @@ def _measured_passes(model: nn.Module, monkeypatch, blocks: int | None = None) -
     return widths, len(passes), importance, data
 
 
+@pytest.mark.slow  # about 5 s: left to `make test`
 def test_the_measured_rules_passes_do_not_grow_with_the_depth(monkeypatch):
     """Up to 12 prunable layers each offers 16 blocks; deeper, 192 / L, so that the forward passes
     stay about level with depth (16 blocks everywhere: about 3x more from 12 to 36 layers), and
