@@ -1,19 +1,20 @@
 """What the measured allocation's coarser blocks on a deep network cost: ResNet-56 on CIFAR-10.
 
-    python bench/measured_blocks.py      # about 23 minutes on 2 cores
+    python bench/measured_blocks.py      # about 35 minutes on 2 cores
 
 A network of more than 12 prunable layers offers 192 / L blocks per layer instead of 16
 (:func:`dplib.measured.blocks_per_layer`; 7 for ResNet-56's 30 layers), so that the whole network
 offers about 192 blocks at any depth and the allocation's passes stay about level as it deepens.
 This script measures what that costs in accuracy: ResNet-56 (seed 0) trained briefly on CIFAR-10
-with :func:`dplib.fit` (``--epochs``, default half an epoch: a base far short of the paper's,
-cheap enough for the CPU), L1 scores, the measured rule at 4x fewer MACs with 16 blocks per layer
-and with the depth's, each on the same two fixed training batches of 128 images, drawn with each
-of ``--seeds`` (default 0 and 1). For each: the allocation's seconds and forward passes, and
-validation accuracy right after pruning (BatchNorm re-estimated on 20 fixed training batches) over
-the whole validation split. No fine-tuning: the question is whether coarser blocks choose worse
-widths, which the accuracy right after pruning shows first. The table goes to
-figures/bench/measured_blocks.md, the rows to measured_blocks.json.
+with :func:`dplib.fit` (``--epochs``, default half an epoch: a base far short of the paper's, cheap
+enough for the CPU), L1 scores, the measured rule at 4x fewer MACs with 16 blocks per layer and with
+the depth's, each on the same two fixed training batches of 128 images, drawn with each of
+``--seeds`` (default 0, 1 and 2; the rows of other seeds already in the file are kept when they
+share the base). For each: the allocation's seconds and forward passes, and validation accuracy
+right after pruning (BatchNorm re-estimated on 20 fixed training batches) over the whole validation
+split. No fine-tuning: the question is whether coarser blocks choose worse widths, which the
+accuracy right after pruning shows first. The table goes to figures/bench/measured_blocks.md, the
+rows to measured_blocks.json.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 
 import dplib
 from dplib.experiments.reports import frame_markdown
-from dplib.files import atomic_write_text, write_json
+from dplib.files import atomic_write_text, read_json, write_json
 from dplib.train import recalibrate_batchnorm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +63,9 @@ def allocate(model: torch.nn.Module, importance: Any, budget: str, data: list, b
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=float, default=0.5, help="ResNet-56's training epochs")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="fixed batches' seeds")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="fixed batches' seeds"
+    )
     args = parser.parse_args()
     loaders = dplib.data.loaders("cifar10", download=False)
     model = dplib.models.build("resnet56", seed=0)
@@ -91,9 +94,25 @@ def main() -> None:
     out = ROOT / "figures" / "bench"
     meta = {"epochs": args.epochs, "base_val": base, "budget": BUDGET}
     meta["seconds_per_epoch"] = history["seconds_per_epoch"]
+    rows = sorted(kept_rows(out / "measured_blocks.json", meta, args.seeds) + rows, key=_order)
     write_json(out / "measured_blocks.json", {"base": meta, "rows": rows})
     atomic_write_text(out / "measured_blocks.md", table(meta, rows))
     print(table(meta, rows))
+
+
+def kept_rows(path: Path, meta: dict[str, Any], seeds: list[int]) -> list[dict[str, Any]]:
+    """The rows already in ``path`` of the seeds not run now, when they share this run's base
+    (the same epochs and validation accuracy); none otherwise."""
+    if not path.exists():
+        return []
+    earlier = read_json(path)
+    same = all(earlier["base"].get(key) == meta[key] for key in ("epochs", "base_val", "budget"))
+    return [row for row in earlier["rows"] if row["seed"] not in seeds] if same else []
+
+
+def _order(row: dict[str, Any]) -> tuple[int, bool]:
+    """Per seed, the 16-block row first (the table pairs them)."""
+    return row["seed"], row["blocks"] != dplib.measured.BLOCKS_PER_LAYER
 
 
 def table(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
