@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from measured_cost import counting
 
 import dplib
 from dplib.experiments.reports import frame_markdown
@@ -39,25 +40,18 @@ SHAPE = (1, 3, 32, 32)
 
 def allocate(model: torch.nn.Module, importance: Any, budget: str, data: list, blocks: int):
     """Widths of the measured rule with ``blocks`` blocks per layer; seconds and passes."""
-    passes = {"n": 0}
-    original_count = dplib.measured.blocks_per_layer
-    original_stats = dplib.measured.batch_statistics
-
-    def spy(net: torch.nn.Module, copies: int) -> Any:
-        passes["n"] += 1
-        return original_stats(net, copies)
-
+    counts = {"passes": 0, "rows": 0}
+    original = dplib.measured.blocks_per_layer
     dplib.measured.blocks_per_layer = lambda layers: blocks
-    dplib.measured.batch_statistics = spy
     try:
         started = time.perf_counter()
-        rule = dplib.budget.Measured(data)
-        widths = dplib.choose_widths(model, importance, budget, rule, SHAPE)
+        with counting(counts):  # bench/measured_cost.py's count of the rule's passes
+            rule = dplib.budget.Measured(data)
+            widths = dplib.choose_widths(model, importance, budget, rule, SHAPE)
         seconds = time.perf_counter() - started
     finally:
-        dplib.measured.blocks_per_layer = original_count
-        dplib.measured.batch_statistics = original_stats
-    return widths, seconds, passes["n"]
+        dplib.measured.blocks_per_layer = original
+    return widths, seconds, counts["passes"]
 
 
 def main() -> None:
