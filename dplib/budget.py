@@ -8,8 +8,6 @@ E[s_lk] for the Dirichlet posterior mean; notebooks/METHOD.md, section 4), and
 - ``greedy`` (the default) removes the lowest-ranked kept unit of all layers, one at a time;
 - ``uniform`` keeps the same fraction rho of every layer (``max(1, round(K_l * rho))`` units,
   rounded down to the grid), rho the largest that fits (bisection), the naive reference;
-- ``effective`` keeps in every layer a share of its effective width exp(H(p_l)), p_l = r_l / K_l
-  (the posterior's perplexity), scaled to the budget;
 - ``measured`` (:class:`Measured`, :mod:`dplib.measured`) removes the block whose removal raises
   the loss on a few fixed batches the least per MAC saved, measured again after every removal.
 
@@ -34,7 +32,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from torch import nn
-from torch.distributions import Categorical
 
 from .attach import check_ungated, unwrap
 from .importance import Importance
@@ -210,20 +207,10 @@ class Uniform(Rule):
     needs_importance = False
 
     def widths(self, task: Task, rank: _Rank) -> np.ndarray:
-        return _fractions(task, task.costs.units)
+        return _same_fraction(task)
 
     def rank(self, task: Task) -> _Rank:
         return _UniformRank(task.costs.units)
-
-
-@register
-class Effective(Rule):
-    """Keep in every layer the same share of its effective width exp(H(p_l))."""
-
-    name = "effective"
-
-    def widths(self, task: Task, rank: _Rank) -> np.ndarray:
-        return _fractions(task, effective_widths(task.importance, task.costs.names))
 
 
 @register
@@ -271,7 +258,7 @@ def choose_widths(
         budget: MACs of one forward pass of ``input_shape``, as a number or ``"4x"`` (four times
             fewer than the full model); or parameters, ``"params:4x"`` or ``"params:50000"``.
         rule: a :class:`Rule` (its grid and limits given) or a registered name, :data:`RULES`:
-            ``"greedy"`` (default), ``"uniform"``, ``"effective"``, or ``Measured(data)``, which
+            ``"greedy"`` (default), ``"uniform"``, or ``Measured(data)``, which
             won on validation right after pruning (figures/compare.md, figures/cifar.md).
         input_shape: the input batch shape (default: that of a :func:`dplib.models.build` net).
         verify: check the analytic cost against :func:`dplib.count` of the pruned network.
@@ -476,22 +463,14 @@ def _remove_until(
     return widths
 
 
-def effective_widths(importance: Importance, names: list[str] | None = None) -> np.ndarray:
-    """Each layer's effective number of units exp(H(p)), p its scores normalised to sum to
-    one (the perplexity): K for equal scores, 1 when one unit has them all."""
-    relative = importance.relative()
-    entropies = (Categorical(probs=relative[name]).entropy() for name in names or importance.names)
-    return np.array([float(entropy.exp()) for entropy in entropies])
-
-
-def _fractions(task: Task, shares: np.ndarray) -> np.ndarray:
-    """Widths f * ``shares`` (rounded down to the grid) at the largest f that fits the target
-    (bisection): the same fraction of every layer when ``shares`` are the full widths."""
+def _same_fraction(task: Task) -> np.ndarray:
+    """Widths rho * K_l (rounded down to the grid) at the largest rho that fits the target
+    (bisection)."""
 
     def widths_at(fraction: float) -> np.ndarray:
-        return task.grid.floor(np.round(shares * fraction).astype(np.int64))
+        return task.grid.floor(np.round(task.grid.units * fraction).astype(np.int64))
 
-    low, high = 0.0, float((task.grid.units / shares).max())  # widths_at(low) fits (the caller)
+    low, high = 0.0, 1.0  # widths_at(low) fits (the caller checked the narrowest widths)
     for _ in range(60):
         middle = (low + high) / 2
         if task.quadratic(widths_at(middle)) <= task.target:

@@ -55,14 +55,14 @@ def test_comparison_rows_meet_budgets_and_cache(tmp_path):
     verdict = reports.verdict({"smoke": result}, skip=())
     assert set(zip(verdict["criterion"], verdict["allocation"])) == {
         ("dirichlet", rule) for rule in reports.RULES
-    } | {("l1", "measured"), ("l1", "effective")}
+    } | {("l1", "measured")}
     assert (verdict["cases"] == len(BUDGETS)).all()
     # the allocation's cost in training epochs of the setup's base
     epoch = result["bases"][0]["seconds_per_epoch"]
     seconds = verdict["allocation seconds (median)"]  # both rounded: 0.01 s, 0.001 epochs
     epochs = verdict["allocation in training epochs (median)"]
     assert np.allclose(epochs * epoch, seconds, atol=0.006 + 0.0006 * epoch), (epochs, seconds)
-    assert "| Dirichlet effective |" in reports.comparison_markdown({"smoke": result})
+    assert "| Dirichlet measured |" in reports.comparison_markdown({"smoke": result})
     same = reports.same_widths_verdict({"smoke": result}, skip=())
     assert list(same["metric"]) == ["after fine-tune", "after pruning"]
     assert (same["cases"] == len(BUDGETS)).all()
@@ -207,8 +207,10 @@ def test_the_course_verdict_is_computed_from_the_committed_comparison():
 
     committed = compare.load_results(compare.committed_results(), compare.committed_results())
     found = reports.what_the_kit_found(committed)
-    cases = reports.same_widths_verdict(committed).set_index("metric")
-    every = reports.same_widths_leads(committed)
+    pooled = reports.rules_ran(committed)  # the ResNet-20 setup ran the greedy rule alone
+    assert set(committed) - set(pooled) == {"fashion_mnist32-resnet20"}
+    cases = reports.same_widths_verdict(pooled).set_index("metric")
+    every = reports.same_widths_leads(pooled)
     assert set(every["criterion"]) == {"dirichlet", "l1", "taylor", "random", "tp_l2", "tp_taylor"}
     mine = every[every["criterion"] == "dirichlet"].set_index("metric")
     assert mine["mean lead (points)"].to_dict() == cases["mean lead (points)"].to_dict()
@@ -226,14 +228,14 @@ def test_the_course_verdict_is_computed_from_the_committed_comparison():
 
 def test_comparison_figure_draws_one_question_per_panel():
     """The ranking (every criterion, same widths) and one column per Dirichlet rule beside L1,
-    after pruning and after fine-tuning: 2 x (1 + 3) panels where the rules ran, 2 x 2 where
+    after pruning and after fine-tuning: 2 x (1 + 2) panels where the rules ran, 2 x 2 where
     only greedy and uniform did; no empty panel, few lines in each, the budgets in their order."""
     committed = compare.load_results(compare.committed_results(), compare.committed_results())
     rows = committed["mnist5k-lenet5"]["rows"]
     greedy_and_uniform = [r for r in rows if r["allocation"] in ("greedy", "uniform")]
     # lines per panel: 6 criteria in the ranking's two, Dirichlet and L1 under each rule
     for chosen, lines in (
-        (rows, [2] * 6 + [6] * 2),
+        (rows, [2] * 4 + [6] * 2),
         (greedy_and_uniform, [2] * 2 + [6] * 2),
     ):
         figure = figures.plot_comparison(compare.summarise(chosen), "committed")

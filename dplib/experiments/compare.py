@@ -6,9 +6,9 @@ each budget (``"4x"``: four times fewer MACs) prune in two ways:
 
 * ``uniform``: every criterion at the widths of the uniform allocation, which isolates the
   ranking within layers;
-* ``own``: each criterion with its own allocation to the budget, ranking and widths together;
-* for Dirichlet and its control L1, the other rules of :func:`dplib.choose_widths`
-  (``measured``, ``effective``); for Torch-Pruning's criteria its ``global`` pruning.
+* ``greedy``: each criterion with its own allocation to the budget, ranking and widths together;
+* for Dirichlet and its control L1, the ``measured`` rule of :func:`dplib.choose_widths`; for
+  Torch-Pruning's criteria its ``global`` pruning.
 
 Each pruned network is evaluated on validation data right after pruning, fine-tuned by one
 fixed schedule (:data:`FINETUNING`) and evaluated on validation and test data. Claims are made
@@ -98,14 +98,14 @@ def run_setup(
 
 # the rules compared besides greedy and uniform, on Dirichlet and on L1 (the control)
 RULES = {
-    "dirichlet": ("measured", "effective"),
-    "l1": ("measured", "effective"),
+    "dirichlet": ("measured",),
+    "l1": ("measured",),
     "tp_l2": (GLOBAL,),
     "tp_taylor": (GLOBAL,),
 }
 
 
-ALLOCATION_NAMES = ("greedy", "uniform", "measured", "effective", GLOBAL, FIXED)
+ALLOCATION_NAMES = ("greedy", "uniform", "measured", GLOBAL, FIXED)
 
 
 def cases(experiment: Experiment, criterion: str, budgets: Iterable[str]) -> list[tuple[str, str]]:

@@ -14,7 +14,7 @@ importance, fine-tuning) and how results are measured. Everything the kit runs g
 (an interrupted pretraining from its last epoch).
 
 A row: ``setup``, ``seed``, ``criterion``, ``allocation`` (``fixed``: widths given; ``greedy``,
-``uniform``, ``measured``, ``effective``: the rules of :func:`dplib.choose_widths`; ``global``:
+``uniform``, ``measured``: the rules of :func:`dplib.choose_widths`; ``global``:
 Torch-Pruning's global pruning), ``budget``, ``widths``, ``params``, ``macs``, ``base_macs``,
 ``pruned_val``, ``pruned_test`` (right after pruning, BatchNorm re-estimated on fixed training
 batches), ``allocation_seconds``, ``finetuned_val``, ``finetuned_test``, ``finetune_epochs``,
@@ -60,7 +60,6 @@ ALLOCATIONS: dict[str, str | Callable[[Base], Rule]] = {
     "greedy": "greedy",
     "uniform": "uniform",
     "measured": lambda base: Measured(recalibration_loader(base)),  # alike for every criterion
-    "effective": "effective",
 }
 FIXED = "fixed"  # widths given by hand (the reference code's, the notebooks' settings)
 GLOBAL = "global"  # Torch-Pruning's global pruning to the budget (its tp_ criteria only)

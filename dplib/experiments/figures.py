@@ -248,7 +248,6 @@ STAGES = (("pruned_val", "right after pruning"), ("finetuned_val", "after fine-t
 RULE_TITLES = {
     "greedy": "greedy on the scores",
     "measured": "measured: loss per MAC",
-    "effective": "effective widths",
 }
 RANKING_WIDTH = 1.5  # the ranking's panel (six lines) against one rule's panel (two)
 MIN_SPAN = 2.0  # points of accuracy at least on a y axis: one seed's noise does not look big
@@ -261,8 +260,8 @@ def plot_comparison(summary: list[dict[str, Any]], title: str = "") -> plt.Figur
     (bottom row) against the budget, error bars one std over seeds:
 
     (a) the ranking: every criterion at the same widths (allocation ``uniform``);
-    (b) the allocation: one column per rule that ran for Dirichlet (greedy, measured,
-        effective), Dirichlet beside L1 under the same rule (the control).
+    (b) the allocation: one column per rule that ran for Dirichlet (greedy, measured),
+        Dirichlet beside L1 under the same rule (the control).
 
     Only what ran is drawn; Torch-Pruning's global pruning and fixed widths: in the tables."""
     budgets = sorted({e["budget"] for e in summary if _BUDGET.match(e["budget"])}, key=_ratio)

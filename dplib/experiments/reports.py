@@ -70,12 +70,17 @@ def results_markdown(frame: pd.DataFrame) -> str:
 
 
 # The comparison at a MAC budget ------------------------------------------------------------
-RULES = ("greedy", "measured", "effective")  # Dirichlet's allocation rules, in order
+RULES = ("greedy", "measured")  # Dirichlet's allocation rules, in order
 
 
-def rules_ran(result: dict[str, Any]) -> bool:
-    """Whether a rule besides the greedy one ran: only then do its rows compare the rules."""
-    return bool({row["allocation"] for row in result["rows"]} & set(RULES[1:]))
+def rules_ran(results: Results) -> Results:
+    """The setups where a rule besides the greedy one ran: the pooled counts read only these (a
+    setup run before the other rules would skew them with its greedy rows alone)."""
+    return {
+        name: result
+        for name, result in results.items()
+        if {row["allocation"] for row in result["rows"]} & set(RULES[1:])
+    }
 
 
 def goals_table(results: Results, skip: Iterable[str] = ("2x",)) -> str:
@@ -102,13 +107,11 @@ def goals_table(results: Results, skip: Iterable[str] = ("2x",)) -> str:
 
 
 def _summaries(results: Results, skip: Iterable[str]) -> pd.DataFrame:
-    """:func:`summarise` of every setup where the rules ran (a setup run before the other rules:
-    its own rows alone would skew the counts), one frame with a ``setup`` column, budgets in
-    ``skip`` left out."""
+    """:func:`summarise` of every setup, one frame with a ``setup`` column, budgets in ``skip``
+    left out."""
     frames = [
         pd.DataFrame(summarise(result["rows"])).assign(setup=name, epoch=_epoch_seconds(result))
         for name, result in results.items()
-        if rules_ran(result)
     ]
     if not frames:
         return pd.DataFrame()
@@ -157,9 +160,11 @@ def paired_gains(results: Results, skip: Iterable[str] = ("2x",)) -> pd.DataFram
 
 
 def frame_markdown(frame: pd.DataFrame) -> str:
-    """A DataFrame as a Markdown table (pandas' own needs the tabulate package)."""
+    """A DataFrame as a Markdown table, a missing value as ``-`` (pandas' own needs the tabulate
+    package)."""
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
+    shown = frame.astype(object).where(frame.notna(), "-")
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in shown.itertuples(index=False)]
     return "\n".join(lines)
 
 
@@ -175,10 +180,10 @@ def verdict(results: Results, skip: Iterable[str] = ("2x",)) -> pd.DataFrame:
     """Per Dirichlet rule (and the L1 controls): in how many cases (setup, budget) it is at least
     as high as the best peer on validation after fine-tuning and right after pruning, its mean
     lead, and the allocation's median cost per network in seconds and in training epochs of its
-    base; over the setups where the rules ran."""
+    base."""
     leads = []  # (criterion, rule, lead after fine-tune, lead after pruning)
     for result in results.values():
-        summary = summarise(result["rows"]) if rules_ran(result) else []
+        summary = summarise(result["rows"])
         for rule in RULES:
             for m in dirichlet_margins(summary, rule):
                 if m["budget"] in skip:
@@ -259,9 +264,10 @@ def what_the_kit_found(results: Results, link: str = "compare.md") -> str:
     them): Dirichlet at the same widths and with its allocations against the other criteria,
     right after pruning and after fine-tuning, with the number of cases and seeds. ``link``
     points to the comparison's table from where the text is shown."""
+    results = rules_ran(results)
     same = same_widths_verdict(results).set_index("metric")
     rules = verdict(results).set_index(["criterion", "allocation"])
-    seeds = max(len(r["bases"]) for r in results.values() if rules_ran(r))
+    seeds = max(len(r["bases"]) for r in results.values())
     cases = int(same.loc["after pruning", "cases"])
     lines = [
         f"**What the kit found** ([the comparison]({link}): {cases} cases, the LeNet setups at "
@@ -370,17 +376,18 @@ def comparison_markdown(results: Results) -> str:
         "the L1 columns apply the same rule to L1 scores, to tell the allocation's share from "
         "the posterior's.\n\n"
     )
-    ruled = frame_markdown(verdict(results))
+    pooled = rules_ran(results)
+    ruled = frame_markdown(verdict(pooled))
     ruled += (
         "\n\nEach rule against the greedy rule of the same criterion, paired over the "
         "same cases, validation (± one standard error):\n\n"
-    ) + frame_markdown(paired_gains(results))
+    ) + frame_markdown(paired_gains(pooled))
     ruled += (
         "\n\nAt the same widths (`uniform`: every criterion pruned to one set of widths), "
         "each criterion against the best of the others, over the same cases, validation. "
         "After fine-tuning no criterion reaches the best of the others on average: when five "
         "criteria lie within noise of each other, the best of them sits above any one.\n\n"
-    ) + frame_markdown(same_widths_leads(results).sort_values(["metric", "criterion"]))
+    ) + frame_markdown(same_widths_leads(pooled).sort_values(["metric", "criterion"]))
     sections = [setup_section(name, result) for name, result in results.items()]
     return (
         header + goals_table(results) + "\nCases at least as high as the best peer (4x, 10x "
@@ -558,7 +565,7 @@ def cifar_markdown(results: Results, where: str = "the CPU") -> str:
                 f"{row['val_accuracy_finetuned']} / {row['test_accuracy_finetuned']} | "
                 f"{speed} | {row['seeds']} |"
             )
-        if rules_ran(result):
+        if dirichlet_margins(summarise(result["rows"])):  # budgets ran, not only fixed widths
             lines += [
                 "",
                 "Leads over the best peer (validation, as in compare.md):",
