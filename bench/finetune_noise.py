@@ -1,0 +1,150 @@
+"""How much one fine-tuning run moves the comparison's verdicts: each pruned network of the
+comparison's LeNet setups (greedy and measured rules, Dirichlet and L1 scores, 4x / 10x / 20x,
+3 seeds) fine-tuned again with other orders of the training data, the widths and everything
+else unchanged.
+
+    python bench/finetune_noise.py              # 4 more orders
+    python bench/finetune_noise.py --orders 1   # 1 more order
+
+Two tables, validation accuracy after fine-tuning, in points:
+
+- the greedy rule against itself (order 0, the comparison's, against order k): the gain per case
+  (setup, criterion, budget), mean over the 3 seeds, that a rule with no effect at all shows;
+  how many cases fall below -0.1 by chance;
+- the measured rule against the greedy rule, paired per seed and order (3 x (1 + orders) pairs
+  per case): the same gain with more fine-tuning runs behind each case.
+
+Bases, importances and order 0's rows are the comparison's, cached under runs/cpu/ (made here
+when absent). The table goes to figures/bench/finetune_noise.md, the rows to
+bench/results/finetune_noise.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from dplib import evaluate, fit, prune
+from dplib.experiments import compare, experiment
+from dplib.experiments.reports import frame_markdown
+from dplib.files import atomic_write_text, write_json
+from dplib.importance import parse_widths
+from dplib.train import recalibrate_batchnorm
+
+ROOT = Path(__file__).resolve().parent.parent
+CRITERIA = ("dirichlet", "l1")
+RULES = ("greedy", "measured")
+ORDER_SEED = 1000  # order k fine-tunes with seed + k * ORDER_SEED (order 0: the comparison's)
+
+
+def finetuned_again(base: experiment.Base, importance, widths: str, order: int) -> float:
+    """Validation accuracy of the network pruned to ``widths``, fine-tuned by the setup's
+    schedule with the training data in another order."""
+    small = prune(base.model, importance, parse_widths(widths, importance.units))
+    batches = base.experiment.recalibration_batches
+    if batches:
+        recalibrate_batchnorm(small, experiment.recalibration_loader(base), batches)
+    seed = base.seed + order * ORDER_SEED
+    fit(small, base.loaders.train, base.experiment.finetuning, device="cpu", seed=seed)
+    return evaluate(small, base.loaders.val, "cpu")["accuracy"]
+
+
+def run(setups: list[str], seeds: list[int], orders: int) -> list[dict]:
+    """One row per setup, seed, criterion, budget, rule and order."""
+    rows = []
+    for name in setups:
+        for seed in seeds:
+            base = experiment.pretrain(compare.SETUPS[name], ROOT / "runs" / "cpu", seed)
+            for criterion in CRITERIA:
+                importance = experiment.score(base, criterion)
+                for budget in compare.BUDGETS:
+                    for rule in RULES:
+                        row = experiment.prune_and_finetune(
+                            base, criterion, importance, budget, rule
+                        )
+                        accuracies = [row["finetuned_val"]] + [
+                            finetuned_again(base, importance, row["widths"], k)
+                            for k in range(1, orders + 1)
+                        ]
+                        about = {"setup": name, "seed": seed, "criterion": criterion}
+                        about |= {"budget": budget, "rule": rule, "widths": row["widths"]}
+                        rows += [about | {"order": k, "val": v} for k, v in enumerate(accuracies)]
+                        print(f"{name} seed {seed} {criterion} {budget} {rule}: {accuracies}")
+    return rows
+
+
+def tables(rows: list[dict]) -> str:
+    """The two tables of the module docstring, summed up and per case."""
+    frame = pd.DataFrame(rows)
+    frame["val"] *= 100
+    for column, order in (("setup", frame["setup"].unique()), ("budget", compare.BUDGETS)):
+        frame[column] = pd.Categorical(frame[column], list(order), ordered=True)
+    case = ["setup", "criterion", "budget"]
+    wide = frame.pivot_table(
+        index=[*case, "seed", "order"], columns="rule", values="val", observed=True
+    )
+    greedy = wide["greedy"].unstack("order")
+    per_case = pd.DataFrame(
+        {
+            f"greedy: order {k} - order 0": (greedy[k] - greedy[0])
+            .groupby(case, observed=True)
+            .mean()
+            for k in greedy.columns[1:]
+        }
+    )
+    measured = (wide["measured"] - wide["greedy"]).groupby(case, observed=True)
+    per_case["measured - greedy"] = measured.mean()
+    per_case["± se"] = measured.sem()
+    per_case["pairs"] = measured.size()
+    summary = pd.DataFrame(
+        [
+            _summed(f"greedy against itself (order {k})", per_case[c])
+            for k, c in enumerate(per_case.columns[: len(greedy.columns) - 1], start=1)
+        ]
+        + [_summed("measured against greedy", per_case["measured - greedy"])]
+    )
+    return (
+        frame_markdown(summary)
+        + "\n\nPer case (setup, criterion, budget), mean over seeds (and orders):\n\n"
+        + frame_markdown(per_case.round(2).reset_index())
+        + "\n"
+    )
+
+
+def _summed(comparison: str, gains: pd.Series) -> dict:
+    """One line of the summary: the mean, worst and count below -0.1 of per-case gains."""
+    return {
+        "comparison": comparison,
+        "cases": len(gains),
+        "mean gain (points)": round(gains.mean(), 2),
+        "worst case": round(gains.min(), 2),
+        "cases below -0.1": int((gains < -0.1).sum()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setups", nargs="+", default=list(compare.DEFAULT_SETUPS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--orders", type=int, default=4, help="more orders of the data")
+    args = parser.parse_args()
+    if args.orders < 1:
+        parser.error("--orders must be at least 1: order 0 alone compares nothing")
+    rows = run(args.setups, args.seeds, args.orders)
+    write_json(ROOT / "bench" / "results" / "finetune_noise.json", {"rows": rows})
+    header = (
+        "# How much one fine-tuning run moves a verdict\n\nWritten by "
+        "`python bench/finetune_noise.py`. The comparison's LeNet networks (figures/compare.md) "
+        "fine-tuned again, the data in other orders; validation accuracy after fine-tuning, "
+        "points. The greedy rule against itself shows what chance alone gives a rule that "
+        "changes nothing.\n\n"
+    )
+    atomic_write_text(ROOT / "figures" / "bench" / "finetune_noise.md", header + tables(rows))
+    print(json.dumps({"rows": len(rows)}))
+
+
+if __name__ == "__main__":
+    main()
