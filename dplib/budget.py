@@ -34,9 +34,10 @@ import numpy as np
 from torch import nn
 
 from .attach import check_ungated, unwrap
+from .graph import find_prunable_layers, on_residual_paths
 from .importance import Importance
 from .measure import CostModel, Quadratic, count
-from .measured import FLOOR, measured_removal
+from .measured import FLOOR, UNIFORM_FLOOR, measured_removal
 from .models import input_shape_of
 from .surgery import prune
 
@@ -217,27 +218,42 @@ class Uniform(Rule):
 class Measured(Rule):
     """Remove the block whose removal raises the loss least per MAC saved (:mod:`dplib.measured`).
 
-    ``data``: a few fixed (images, labels) batches (its first 2 are read). ``floor``: the
-    fraction of its units each layer keeps while any other layer can still give a block (a
-    preference; ``min_keep`` is the limit). About one forward pass of the batches per removed
-    block (figures/cifar.md, figures/bench/measured_cost.md)."""
+    ``data``: a few fixed (images, labels) batches (its first 2 are read). Each layer keeps,
+    while any other layer can still give a block (a preference; ``min_keep`` is the limit),
+    ``floor`` of its units, and a layer of a plain chain (no residual addition joins or bypasses
+    it: :func:`dplib.graph.on_residual_paths`) also ``uniform_floor`` of the width the uniform
+    rule gives it at the same budget. About one forward pass of the batches per removed block
+    (figures/cifar.md, figures/bench/measured_cost.md)."""
 
     name = "measured"
 
-    def __init__(self, data: Iterable | None = None, *, floor: float = FLOOR, **limits: Any):
+    def __init__(
+        self,
+        data: Iterable | None = None,
+        *,
+        floor: float = FLOOR,
+        uniform_floor: float = UNIFORM_FLOOR,
+        **limits: Any,
+    ):
         super().__init__(**limits)
         if data is None:
             raise ValueError(
                 "the measured rule needs data, a few fixed training batches: "
                 "dplib.budget.Measured(data=[(images, labels), ...])"
             )
-        if not 0 <= floor <= 1:
-            raise ValueError(f"floor must be a kept fraction in [0, 1], got {floor}")
-        self.data, self.floor = data, floor
+        if not (0 <= floor <= 1 and 0 <= uniform_floor <= 1):
+            raise ValueError(
+                f"floor and uniform_floor must be fractions in [0, 1], got {floor}, {uniform_floor}"
+            )
+        self.data, self.floor, self.uniform_floor = data, floor, uniform_floor
 
     def widths(self, task: Task, rank: _Rank) -> np.ndarray:
-        model, importance, _, quadratic, grid, target = task
-        return measured_removal(model, importance, quadratic, grid, target, self.data, self.floor)
+        model, importance, costs, quadratic, grid, target = task
+        residual = on_residual_paths(find_prunable_layers(model, coupled=True))
+        plain = np.array([not residual[name] for name in costs.names])
+        uniform = self.uniform_floor * (_uniform_widths(task) / grid.units)
+        floor = np.maximum(self.floor, np.where(plain, uniform, 0))
+        return measured_removal(model, importance, quadratic, grid, target, self.data, floor)
 
 
 def choose_widths(
@@ -478,6 +494,12 @@ def _same_fraction(task: Task) -> np.ndarray:
         else:
             high = middle
     return widths_at(low)
+
+
+def _uniform_widths(task: Task) -> np.ndarray:
+    """The uniform rule's widths for ``task`` (its grid and target)."""
+    rank = _UniformRank(task.costs.units)
+    return _repair(task, rank, _add_back(task, rank, _same_fraction(task)))
 
 
 def _add_back(task: Task, rank: _Rank, widths: np.ndarray) -> np.ndarray:

@@ -182,6 +182,28 @@ def find_prunable_layers(model: nn.Module, *, coupled: bool = False) -> LayerGra
     return _collect(model, walk, coupled)
 
 
+def on_residual_paths(graph: LayerGraph) -> dict[str, bool]:
+    """For each layer and group of ``graph`` (found with ``coupled=True``): whether a residual
+    addition joins it (a coupled group) or bypasses it (its units reach, through plain prunable
+    layers, a sum with a skip connection), so that narrowing it is not a bottleneck for
+    everything after it."""
+    tied = {p for layer in graph.layers if layer.coupled for p in layer.producers}
+    by_producer = {p: layer for layer in graph.layers for p in layer.producers}
+
+    def bypassed(layer: PrunableLayer, seen: set[str]) -> bool:
+        for consumer in layer.consumers:
+            after = by_producer.get(consumer)
+            if consumer in tied or (
+                after is not None
+                and after.name not in seen
+                and bypassed(after, seen | {after.name})
+            ):
+                return True
+        return False
+
+    return {layer.name: layer.coupled or bypassed(layer, {layer.name}) for layer in graph.layers}
+
+
 @dataclass
 class _Walk:
     """What one pass over the traced graph records: channel spaces and the modules on them."""

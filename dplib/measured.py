@@ -65,7 +65,8 @@ NETWORK_BLOCKS = 192  # ... while the whole network offers at most about this ma
 FEWEST_BLOCKS = 4  # ... and each layer at least this many blocks
 MEASURED_BATCHES = 2  # the batches of ``data`` read
 AT_ONCE = 1  # offers measured in one stacked forward pass
-FLOOR = 0.05  # the fraction of its units a layer keeps while others can still give a block
+FLOOR = 0.05  # the fraction of its units a layer keeps while others can still give a block,
+UNIFORM_FLOOR = 0.75  # or this fraction of the uniform rule's width at the budget, if larger
 
 
 def measured_removal(
@@ -75,11 +76,11 @@ def measured_removal(
     grid: Any,
     target: int,
     data: Iterable,
-    floor: float,
+    floor: float | np.ndarray,
 ) -> np.ndarray:
     """Widths (on ``grid``, from its ceiling) whose ``quadratic`` cost is at most ``target``,
     removed block by block by measured loss increase per MAC saved, each layer's ``floor``
-    fraction of its units last (the module docstring)."""
+    fraction of its units (one for all, or one per layer) last (the module docstring)."""
     model = unwrap(model)
     gated = attach_gates(model, coupled=True)
     missing = [name for name in importance.names if name not in gated.layers]
@@ -145,7 +146,7 @@ class _Removal:
     offers measured fresh at the current widths."""
 
     def __init__(
-        self, gated: Any, importance: Importance, grid: Any, batches: list, floor: float
+        self, gated: Any, importance: Importance, grid: Any, batches: list, floor: Any
     ) -> None:
         self.gated, self.grid, self.batches = gated, grid, batches
         wanted = grid.floor(np.ceil(floor * grid.units).astype(np.int64))

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 import dplib
-from dplib.budget import input_shape_for
+from dplib.budget import Measured, input_shape_for
+from dplib.graph import find_prunable_layers, on_residual_paths
 from dplib.measure import CostModel
 from dplib.train import copy_state
 
@@ -519,18 +520,23 @@ def test_caps_that_meet_the_budget_alone_are_kept():
 def test_measured_allocation_removes_the_units_that_cost_no_loss_first():
     """90 of fc2's 100 units feed nothing (their outgoing weights are zero) but score as much as
     the others, above half of fc1's units: the importance rule cuts fc1, the measured loss
-    finds that fc2's units cost nothing."""
+    finds that fc2's units cost nothing (down to the uniform floor of a plain chain, which the
+    default keeps: 3/4 of the uniform rule's width)."""
     model = dplib.models.build("lenet300", seed=0).eval()
     with torch.no_grad():
         model.fc3.weight[:, 10:] = 0.0
     l1 = dplib.criteria.l1_importance(model)
     importance = dplib.Importance({"fc1": l1.scores["fc1"], "fc2": torch.ones(100)})
     data = _fixed_batches(model)
-    kept = {}
-    for allocation in ("greedy", "measured"):
-        kept[allocation] = dplib.choose_widths(model, importance, "2x", rule(allocation, data))
+    kept = {
+        "greedy": dplib.choose_widths(model, importance, "2x", "greedy"),
+        "measured": dplib.choose_widths(model, importance, "2x", Measured(data, uniform_floor=0)),
+    }
     assert kept["greedy"]["fc2"] > 50
     assert kept["measured"]["fc2"] <= 20
+    uniform = dplib.choose_widths(model, importance, "2x", "uniform")
+    default = dplib.choose_widths(model, importance, "2x", rule("measured", data))
+    assert default["fc2"] >= np.ceil(0.75 * uniform["fc2"]) > kept["measured"]["fc2"]
     # the default: the greedy rule
     assert dplib.choose_widths(model, importance, "2x") == kept["greedy"]
 
@@ -640,16 +646,45 @@ def test_the_measured_rule_keeps_each_layers_floor_until_no_other_layer_can_give
     importance = dplib.criteria.l1_importance(model, coupled=True)
     data = _fixed_batches(model)
     units = {"conv1": 20, "conv2": 50, "fc1": 500}
+    plain = {"uniform_floor": 0.0}  # the fixed floor alone (the uniform one: the next test)
     for floor in (dplib.measured.FLOOR, 0.2):
-        widths = dplib.choose_widths(model, importance, "10x", rule("measured", data, floor=floor))
+        chosen = rule("measured", data, floor=floor, **plain)
+        widths = dplib.choose_widths(model, importance, "10x", chosen)
         assert all(widths[n] >= np.ceil(floor * k) for n, k in units.items()), (floor, widths)
-    bare = dplib.choose_widths(model, importance, "10x", rule("measured", data, floor=0.0))
+    bare = dplib.choose_widths(model, importance, "10x", rule("measured", data, floor=0.0, **plain))
     assert any(bare[n] < np.ceil(0.2 * k) for n, k in units.items()), bare  # the floor bound
     # a floor the budget cannot afford: 60% of every layer costs about 36% of the MACs
-    widths = dplib.choose_widths(model, importance, "10x", rule("measured", data, floor=0.6))
+    chosen = rule("measured", data, floor=0.6, **plain)
+    widths = dplib.choose_widths(model, importance, "10x", chosen)
     assert any(widths[n] < np.ceil(0.6 * k) for n, k in units.items()), widths
-    with pytest.raises(ValueError, match="floor must be a kept fraction"):
-        rule("measured", data, floor=1.5)
+    for wrong in ({"floor": 1.5}, {"uniform_floor": -0.1}):
+        with pytest.raises(ValueError, match="must be fractions in"):
+            rule("measured", data, **wrong)
+
+
+def test_the_uniform_floor_holds_in_a_plain_chain_and_not_inside_residual_blocks():
+    """A layer every path crosses (LeNet-5's, VGG-16's) keeps 3/4 of the uniform rule's width
+    while another layer can give; one a skip connection bypasses or joins (every ResNet layer)
+    may narrow freely, so its widths are the rule's without the uniform floor."""
+    paths = {
+        name: on_residual_paths(find_prunable_layers(dplib.models.build(name), coupled=True))
+        for name in ("lenet5", "vgg16", "resnet20")
+    }
+    assert not any(paths["lenet5"].values()) and not any(paths["vgg16"].values())
+    assert all(paths["resnet20"].values()) and len(paths["resnet20"]) == 12  # 9 inner, 3 groups
+    model = trained_like(dplib.models.build("lenet5", seed=0))
+    importance = dplib.criteria.l1_importance(model)
+    data = _fixed_batches(model)
+    uniform = dplib.choose_widths(model, importance, "10x", "uniform")
+    widths = dplib.choose_widths(model, importance, "10x", rule("measured", data))
+    assert all(widths[n] >= np.ceil(0.75 * w) for n, w in uniform.items()), (widths, uniform)
+    bare = dplib.choose_widths(model, importance, "10x", rule("measured", data, uniform_floor=0))
+    assert any(bare[n] < np.ceil(0.75 * w) for n, w in uniform.items()), bare  # it binds
+    small = trained_like(dplib.models.build("resnet20", seed=0, width_multiplier=0.25))
+    importance = dplib.criteria.l1_importance(small)
+    data = _fixed_batches(small, size=16)
+    chosen = [Measured(data), Measured(data, uniform_floor=0.0)]
+    assert len({str(dplib.choose_widths(small, importance, "4x", c)) for c in chosen}) == 1
 
 
 def _deep_mlp(layers: int) -> nn.Sequential:
