@@ -2,6 +2,7 @@
 
     python bench/measured_cost.py                        # the four networks (about 15 minutes)
     python bench/measured_cost.py --networks resnet20 --exhaustive   # and the exhaustive rule
+    python bench/measured_cost.py --networks vgg16 --trained 1   # trained one epoch on CIFAR-10
 
 Each network (random weights, BatchNorm statistics as after training, L1 scores) is allocated
 by dplib.choose_widths with the measured rule (dplib.budget.Measured): CIFAR networks at 32x32
@@ -9,6 +10,10 @@ with two fixed batches of 128 images (what the kit's CIFAR rows read), ResNet-50
 224x224 with two batches of 16. The table counts the removals, the forward passes and the
 images they forwarded, and times the whole allocation; ``--exhaustive`` also times the rule that
 measures every offer at every removal (what the kit did before), for the ratio in one run.
+``--trained N`` trains a CIFAR network N epochs on CIFAR-10 first (dplib.fit, float32 and
+channels-last, the fastest on a CPU without bfloat16 units) and allocates on two fixed batches of
+its training images: trained weights take more passes than random ones, and the row gives the
+allocation's cost in the training epochs it timed.
 The table goes to figures/bench/measured_cost.md, the rows to figures/bench/measured_cost.json.
 """
 
@@ -61,17 +66,41 @@ def counting(counts: dict[str, int]) -> Iterator[None]:
         dplib.measured.batch_statistics = original
 
 
-def run(name: str, exhaustive: bool) -> dict[str, Any]:
-    """One network's row: its size, and per rule the time, removals and passes."""
-    size, batch, budget = NETWORKS[name]
-    model = network(name)
-    importance = dplib.criteria.l1_importance(model, coupled=True)
-    shape = (1, 3, size, size)
+def random_batches(model: torch.nn.Module, shape: tuple, batch: int) -> list:
+    """Two batches of noise, labelled by the network: a removed unit that matters raises the
+    loss."""
     generator = torch.Generator().manual_seed(0)
     images = [torch.randn(batch, *shape[1:], generator=generator) for _ in range(2)]
-    with torch.no_grad():  # labelled by the network: a removed unit that matters raises the loss
-        data = [(x, model(x).argmax(1)) for x in images]
+    with torch.no_grad():
+        return [(x, model(x).argmax(1)) for x in images]
+
+
+def trained(name: str, epochs: float, batch: int) -> tuple[torch.nn.Module, list, dict]:
+    """The CIFAR network trained ``epochs`` on CIFAR-10 (seed 0), two fixed batches of its
+    training images, and what the training measured."""
+    loaders = dplib.data.loaders("cifar10", download=False)
+    model = dplib.models.build(name, seed=0)
+    recipe = {"lr": 0.1, "schedule": "onecycle", "augment": True}  # the kit's CIFAR pretraining
+    history = dplib.fit(model, loaders.train, epochs=epochs, channels_last=True, **recipe)
+    fixed = dplib.data.random_subset(loaders.splits.train, 2 * batch, seed=0)
+    data = list(dplib.data.make_loader(fixed, batch, shuffle=False))
+    about = {"trained_epochs": epochs, "epoch_seconds": history["seconds_per_epoch"]}
+    about["val_accuracy"] = dplib.evaluate(model, loaders.val)["accuracy"]
+    return model.eval(), data, about
+
+
+def run(name: str, exhaustive: bool, epochs: float = 0) -> dict[str, Any]:
+    """One network's row: its size, and per rule the time, removals and passes."""
+    size, batch, budget = NETWORKS[name]
+    shape = (1, 3, size, size)
     row = {"network": name, "budget": budget, "input": size, "batch": batch}
+    if epochs:
+        model, data, about = trained(name, epochs, batch)
+        row |= about
+    else:
+        model = network(name)
+        data = random_batches(model, shape, batch)
+    importance = dplib.criteria.l1_importance(model, coupled=True)
     row |= {"layers": len(importance.names), "macs": dplib.count(model, shape).macs}
     rules = {"lazy": dplib.measured.AT_ONCE} | ({"exhaustive": 10**6} if exhaustive else {})
     for rule, at_once in rules.items():
@@ -89,6 +118,12 @@ def run(name: str, exhaustive: bool) -> dict[str, Any]:
     return row
 
 
+def key(row: dict[str, Any]) -> str:
+    """A row's name in the file: the network, and how long it was trained."""
+    epochs = row.get("trained_epochs")
+    return f"{row['network']}, trained {epochs:g} epochs" if epochs else row["network"]
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """The markdown table of the rows."""
     lines = [
@@ -96,7 +131,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         "images forwarded | exhaustive rule: seconds, images forwarded |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
+    for row in (row for row in rows if not row.get("trained_epochs")):
         lazy, old = row["lazy"], row.get("exhaustive")
         before = f"{old['seconds']:.1f}, {old['forwarded_images']:,}" if old else "not timed"
         lines.append(
@@ -104,7 +139,29 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{row['budget']} | {row['layers']} | {row['macs']:,} | {lazy['seconds']:.1f} | "
             f"{lazy['passes']:,} | {lazy['forwarded_images']:,} | {before} |"
         )
-    return "\n".join(lines) + "\n" + depth_ratio(rows)
+    return "\n".join(lines) + "\n" + depth_ratio(rows) + trained_table(rows)
+
+
+def trained_table(rows: list[dict[str, Any]]) -> str:
+    """The rows of networks trained on CIFAR-10: the allocation in training epochs."""
+    lines = [
+        "",
+        "Trained briefly on CIFAR-10 (`--trained`; float32, channels-last, this machine), "
+        "allocated on two fixed batches of 128 training images:",
+        "",
+        "| network | budget | trained epochs | validation accuracy | seconds per training epoch "
+        "| allocation seconds | forward passes | allocation in training epochs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    shown = [row for row in rows if row.get("trained_epochs")]
+    for row in shown:
+        lazy, epoch = row["lazy"], row["epoch_seconds"]
+        lines.append(
+            f"| {row['network']} | {row['budget']} | {row['trained_epochs']:g} | "
+            f"{100 * row['val_accuracy']:.2f}% | {epoch:.1f} | {lazy['seconds']:.1f} | "
+            f"{lazy['passes']:,} | {lazy['seconds'] / epoch:.2f} |"
+        )
+    return "\n".join(lines) + "\n" if shown else ""
 
 
 def depth_ratio(rows: list[dict[str, Any]]) -> str:
@@ -126,13 +183,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
     parser.add_argument("--exhaustive", action="store_true", help="time the exhaustive rule too")
+    parser.add_argument("--trained", type=float, default=0, help="CIFAR-10 epochs first")
     args = parser.parse_args()
+    if args.trained < 0 or (args.trained and "resnet50" in args.networks):
+        parser.error("--trained takes a positive number of epochs and the CIFAR networks only")
     out = ROOT / "figures" / "bench"
     rows_path = out / "measured_cost.json"
-    rows = {r["network"]: r for r in (read_json(rows_path) if rows_path.exists() else [])}
+    rows = {key(r): r for r in (read_json(rows_path) if rows_path.exists() else [])}
     for name in args.networks:
-        rows[name] = run(name, args.exhaustive)
-    ordered = [rows[name] for name in NETWORKS if name in rows]
+        row = run(name, args.exhaustive, args.trained)
+        rows[key(row)] = row
+    ordered = sorted(rows.values(), key=lambda r: (list(NETWORKS).index(r["network"]), key(r)))
     write_json(rows_path, ordered)
     text = "# The measured allocation's cost against depth\n\n" + table(ordered)
     atomic_write_text(out / "measured_cost.md", text)

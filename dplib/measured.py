@@ -28,10 +28,14 @@ ranked higher) would make this the exhaustive rule (every offer measured at ever
 They do not always: the test suite bounds what the laziness may cost in loss against the
 exhaustive rule, and bench/measured_cost.py counts its passes.
 
-A layer keeps at least ``floor`` (5%) of its units while any other layer still has a block to
-offer: removal by the loss of two batches right after pruning will otherwise empty a layer down to
-a unit or two when its loss increase per MAC is lowest (LeNet-5's conv2 kept 2 of 50 channels),
-a layout fine-tuning cannot recover (figures/study/measured_floor.md). It is a preference, not a
+A layer keeps at least its ``floor`` while any other layer still has a block to offer: removal by
+the loss of two batches right after pruning will otherwise narrow a layer down to a unit or two
+when its loss increase per MAC is lowest (LeNet-5's conv2 kept 2 of 50 channels), a layout
+fine-tuning cannot recover (figures/study/measured_floor.md). :class:`dplib.budget.Measured` sets
+it to 5% of a layer's units, and in a plain chain (a layer no skip connection bypasses, which
+every path crosses) to 3/4 of the width the uniform rule gives the layer at the same budget, if
+larger: with 5% alone LeNet-5's conv2 kept as few as 4 of its 50 channels and ended below the
+greedy rule after fine-tuning (figures/bench/finetune_noise.md). It is a preference, not a
 limit: past it the rule goes on, so every budget the grid allows stays reachable.
 
 BatchNorm normalises each offer by its own batch statistics, as the pruned network's statistics
