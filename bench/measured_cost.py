@@ -86,6 +86,7 @@ def trained(name: str, epochs: float, batch: int) -> tuple[torch.nn.Module, list
     data = list(dplib.data.make_loader(fixed, batch, shuffle=False))
     about = {"trained_epochs": epochs, "epoch_seconds": history["seconds_per_epoch"]}
     about["val_accuracy"] = dplib.evaluate(model, loaders.val)["accuracy"]
+    about["data_source"] = loaders.splits.source
     return model.eval(), data, about
 
 
@@ -146,18 +147,19 @@ def trained_table(rows: list[dict[str, Any]]) -> str:
     """The rows of networks trained on CIFAR-10: the allocation in training epochs."""
     lines = [
         "",
-        "Trained briefly on CIFAR-10 (`--trained`; float32, channels-last, this machine), "
-        "allocated on two fixed batches of 128 training images:",
+        "Trained briefly (`--trained`; float32, channels-last, this machine), allocated on two "
+        "fixed batches of 128 training images:",
         "",
-        "| network | budget | trained epochs | validation accuracy | seconds per training epoch "
-        "| allocation seconds | forward passes | allocation in training epochs |",
-        "|---|---|---|---|---|---|---|---|",
+        "| network | data | budget | trained epochs | validation accuracy | seconds per training "
+        "epoch | allocation seconds | forward passes | allocation in training epochs |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     shown = [row for row in rows if row.get("trained_epochs")]
     for row in shown:
         lazy, epoch = row["lazy"], row["epoch_seconds"]
         lines.append(
-            f"| {row['network']} | {row['budget']} | {row['trained_epochs']:g} | "
+            f"| {row['network']} | {row.get('data_source', 'CIFAR-10')} | {row['budget']} | "
+            f"{row['trained_epochs']:g} | "
             f"{100 * row['val_accuracy']:.2f}% | {epoch:.1f} | {lazy['seconds']:.1f} | "
             f"{lazy['passes']:,} | {lazy['seconds'] / epoch:.2f} |"
         )
