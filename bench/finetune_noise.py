@@ -21,9 +21,9 @@ plain chains keeps 3/4 of the uniform rule's width while another can give; 5% of
 alone, ``dplib.budget.Measured(data, uniform_floor=0)``, was the rule before). Rows already in
 the file are kept and not run again.
 
-Bases, importances and order 0's rows are the comparison's, cached under runs/cpu/ (made here
-when absent). The table goes to figures/bench/finetune_noise.md, the rows to
-bench/results/finetune_noise.json.
+Bases, importances and rows (each order's, through ``prune_and_finetune(...,
+finetune_seed=...)``) are cached under runs/cpu/ like the comparison's, made here when absent.
+The table goes to figures/bench/finetune_noise.md, the rows to bench/results/finetune_noise.json.
 """
 
 from __future__ import annotations
@@ -34,13 +34,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from dplib import evaluate, fit, prune
 from dplib.budget import Measured
 from dplib.experiments import compare, experiment
 from dplib.experiments.reports import frame_markdown
 from dplib.files import atomic_write_text, read_json, write_json
-from dplib.importance import parse_widths
-from dplib.train import recalibrate_batchnorm
 
 ROOT = Path(__file__).resolve().parent.parent
 CRITERIA = ("dirichlet", "l1")
@@ -60,18 +57,6 @@ def without_uniform_floor() -> str:
     return WITHOUT
 
 
-def finetuned_again(base: experiment.Base, importance, widths: str, order: int) -> float:
-    """Validation accuracy of the network pruned to ``widths``, fine-tuned by the setup's
-    schedule with the training data in another order."""
-    small = prune(base.model, importance, parse_widths(widths, importance.units))
-    batches = base.experiment.recalibration_batches
-    if batches:
-        recalibrate_batchnorm(small, experiment.recalibration_loader(base), batches)
-    seed = base.seed + order * ORDER_SEED
-    fit(small, base.loaders.train, base.experiment.finetuning, device="cpu", seed=seed)
-    return evaluate(small, base.loaders.val, "cpu")["accuracy"]
-
-
 def run(setups: list[str], seeds: list[int], orders: int, rules: list[str]) -> list[dict]:
     """One row per setup, seed, criterion, budget, rule and order (the file's kept)."""
     rows = read_json(RESULTS)["rows"] if RESULTS.exists() else []
@@ -85,13 +70,14 @@ def run(setups: list[str], seeds: list[int], orders: int, rules: list[str]) -> l
                     for rule in rules:
                         if (name, seed, criterion, budget, rule) in done:
                             continue
-                        row = experiment.prune_and_finetune(
-                            base, criterion, importance, budget, rule
-                        )
-                        accuracies = [row["finetuned_val"]] + [
-                            finetuned_again(base, importance, row["widths"], k)
-                            for k in range(1, orders + 1)
+                        found = [  # order k: the same network, fine-tuned in another order
+                            experiment.prune_and_finetune(
+                                base, criterion, importance, budget, rule, finetune_seed=order
+                            )
+                            for order in [None]
+                            + [seed + k * ORDER_SEED for k in range(1, orders + 1)]
                         ]
+                        row, accuracies = found[0], [again["finetuned_val"] for again in found]
                         about = {"setup": name, "seed": seed, "criterion": criterion}
                         about |= {"budget": budget, "rule": rule, "widths": row["widths"]}
                         about["pruned_val"] = row["pruned_val"]

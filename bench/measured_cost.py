@@ -31,6 +31,7 @@ from zoo import as_trained
 from zoo import build as build_zoo
 
 import dplib
+from dplib.experiments import profiles
 from dplib.files import atomic_write_text, read_json, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,8 +81,8 @@ def trained(name: str, epochs: float, batch: int) -> tuple[torch.nn.Module, list
     training images, and what the training measured."""
     loaders = dplib.data.loaders("cifar10", download=False)
     model = dplib.models.build(name, seed=0)
-    recipe = {"lr": 0.1, "schedule": "onecycle", "augment": True}  # the kit's CIFAR pretraining
-    history = dplib.fit(model, loaders.train, epochs=epochs, channels_last=True, **recipe)
+    recipe = profiles.SETUPS["cifar"][f"cifar10-{name}"].pretraining  # the kit's, in float32
+    history = dplib.fit(model, loaders.train, recipe, epochs=epochs, amp=False)
     fixed = dplib.data.random_subset(loaders.splits.train, 2 * batch, seed=0)
     data = list(dplib.data.make_loader(fixed, batch, shuffle=False))
     about = {"trained_epochs": epochs, "epoch_seconds": history["seconds_per_epoch"]}

@@ -34,7 +34,7 @@ import numpy as np
 from torch import nn
 
 from .attach import check_ungated, unwrap
-from .graph import find_prunable_layers, on_residual_paths
+from .graph import on_residual_paths
 from .importance import Importance
 from .measure import CostModel, Quadratic, count
 from .measured import FLOOR, UNIFORM_FLOOR, measured_removal
@@ -249,7 +249,7 @@ class Measured(Rule):
 
     def widths(self, task: Task, rank: _Rank) -> np.ndarray:
         model, importance, costs, quadratic, grid, target = task
-        residual = on_residual_paths(find_prunable_layers(model, coupled=True))
+        residual = on_residual_paths(costs.graph)
         plain = np.array([not residual[name] for name in costs.names])
         uniform = self.uniform_floor * (_uniform_widths(task) / grid.units)
         floor = np.maximum(self.floor, np.where(plain, uniform, 0))

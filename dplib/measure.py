@@ -137,7 +137,7 @@ class CostModel:
         model = unwrap(model)
         self.model = model
         self.input_shape = tuple(input_shape)
-        graph = find_prunable_layers(model, coupled=True)
+        graph = self.graph = find_prunable_layers(model, coupled=True)  # groups too
         if layers is None:
             layers = find_prunable_layers(model).names
         available = set(graph.names)

@@ -150,7 +150,12 @@ class _Removal:
     offers measured fresh at the current widths."""
 
     def __init__(
-        self, gated: Any, importance: Importance, grid: Any, batches: list, floor: Any
+        self,
+        gated: Any,
+        importance: Importance,
+        grid: Any,
+        batches: list,
+        floor: float | np.ndarray,
     ) -> None:
         self.gated, self.grid, self.batches = gated, grid, batches
         wanted = grid.floor(np.ceil(floor * grid.units).astype(np.int64))

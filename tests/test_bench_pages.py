@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from dplib.files import read_json
 
+from conftest import bench_module
+
 KIT = Path(__file__).resolve().parent.parent
-
-
-def _bench(name: str):
-    """The bench script ``name`` (bench/<name>.py) as a module; its siblings importable."""
-    import sys
-
-    sys.path.insert(0, str(KIT / "bench"))
-    try:
-        spec = importlib.util.spec_from_file_location(f"{name}_bench", KIT / "bench" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(KIT / "bench"))
-    return module
 
 
 @pytest.mark.parametrize(
@@ -34,14 +21,14 @@ def _bench(name: str):
     ],
 )
 def test_a_bench_page_is_its_script_applied_to_the_committed_rows(name, rows, page):
-    module = _bench(name)
+    module = bench_module(name)
     written = module.page(read_json(KIT / rows)["rows"])
     assert written == (KIT / page).read_text()
 
 
 def test_the_fine_tuning_noise_counts_what_falls_below_a_tenth_of_a_point():
     """A rule equal to greedy gains nothing; one 0.2 points lower in one case is counted once."""
-    module = _bench("finetune_noise")
+    module = bench_module("finetune_noise")
     rows = []
     for case, (setup, budget) in enumerate([("a", "4x"), ("a", "10x"), ("b", "4x")]):
         for seed in range(3):

@@ -207,7 +207,7 @@ def test_the_course_verdict_is_computed_from_the_committed_comparison():
 
     committed = compare.load_results(compare.committed_results(), compare.committed_results())
     found = reports.what_the_kit_found(committed)
-    pooled = reports.rules_ran(committed)  # the ResNet-20 setup ran the greedy rule alone
+    pooled = reports.setups_with_rules(committed)  # the ResNet-20 setup ran the greedy rule alone
     assert set(committed) - set(pooled) == {"fashion_mnist32-resnet20"}
     cases = reports.same_widths_verdict(pooled).set_index("metric")
     every = reports.same_widths_leads(pooled)

@@ -11,6 +11,8 @@ import torch
 
 import dplib
 
+from conftest import bench_module
+
 pytestmark = pytest.mark.slow  # 30 s of torchvision's networks: left to `make test` (and CI)
 
 SHAPE = (1, 3, 64, 64)
@@ -126,13 +128,7 @@ def test_a_grouped_convolution_keeps_as_many_channels_in_every_group():
 
 
 def test_the_zoo_bench_writes_a_row_for_each_way(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "bench" / "zoo.py"
-    spec = importlib.util.spec_from_file_location("zoo_bench", path)
-    zoo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(zoo)
+    zoo = bench_module("zoo")
     row = zoo.run("mobilenet_v3_small")
     assert row["l1"]["ratio"] >= 2 and row["l1"]["relative_error"] < 1e-4
     assert row["dirichlet"]["ratio"] >= 2 and row["dirichlet"]["relative_error"] < 1e-4

@@ -355,10 +355,12 @@ def prune_and_finetune(
     allocation: str = FIXED,
     *,
     finetune: bool = True,
+    finetune_seed: int | None = None,
 ) -> dict[str, Any]:
     """The row of one pruned network: pruned to ``budget`` (widths, or a budget allocated by
     ``allocation``), measured right after pruning and after the experiment's fine-tuning
-    (``finetune=False``: not fine-tuned). Cached; the module docstring gives the row's keys."""
+    (``finetune=False``: not fine-tuned; ``finetune_seed``: the order of its training data, by
+    default the base's seed). Cached; the module docstring gives the row's keys."""
     experiment = base.experiment
     key = {
         "base": base.key,
@@ -370,6 +372,8 @@ def prune_and_finetune(
         "measure": [experiment.recalibration_batches, experiment.speedup_batch],
         "code": code_version(*ROW_CODE),
     }
+    if finetune_seed is not None:  # absent otherwise: the rows cached before keep their keys
+        key["finetune_seed"] = finetune_seed
     name = f"{criterion}-{allocation}-{config_hash(key)}.json"
     path = base.folder / "results" / name
 
@@ -377,7 +381,7 @@ def prune_and_finetune(
         started = time.perf_counter()
         row, small = _pruned_row(base, criterion, importance, budget, allocation)
         if finetune:
-            row |= _finetuned(base, small)
+            row |= _finetuned(base, small, base.seed if finetune_seed is None else finetune_seed)
         if experiment.speedup_batch:
             row["speedup"] = _speedup(base, small)
         row["seconds"] = time.perf_counter() - started
@@ -464,12 +468,13 @@ def _global(base: Base, criterion: str, budget: str) -> tuple[nn.Module, dict[st
     )
 
 
-def _finetuned(base: Base, small: nn.Module) -> dict[str, Any]:
-    """Fine-tune a pruned network by the experiment's schedule; its accuracies afterwards."""
+def _finetuned(base: Base, small: nn.Module, seed: int) -> dict[str, Any]:
+    """Fine-tune a pruned network by the experiment's schedule, the data in ``seed``'s order;
+    its accuracies afterwards."""
     schedule, device = base.experiment.finetuning, base.experiment.device
     started = time.perf_counter()
     val = base.loaders.val if schedule.keep_best else None
-    fit(small, base.loaders.train, schedule, val_loader=val, device=device, seed=base.seed)
+    fit(small, base.loaders.train, schedule, val_loader=val, device=device, seed=seed)
     small.cpu().eval()
     return {
         "finetune_epochs": schedule.epochs,

@@ -73,7 +73,7 @@ def results_markdown(frame: pd.DataFrame) -> str:
 RULES = ("greedy", "measured")  # Dirichlet's allocation rules, in order
 
 
-def rules_ran(results: Results) -> Results:
+def setups_with_rules(results: Results) -> Results:
     """The setups where a rule besides the greedy one ran: the pooled counts read only these (a
     setup run before the other rules would skew them with its greedy rows alone)."""
     return {
@@ -264,7 +264,7 @@ def what_the_kit_found(results: Results, link: str = "compare.md") -> str:
     them): Dirichlet at the same widths and with its allocations against the other criteria,
     right after pruning and after fine-tuning, with the number of cases and seeds. ``link``
     points to the comparison's table from where the text is shown."""
-    results = rules_ran(results)
+    results = setups_with_rules(results)
     same = same_widths_verdict(results).set_index("metric")
     rules = verdict(results).set_index(["criterion", "allocation"])
     seeds = max(len(r["bases"]) for r in results.values())
@@ -376,7 +376,7 @@ def comparison_markdown(results: Results) -> str:
         "the L1 columns apply the same rule to L1 scores, to tell the allocation's share from "
         "the posterior's.\n\n"
     )
-    pooled = rules_ran(results)
+    pooled = setups_with_rules(results)
     ruled = frame_markdown(verdict(pooled))
     ruled += (
         "\n\nEach rule against the greedy rule of the same criterion, paired over the "
