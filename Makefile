@@ -45,7 +45,7 @@ format: setup
 test: setup data lint  ## lint, unit tests, notebooks (smoke profile) through nbval
 	DPLIB_PROFILE=smoke DPLIB_PROGRESS=off $(BIN)/pytest
 
-quick: setup lint  ## the fast tests for day-to-day work, caching and resume included (about 35 s on 2 cores); CI runs them all
+quick: setup lint  ## the fast tests for day-to-day work, caching and resume included (about 25 s on 2 cores); CI runs them all
 	DPLIB_PROFILE=smoke DPLIB_PROGRESS=off $(BIN)/pytest -m "not slow" -q -p no:nbval -o addopts="-ra --durations=10"
 
 figures: setup data  ## the main job: the notebooks of every $(PROFILE) experiment via papermill, then 04_figures

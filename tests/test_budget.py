@@ -638,6 +638,7 @@ def test_a_rule_of_ones_own_registers_and_runs_through_choose_widths():
         dplib.choose_widths(model, importance, "1.5x", "halves")
 
 
+@pytest.mark.slow  # about 1 s: left to `make test`, like the other measured-rule checks
 def test_the_measured_rule_keeps_each_layers_floor_until_no_other_layer_can_give():
     """The measured rule's floor (5% by default) is a preference: every layer keeps it while
     another layer can still give a block, and the rule goes below it only when the budget
@@ -662,6 +663,7 @@ def test_the_measured_rule_keeps_each_layers_floor_until_no_other_layer_can_give
             rule("measured", data, **wrong)
 
 
+@pytest.mark.slow  # about 1.5 s: left to `make test`
 def test_the_uniform_floor_holds_in_a_plain_chain_and_not_inside_residual_blocks():
     """A layer every path crosses (LeNet-5's, VGG-16's) keeps 3/4 of the uniform rule's width
     while another layer can give; one a skip connection bypasses or joins (every ResNet layer)

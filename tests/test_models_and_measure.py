@@ -48,6 +48,7 @@ class Sleeper(torch.nn.Module):
         return x
 
 
+@pytest.mark.slow  # it times real forward passes, about 1 s: left to `make test`
 def test_latency_is_the_median_and_speedup_the_ratio_of_latencies():
     # one untimed warm-up pass (0.2 s, as a first call can be), then five timed ones
     uneven = Sleeper(0.2, 0.03, 0.01, 0.02, 0.09, 0.02)

@@ -65,6 +65,7 @@ def test_taylor_scores_cover_every_layer_and_leave_no_gradients(tiny_loader):
         dtp.tp_importance(model, "tp_l3")
 
 
+@pytest.mark.slow  # Torch-Pruning's global pruning, about 1 s a network: `make test`
 @pytest.mark.parametrize("name", ["lenet5", "lenet5_bn"])
 def test_global_pruning_meets_a_mac_budget_and_reports_dplib_widths(name):
     model = dplib.models.build(name, seed=0).eval()
@@ -84,6 +85,7 @@ def test_global_pruning_meets_a_mac_budget_and_reports_dplib_widths(name):
     assert dplib.widths_of(model) == full  # the original is untouched
 
 
+@pytest.mark.slow  # about 1 s: left to `make test`
 def test_global_taylor_pruning_reads_gradients_of_the_data():
     model = dplib.models.build("lenet5", seed=0).eval()
     images = torch.randn(64, 1, 28, 28)
