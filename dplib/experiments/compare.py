@@ -34,13 +34,7 @@ from ..measure import kendall
 from ..progress import hidden
 from ..settings import TrainSettings
 from . import paths, profiles
-from .experiment import (
-    FIXED,
-    GLOBAL,
-    Experiment,
-    prune_and_finetune,
-    score,
-)
+from .experiment import FIXED, GLOBAL, Experiment, prune_and_finetune, score
 from .experiment import pretrain as pretrain_base
 from .profiles import Config
 
@@ -120,13 +114,10 @@ def experiment_for(config: Config) -> Experiment:
     fine-tuning schedule."""
     experiment, tuned = config.experiment, config.experiment.finetuning
     plain = Experiment(experiment.model, experiment.dataset)  # no speed-ups, as the committed
-    measured = {
-        k: getattr(plain, k) for k in ("speedup_batch", "speedup_repeats", "speedup_rounds")
-    }
+    measured = ("speedup_batch", "speedup_repeats", "speedup_rounds", "taylor_batches")
     finetuning = FINETUNING.replace(epochs=tuned.epochs, channels_last=tuned.channels_last)
-    return experiment.replace(
-        finetuning=finetuning, taylor_batches=plain.taylor_batches, widths=(), **measured
-    )
+    defaults = {name: getattr(plain, name) for name in measured}
+    return experiment.replace(finetuning=finetuning, widths=(), **defaults)
 
 
 def run_experiment(config: Config, *, log: Callable[[str], None] = print) -> dict[str, Any] | None:
