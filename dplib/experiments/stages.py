@@ -134,15 +134,12 @@ def architecture_table(config: profiles.Config) -> list[dict[str, Any]]:
     experiment = config.experiment
     network = experiment.network()
     shape = (1, *profiles.input_shape(config.model))
-    rows = [{"widths": format_widths(widths_of(network)), **_counted(network, shape)}]
+    rows = [{"widths": format_widths(widths_of(network))} | measure.count(network, shape)._asdict()]
     for widths in config.widths:
         if split_budget_widths(widths) is None:  # a budget's widths depend on the criterion
-            rows.append({"widths": widths, **_counted(experiment.network(widths=widths), shape)})
+            pruned = experiment.network(widths=widths)
+            rows.append({"widths": widths} | measure.count(pruned, shape)._asdict())
     return rows
-
-
-def _counted(model: nn.Module, shape: tuple[int, ...]) -> dict[str, int]:
-    return measure.count(model, shape)._asdict()
 
 
 # Interpretability: first-layer feature maps -------------------------------------------------
