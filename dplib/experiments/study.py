@@ -363,17 +363,14 @@ def _cached_result(path: Path) -> dict[str, Any] | None:
         return None
 
 
+# the labels' names of the switches not labelled by their own name
 SHORT_NAMES = {
-    "scale": "scale",
     "position": "gate",
     "phi_init": "phi0",
-    "alpha0": "alpha0",
     "kl_weight": "beta",
     "kl_divided_by_n": "KL/N",
     "estimator": "est",
     "samples": "M",
-    "lr": "lr",
-    "epochs": "epochs",
     "batchnorm": "BN",
     "weights_lr": "joint lr",
     "statistic": "rank by",
@@ -385,7 +382,7 @@ def label(result: dict[str, Any]) -> str:
     if result.get("criterion", "dirichlet") != "dirichlet":
         return result["criterion"]
     config = result["config"]
-    changed = [f"{SHORT_NAMES[k]}={v}" for k, v in config.items() if SPECIFIED.get(k) != v]
+    changed = [f"{SHORT_NAMES.get(k, k)}={v}" for k, v in config.items() if SPECIFIED.get(k) != v]
     return "dirichlet " + (", ".join(changed) if changed else "(as specified)")
 
 
