@@ -219,8 +219,9 @@ def pretrain(
     the kit's, resumable from the last complete epoch); the cache keys on the experiment."""
     base_seed = 0 if experiment.shared_base else seed
     found, key = loaders(experiment, seed), pretraining_key(experiment, base_seed)
+    digest = config_hash(key)
     folder = Path(root) / experiment.name / f"seed{seed}"
-    path = folder.with_name(f"seed{base_seed}") / f"base-{config_hash(key)}.pt"
+    path = folder.with_name(f"seed{base_seed}") / f"base-{digest}.pt"
     train = train or _resumable(experiment, base_seed, path, log)
     result = cached(
         path,
@@ -234,14 +235,7 @@ def pretrain(
         log(f"{experiment.name} seed {seed}: reusing {path.name}")
     training_state(path).unlink(missing_ok=True)  # a stale one, once the network exists
     return Base(
-        experiment,
-        seed,
-        folder,
-        found,
-        result.value,
-        result.meta["metrics"],
-        config_hash(key),
-        result.reused,
+        experiment, seed, folder, found, result.value, result.meta["metrics"], digest, result.reused
     )
 
 
