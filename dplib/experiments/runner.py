@@ -98,12 +98,10 @@ def run_notebook(
     stamp = json.loads(json.dumps(stamp, sort_keys=True, default=str))
     done = output.with_suffix(".json")
     if not force and output.exists() and done.exists():
-        try:
+        with contextlib.suppress(ValueError, AttributeError):  # a damaged stamp: run again
             if read_json(done).get("stamp") == stamp:
                 print(f"[dplib] {output}: up to date", flush=True)
                 return False
-        except (ValueError, AttributeError):
-            pass
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.stem}.running.ipynb")
     print(f"[dplib] running {name} {parameters} -> {output}", flush=True)
