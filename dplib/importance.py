@@ -106,20 +106,25 @@ class Importance:
         """``{layer name: K}``."""
         return {name: int(score.numel()) for name, score in self.scores.items()}
 
-    def _pick(self, values: dict[str, torch.Tensor], layer: str | None):
+    def _per_layer(
+        self,
+        values: dict[str, torch.Tensor],
+        layer: str | None,
+        statistic: Any = lambda value: value,
+    ):
+        """``statistic`` of one layer's ``values``, or a dict of it over every layer."""
         if layer is None:
-            return dict(values)
+            return {name: statistic(value) for name, value in values.items()}
         if layer not in values:
             raise KeyError(f"no importance for layer {layer!r}; layers: {self.names}")
-        return values[layer]
+        return statistic(values[layer])
 
     def mean(self, layer: str | None = None):
         """Posterior mean E[s] per unit (the scores for other criteria): one layer's tensor
         when ``layer`` is given, else a dict over layers."""
         if self.concentration is None:
-            return self._pick(self.scores, layer)
-        means = {name: phi / phi.sum() for name, phi in self.concentration.items()}
-        return self._pick(means, layer)
+            return self._per_layer(self.scores, layer)
+        return self._per_layer(self.concentration, layer, lambda phi: phi / phi.sum())
 
     def std(self, layer: str | None = None):
         """Posterior standard deviation of s per unit (Dirichlet criterion only)."""
@@ -128,22 +133,22 @@ class Importance:
                 f"the {self.criterion!r} criterion has no uncertainty; std() needs a Dirichlet "
                 "posterior from learn_importance"
             )
-        stds = {name: Dirichlet(phi).stddev for name, phi in self.concentration.items()}
-        return self._pick(stds, layer)
+        return self._per_layer(self.concentration, layer, lambda phi: Dirichlet(phi).stddev)
 
     def relative(self, layer: str | None = None):
         """Scores comparable across layers, in float64: each layer's scores over their mean
         (1.0: the layer's average unit; K_l E[s] for the posterior mean). A layer with a negative
         score (the oracle's) is shifted by its minimum first; one summing to zero gets 1.0."""
-        relative = {}
-        for name, score in self.scores.items():
+
+        def relative(score: torch.Tensor) -> torch.Tensor:
             score = score.detach().double().cpu()
             if (score < 0).any():
                 score = score - score.min()
             total = score.sum()
             usable = total > 0 and torch.isfinite(total)
-            relative[name] = score * score.numel() / total if usable else torch.ones_like(score)
-        return self._pick(relative, layer)
+            return score * score.numel() / total if usable else torch.ones_like(score)
+
+        return self._per_layer(self.scores, layer, relative)
 
     def ranked_by(self, statistic: str) -> Importance:
         """A copy whose scores are another statistic of the Dirichlet posterior: ``"mean"``
@@ -207,15 +212,10 @@ class Importance:
         ``groups`` > 1 (the channels of a grouped convolution, in equal consecutive groups):
         each group's best unit, then each group's second best, ...: the first ``k * groups``
         keep ``k`` units in every group."""
-        order = torch.argsort(self._pick(self.scores, layer), descending=True, stable=True)
-        if groups == 1:
-            return order
-        group = order // (len(order) // groups)
-        rank = torch.zeros_like(order)  # the position of each unit within its group's order
-        for index in range(groups):
-            members = group == index
-            rank[members] = torch.arange(int(members.sum()))
-        return order[torch.argsort(rank * groups + group, stable=True)]
+        order = torch.argsort(self._per_layer(self.scores, layer), descending=True, stable=True)
+        # one row per group, its units best first, read column by column
+        by_group = order[torch.argsort(order // (len(order) // groups), stable=True)]
+        return by_group.view(groups, -1).t().flatten()
 
     def widths(self, keep: float | Widths) -> dict[str, int]:
         """Widths as ``{layer: kept units}`` from any widths notation of :func:`parse_widths`
@@ -261,5 +261,4 @@ class Importance:
     def load(cls, path: str | os.PathLike) -> Importance:
         """Read an importance written by :meth:`save`."""
         data = read_torch_file(path, "dplib-importance-1", "importance file")
-        fields = ("scores", "criterion", "concentration", "history", "config")
-        return cls(**{name: data[name] for name in fields})
+        return cls(**{field.name: data[field.name] for field in dataclasses.fields(cls)})
