@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from tqdm import tqdm
@@ -38,26 +38,19 @@ def _in_kernel() -> bool:
     return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
 
 
-def progress(
-    iterable: Iterable | None = None,
-    *,
-    total: int | None = None,
-    desc: str = "",
-    enabled: bool = True,
-) -> tqdm:
-    """A tqdm bar suited to where the code runs (see the module docstring)."""
+def progress(*, total: int, desc: str = "") -> tqdm:
+    """A tqdm bar of ``total`` steps suited to where the code runs (see the module docstring)."""
     style = os.environ.get(PROGRESS_ENV, "auto")
-    disable = not enabled or style == "off" or _hidden
+    disable = style == "off" or _hidden
     if style == "auto" and _in_kernel():
         try:
             from tqdm.notebook import tqdm as notebook_tqdm
 
-            return notebook_tqdm(iterable, total=total, desc=desc, disable=disable, leave=False)
+            return notebook_tqdm(total=total, desc=desc, disable=disable, leave=False)
         except ImportError:
             pass
     interactive = style != "text" and sys.stdout.isatty()
     return tqdm(
-        iterable,
         total=total,
         desc=desc,
         disable=disable,
