@@ -259,10 +259,9 @@ def _read_batches(folder: Path, names: list[str]) -> tuple[torch.Tensor, torch.T
     images, labels = [], []
     for name in names:
         with open(folder / name, "rb") as stream:
-            batch = pickle.load(stream, encoding="bytes")
-        batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
-        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.extend(batch["labels"])
+            batch = pickle.load(stream, encoding="bytes")  # Python 2 pickles: bytes keys
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.extend(batch[b"labels"])
     return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long)
 
 
