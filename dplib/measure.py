@@ -17,10 +17,9 @@ import math
 import statistics
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -178,11 +177,8 @@ class CostModel:
                 if modules[bn].affine:
                     params.linear[index] += 2 * scale  # BatchNorm scale and shift per unit
             for conv in layer.depthwise:  # per unit: its k*k filter (and bias), k*k MACs a position
-                kernel, biased = (
-                    int(np.prod(modules[conv].kernel_size)),
-                    modules[conv].bias is not None,
-                )
-                params.linear[index] += (kernel + biased) * scale
+                kernel = int(np.prod(modules[conv].kernel_size))
+                params.linear[index] += (kernel + (modules[conv].bias is not None)) * scale
                 macs.linear[index] += positions.get(conv, 0) * kernel * scale
         depthwise = {conv for layer in self.layers for conv in layer.depthwise}
         for name, module in modules.items():
@@ -317,21 +313,21 @@ def speedup(
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman rank correlation of two score vectors of one layer (NaN for one unit)."""
-    from scipy import stats  # here: importing scipy.stats costs a second
-
-    return _rank_correlation(stats.spearmanr, a, b)
+    return _rank_correlation("spearmanr", a, b)
 
 
 def kendall(a: torch.Tensor, b: torch.Tensor) -> float:
     """Kendall's tau rank correlation of two score vectors of one layer (NaN for one unit)."""
-    from scipy import stats
-
-    return _rank_correlation(stats.kendalltau, a, b)
+    return _rank_correlation("kendalltau", a, b)
 
 
-def _rank_correlation(statistic: Callable[..., Any], a: torch.Tensor, b: torch.Tensor) -> float:
+def _rank_correlation(statistic: str, a: torch.Tensor, b: torch.Tensor) -> float:
+    """The rank correlation ``scipy.stats.<statistic>`` of ``a`` and ``b``."""
     if a.numel() != b.numel():
         raise ValueError(f"score vectors differ in length: {a.numel()} vs {b.numel()}")
     if a.numel() < 2:  # undefined: NaN, without scipy's warning (a one-unit layer at toy size)
         return float("nan")
-    return float(statistic(a.detach().cpu().numpy(), b.detach().cpu().numpy()).statistic)
+    from scipy import stats  # here: importing scipy.stats costs a second
+
+    scores = a.detach().cpu().numpy(), b.detach().cpu().numpy()
+    return float(getattr(stats, statistic)(*scores).statistic)
