@@ -211,7 +211,6 @@ class _Training:
             postfix = {"val_acc": f"{accuracy:.4f}"}
             if self.settings.keep_best and accuracy > self.best_accuracy:
                 self.best_accuracy, self.best_state = accuracy, copy_state(self.model)
-            self.model.train()
         self.seconds = time.perf_counter() - started
         if checkpoint is not None:
             _save_training_state(checkpoint, self)
@@ -314,7 +313,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> dict[str, Any]
         saved, here = dict(expected), dict(actual)
         differences = [
             f"{name}: checkpoint {saved.get(name)} vs model {here.get(name)}"
-            for name in list(dict.fromkeys([*saved, *here]))
+            for name in saved | here
             if saved.get(name) != here.get(name)
         ]
         raise CheckpointError(
