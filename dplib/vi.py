@@ -202,8 +202,7 @@ def _optimise(
     """Adam on the gates named ``learning`` (default all; SGD on the weights when joint) for the
     loop's steps; the history holds each learnt layer's :func:`movement`."""
     learnt = [(n, gate) for n, gate in gated.named_gates() if learning is None or n in learning]
-    thetas = [gate.theta for _, gate in learnt]
-    optimizers = [torch.optim.Adam(thetas, lr=settings.lr)]
+    optimizers = [torch.optim.Adam([gate.theta for _, gate in learnt], lr=settings.lr)]
     if settings.weights_lr > 0:
         optimizers.append(torch.optim.SGD(_weights(gated), lr=settings.weights_lr, momentum=0.9))
     record = _Record(gated, max(1, loop.total_steps // SNAPSHOTS), loop.total_steps)
