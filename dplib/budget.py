@@ -37,7 +37,7 @@ from .attach import check_ungated, unwrap
 from .graph import on_residual_paths
 from .importance import Importance
 from .measure import CostModel, Quadratic, count
-from .measured import FLOOR, UNIFORM_FLOOR, measured_removal
+from .measured import FLOOR, UNIFORM_FLOOR, measured_removal, ranked_scores
 from .models import input_shape_of
 from .surgery import prune
 
@@ -208,7 +208,20 @@ class Uniform(Rule):
     needs_importance = False
 
     def widths(self, task: Task, rank: _Rank) -> np.ndarray:
-        return _same_fraction(task)
+        """Widths rho * K_l (rounded down to the grid) at the largest rho that fits the target
+        (bisection)."""
+
+        def widths_at(fraction: float) -> np.ndarray:
+            return task.grid.floor(np.round(task.grid.units * fraction).astype(np.int64))
+
+        low, high = 0.0, 1.0  # widths_at(low) fits (the caller checked the narrowest widths)
+        for _ in range(60):
+            middle = (low + high) / 2
+            if task.quadratic(widths_at(middle)) <= task.target:
+                low = middle
+            else:
+                high = middle
+        return widths_at(low)
 
     def rank(self, task: Task) -> _Rank:
         return _UniformRank(task.costs.units)
@@ -251,7 +264,7 @@ class Measured(Rule):
         model, importance, costs, quadratic, grid, target = task
         residual = on_residual_paths(costs.graph)
         plain = np.array([not residual[name] for name in costs.names])
-        uniform = self.uniform_floor * (_uniform_widths(task) / grid.units)
+        uniform = self.uniform_floor * (_by_rule(task, Uniform()) / grid.units)
         floor = np.maximum(self.floor, np.where(plain, uniform, 0))
         return measured_removal(model, importance, quadratic, grid, target, self.data, floor)
 
@@ -411,6 +424,11 @@ def _allocate(task: Task, rule: Rule, what: str) -> np.ndarray:
             f"{smallest:,}); the units of this network are too coarse for this budget or the "
             f"floors too high: try a larger budget, lower floors{other}"
         )
+    return _by_rule(task, rule)
+
+
+def _by_rule(task: Task, rule: Rule) -> np.ndarray:
+    """The rule's widths for ``task``, then add-back and exchanges in the rule's order."""
     rank = rule.rank(task)
     return _repair(task, rank, _add_back(task, rank, rule.widths(task, rank)))
 
@@ -426,12 +444,7 @@ class _ImportanceRank:
     """Which block to remove next (lowest mean score) and to add back next (highest)."""
 
     def __init__(self, importance: Importance, names: list[str], groups: np.ndarray):
-        relative = importance.relative()
-        # ranked[l][j]: score of layer l's (j+1)-th most important unit; prune() keeps the top w
-        self.ranked = [
-            relative[name][importance.ranking(name, int(g))].numpy()
-            for name, g in zip(names, groups)
-        ]
+        self.ranked = ranked_scores(importance, names, groups)
 
     def removal(self, widths: np.ndarray, lower: np.ndarray) -> np.ndarray:
         """Per layer: the mean score of the last kept units, down to ``lower``."""
@@ -477,29 +490,6 @@ def _remove_until(
         widths[layer] = lower[layer]
         cost -= int(savings[layer])
     return widths
-
-
-def _same_fraction(task: Task) -> np.ndarray:
-    """Widths rho * K_l (rounded down to the grid) at the largest rho that fits the target
-    (bisection)."""
-
-    def widths_at(fraction: float) -> np.ndarray:
-        return task.grid.floor(np.round(task.grid.units * fraction).astype(np.int64))
-
-    low, high = 0.0, 1.0  # widths_at(low) fits (the caller checked the narrowest widths)
-    for _ in range(60):
-        middle = (low + high) / 2
-        if task.quadratic(widths_at(middle)) <= task.target:
-            low = middle
-        else:
-            high = middle
-    return widths_at(low)
-
-
-def _uniform_widths(task: Task) -> np.ndarray:
-    """The uniform rule's widths for ``task`` (its grid and target)."""
-    rank = _UniformRank(task.costs.units)
-    return _repair(task, rank, _add_back(task, rank, _same_fraction(task)))
 
 
 def _add_back(task: Task, rank: _Rank, widths: np.ndarray) -> np.ndarray:

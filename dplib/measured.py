@@ -131,15 +131,15 @@ def _sliced_norm(
 
 def _remove(removal: _Removal, quadratic: Any, target: int) -> np.ndarray:
     """The removal loop of :func:`measured_removal` (gates attached, no gradients)."""
-    start = quadratic(removal.widths)
-    bar = progress(total=max(int(start - target), 0), desc="measured allocation (MACs)")
-    while quadratic(removal.widths) > target:
+    cost = quadratic(removal.widths)
+    bar = progress(total=max(int(cost - target), 0), desc="measured allocation (MACs)")
+    while cost > target:
         chosen = removal.choose(quadratic)
         if chosen is None:
             break
-        before = quadratic(removal.widths)
         removal.take(chosen)
-        bar.update(min(int(before - quadratic(removal.widths)), bar.total - bar.n))
+        before, cost = cost, quadratic(removal.widths)
+        bar.update(min(int(before - cost), bar.total - bar.n))
     bar.close()
     return removal.widths
 
@@ -165,9 +165,9 @@ class _Removal:
         per_layer = blocks_per_layer(len(self.names))
         self.block = np.maximum(step, -(-grid.units // per_layer) // step * step)
         self.rankings = [importance.ranking(n, int(g)) for n, g in zip(self.names, grid.groups)]
-        self.bounds = _upper_bounds(importance, grid.groups)
+        self.bounds = ranked_scores(importance, self.names, grid.groups, upper=True)
         self.widths = grid.ceiling.copy()
-        self.loss = self._measure([self.widths])[0]
+        self.loss = self._measure(self.widths[None])[0]
         self.estimate = np.full(len(self.names), -np.inf)  # never measured: first in line
         self.fresh: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -181,7 +181,7 @@ class _Removal:
         self.fresh = {}
         while True:
             waiting = sorted((o for o in offers if o not in self.fresh), key=self.estimate.item)
-            leader = min((v[0].mean().item() for v in self.fresh.values()), default=np.inf)
+            leader = min((self.estimate[o] for o in self.fresh), default=np.inf)
             if not waiting or self.estimate[waiting[0]] >= leader:
                 break
             self._measure_offers(waiting[:AT_ONCE], lower, quadratic)
@@ -203,10 +203,10 @@ class _Removal:
         return plain
 
     def _measure_offers(self, layers: list[int], lower: np.ndarray, quadratic: Any) -> None:
-        losses = self._measure([_with(self.widths, o, lower[o]) for o in layers])
-        for layer, loss in zip(layers, losses):
-            saving = quadratic(self.widths) - quadratic(_with(self.widths, layer, lower[layer]))
-            per_mac = (loss - self.loss) / float(saving)
+        rows = np.repeat(self.widths[None], len(layers), axis=0)  # row i: layers[i] lowered
+        rows[np.arange(len(layers)), layers] = lower[layers]
+        for layer, row, loss in zip(layers, rows, self._measure(rows)):
+            per_mac = (loss - self.loss) / float(quadratic(self.widths) - quadratic(row))
             self.fresh[layer] = (per_mac, loss)
             self.estimate[layer] = per_mac.mean().item()
 
@@ -223,7 +223,7 @@ class _Removal:
         ]
         return layers[int(np.argmin(keys))]
 
-    def _measure(self, rows: list[np.ndarray]) -> torch.Tensor:
+    def _measure(self, rows: np.ndarray) -> torch.Tensor:
         return _losses(self.gated, self.names, self.rankings, rows, self.batches)
 
 
@@ -233,33 +233,32 @@ def blocks_per_layer(layers: int) -> int:
     return max(FEWEST_BLOCKS, min(BLOCKS_PER_LAYER, -(-NETWORK_BLOCKS // layers)))
 
 
-def _with(widths: np.ndarray, layer: int, width: int) -> np.ndarray:
-    changed = widths.copy()
-    changed[layer] = width
-    return changed
-
-
-def _upper_bounds(importance: Importance, groups: np.ndarray) -> list[np.ndarray]:
-    """Per layer, in ranked order: mean + std of the relative score (the mean alone without a
-    posterior), the tie-break key of a block."""
+def ranked_scores(
+    importance: Importance, names: list[str], groups: np.ndarray, upper: bool = False
+) -> list[np.ndarray]:
+    """Per layer of ``names``, its relative scores in ranked order (entry j: its (j+1)-th most
+    important unit's; prune() keeps the first w), or with ``upper`` their upper bounds, mean +
+    std (the mean alone without a posterior): the measured rule's tie-break key of a block."""
     relative = importance.relative()
-    bounds = []
-    for name, count in zip(importance.names, groups):
-        score = relative[name]
-        if importance.concentration is not None:  # K E[s] has standard deviation K std(s)
-            score = score + importance.std(name).double() * score.numel()
-        bounds.append(score[importance.ranking(name, int(count))].numpy())
-    return bounds
+    if upper and importance.concentration is not None:
+        stds = importance.std()  # K E[s] has standard deviation K std(s)
+        relative = {
+            name: score + stds[name].double() * score.numel() for name, score in relative.items()
+        }
+    return [
+        relative[name][importance.ranking(name, int(count))].numpy()
+        for name, count in zip(names, groups)
+    ]
 
 
 def _losses(
     gated: Any,
     names: list[str],
     rankings: list[torch.Tensor],
-    rows: list[np.ndarray],
+    rows: np.ndarray,
     batches: list,
 ) -> torch.Tensor:
-    """Per-image cross-entropy (rows, images) with each row's widths kept (its top units)."""
+    """Per-image cross-entropy (rows, images), each row of widths keeping its top units."""
     copies = len(rows)
     for index, name in enumerate(names):
         gate = gated.gate(name)
