@@ -27,7 +27,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,9 +171,9 @@ def compute(
             f"criterion {criterion!r} needs the optional package {entry.requires}: "
             "pip install -e '.[compare]'"
         )
-    if entry.needs_data and loader is None:
-        raise ValueError(f"criterion {criterion!r} needs a data loader")
-    if loader is not None and entry.needs_data:
+    if entry.needs_data:
+        if loader is None:
+            raise ValueError(f"criterion {criterion!r} needs a data loader")
         check_data(model, loader, f"criterion {criterion!r}")
     return entry.function(model, loader if entry.needs_data else None, **options)
 
@@ -245,38 +245,23 @@ def taylor_importance(
     scores = {layer.name: torch.zeros(layer.units) for layer in graph.layers}
     try:
         with evaluating(model, device) as device:
-            _taylor_batches(model, loader, batches, device, graph, outputs, scores)
+            for images, labels in itertools.islice(loader, batches):
+                # input that requires grad: every activation requires grad, frozen weights or not
+                images = images.to(device).requires_grad_(True)
+                with torch.enable_grad():
+                    F.cross_entropy(model(images), labels.to(device), reduction="sum").backward()
+                # |sum over positions of h dCE/dh| per image (``outputs``: what the hooks kept)
+                for name, tensors in outputs.items():  # the units on axis 1, positions after
+                    axis = graph[name].axis
+                    products = [(out * out.grad).detach().movedim(axis, 1) for out in tensors]
+                    per_image = sum(p.flatten(2).sum(2) if p.dim() > 2 else p for p in products)
+                    scores[name] += per_image.abs().sum(0).cpu()
+                outputs.clear()
     finally:
         for handle in handles:
             handle.remove()
         model.zero_grad(set_to_none=True)
     return Importance(scores, criterion="taylor", config={"batches": batches})
-
-
-def _taylor_batches(
-    model: nn.Module,
-    loader: Iterable,
-    batches: int,
-    device: torch.device,
-    graph: Any,
-    outputs: dict[str, list[torch.Tensor]],
-    scores: dict[str, torch.Tensor],
-) -> None:
-    """Add |sum over positions of h dCE/dh| per image, over ``batches`` batches, into ``scores``
-    (``outputs``: what the hooks kept of the last forward pass)."""
-    for index, (images, labels) in enumerate(loader):
-        if index >= batches:
-            break
-        # Input that requires grad makes every activation require grad, frozen weights or not.
-        images = images.to(device).requires_grad_(True)
-        with torch.enable_grad():
-            F.cross_entropy(model(images), labels.to(device), reduction="sum").backward()
-        for name, tensors in outputs.items():  # the units on axis 1, positions after
-            axis = graph[name].axis
-            products = [(out * out.grad).detach().movedim(axis, 1) for out in tensors]
-            per_image = sum(p.flatten(2).sum(2) if p.dim() > 2 else p for p in products)
-            scores[name] += per_image.abs().sum(0).cpu()
-        outputs.clear()
 
 
 def _keep_outputs(model: nn.Module, layers: list, outputs: dict[str, list[torch.Tensor]]) -> list:
