@@ -45,20 +45,25 @@ def device_of(model: nn.Module) -> torch.device:
 
 @contextmanager
 def evaluating(
-    model: nn.Module, device: str | torch.device | None = None
+    model: nn.Module, device: str | torch.device | None = None, channels_last: bool = False
 ) -> Iterator[torch.device]:
-    """``model`` in eval mode on ``device`` (default: where it is) inside the block, which gets
-    the device; its modules' modes and its device are restored afterwards, whatever happens."""
+    """``model`` in eval mode on ``device`` (default: where it is), in the channels-last memory
+    format if asked, inside the block, which gets the device; its modules' modes and its device
+    (and the usual memory format) are restored afterwards, whatever happens."""
     original = device_of(model)
     target = original if device is None else resolve_device(device)
     modes = {module: module.training for module in model.modules()}
     model.to(target).eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     try:
         yield target
     finally:
         for module, training in modes.items():
             module.train(training)
         model.to(original)
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
 
 
 def set_seed(seed: int) -> None:

@@ -254,18 +254,13 @@ def latency(
     if memory_format == "auto":
         timed = partial(latency, model, input_shape, repeats=repeats, warmup=warmup, device=device)
         return min(timed(memory_format=choice) for choice in ("contiguous", "channels_last"))
-    with evaluating(model, device) as device:
+    # channels_last only means something for a 4-D (batch, channels, height, width) batch
+    channels_last = memory_format == "channels_last" and len(input_shape) == 4
+    with evaluating(model, device, channels_last) as device:
         batch = torch.randn(input_shape, device=device)
-        # channels_last only means something for a 4-D (batch, channels, height, width) batch
-        channels_last = memory_format == "channels_last" and batch.dim() == 4
         if channels_last:
-            model.to(memory_format=torch.channels_last)
             batch = batch.to(memory_format=torch.channels_last)
-        try:
-            times = _forward_times(model, batch, device, warmup, repeats)
-        finally:
-            if channels_last:
-                model.to(memory_format=torch.contiguous_format)
+        times = _forward_times(model, batch, device, warmup, repeats)
     return statistics.median(times)
 
 

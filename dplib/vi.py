@@ -163,12 +163,10 @@ def _learning_mode(gated: GatedModel, settings: DirichletSettings, loop: Loop) -
     saved_requires_grad = [p.requires_grad for p in weights]
     norms = [m for m in gated.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved_statistics = [copy_state(norm) for norm in norms]
-    with evaluating(gated, loop.device):
+    with evaluating(gated, loop.device, loop.channels_last):
         try:
             for parameter in weights:
                 parameter.requires_grad_(settings.weights_lr > 0)
-            if loop.channels_last:
-                gated.to(memory_format=torch.channels_last)
             for norm in norms if settings.batchnorm == "train" else []:
                 norm.train()
             for _, gate in gated.named_gates():
@@ -181,8 +179,6 @@ def _learning_mode(gated: GatedModel, settings: DirichletSettings, loop: Loop) -
                 norm.load_state_dict(statistics)
             if settings.weights_lr > 0:
                 gated.zero_grad(set_to_none=True)
-            if loop.channels_last:
-                gated.to(memory_format=torch.contiguous_format)
             gated.set_mode("mean")
 
 
