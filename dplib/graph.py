@@ -111,6 +111,16 @@ class LayerGraph:
         """Names of the prunable layers in the order the network runs them."""
         return [layer.name for layer in self.layers]
 
+    @property
+    def units(self) -> dict[str, int]:
+        """``{name: K}`` of the prunable layers, in order."""
+        return {layer.name: layer.units for layer in self.layers}
+
+    @property
+    def groups(self) -> dict[str, int]:
+        """``{name: groups}``: the equal groups each layer's units are pruned in."""
+        return {layer.name: layer.groups for layer in self.layers}
+
     def __getitem__(self, name: str) -> PrunableLayer:
         for layer in self.layers:
             if layer.name == name:
@@ -350,20 +360,27 @@ def _skip_reason(
     walk: _Walk, root: int, members: dict[str, list[str]], is_group: bool, coupled: bool
 ) -> str | None:
     """Why the space at ``root`` cannot be pruned (the first reason found), or None."""
-    reason = walk.spaces.fixed.get(walk.spaces.find(root))
+    fixed = walk.spaces.fixed.get(walk.spaces.find(root))
+    if fixed is not None:
+        return fixed
     units = {_units(walk.modules[n]) for n in members["producers"]}
-    if reason is None and len(units) != 1:
-        reason = "the layers tied by its residual addition differ in width"
-    if reason is None and not members["consumers"]:
-        reason = "no Conv2d or Linear consumes its output"
-    if reason is None:
-        reason = _check_consumers(units.pop(), members["consumers"], walk.modules)
-    if reason is None and is_group and not coupled:
-        reason = (
+    if len(units) != 1:
+        return "the layers tied by its residual addition differ in width"
+    if not members["consumers"]:
+        return "no Conv2d or Linear consumes its output"
+    (width,) = units
+    for name in members["consumers"]:
+        inputs = _inputs(walk.modules[name])
+        if inputs % width:
+            return f"consumer {name} has {inputs} inputs, not a multiple of {width} units"
+        if isinstance(walk.modules[name], nn.Conv2d) and inputs != width:
+            return f"consumer {name} has {inputs} input channels for {width} units"
+    if is_group and not coupled:
+        return (
             "its channels are tied to other layers by a residual addition; "
             "coupled=True gates and prunes them as one group"
         )
-    return reason
+    return None
 
 
 def _prunable_layer(
@@ -400,17 +417,6 @@ def _direct_batchnorms(walk: _Walk, names: list[str]) -> dict[str, str]:
             if isinstance(follower, _BATCHNORMS):
                 direct[name] = users[0].target
     return direct
-
-
-def _check_consumers(units: int, consumers: list[str], modules) -> str | None:
-    for name in consumers:
-        consumer = modules[name]
-        inputs = _inputs(consumer)
-        if inputs % units:
-            return f"consumer {name} has {inputs} inputs, not a multiple of {units} units"
-        if isinstance(consumer, nn.Conv2d) and inputs != units:
-            return f"consumer {name} has {inputs} input channels for {units} units"
-    return None
 
 
 def flatten_factor(producer: nn.Module, consumer: nn.Module) -> int:

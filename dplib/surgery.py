@@ -80,9 +80,8 @@ def prune(model: nn.Module, importance: Importance, widths: Widths) -> nn.Module
     model = unwrap(model)
     check_ungated(model, "dplib.prune")
     graph = find_prunable_layers(model, coupled=True)
-    importance.check_fits({layer.name: layer.units for layer in graph.layers}, type(model).__name__)
-    groups = {layer.name: layer.groups for layer in graph.layers}
-    kept = importance.keep_indices(parse_widths(widths, importance.units), groups)
+    importance.check_fits(graph.units, type(model).__name__)
+    kept = importance.keep_indices(parse_widths(widths, importance.units), graph.groups)
     pruned = copy.deepcopy(model)
     modules = dict(pruned.named_modules())
     out_idx: dict[str, torch.Tensor] = {}
@@ -110,21 +109,13 @@ def unit_mask(
 ) -> dict[str, torch.Tensor]:
     """``{layer: 0/1 tensor (K,)}``: 1 for the units :func:`prune` keeps, 0 for the others
     (give ``model`` when it has grouped convolutions: their channels go evenly by group)."""
-    masks, groups = {}, None
-    if model is not None:
-        groups = {
-            layer.name: layer.groups
-            for layer in find_prunable_layers(unwrap(model), coupled=True).layers
-        }
-    for name, idx in importance.keep_indices(widths, groups).items():
-        mask = torch.zeros(importance.units[name])
-        mask[idx] = 1.0
-        masks[name] = mask
-    return masks
+    groups = None if model is None else find_prunable_layers(unwrap(model), coupled=True).groups
+    return {
+        name: torch.zeros(importance.units[name]).index_fill_(0, idx, 1.0)
+        for name, idx in importance.keep_indices(widths, groups).items()
+    }
 
 
 def widths_of(model: nn.Module, *, coupled: bool = False) -> dict[str, int]:
     """The current number of units of each prunable layer (and group, if ``coupled``)."""
-    model = unwrap(model)
-    graph = find_prunable_layers(model, coupled=coupled)
-    return {layer.name: layer.units for layer in graph.layers}
+    return find_prunable_layers(unwrap(model), coupled=coupled).units
