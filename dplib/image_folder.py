@@ -97,12 +97,6 @@ def load_copy(copy: Path, classes: tuple[str, ...], cache: Path) -> tuple[tuple,
     if not sizes["train"] or not sizes["test"]:
         raise ValueError(f"{copy} has no train/ or no test/ images ({sizes})")
     source = f"{SOURCE_LABEL} ({copy.name}: {sizes['train']:,} train, {sizes['test']:,} test)"
-    payload = {
-        "format": CACHE_FORMAT,
-        "copy": str(copy.resolve()),
-        "train": splits["train"],
-        "test": splits["test"],
-        "source": source,
-    }
+    payload = {"format": CACHE_FORMAT, "copy": str(copy.resolve()), **splits, "source": source}
     atomic_torch_save(payload, cache)
     return splits["train"], splits["test"], source
