@@ -224,7 +224,21 @@ class _Removal:
         return layers[int(np.argmin(keys))]
 
     def _measure(self, rows: np.ndarray) -> torch.Tensor:
-        return _losses(self.gated, self.names, self.rankings, rows, self.batches)
+        """Per-image cross-entropy (rows, images), each row of widths keeping its top units."""
+        copies = len(rows)
+        for name, ranking, kept in zip(self.names, self.rankings, torch.as_tensor(rows).T):
+            masks = torch.zeros(copies, len(ranking))
+            masks[:, ranking] = (torch.arange(len(ranking)) < kept[:, None]).float()
+            self.gated.gate(name).set_mode("fixed", masks)
+        losses = []
+        for images, labels in self.batches:
+            stacked = images.repeat(copies, *([1] * (images.dim() - 1)))
+            with batch_statistics(self.gated.model, copies):
+                logits = self.gated(stacked)
+            each = F.cross_entropy(logits, labels.repeat(copies), reduction="none")
+            losses.append(each.view(copies, -1).double().cpu())
+        self.gated.set_mode("identity")
+        return torch.cat(losses, dim=1)
 
 
 def blocks_per_layer(layers: int) -> int:
@@ -249,29 +263,3 @@ def ranked_scores(
         relative[name][importance.ranking(name, int(count))].numpy()
         for name, count in zip(names, groups)
     ]
-
-
-def _losses(
-    gated: Any,
-    names: list[str],
-    rankings: list[torch.Tensor],
-    rows: np.ndarray,
-    batches: list,
-) -> torch.Tensor:
-    """Per-image cross-entropy (rows, images), each row of widths keeping its top units."""
-    copies = len(rows)
-    for index, name in enumerate(names):
-        gate = gated.gate(name)
-        masks = torch.zeros(copies, gate.num_units)
-        for row, widths in enumerate(rows):
-            masks[row, rankings[index][: widths[index]]] = 1.0
-        gate.set_mode("fixed", masks)
-    losses = []
-    for images, labels in batches:
-        stacked = images.repeat(copies, *([1] * (images.dim() - 1)))
-        with batch_statistics(gated.model, copies):
-            logits = gated(stacked)
-        each = F.cross_entropy(logits, labels.repeat(copies), reduction="none")
-        losses.append(each.view(copies, -1).double().cpu())
-    gated.set_mode("identity")
-    return torch.cat(losses, dim=1)
