@@ -143,8 +143,7 @@ class DirichletGate(nn.Module):
             if factor is None:
                 raise ValueError("mode 'fixed' needs a factor of shape (M, K)")
             factor = torch.as_tensor(factor, dtype=self.theta.dtype, device=self.theta.device)
-            if factor.dim() == 1:
-                factor = factor.unsqueeze(0)
+            factor = torch.atleast_2d(factor)  # one row: (K,) -> (1, K)
             if factor.shape[-1] != self.num_units:
                 raise ValueError(
                     f"factor has {factor.shape[-1]} entries per row, the gate has "
