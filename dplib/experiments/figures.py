@@ -49,6 +49,14 @@ def save(figure: plt.Figure, folder: str | os.PathLike, name: str) -> list[Path]
     return written
 
 
+def _laid_out(figure: plt.Figure, title: str = "") -> plt.Figure:
+    """``figure`` with ``title`` (if any) above its panels, laid out tight."""
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
 # The primer -------------------------------------------------------------------------------
 def dirichlet_simplex(alphas: list[tuple[float, float, float]], samples: int = 1500) -> plt.Figure:
     """Samples of Dir(alpha) on the 2-simplex (a triangle), one panel per alpha."""
@@ -66,9 +74,7 @@ def dirichlet_simplex(alphas: list[tuple[float, float, float]], samples: int = 1
         axis.set_title(r"$\alpha$ = (" + ", ".join(f"{a:g}" for a in alpha) + ")")
         axis.set_aspect("equal")
         axis.axis("off")
-    figure.suptitle("Dirichlet samples on the simplex: small alpha -> corners (sparse)")
-    figure.tight_layout()
-    return figure
+    return _laid_out(figure, "Dirichlet samples on the simplex: small alpha -> corners (sparse)")
 
 
 def dirichlet_draws(alpha0s: list[float], units: int = 20) -> plt.Figure:
@@ -83,8 +89,7 @@ def dirichlet_draws(alpha0s: list[float], units: int = 20) -> plt.Figure:
         axis.set_title(rf"$\alpha_0$ = {alpha0:g}")
         axis.set_xlabel("unit k")
     np.atleast_1d(axes)[0].set_ylabel(r"gate $K s_k$")
-    figure.tight_layout()
-    return figure
+    return _laid_out(figure)
 
 
 def synthetic(results: list[dict[str, Any]]) -> plt.Figure:
@@ -106,8 +111,7 @@ def synthetic(results: list[dict[str, Any]]) -> plt.Figure:
         axis.set_title(title, fontsize=10)
         axis.set_xlabel(f"hidden units by true s* (top {len(shown)})")
     axes[0, 0].legend(fontsize=8)
-    figure.tight_layout()
-    return figure
+    return _laid_out(figure)
 
 
 # Importance ----------------------------------------------------------------------------------
@@ -130,10 +134,7 @@ def importance_bars(importance: Importance, title: str = "") -> plt.Figure:
         axis.set_title(f"{name} ({units} units)")
         axis.set_xlabel("units, most important first")
     np.atleast_1d(axes)[0].set_ylabel(r"$K\,E[s_k]$ (1 = layer average)")
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
-    return figure
+    return _laid_out(figure, title)
 
 
 def importance_learning(importance: Importance, title: str = "") -> plt.Figure:
@@ -168,10 +169,7 @@ def importance_learning(importance: Importance, title: str = "") -> plt.Figure:
         axis.set_ylabel("Kendall tau with the final ranking")
         axis.set_title("how fast the ranking settles", fontsize=9)
         axis.legend()
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
-    return figure
+    return _laid_out(figure, title)
 
 
 def _learning_curve(axis: plt.Axes, values: list[float], colour: str) -> int:
@@ -213,9 +211,9 @@ def feature_maps(payload: dict[str, Any], classes: list[str], title: str = "", t
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.suptitle(title or "first-layer feature maps: most (left) and least important channels")
-    figure.tight_layout()
-    return figure
+    return _laid_out(
+        figure, title or "first-layer feature maps: most (left) and least important channels"
+    )
 
 
 # Compression ---------------------------------------------------------------------------------
@@ -237,18 +235,12 @@ def accuracy_vs_compression(frame: pd.DataFrame, title: str = "") -> plt.Figure:
         axis.set_xlabel(measure_name.upper() if measure_name == "macs" else "parameters")
     axes[0].set_ylabel("test accuracy (%)")
     axes[1].legend(title="solid: fine-tuned\ndashed: just pruned", fontsize=8)
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
-    return figure
+    return _laid_out(figure, title)
 
 
 # The comparison at a MAC budget ------------------------------------------------------------
 STAGES = (("pruned_val", "right after pruning"), ("finetuned_val", "after fine-tuning"))
-RULE_TITLES = {
-    "greedy": "greedy on the scores",
-    "measured": "measured: loss per MAC",
-}
+RULE_TITLES = {"greedy": "greedy on the scores", "measured": "measured: loss per MAC"}
 RANKING_WIDTH = 1.5  # the ranking's panel (six lines) against one rule's panel (two)
 MIN_SPAN = 2.0  # points of accuracy at least on a y axis: one seed's noise does not look big
 _BUDGET = re.compile(r"^\d+(\.\d+)?x$")  # "4x"; fixed widths and references are not budgets
@@ -322,9 +314,8 @@ def _is(entry: dict[str, Any], criteria: str | tuple[str, ...], allocation: str)
     return entry["criterion"] in criteria and entry["allocation"] == allocation
 
 
-# Dirichlet's line drawn bold and on top of the others
-OURS = {"marker": "o", "ms": 5, "lw": 2.2, "zorder": 3, "capsize": 2, "elinewidth": 0.8}
 OTHERS = {"marker": ".", "ms": 6, "lw": 1.2, "zorder": 2, "capsize": 2, "elinewidth": 0.8}
+OURS = OTHERS | {"marker": "o", "ms": 5, "lw": 2.2, "zorder": 3}  # Dirichlet's: bold, on top
 
 
 def _accuracy_lines(
@@ -368,8 +359,7 @@ def plot_settling(settles: list[dict[str, Any]], title: str = "") -> plt.Figure:
     axis.set_ylabel("Kendall tau with the final ranking")
     axis.set_title(title or "how fast the ranking settles")
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    return figure
+    return _laid_out(figure)
 
 
 # The study --------------------------------------------------------------------------------
@@ -407,8 +397,7 @@ def study_factors(results: dict[str, dict[str, list[dict[str, Any]]]]) -> plt.Fi
         axis.set_title(f"{setup}\n(specified: {100 * specified:.1f}%)", fontsize=9)
         axis.set_xlabel("change in val. accuracy after pruning (points)")
         axis.tick_params(axis="y", labelsize=7)
-    figure.tight_layout()
-    return figure
+    return _laid_out(figure)
 
 
 def study_finals(results: dict[str, dict[str, list[dict[str, Any]]]]) -> plt.Figure | None:
@@ -429,8 +418,7 @@ def study_finals(results: dict[str, dict[str, list[dict[str, Any]]]]) -> plt.Fig
         axis.set_xlabel("kept widths (mild to aggressive)")
         axis.set_ylabel("val. accuracy after fine-tuning (%)")
         axis.legend(fontsize=6)
-    figure.tight_layout()
-    return figure
+    return _laid_out(figure)
 
 
 # seaborn's "deep" palette (0.13), the colour cycle of every figure
