@@ -323,8 +323,7 @@ def _collect(model: nn.Module, walk: _Walk, coupled: bool) -> LayerGraph:
         is_group = walk.spaces.find(root) in walk.spaces.added  # tied by a residual addition
         reason = _skip_reason(walk, root, members, is_group, coupled)
         if reason is not None:
-            for name in names:
-                skipped[name] = reason
+            skipped.update(dict.fromkeys(names, reason))
             continue
         layers.append(_prunable_layer(walk, members, names, is_group))
     layers.sort(key=lambda layer: walk.order[walk.producers[layer.name]])
