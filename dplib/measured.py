@@ -161,9 +161,8 @@ class _Removal:
         wanted = grid.floor(np.ceil(floor * grid.units).astype(np.int64))
         self.floor = np.minimum(wanted, grid.ceiling)
         self.names = importance.names
-        step = grid.step
         per_layer = blocks_per_layer(len(self.names))
-        self.block = np.maximum(step, -(-grid.units // per_layer) // step * step)
+        self.block = np.maximum(grid.step, -(-grid.units // per_layer) // grid.step * grid.step)
         self.rankings = [importance.ranking(n, int(g)) for n, g in zip(self.names, grid.groups)]
         self.bounds = ranked_scores(importance, self.names, grid.groups, upper=True)
         self.widths = grid.ceiling.copy()
