@@ -344,10 +344,9 @@ def _removal_losses(
 ) -> torch.Tensor:
     """The summed cross-entropy of ``data`` with each of the gate's units removed in turn."""
     losses = torch.zeros(gate.num_units)
-    device = data[0][0].device
     for start in range(0, gate.num_units, chunk):
         removed = torch.arange(start, min(start + chunk, gate.num_units))
-        masks = torch.ones(len(removed), gate.num_units, device=device)
+        masks = torch.ones(len(removed), gate.num_units, device=data[0][0].device)
         masks[torch.arange(len(removed)), removed] = 0.0
         gate.set_mode("fixed", masks)
         for images, labels in data:
