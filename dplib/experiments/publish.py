@@ -8,7 +8,6 @@ redrawn only when they changed: ``.drawn.json`` in the folder records what each 
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -108,12 +107,14 @@ def write_comparison(
         dataset, _, model = name.partition("-")
         title = f"{model} on {dataset}"
         summary, settling = compare.summarise(result["rows"]), result["settling"]
-        draw = functools.partial(figures.plot_comparison, summary, title)
-        written += _emit_from((summary, title), folder, f"compare_{model}_{dataset}", draw)
+        written += _emit_from(
+            folder, f"compare_{model}_{dataset}", figures.plot_comparison, summary, title
+        )
         if settling:
             label = f"how fast the ranking settles: {title}"
-            draw = functools.partial(figures.plot_settling, settling, label)
-            written += _emit_from((settling, label), folder, f"settling_{name}", draw)
+            written += _emit_from(
+                folder, f"settling_{name}", figures.plot_settling, settling, label
+            )
     target = Path(folder) / "compare.md"
     atomic_write_text(target, reports.comparison_markdown(results))
     return [*written, target]
@@ -140,8 +141,7 @@ def write_cifar(
         if result.get("device"):
             title += f", {result['device']}"
         summary = compare.summarise(result["rows"])
-        draw = functools.partial(figures.plot_comparison, summary, title)
-        written += _emit_from((summary, title), folder, f"{name}_{model}", draw)
+        written += _emit_from(folder, f"{name}_{model}", figures.plot_comparison, summary, title)
     return written
 
 
@@ -166,18 +166,18 @@ DRAWN = ".drawn.json"  # in a figures folder: what each figure drawn from rows w
 
 
 def _emit_from(
-    source: Any, folder: str | Path, name: str, draw: Callable[[], plt.Figure]
+    folder: str | Path, name: str, draw: Callable[..., plt.Figure], *source: Any
 ) -> list[Path]:
-    """Figure ``name`` as ``draw()`` draws it from ``source`` (JSON-able: what the figure shows),
-    unless its files were drawn from the same source by the same figure code: redrawing would
-    write the same bytes."""
+    """Figure ``name`` as ``draw(*source)`` draws it (``source`` JSON-able: what the figure
+    shows), unless its files were drawn from the same source by the same figure code: redrawing
+    would write the same bytes."""
     folder = Path(folder)
     key = config_hash([source, code_version("experiments.figures")])
     targets = [folder / f"{name}.{suffix}" for suffix in ("png", "pdf")]
     stamps = read_json(folder / DRAWN) if (folder / DRAWN).exists() else {}
     if stamps.get(name) == key and all(target.exists() for target in targets):
         return targets
-    written = figures.save(draw(), folder, name)
+    written = figures.save(draw(*source), folder, name)
     write_json(folder / DRAWN, stamps | {name: key})
     return written
 
@@ -194,10 +194,8 @@ def write_all(profile: str, folder: str | os.PathLike | None = None) -> list[Pat
         written.extend(figures.save(figure, folder, name))
 
     alphas = [(1, 1, 1), (10, 10, 10), (0.3, 0.3, 0.3), (6, 2, 1)]  # drawn from code alone
-    simplex = functools.partial(figures.dirichlet_simplex, alphas)
-    written += _emit_from(alphas, folder, "dirichlet_simplex", simplex)
-    draws = functools.partial(figures.dirichlet_draws, [0.1, 1.0, 10.0])
-    written += _emit_from([0.1, 1.0, 10.0], folder, "dirichlet_draws", draws)
+    written += _emit_from(folder, "dirichlet_simplex", figures.dirichlet_simplex, alphas)
+    written += _emit_from(folder, "dirichlet_draws", figures.dirichlet_draws, [0.1, 1.0, 10.0])
     synthetic_results = synthetic.load_results(profile)
     if synthetic_results:
         emit(figures.synthetic(synthetic_results), "synthetic_check")
