@@ -149,9 +149,8 @@ def paired_gains(results: Results, skip: Iterable[str] = ("2x",)) -> pd.DataFram
     )
     grouped = gains.groupby(["criterion", "allocation", "metric"])["gain"]
     table = grouped.agg(["size", "mean", "sem", _tally]).reset_index()
-    table["gain"] = [
-        f"{mean:+.2f} ± {0.0 if sem != sem else sem:.2f}"
-        for mean, sem in zip(table["mean"], table["sem"])
+    table["gain"] = [  # one case: no standard error, shown as 0
+        f"{mean:+.2f} ± {sem:.2f}" for mean, sem in zip(table["mean"], table["sem"].fillna(0.0))
     ]
     table["metric"] = table["metric"].map(STAGE_NAMES)
     shown = ["criterion", "allocation", "size", "metric", "gain", "_tally"]
@@ -234,10 +233,9 @@ def same_widths_leads(results: Results, skip: Iterable[str] = ("2x",)) -> pd.Dat
     leads = []
     for metric, name in STAGE_NAMES.items():
         values = same.groupby(["setup", "budget"], sort=False)[metric]
+        best = values.transform("max")
         runner_up = values.transform(lambda v: v.nlargest(2).iloc[-1])
-        best_other = values.transform("max").where(
-            same[metric] < values.transform("max"), runner_up
-        )
+        best_other = best.where(same[metric] < best, runner_up)
         lead = (100 * (same[metric] - best_other)).round(6)
         leads.append(same[["criterion"]].assign(metric=name, lead=lead))
     grouped = pd.concat(leads).groupby(["criterion", "metric"], sort=False)["lead"]
