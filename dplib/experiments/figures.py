@@ -220,8 +220,8 @@ def feature_maps(payload: dict[str, Any], classes: list[str], title: str = "", t
 def accuracy_vs_compression(frame: pd.DataFrame, title: str = "") -> plt.Figure:
     """Figure 5: test accuracy against params and MACs, per criterion, right after
     pruning (dashed, open) and after fine-tuning (solid); ``frame`` is a results table."""
-    base = frame[frame["criterion"].str.startswith("base")]
-    pruned = frame[~frame["criterion"].str.startswith("base")]
+    is_base = frame["criterion"].str.startswith("base")
+    base, pruned = frame[is_base], frame[~is_base]
     figure, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
     for axis, measure_name in zip(axes, ("params", "macs")):
         for criterion, group in pruned.groupby("criterion"):
