@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 
 from .attach import attach_gates, unwrap
 from .checks import check_data
-from .gates import DirichletGate
+from .gates import DirichletGate, stacked_copies
 from .graph import find_prunable_layers
 from .importance import Importance
 from .loop import evaluating
@@ -350,8 +350,8 @@ def _removal_losses(
         masks[torch.arange(len(removed)), removed] = 0.0
         gate.set_mode("fixed", masks)
         for images, labels in data:
-            stacked = images.repeat(len(removed), *([1] * (images.dim() - 1)))
-            each = F.cross_entropy(model(stacked), labels.repeat(len(removed)), reduction="none")
+            stacked, targets = stacked_copies(images, labels, len(removed))
+            each = F.cross_entropy(model(stacked), targets, reduction="none")
             losses[removed] += each.view(len(removed), -1).sum(1).cpu()
         bar.update(len(removed))
     gate.set_mode("identity")

@@ -40,6 +40,14 @@ GATE_SCALES = ("K", "none")
 GATE_MODES = ("identity", "mean", "sample", "fixed")
 
 
+def stacked_copies(
+    images: torch.Tensor, labels: torch.Tensor, copies: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``copies`` copies of a mini-batch, one after the other along the batch dimension, and
+    their labels: copy m passes through row m of every gate's factor (a sample of q, or a mask)."""
+    return images.repeat(copies, *([1] * (images.dim() - 1))), labels.repeat(copies)
+
+
 def inverse_softplus(y: float) -> float:
     """Return x with softplus(x) = y, stable for large y (y > 0)."""
     if y <= 0:

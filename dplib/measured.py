@@ -60,6 +60,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .attach import attach_gates, unwrap
+from .gates import stacked_copies
 from .importance import Importance
 from .loop import evaluating
 from .progress import progress
@@ -231,10 +232,10 @@ class _Removal:
             self.gated.gate(name).set_mode("fixed", masks)
         losses = []
         for images, labels in self.batches:
-            stacked = images.repeat(copies, *([1] * (images.dim() - 1)))
+            stacked, targets = stacked_copies(images, labels, copies)
             with batch_statistics(self.gated.model, copies):
                 logits = self.gated(stacked)
-            each = F.cross_entropy(logits, labels.repeat(copies), reduction="none")
+            each = F.cross_entropy(logits, targets, reduction="none")
             losses.append(each.view(copies, -1).double().cpu())
         self.gated.set_mode("identity")
         return torch.cat(losses, dim=1)

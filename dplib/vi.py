@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 
 from .attach import GatedModel
 from .checks import check_data
+from .gates import stacked_copies
 from .importance import Importance
 from .loop import Loop, evaluating, set_seed
 from .measure import kendall
@@ -66,8 +67,7 @@ def elbo_loss(
     if settings.estimator == "sample":
         for gate in gates:
             gate.resample(settings.samples)  # s^(m) ~ q, reparameterised
-        stacked = images.repeat(settings.samples, *([1] * (images.dim() - 1)))
-        targets = labels.repeat(settings.samples)
+        stacked, targets = stacked_copies(images, labels, settings.samples)
     else:
         for gate in gates:
             gate.set_mode("mean")  # s = E_q[s]
