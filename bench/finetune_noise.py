@@ -58,9 +58,11 @@ def without_uniform_floor() -> str:
 
 
 def run(setups: list[str], seeds: list[int], orders: int, rules: list[str]) -> list[dict]:
-    """One row per setup, seed, criterion, budget, rule and order (the file's kept)."""
+    """One row per setup, seed, criterion, budget, rule and order: the file's rows kept, the
+    orders up to ``orders`` that a case lacks run (its order 0 again first, which must give the
+    stored widths and accuracy)."""
     rows = read_json(RESULTS)["rows"] if RESULTS.exists() else []
-    done = {(r["setup"], r["seed"], r["criterion"], r["budget"], r["rule"]) for r in rows}
+    stored = {_key(row): row for row in rows}
     for name in setups:
         for seed in seeds:
             base = experiment.pretrain(compare.SETUPS[name], ROOT / "runs" / "cpu", seed)
@@ -68,22 +70,43 @@ def run(setups: list[str], seeds: list[int], orders: int, rules: list[str]) -> l
                 importance = experiment.score(base, criterion)
                 for budget in compare.BUDGETS:
                     for rule in rules:
-                        if (name, seed, criterion, budget, rule) in done:
+                        case = (name, seed, criterion, budget, rule)
+                        missing = [k for k in range(orders + 1) if (*case, k) not in stored]
+                        if not missing:
                             continue
-                        found = [  # order k: the same network, fine-tuned in another order
-                            experiment.prune_and_finetune(
-                                base, criterion, importance, budget, rule, finetune_seed=order
+                        row = experiment.prune_and_finetune(
+                            base, criterion, importance, budget, rule
+                        )
+                        about = dict(zip(("setup", "seed", "criterion", "budget", "rule"), case))
+                        about |= {"widths": row["widths"], "pruned_val": row["pruned_val"]}
+                        first = about | {"order": 0, "val": row["finetuned_val"]}
+                        if stored.get((*case, 0), first) != first:
+                            raise RuntimeError(
+                                f"{case}: order 0 gives {first}, the file holds "
+                                f"{stored[(*case, 0)]}: the method changed since the file was "
+                                "written; move bench/results/finetune_noise.json away to rerun all"
                             )
-                            for order in [None]
-                            + [seed + k * ORDER_SEED for k in range(1, orders + 1)]
-                        ]
-                        row, accuracies = found[0], [again["finetuned_val"] for again in found]
-                        about = {"setup": name, "seed": seed, "criterion": criterion}
-                        about |= {"budget": budget, "rule": rule, "widths": row["widths"]}
-                        about["pruned_val"] = row["pruned_val"]
-                        rows += [about | {"order": k, "val": v} for k, v in enumerate(accuracies)]
-                        print(f"{name} seed {seed} {criterion} {budget} {rule}: {accuracies}")
+                        for k in missing:
+                            again = (
+                                row
+                                if k == 0
+                                else experiment.prune_and_finetune(
+                                    base,
+                                    criterion,
+                                    importance,
+                                    budget,
+                                    rule,
+                                    finetune_seed=seed + k * ORDER_SEED,
+                                )
+                            )  # order k: the same network, fine-tuned in another order
+                            rows.append(about | {"order": k, "val": again["finetuned_val"]})
+                        print(f"{name} seed {seed} {criterion} {budget} {rule}: orders {missing}")
     return rows
+
+
+def _key(row: dict) -> tuple:
+    """A row's case (setup, seed, criterion, budget, rule) and order."""
+    return tuple(row[k] for k in ("setup", "seed", "criterion", "budget", "rule", "order"))
 
 
 def tables(rows: list[dict]) -> str:
@@ -114,7 +137,8 @@ def tables(rows: list[dict]) -> str:
     for rule in [r for r in wide.columns if r != "greedy"]:
         gains = (wide[rule] - wide["greedy"]).groupby(case, observed=True)
         per_case[f"{rule} - greedy"] = gains.mean()
-        per_case[f"{rule} ± se ({int(gains.size().iloc[0])} pairs)"] = gains.sem()
+        per_case[f"{rule} ± se"] = gains.sem()
+        per_case[f"{rule} pairs"] = gains.count()
         after_pruning = (pruned[rule] - pruned["greedy"]).groupby(case, observed=True).mean()
         summary.append(
             _summed(f"{rule} against greedy", per_case[f"{rule} - greedy"], after_pruning)
@@ -131,7 +155,7 @@ def _summed(comparison: str, gains: pd.Series, after_pruning: pd.Series | None =
     fine-tuning, and the mean gain right after pruning."""
     return {
         "comparison": comparison,
-        "cases": len(gains),
+        "cases": int(gains.count()),
         "mean gain after fine-tuning (points)": round(gains.mean(), 2),
         "worst case": round(gains.min(), 2),
         "cases below -0.1": int((gains < -0.1).sum()),
@@ -143,18 +167,23 @@ def _summed(comparison: str, gains: pd.Series, after_pruning: pd.Series | None =
 
 def page(rows: list[dict]) -> str:
     """figures/bench/finetune_noise.md: what the rows are, and their tables."""
+    others = pd.DataFrame(rows).groupby("setup", sort=False)["order"].max()
     header = (
         "# How much one fine-tuning run moves a verdict\n\nWritten by "
-        "`python bench/finetune_noise.py --without-uniform-floor`. The comparison's LeNet "
-        "networks ([../compare.md](../compare.md)) fine-tuned again, the training data in 4 "
-        "other orders (order 0: the comparison's); validation accuracy, points, mean over 3 "
-        "seeds (and the orders). The greedy rule against itself shows what chance alone gives a "
-        "rule that changes nothing: 3 seeds cannot tell a gain of 0.1 from none. `measured` is "
-        "the kit's rule: in these plain chains each layer keeps 3/4 of the uniform rule's width "
-        "while another can give; without that floor (5% of a layer's units alone) it starved "
-        "LeNet-5's conv2 (as few as 4 of its 50 channels) and ended below the greedy rule after "
-        "fine-tuning on Fashion-MNIST. On mnist5k the validation split holds 500 images: one "
-        "image is 0.2 points, so a loss of 0.1 is half an image on average.\n\n"
+        "`python bench/finetune_noise.py --without-uniform-floor`, then `python "
+        "bench/finetune_noise.py --orders 12 --setups mnist5k-lenet300 mnist5k-lenet5`. The "
+        "comparison's LeNet networks ([../compare.md](../compare.md)) fine-tuned again, the "
+        "training data in other orders (order 0: the comparison's; "
+        + ", ".join(f"{n} more on {setup}" for setup, n in others.items())
+        + "); validation accuracy, points, mean over 3 seeds (and the orders). The greedy rule "
+        "against itself shows what chance alone gives a rule that changes nothing: 3 seeds "
+        "cannot tell a gain of 0.1 from none. `measured` is the kit's rule: in these plain "
+        "chains each layer keeps 3/4 of the uniform rule's width while another can give; "
+        "without that floor (5% of a layer's units alone) it starved LeNet-5's conv2 (as few as "
+        "4 of its 50 channels) and ended below the greedy rule after fine-tuning on "
+        "Fashion-MNIST. On mnist5k the validation split holds 500 images: one image is 0.2 "
+        "points, so a loss of 0.1 is half an image on average; the two cases closest to it "
+        "after 4 more orders were there, so mnist5k's cases (all 12, both rules) got 8 more.\n\n"
     )
     return header + tables(rows)
 
