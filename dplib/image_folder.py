@@ -56,12 +56,16 @@ def _members(copy: Path) -> Iterator[tuple[str, bytes]]:
                 yield member.name, archive.extractfile(member).read()
 
 
-def read_copy(copy: Path, classes: tuple[str, ...]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def read_copy(
+    copy: Path, classes: tuple[str, ...], limit: int | None = None
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Decode the copy: ``{"train": (images uint8 N x 3 x 32 x 32, labels), "test": ...}``,
-    each split in file-name order."""
+    each split in file-name order; ``limit`` stops after that many images (a quick look)."""
     index = {name: k for k, name in enumerate(classes)}
     found: dict[str, list[tuple[str, int, np.ndarray]]] = {"train": [], "test": []}
-    for name, payload in _members(copy):
+    for count, (name, payload) in enumerate(_members(copy)):
+        if limit is not None and count >= limit:
+            break
         parts = name.split("/")
         if len(parts) < 3 or parts[-3] not in found or parts[-2] not in index:
             raise ValueError(
