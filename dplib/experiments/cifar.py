@@ -75,7 +75,7 @@ def run(
     ``note`` (e.g. the device) to ``results/<name>.json`` (default :func:`committed_results`).
     ``fixed_widths=False`` leaves out the rows at the setup's fixed widths, and ``allocations``
     keeps only those allocations' rows (the file keeps the others it holds)."""
-    criteria, budgets = tuple(criteria), tuple(budgets)
+    seeds, criteria, budgets = tuple(seeds), tuple(criteria), tuple(budgets)  # each read twice
     allocations = tuple(allocations) if allocations is not None else compare.ALLOCATION_NAMES
     check_arguments(criteria, budgets, allocations)
     results = Path(results) if results is not None else committed_results()
