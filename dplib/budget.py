@@ -37,7 +37,7 @@ from .attach import check_ungated, unwrap
 from .graph import on_residual_paths
 from .importance import Importance
 from .measure import CostModel, Quadratic, count
-from .measured import FLOOR, UNIFORM_FLOOR, measured_removal, ranked_scores
+from .measured import FLOOR, UNIFORM_FLOOR, measured_removal
 from .models import input_shape_of
 from .surgery import prune
 
@@ -444,7 +444,7 @@ class _ImportanceRank:
     """Which block to remove next (lowest mean score) and to add back next (highest)."""
 
     def __init__(self, importance: Importance, names: list[str], groups: np.ndarray):
-        self.ranked = ranked_scores(importance, names, groups)
+        self.ranked = importance.ranked_relative(names, groups)
 
     def removal(self, widths: np.ndarray, lower: np.ndarray) -> np.ndarray:
         """Per layer: the mean score of the last kept units, down to ``lower``."""

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.distributions import Dirichlet
 
@@ -149,6 +151,25 @@ class Importance:
             return score * score.numel() / total if usable else torch.ones_like(score)
 
         return self._per_layer(self.scores, layer, relative)
+
+    def ranked_relative(
+        self, names: list[str], groups: Iterable[int], upper: bool = False
+    ) -> list[np.ndarray]:
+        """Per layer of ``names``, its :meth:`relative` scores in :meth:`ranking` order (entry j:
+        its (j+1)-th most important unit's; prune() keeps the first w) as numpy arrays, or with
+        ``upper`` their upper bounds, mean + std (the mean alone without a posterior): the
+        measured rule's tie-break key of a block."""
+        relative = self.relative()
+        if upper and self.concentration is not None:
+            stds = self.std()  # K E[s] has standard deviation K std(s)
+            relative = {
+                name: score + stds[name].double() * score.numel()
+                for name, score in relative.items()
+            }
+        return [
+            relative[name][self.ranking(name, int(count))].numpy()
+            for name, count in zip(names, groups)
+        ]
 
     def ranked_by(self, statistic: str) -> Importance:
         """A copy whose scores are another statistic of the Dirichlet posterior: ``"mean"``

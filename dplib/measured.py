@@ -165,7 +165,7 @@ class _Removal:
         per_layer = blocks_per_layer(len(self.names))
         self.block = np.maximum(grid.step, -(-grid.units // per_layer) // grid.step * grid.step)
         self.rankings = [importance.ranking(n, int(g)) for n, g in zip(self.names, grid.groups)]
-        self.bounds = ranked_scores(importance, self.names, grid.groups, upper=True)
+        self.bounds = importance.ranked_relative(self.names, grid.groups, upper=True)
         self.widths = grid.ceiling.copy()
         self.loss = self._measure(self.widths[None])[0]
         self.estimate = np.full(len(self.names), -np.inf)  # never measured: first in line
@@ -245,21 +245,3 @@ def blocks_per_layer(layers: int) -> int:
     """B, the blocks each of ``layers`` prunable layers offers: 16 up to 12 layers, then 192 / L
     rounded up (at least 4), so that the whole network offers about 192 at any depth."""
     return max(FEWEST_BLOCKS, min(BLOCKS_PER_LAYER, -(-NETWORK_BLOCKS // layers)))
-
-
-def ranked_scores(
-    importance: Importance, names: list[str], groups: np.ndarray, upper: bool = False
-) -> list[np.ndarray]:
-    """Per layer of ``names``, its relative scores in ranked order (entry j: its (j+1)-th most
-    important unit's; prune() keeps the first w), or with ``upper`` their upper bounds, mean +
-    std (the mean alone without a posterior): the measured rule's tie-break key of a block."""
-    relative = importance.relative()
-    if upper and importance.concentration is not None:
-        stds = importance.std()  # K E[s] has standard deviation K std(s)
-        relative = {
-            name: score + stds[name].double() * score.numel() for name, score in relative.items()
-        }
-    return [
-        relative[name][importance.ranking(name, int(count))].numpy()
-        for name, count in zip(names, groups)
-    ]
