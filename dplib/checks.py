@@ -19,6 +19,12 @@ from .models import input_shape_of
 
 def check_data(model: nn.Module, loader: DataLoader, what: str) -> None:
     """A ValueError naming the problem when ``loader``'s data do not fit ``model``."""
+    if not hasattr(loader, "dataset"):  # a list of batches: no data set to size or reseed
+        raise ValueError(
+            f"{what}: the data must be a torch DataLoader, not a {type(loader).__name__}; wrap "
+            "tensors with dplib.data.make_loader(TensorDataset(images, labels), batch_size, "
+            "shuffle=True)"
+        )
     if len(loader) == 0:
         raise ValueError(f"{what}: the loader is empty")
     images, labels = _first_example(loader)

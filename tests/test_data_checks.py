@@ -45,3 +45,15 @@ def test_images_of_the_wrong_shape_are_refused_everywhere():
         dplib.fit(plain, _loader(shape=(3, 32, 32)), device="cpu")
     with pytest.raises(ValueError, match=r"failed on an input of shape \(1, 3, 32, 32\)"):
         dplib.count(model, (1, 3, 32, 32))
+
+
+def test_a_list_of_batches_is_refused_everywhere_with_the_loader_to_make():
+    """The measured rule takes a list of batches; fit, learn_importance and the criteria take a
+    DataLoader (they size and reseed its data set), and say so."""
+    model = dplib.models.build("lenet5", seed=0)
+    batches = list(_loader())
+    for call in _every_entry_point(model, batches):
+        with pytest.raises(
+            ValueError, match=r"must be a torch DataLoader, not a list.*make_loader"
+        ):
+            call()
